@@ -1,0 +1,46 @@
+"""make_app(): the routes table, composed from a Context."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tornado.web
+
+from billing.context import Context
+from billing.handlers.accounts import BalanceHandler
+from billing.handlers.base import NotFoundHandler
+from billing.handlers.batch import BatchHandler
+from billing.handlers.health import HealthHandler, ReadyHandler
+from billing.handlers.operations import OperationHandler
+from billing.handlers.reservations import ReservationsHandler
+from billing.handlers.services import ServiceHandler, ServicesHandler
+from billing.operations import OPERATIONS
+
+ID = r"([^/]+)"
+
+
+def routes(ctx: Context) -> list[Any]:
+    args = {"ctx": ctx}
+    table: list[Any] = [
+        (spec.path, ReservationsHandler if spec.name == "reserve" else OperationHandler, {"ctx": ctx, "spec": spec})
+        for spec in OPERATIONS.values()
+    ]
+    table += [
+        (rf"/v1/users/{ID}/balance", BalanceHandler, args),
+        (r"/v1/services", ServicesHandler, args),
+        (rf"/v1/services/{ID}", ServiceHandler, args),
+        (r"/v1/batch", BatchHandler, args),
+        (r"/healthz", HealthHandler, args),
+        (r"/readyz", ReadyHandler, args),
+    ]
+    return table
+
+
+def make_app(ctx: Context, **settings: Any) -> tornado.web.Application:
+    return tornado.web.Application(
+        routes(ctx),
+        default_handler_class=NotFoundHandler,
+        default_handler_args={"ctx": ctx},
+        compress_response=False,
+        **settings,
+    )

@@ -1,0 +1,77 @@
+"""The `billing` command: serve | report | reconcile | rebuild | project."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import secrets
+import sys
+
+from billing.auth import generate_admin_token
+from billing.config import Settings
+
+log = logging.getLogger("billing")
+
+# Subcommands other modules add: name -> (configure parser, run(settings, args) -> exit code)
+COMMANDS: dict[str, tuple] = {}
+
+
+def configure_logging() -> None:
+    logging.basicConfig(
+        level=os.environ.get("BILLING_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def prepare_serving_settings(settings: Settings, workers: int) -> Settings:
+    """Refuse unsafe combinations and fill in generated secrets before any worker forks."""
+    if workers > 1 and settings.embedded:
+        raise SystemExit(
+            "billing: --workers above 1 needs BILLING_REDIS_URL and BILLING_MONGO_URL: "
+            "the embedded stores live inside one process."
+        )
+    updates: dict[str, object] = {}
+    if not settings.tokens:
+        token = generate_admin_token()
+        updates["tokens"] = {token: ["admin"]}
+        # Printed once, like Jupyter does, so the service never runs open by accident.
+        print(f"No BILLING_TOKENS configured. Generated admin token (shown once):\n    {token}", flush=True)
+    if not settings.secret:
+        updates["secret"] = secrets.token_urlsafe(32)
+        log.warning("BILLING_SECRET not set: generated one for this run; report links die with the process")
+    return settings.model_copy(update=updates)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from billing.server import serve
+
+    workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
+    settings = Settings()
+    if settings.embedded and args.workers is None:
+        workers = 1
+    settings = prepare_serving_settings(settings, workers)
+    serve(settings, args.host, args.port, workers)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="billing", description="Billing service")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="serve the HTTP API")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--workers", type=int, default=None, help="worker processes (default: CPUs)")
+    serve.set_defaults(run=_serve)
+    for name, (configure, run) in COMMANDS.items():
+        command = sub.add_parser(name)
+        configure(command)
+        command.set_defaults(run=lambda args, run=run: run(Settings(), args))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    configure_logging()
+    args = build_parser().parse_args(argv)
+    sys.exit(args.run(args))

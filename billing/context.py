@@ -1,0 +1,50 @@
+"""The composition root: builds every component of one service process from its settings."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.asyncio import Redis
+
+from billing.auth import Authenticator
+from billing.config import Settings
+from billing.ledger import Ledger
+from billing.operations import MoneyOperations
+from billing.stores import EMBEDDED_WARNING, connect_mongo, connect_redis
+
+log = logging.getLogger("billing")
+
+
+@dataclass
+class Context:
+    """Everything handlers need, composed once per process."""
+
+    settings: Settings
+    redis: Redis
+    mongo: Any
+    ledger: Ledger
+    operations: MoneyOperations
+    auth: Authenticator
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+async def build_context(settings: Settings, redis: Redis | None = None, mongo: Any = None) -> Context:
+    if settings.embedded and redis is None:
+        log.warning(EMBEDDED_WARNING)
+    redis = redis if redis is not None else connect_redis(settings)
+    mongo = mongo if mongo is not None else connect_mongo(settings)
+    ledger = Ledger(redis, settings.redis_prefix, settings.idempotency_ttl_seconds)
+    try:
+        await ledger.load_scripts()
+    except Exception as exc:  # Redis may be down at start; scripts load on first NOSCRIPT
+        log.warning("could not load Lua scripts at start: %s", exc)
+    return Context(
+        settings=settings,
+        redis=redis,
+        mongo=mongo,
+        ledger=ledger,
+        operations=MoneyOperations(ledger),
+        auth=Authenticator(settings.tokens),
+    )

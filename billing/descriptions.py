@@ -1,0 +1,77 @@
+"""Sentences a user reads in their history: why money came and went, in Russian or English."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from billing.money import format_kopecks
+
+SUPPORTED_LANGUAGES = ("ru", "en")
+DEFAULT_LANGUAGE = "ru"
+
+_TEMPLATES = {
+    "ru": {
+        "deposit": "Пополнение баланса на {amount} ₽",
+        "withdrawal": "Вывод {amount} ₽ с баланса",
+        "transfer_out": "Перевод {amount} ₽ пользователю {counterparty}",
+        "transfer_in": "Перевод {amount} ₽ от пользователя {counterparty}",
+        "reserve": "Резервирование {amount} ₽ для оплаты услуги {service}, заказ {order}",
+        "charge": "Списание {amount} ₽ за услугу {service}, заказ {order}",
+        "release": "Возврат {amount} ₽ из резерва: услуга {service}, заказ {order}",
+        "service_named": "«{name}»",
+        "service_unnamed": "№{id}",
+    },
+    "en": {
+        "deposit": "Deposit of {amount} RUB",
+        "withdrawal": "Withdrawal of {amount} RUB",
+        "transfer_out": "Transfer of {amount} RUB to user {counterparty}",
+        "transfer_in": "Transfer of {amount} RUB from user {counterparty}",
+        "reserve": "{amount} RUB reserved to pay for service {service}, order {order}",
+        "charge": "Charge of {amount} RUB for service {service}, order {order}",
+        "release": "{amount} RUB returned from a reservation: service {service}, order {order}",
+        "service_named": "“{name}”",
+        "service_unnamed": "#{id}",
+    },
+}
+
+
+def negotiate_language(accept_language: str | None) -> str:
+    """Pick ru or en from an Accept-Language header by quality; Russian when nothing matches."""
+    if not accept_language:
+        return DEFAULT_LANGUAGE
+    best, best_q = DEFAULT_LANGUAGE, -1.0
+    for position, part in enumerate(accept_language.split(",")[:20]):
+        tag, _, params = part.strip().partition(";")
+        primary = tag.strip().lower().split("-")[0]
+        if primary not in SUPPORTED_LANGUAGES:
+            continue
+        q = 1.0
+        params = params.strip()
+        if params.startswith("q="):
+            try:
+                q = float(params[2:])
+            except ValueError:
+                continue
+        q -= position * 1e-6  # earlier wins among equals
+        if q > best_q:
+            best, best_q = primary, q
+    return best
+
+
+def describe(txn_type: str, amount: int, lang: str, refs: dict[str, Any]) -> str:
+    """One sentence for a transaction; refs may hold service_id, service_name, order_id, counterparty_user_id."""
+    templates = _TEMPLATES.get(lang, _TEMPLATES[DEFAULT_LANGUAGE])
+    service = ""
+    if refs.get("service_id") is not None:
+        name = refs.get("service_name")
+        service = (
+            templates["service_named"].format(name=name)
+            if name
+            else templates["service_unnamed"].format(id=refs["service_id"])
+        )
+    return templates[txn_type].format(
+        amount=format_kopecks(amount),
+        counterparty=refs.get("counterparty_user_id"),
+        service=service,
+        order=refs.get("order_id"),
+    )

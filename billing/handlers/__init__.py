@@ -1,0 +1,1 @@
+"""Thin Tornado handlers, one module per resource."""

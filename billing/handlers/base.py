@@ -1,0 +1,177 @@
+"""The base handler: auth, content type, body size, request ids, and one problem+json renderer."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+import orjson
+import tornado.web
+from pymongo.errors import PyMongoError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from billing.auth import Principal
+from billing.context import Context
+from billing.descriptions import negotiate_language
+from billing.errors import PROBLEM_CONTENT_TYPE, ApiError, problem_body
+from billing.jsonbody import parse_json_object
+from billing.ledger import Idempotency
+
+log = logging.getLogger("billing.http")
+access_log = logging.getLogger("billing.access")
+
+BODY_LIMIT = 64 * 1024
+UNAVAILABLE_ERRORS = (RedisConnectionError, RedisTimeoutError, PyMongoError, ConnectionError, TimeoutError)
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 400: "validation_error"}
+
+
+def visible_ascii(value: str, longest: int) -> bool:
+    return 1 <= len(value) <= longest and all("!" <= ch <= "~" for ch in value)
+
+
+class BaseHandler(tornado.web.RequestHandler):
+    """Every route derives from this: one error format, one access log line."""
+
+    roles: frozenset[str] = frozenset()  # empty: no token needed
+    body_limit = BODY_LIMIT
+    route_name = ""
+
+    def initialize(self, ctx: Context, **kwargs: Any) -> None:
+        self.ctx = ctx
+        self.principal: Principal | None = None
+        self.error_code: str | None = None
+        self.request_id = ""
+        for key, value in kwargs.items():
+            setattr(self, key, value)
+
+    def set_default_headers(self) -> None:
+        self.set_header("Cache-Control", "no-store")
+
+    def prepare(self) -> None:
+        incoming = self.request.headers.get("X-Request-ID", "")
+        self.request_id = incoming if visible_ascii(incoming, 200) else uuid.uuid4().hex
+        self.set_header("X-Request-ID", self.request_id)
+        method = self.request.method or "GET"
+        if getattr(type(self), method.lower(), None) is getattr(tornado.web.RequestHandler, method.lower(), None):
+            raise tornado.web.HTTPError(405)
+        roles = self.required_roles(method)
+        if roles:
+            self.principal = self.ctx.auth.authorize(self.request.headers.get("Authorization"), roles)
+        if method in ("POST", "PUT", "PATCH"):
+            media_type = self.request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+            if media_type != "application/json":
+                raise ApiError("unsupported_media_type", "Send the body as Content-Type: application/json")
+            if len(self.request.body) > self.body_limit:
+                raise ApiError("payload_too_large", f"Body is over {self.body_limit} bytes")
+
+    def required_roles(self, method: str) -> frozenset[str]:
+        """Roles that may call this route with this method (any one suffices; admin always)."""
+        return self.roles
+
+    # ---- helpers for subclasses -------------------------------------------------------------
+
+    @property
+    def lang(self) -> str:
+        return negotiate_language(self.request.headers.get("Accept-Language"))
+
+    def json_body(self) -> dict[str, Any]:
+        return parse_json_object(self.request.body)
+
+    def idempotency(self) -> Idempotency | None:
+        key = self.request.headers.get("Idempotency-Key")
+        if key is None:
+            return None
+        if not visible_ascii(key, 255):
+            raise ApiError(
+                "validation_error",
+                "Idempotency-Key must be 1-255 visible ASCII characters",
+                [{"field": "Idempotency-Key", "message": "1-255 visible ASCII characters"}],
+            )
+        assert self.principal is not None
+        return Idempotency(scope=self.principal.name, key=key)
+
+    def write_json(self, status: int, body: Any, replayed: bool = False) -> None:
+        self.set_status(status)
+        if replayed:
+            self.set_header("Idempotent-Replayed", "true")
+        if status >= 400 and isinstance(body, dict) and "code" in body:
+            self.error_code = body["code"]
+            self.set_header("Content-Type", PROBLEM_CONTENT_TYPE)
+        else:
+            self.set_header("Content-Type", "application/json")
+        self.finish(orjson.dumps(body))
+
+    def path_id(self, raw: str, field: str) -> int:
+        if not raw.isdigit() or len(raw) > 19 or not 1 <= int(raw) <= 2**63 - 1:
+            raise ApiError(
+                "validation_error",
+                f"{field} must be an integer from 1 to 2^63-1",
+                [{"field": field, "message": "must be an integer from 1 to 2^63-1"}],
+            )
+        return int(raw)
+
+    # ---- errors ----------------------------------------------------------------------------
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        headers: dict[str, str] = {}
+        if isinstance(exc, ApiError):
+            body = exc.to_problem()
+            headers = exc.headers
+        elif isinstance(exc, UNAVAILABLE_ERRORS):
+            body = problem_body("unavailable", "A backing store is unreachable; retry with the same Idempotency-Key")
+            headers = {"Retry-After": "1"}
+        elif status_code in _HTTP_CODES:
+            body = problem_body(_HTTP_CODES[status_code])
+            if status_code == 405:
+                headers = {"Allow": ", ".join(self._allowed_methods())}
+        else:
+            body = problem_body("internal_error", f"Request {self.request_id} failed; it is logged")
+        self.error_code = body["code"]
+        self.set_status(body["status"])
+        if self.request_id:
+            self.set_header("X-Request-ID", self.request_id)
+        for name, value in headers.items():
+            self.set_header(name, value)
+        self.set_header("Content-Type", PROBLEM_CONTENT_TYPE)
+        self.finish(orjson.dumps(body))
+
+    def _allowed_methods(self) -> list[str]:
+        return [
+            m
+            for m in ("GET", "POST", "PUT", "DELETE", "PATCH")
+            if getattr(type(self), m.lower()) is not getattr(tornado.web.RequestHandler, m.lower())
+        ]
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, ApiError):
+            return
+        if isinstance(value, tornado.web.HTTPError) and value.status_code < 500:
+            return
+        if isinstance(value, UNAVAILABLE_ERRORS):
+            log.warning("backing store unavailable: %r", value)
+            return
+        super().log_exception(typ, value, tb)
+
+    def on_finish(self) -> None:
+        hook = self.ctx.extras.get("on_request_finished")
+        if hook is not None:
+            hook(self)
+
+
+class NotFoundHandler(BaseHandler):
+    """Any unknown path, any method."""
+
+    def prepare(self) -> None:
+        super().prepare()
+        raise ApiError("not_found", f"No route for {self.request.path}")
+
+    def _allowed_methods(self) -> list[str]:
+        return []
+
+    def get(self) -> None:  # pragma: no cover - prepare always raises
+        pass
+
+    post = put = delete = patch = head = options = get

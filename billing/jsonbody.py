@@ -1,0 +1,51 @@
+"""Request bodies: JSON bytes to Python values, with numbers kept exact (floats become Decimal)."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+from billing.errors import ApiError
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed in JSON")
+
+
+def _has_float(value: Any) -> bool:
+    if isinstance(value, float):
+        return True
+    if isinstance(value, dict):
+        return any(_has_float(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_float(v) for v in value)
+    return False
+
+
+def parse_json(body: bytes) -> Any:
+    """orjson for speed; the stdlib parser with Decimal when a float or a huge integer needs exactness."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        data = None
+        exact_needed = True
+    else:
+        exact_needed = _has_float(data)
+    if exact_needed:
+        try:
+            data = json.loads(body.decode("utf-8"), parse_float=Decimal, parse_constant=_reject_constant)
+        except (ValueError, RecursionError) as exc:
+            raise ApiError("invalid_json", f"Body is not valid JSON: {str(exc)[:200]}") from None
+    return data
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    data = parse_json(body)
+    if not isinstance(data, dict):
+        raise ApiError(
+            "validation_error", "Body must be a JSON object", [{"field": "body", "message": "not an object"}]
+        )
+    return data

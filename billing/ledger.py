@@ -1,0 +1,188 @@
+"""The write side: runs the Lua scripts in lua/ against Redis. The only module that knows Redis keys."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
+
+LUA_DIR = Path(__file__).resolve().parent.parent / "lua"
+SCRIPT_NAMES = ("deposit", "withdraw", "transfer", "reserve", "recognize", "cancel", "set_service")
+
+
+@dataclass(frozen=True)
+class Idempotency:
+    """Who asked (a token's stable id) and the Idempotency-Key they sent."""
+
+    scope: str
+    key: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a script decided: HTTP status and either a body or an error code."""
+
+    status: int
+    body: dict[str, Any] | None
+    error: str | None
+    replayed: bool = False
+
+
+class IdempotencyKeyReused(Exception):
+    """The Idempotency-Key was used before with another request."""
+
+
+def fingerprint(operation: str, canonical: bytes) -> str:
+    return hashlib.sha256(operation.encode() + b"\n" + canonical).hexdigest()
+
+
+class RedisKeys:
+    """Key names. Keys of one user share the hash tag {u:<id>} so a cluster could keep them together."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.outbox = f"{prefix}outbox"
+        self.meta = f"{prefix}meta"
+        self.totals = f"{prefix}totals"
+        self.services = f"{prefix}services"
+
+    def account(self, user_id: int) -> str:
+        return f"{self.prefix}{{u:{user_id}}}:acct"
+
+    def reservation(self, user_id: int, service_id: int, order_id: int) -> str:
+        return f"{self.prefix}{{u:{user_id}}}:resv:{service_id}:{order_id}"
+
+    def idempotency(self, idem: Idempotency | None) -> str:
+        if idem is None:
+            return f"{self.prefix}idem:-"
+        digest = hashlib.sha256(idem.key.encode()).hexdigest()
+        return f"{self.prefix}idem:{idem.scope}:{digest}"
+
+    def account_pattern(self) -> str:
+        return f"{self.prefix}{{u:*}}:acct"
+
+    def reservation_pattern(self) -> str:
+        return f"{self.prefix}{{u:*}}:resv:*"
+
+
+def load_script_sources() -> dict[str, str]:
+    prelude = (LUA_DIR / "_prelude.lua").read_text()
+    return {name: prelude + "\n" + (LUA_DIR / f"{name}.lua").read_text() for name in SCRIPT_NAMES}
+
+
+class Ledger:
+    """Money operations, each one atomic Lua script and one Redis round trip."""
+
+    def __init__(self, redis: Redis, prefix: str, idempotency_ttl_seconds: int) -> None:
+        self.redis = redis
+        self.keys = RedisKeys(prefix)
+        self.idempotency_ttl = str(idempotency_ttl_seconds)
+        self._sources = load_script_sources()
+        self._shas = {name: hashlib.sha1(src.encode()).hexdigest() for name, src in self._sources.items()}
+
+    async def load_scripts(self) -> None:
+        for name, source in self._sources.items():
+            self._shas[name] = await self.redis.script_load(source)
+
+    def _common(self, idem: Idempotency | None, fp: str) -> tuple[list[str], list[str]]:
+        keys = [self.keys.idempotency(idem), self.keys.outbox, self.keys.meta, self.keys.totals]
+        args = [fp if idem is not None else "", self.idempotency_ttl]
+        return keys, args
+
+    def script_call(
+        self, name: str, idem: Idempotency | None, fp: str, keys: list[str], args: list[Any]
+    ) -> tuple[str, list[str], list[str]]:
+        """(sha, keys, args) of one script call; batch pipelines reuse this."""
+        common_keys, common_args = self._common(idem, fp)
+        return self._shas[name], common_keys + keys, common_args + [str(a) for a in args]
+
+    async def run(self, name: str, idem: Idempotency | None, fp: str, keys: list[str], args: list[Any]) -> Outcome:
+        sha, all_keys, all_args = self.script_call(name, idem, fp, keys, args)
+        try:
+            reply = await self.redis.evalsha(sha, len(all_keys), *all_keys, *all_args)
+        except NoScriptError:
+            await self.load_scripts()
+            reply = await self.redis.evalsha(sha, len(all_keys), *all_keys, *all_args)
+        return decode_reply(reply)
+
+    # ---- the operations -------------------------------------------------------------------
+
+    def deposit_call(self, user_id: int, amount: int, comment: str | None) -> tuple[str, list[str], list[Any]]:
+        return "deposit", [self.keys.account(user_id)], [user_id, amount, comment or ""]
+
+    def withdraw_call(self, user_id: int, amount: int, comment: str | None) -> tuple[str, list[str], list[Any]]:
+        return "withdraw", [self.keys.account(user_id)], [user_id, amount, comment or ""]
+
+    def transfer_call(
+        self, from_user_id: int, to_user_id: int, amount: int, comment: str | None
+    ) -> tuple[str, list[str], list[Any]]:
+        keys = [self.keys.account(from_user_id), self.keys.account(to_user_id)]
+        return "transfer", keys, [from_user_id, to_user_id, amount, comment or ""]
+
+    def _reservation_keys(self, user_id: int, service_id: int, order_id: int) -> list[str]:
+        return [
+            self.keys.account(user_id),
+            self.keys.reservation(user_id, service_id, order_id),
+            self.keys.services,
+        ]
+
+    def reserve_call(
+        self, user_id: int, service_id: int, order_id: int, amount: int, service_name: str | None, comment: str | None
+    ) -> tuple[str, list[str], list[Any]]:
+        keys = self._reservation_keys(user_id, service_id, order_id)
+        return "reserve", keys, [user_id, service_id, order_id, amount, service_name or "", comment or ""]
+
+    def recognize_call(
+        self, user_id: int, service_id: int, order_id: int, amount: int
+    ) -> tuple[str, list[str], list[Any]]:
+        keys = self._reservation_keys(user_id, service_id, order_id)
+        return "recognize", keys, [user_id, service_id, order_id, amount]
+
+    def cancel_call(
+        self, user_id: int, service_id: int, order_id: int, comment: str | None
+    ) -> tuple[str, list[str], list[Any]]:
+        keys = self._reservation_keys(user_id, service_id, order_id)
+        return "cancel", keys, [user_id, service_id, order_id, comment or ""]
+
+    async def set_service(self, service_id: int, name: str) -> Outcome:
+        return await self.run("set_service", None, "", [self.keys.services], [service_id, name])
+
+    # ---- reads ------------------------------------------------------------------------------
+
+    async def balance(self, user_id: int) -> tuple[int, int] | None:
+        available, reserved = await self.redis.hmget(self.keys.account(user_id), "available", "reserved")
+        if available is None:
+            return None
+        return int(available), int(reserved or 0)
+
+    async def reservation(self, user_id: int, service_id: int, order_id: int) -> dict[str, str] | None:
+        raw = await self.redis.hgetall(self.keys.reservation(user_id, service_id, order_id))
+        if not raw:
+            return None
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    async def services(self) -> dict[int, str]:
+        raw = await self.redis.hgetall(self.keys.services)
+        return {int(k): v.decode() for k, v in raw.items()}
+
+    async def totals(self) -> dict[str, int]:
+        raw = await self.redis.hgetall(self.keys.totals)
+        return {k.decode(): int(v) for k, v in raw.items()}
+
+
+def decode_reply(reply: list[bytes]) -> Outcome:
+    kind, payload = reply[0], reply[1]
+    if kind == b"reused":
+        raise IdempotencyKeyReused()
+    outcome = orjson.loads(payload)
+    return Outcome(
+        status=outcome["status"],
+        body=outcome.get("body"),
+        error=outcome.get("error"),
+        replayed=kind == b"replay",
+    )

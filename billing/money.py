@@ -1,0 +1,62 @@
+"""Money: request amounts to integer kopecks and kopecks back to "100.50". The only converter."""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal, InvalidOperation
+
+KOPECKS_PER_RUBLE = 100
+MAX_OPERATION_KOPECKS = 1_000_000_000 * KOPECKS_PER_RUBLE
+MAX_BALANCE_KOPECKS = 10_000_000_000_000 * KOPECKS_PER_RUBLE
+AMOUNT_PATTERN = r"^[0-9]+(\.[0-9]{1,2})?$"
+_AMOUNT_RE = re.compile(AMOUNT_PATTERN)
+_MAX_OPERATION_RUBLES = Decimal(MAX_OPERATION_KOPECKS) / KOPECKS_PER_RUBLE
+
+
+class AmountError(ValueError):
+    """The amount is not a valid money amount; the message says why."""
+
+
+def parse_amount(value: object) -> int:
+    """Turn a request amount (decimal string, int or exact Decimal) into kopecks, within bounds."""
+    if isinstance(value, str):
+        if not _AMOUNT_RE.match(value) or len(value) > 40:
+            raise AmountError('must be a decimal string like "100.50": digits, optional 1-2 decimals')
+        rubles, _, fraction = value.partition(".")
+        kopecks = int(rubles) * KOPECKS_PER_RUBLE + int(fraction.ljust(2, "0") or 0)
+    elif isinstance(value, bool):
+        raise AmountError("must be a decimal string or a number, not a boolean")
+    elif isinstance(value, int):
+        if value > _MAX_OPERATION_RUBLES:
+            raise AmountError("must not exceed 1000000000.00")
+        kopecks = value * KOPECKS_PER_RUBLE
+    elif isinstance(value, Decimal):
+        kopecks = _decimal_to_kopecks(value)
+    else:
+        raise AmountError('must be a decimal string like "100.50" or a JSON number')
+    if kopecks <= 0:
+        raise AmountError("must be greater than 0")
+    if kopecks > MAX_OPERATION_KOPECKS:
+        raise AmountError("must not exceed 1000000000.00")
+    return kopecks
+
+
+def _decimal_to_kopecks(value: Decimal) -> int:
+    if not value.is_finite():
+        raise AmountError("must be a finite number")
+    if value > _MAX_OPERATION_RUBLES:
+        raise AmountError("must not exceed 1000000000.00")
+    try:
+        scaled = value.scaleb(2)
+        if scaled != scaled.to_integral_value():
+            raise AmountError("must have at most 2 decimal places")
+        return int(scaled)
+    except InvalidOperation as exc:  # pragma: no cover - guarded by the bound above
+        raise AmountError("is not a valid number") from exc
+
+
+def format_kopecks(kopecks: int) -> str:
+    """Kopecks to the API's money string with exactly two fractional digits."""
+    sign = "-" if kopecks < 0 else ""
+    rubles, rest = divmod(abs(kopecks), KOPECKS_PER_RUBLE)
+    return f"{sign}{rubles}.{rest:02d}"

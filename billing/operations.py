@@ -1,0 +1,180 @@
+"""The service layer for money movements: validated request -> one ledger script -> rendered reply.
+
+HTTP handlers and the batch endpoint both go through here, so an operation behaves the same either way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+from redis.exceptions import NoScriptError
+
+from billing.errors import ApiError, problem_body, validation_errors
+from billing.ledger import Idempotency, IdempotencyKeyReused, Ledger, Outcome, decode_reply, fingerprint
+from billing.render import render_outcome_body
+from billing.schemas import (
+    CancelRequest,
+    DepositRequest,
+    RecognizeRequest,
+    Request,
+    ReserveRequest,
+    TransferRequest,
+    WithdrawalRequest,
+)
+
+PAYMENTS = frozenset({"payments"})
+ORDERS = frozenset({"orders"})
+
+ScriptCall = tuple[str, list[str], list[Any]]
+
+
+@dataclass(frozen=True)
+class OperationSpec:
+    """One money operation: its request model, who may call it, and how it becomes a script call."""
+
+    name: str
+    path: str
+    model: type[Request]
+    roles: frozenset[str]
+    to_call: Callable[[Ledger, Any], ScriptCall]
+
+
+OPERATIONS: dict[str, OperationSpec] = {
+    spec.name: spec
+    for spec in (
+        OperationSpec(
+            "deposit",
+            "/v1/deposits",
+            DepositRequest,
+            PAYMENTS,
+            lambda ledger, r: ledger.deposit_call(r.user_id, r.amount, r.comment),
+        ),
+        OperationSpec(
+            "withdrawal",
+            "/v1/withdrawals",
+            WithdrawalRequest,
+            PAYMENTS,
+            lambda ledger, r: ledger.withdraw_call(r.user_id, r.amount, r.comment),
+        ),
+        OperationSpec(
+            "transfer",
+            "/v1/transfers",
+            TransferRequest,
+            PAYMENTS,
+            lambda ledger, r: ledger.transfer_call(r.from_user_id, r.to_user_id, r.amount, r.comment),
+        ),
+        OperationSpec(
+            "reserve",
+            "/v1/reservations",
+            ReserveRequest,
+            ORDERS,
+            lambda ledger, r: ledger.reserve_call(
+                r.user_id, r.service_id, r.order_id, r.amount, r.service_name, r.comment
+            ),
+        ),
+        OperationSpec(
+            "recognize",
+            "/v1/reservations/recognize",
+            RecognizeRequest,
+            ORDERS,
+            lambda ledger, r: ledger.recognize_call(r.user_id, r.service_id, r.order_id, r.amount),
+        ),
+        OperationSpec(
+            "cancel",
+            "/v1/reservations/cancel",
+            CancelRequest,
+            ORDERS,
+            lambda ledger, r: ledger.cancel_call(r.user_id, r.service_id, r.order_id, r.comment),
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What to answer: status, JSON body, and whether it is a replay of an earlier outcome."""
+
+    status: int
+    body: dict[str, Any]
+    replayed: bool = False
+
+
+def validate(spec: OperationSpec, data: Any) -> Request:
+    try:
+        return spec.model.model_validate(data)
+    except ValidationError as exc:
+        raise ApiError("validation_error", "Request is not valid", validation_errors(exc)) from None
+
+
+def request_fingerprint(spec: OperationSpec, request: Request) -> str:
+    """Same operation and same validated fields give the same fingerprint, whichever way they were sent."""
+    return fingerprint("POST " + spec.path, orjson.dumps(request.model_dump(), option=orjson.OPT_SORT_KEYS))
+
+
+def reply_from_outcome(outcome: Outcome, lang: str) -> Reply:
+    if outcome.error is not None:
+        return Reply(outcome.status, problem_body(outcome.error), outcome.replayed)
+    assert outcome.body is not None
+    return Reply(outcome.status, render_outcome_body(outcome.body, lang), outcome.replayed)
+
+
+class MoneyOperations:
+    """Runs money operations on the ledger, one at a time or many in one pipeline."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+
+    async def execute(self, spec: OperationSpec, request: Request, idem: Idempotency | None, lang: str) -> Reply:
+        name, keys, args = spec.to_call(self.ledger, request)
+        fp = request_fingerprint(spec, request) if idem else ""
+        try:
+            outcome = await self.ledger.run(name, idem, fp, keys, args)
+        except IdempotencyKeyReused:
+            raise ApiError("idempotency_key_reused", "This Idempotency-Key was used with another request") from None
+        return reply_from_outcome(outcome, lang)
+
+    async def execute_many(
+        self, items: Sequence[tuple[OperationSpec, Request, Idempotency | None]], lang: str
+    ) -> list[Reply]:
+        """Each item atomic and idempotent on its own; all sent to Redis in one pipeline."""
+        calls = []
+        for spec, request, idem in items:
+            name, keys, args = spec.to_call(self.ledger, request)
+            fp = request_fingerprint(spec, request) if idem else ""
+            calls.append(self.ledger.script_call(name, idem, fp, keys, args))
+        raw = await self._pipeline(calls)
+        replies = []
+        for result in raw:
+            if isinstance(result, Exception):
+                replies.append(Reply(500, problem_body("internal_error", "The operation failed; retry it")))
+                continue
+            try:
+                replies.append(reply_from_outcome(decode_reply(result), lang))
+            except IdempotencyKeyReused:
+                replies.append(Reply(422, problem_body("idempotency_key_reused")))
+        return replies
+
+    async def _pipeline(self, calls: list[tuple[str, list[str], list[str]]]) -> list[Any]:
+        results: list[Any] = [None] * len(calls)
+        pending = list(range(len(calls)))
+        for attempt in range(2):
+            pipe = self.ledger.redis.pipeline(transaction=False)
+            for index in pending:
+                sha, keys, args = calls[index]
+                pipe.evalsha(sha, len(keys), *keys, *args)
+            answers = await pipe.execute(raise_on_error=False)
+            retry = []
+            for index, answer in zip(pending, answers, strict=True):
+                if isinstance(answer, NoScriptError) and attempt == 0:
+                    retry.append(index)  # the script never ran: safe to run it again once loaded
+                else:
+                    results[index] = answer
+            if not retry:
+                break
+            await self.ledger.load_scripts()
+            pending = retry
+        return results

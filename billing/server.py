@@ -1,0 +1,111 @@
+"""Serving: bind the socket, pre-fork workers, run the app, stop gracefully on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+
+import tornado.httpserver
+import tornado.netutil
+
+from billing.app import make_app
+from billing.config import Settings
+from billing.context import build_context
+from billing.lifecycle import start_components, stop_components
+
+log = logging.getLogger("billing.server")
+
+MAX_BODY_BYTES = 8 * 1024 * 1024  # route limits (64 KiB, 1 MiB) answer 413 below this
+SHUTDOWN_GRACE_SECONDS = 10.0
+
+
+async def run_worker(settings: Settings, sockets: list[socket.socket], ready: Callable[[], None] | None = None) -> None:
+    ctx = await build_context(settings)
+    await start_components(ctx)
+    app = make_app(ctx)
+    server = tornado.httpserver.HTTPServer(app, max_body_size=MAX_BODY_BYTES, xheaders=False)
+    server.add_sockets(sockets)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        ready()
+    await stop.wait()
+    log.info("worker %d stopping: no new connections, finishing requests in flight", os.getpid())
+    server.stop()
+    await _drain(server)
+    await stop_components(ctx)
+
+
+async def _drain(server: tornado.httpserver.HTTPServer) -> None:
+    deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS
+    # close_all_connections waits for each connection's current request to finish before closing it
+    try:
+        await asyncio.wait_for(server.close_all_connections(), timeout=max(0.1, deadline - time.monotonic()))
+    except TimeoutError:
+        log.warning("shutdown grace period over; closing remaining connections")
+
+
+def serve(settings: Settings, host: str, port: int, workers: int) -> None:
+    sockets = tornado.netutil.bind_sockets(port, host, reuse_port=False)
+    log.info("billing listening on http://%s:%d with %d worker(s)", host, port, workers)
+    if workers <= 1:
+        asyncio.run(run_worker(settings, sockets))
+        return
+    _supervise(settings, sockets, workers)
+
+
+def _supervise(settings: Settings, sockets: list[socket.socket], workers: int) -> None:
+    """Fork workers sharing the listening socket; forward SIGTERM/SIGINT; restart crashed workers."""
+    children: dict[int, int] = {}
+    stopping = False
+
+    def spawn(slot: int) -> None:
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.environ["BILLING_WORKER_ID"] = str(slot)
+            try:
+                asyncio.run(run_worker(settings, sockets))
+                code = 0
+            except Exception:
+                log.exception("worker crashed")
+                code = 1
+            os._exit(code)
+        children[pid] = slot
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for slot in range(workers):
+        spawn(slot)
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        slot = children.pop(pid, None)
+        if slot is None:
+            continue
+        if not stopping:
+            log.error("worker %d exited with status %d; starting a new one", pid, status)
+            time.sleep(0.2)
+            spawn(slot)
+    sys.exit(0)

@@ -1,0 +1,42 @@
+"""Packaging for the billing service: `pip install -e .[test]`."""
+from setuptools import find_packages, setup
+
+setup(
+    name="billing",
+    version="0.1.0",
+    description="Billing microservice: atomic, idempotent money operations over HTTP",
+    python_requires=">=3.11",
+    packages=find_packages(include=["billing", "billing.*"]),
+    package_data={"billing": ["templates/*", "static/*"]},
+    include_package_data=True,
+    install_requires=[
+        "tornado>=6.4,<7",
+        "redis[hiredis]>=5.0,<8",
+        "motor>=3.5,<4",
+        "pymongo>=4.8,<5",
+        "pydantic>=2.7,<3",
+        "pydantic-settings>=2.3,<3",
+        "orjson>=3.9,<4",
+        "prometheus-client>=0.20,<1",
+        "fakeredis[lua]>=2.26,<3",
+        "lupa>=2.0,<3",
+        "mongomock>=4.1,<5",
+        "mongomock-motor>=0.0.34,<0.1",
+        "typing_extensions>=4.8",
+        "swagger-ui-py>=23,<27",
+        "tzdata>=2024.1",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8,<10",
+            "pytest-asyncio>=0.23,<2",
+            "hypothesis>=6.100,<7",
+            "schemathesis>=4,<5",
+            "SecantusDB>=0.7.0b3,<0.8",
+            "playwright>=1.45,<2",
+            "ruff>=0.5,<1",
+            "PyYAML>=6,<7",
+        ],
+    },
+    entry_points={"console_scripts": ["billing=billing.cli:main"]},
+)

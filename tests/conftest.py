@@ -1,0 +1,115 @@
+"""Shared fixtures: Redis (fake and real), MongoDB (mongomock and a real wire server), a live app."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import fakeredis
+import pytest
+import tornado.httpserver
+from redis.asyncio import Redis
+
+from billing.app import make_app
+from billing.config import Settings
+from billing.context import Context, build_context
+from billing.lifecycle import start_components, stop_components
+from tests.support.api import TEST_TOKENS, Api
+from tests.support.servers import MongoWireServer, RedisServer, free_port
+
+REDIS_BACKENDS = ["fakeredis", "redis"]
+MONGO_BACKENDS = ["mongomock", "secantus"]
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A real redis-server of the tests' own on a free port (required: no skip when missing)."""
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def mongo_server() -> Iterator[MongoWireServer]:
+    server = MongoWireServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=REDIS_BACKENDS)
+def redis_backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+async def redis_client(redis_backend: str, request: pytest.FixtureRequest) -> AsyncIterator[Redis]:
+    if redis_backend == "fakeredis":
+        client = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
+        yield client
+        await client.aclose()
+        return
+    server: RedisServer = request.getfixturevalue("redis_server")
+    client = Redis.from_url(server.url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"test:{uuid.uuid4().hex[:12]}:"
+
+
+@pytest.fixture(params=["mongomock"])
+def mongo_backend(request: pytest.FixtureRequest) -> str:
+    """Override with @pytest.mark.parametrize("mongo_backend", MONGO_BACKENDS, indirect=True)."""
+    return request.param
+
+
+@pytest.fixture
+async def mongo_db(mongo_backend: str, request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+    name = f"billing_test_{uuid.uuid4().hex[:12]}"
+    if mongo_backend == "mongomock":
+        from mongomock_motor import AsyncMongoMockClient
+
+        client = AsyncMongoMockClient(tz_aware=True)
+        yield client[name]
+        return
+    from motor.motor_asyncio import AsyncIOMotorClient
+
+    server: MongoWireServer = request.getfixturevalue("mongo_server")
+    client = AsyncIOMotorClient(server.url, tz_aware=True)
+    yield client[name]
+    await client.drop_database(name)
+    client.close()
+
+
+@pytest.fixture
+def settings(prefix: str, tmp_path: Any) -> Settings:
+    return Settings(
+        tokens=TEST_TOKENS,
+        secret="test-secret",
+        redis_prefix=prefix,
+        reports_dir=tmp_path / "reports",
+        _env_file=None,
+    )
+
+
+@pytest.fixture
+async def ctx(settings: Settings, redis_client: Redis, mongo_db: Any) -> AsyncIterator[Context]:
+    context = await build_context(settings, redis=redis_client, mongo=mongo_db)
+    await start_components(context)
+    yield context
+    await stop_components(context)
+
+
+@pytest.fixture
+async def api(ctx: Context) -> AsyncIterator[Api]:
+    port = free_port()
+    server = tornado.httpserver.HTTPServer(make_app(ctx), max_body_size=8 * 1024 * 1024)
+    server.listen(port, "127.0.0.1")
+    client = Api(f"http://127.0.0.1:{port}")
+    yield client
+    client.close()
+    server.stop()
+    await server.close_all_connections()

@@ -1,0 +1,132 @@
+"""Real servers for tests: a redis-server and a SecantusDB (MongoDB wire) server on free ports."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+class RedisServer:
+    """A redis-server child process on a free port; optionally with AOF (appendfsync always)."""
+
+    def __init__(self, aof: bool = False, directory: str | None = None, port: int | None = None) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server binary not found (scripts/ensure-redis.sh installs it)")
+        self.binary = binary
+        self.port = port or free_port()
+        self.aof = aof
+        self.dir = directory or tempfile.mkdtemp(prefix="billing-redis-")
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--dir", self.dir]
+        if self.aof:
+            args += ["--appendonly", "yes", "--appendfsync", "always"]
+        else:
+            args += ["--appendonly", "no"]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if client.ping():
+                    break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        client.close()
+        return self
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+class MongoWireServer:
+    """SecantusDB speaking the MongoDB wire protocol, in memory, on a free port."""
+
+    def __init__(self, port: int | None = None, storage: str = ":memory:") -> None:
+        self.port = port or free_port()
+        self.storage = storage
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
+
+    def start(self) -> MongoWireServer:
+        launcher = Path(sys.executable).with_name("secantusd-py")
+        self.log = tempfile.NamedTemporaryFile(prefix="secantus-", suffix=".log", delete=False)
+        self.proc = subprocess.Popen(
+            [
+                str(launcher),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--storage-path",
+                self.storage,
+                "--log-level",
+                "WARNING",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        import pymongo
+
+        deadline = time.monotonic() + 30
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"SecantusDB exited: see {self.log.name}")
+            try:
+                client = pymongo.MongoClient(self.url, serverSelectionTimeoutMS=500)
+                client.admin.command("ping")
+                client.close()
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
