@@ -27,6 +27,13 @@ class Context:
     ledger: Ledger
     operations: MoneyOperations
     auth: Authenticator
+    # Filled by later components (each owns its type): the outbox projector (billing/outbox.py),
+    # the history read side (billing/history.py), the revenue reports (billing/reports.py),
+    # metrics (billing/metrics.py). None until built.
+    projector: Any = None
+    history: Any = None
+    reports: Any = None
+    metrics: Any = None
     extras: dict[str, Any] = field(default_factory=dict)
 
 
