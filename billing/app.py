@@ -11,6 +11,7 @@ from billing.handlers.accounts import BalanceHandler
 from billing.handlers.base import NotFoundHandler
 from billing.handlers.batch import BatchHandler
 from billing.handlers.health import HealthHandler, ReadyHandler
+from billing.handlers.history import TransactionsHandler
 from billing.handlers.operations import OperationHandler
 from billing.handlers.reservations import ReservationsHandler
 from billing.handlers.services import ServiceHandler, ServicesHandler
@@ -27,6 +28,7 @@ def routes(ctx: Context) -> list[Any]:
     ]
     table += [
         (rf"/v1/users/{ID}/balance", BalanceHandler, args),
+        (rf"/v1/users/{ID}/transactions", TransactionsHandler, args),
         (r"/v1/services", ServicesHandler, args),
         (rf"/v1/services/{ID}", ServiceHandler, args),
         (r"/v1/batch", BatchHandler, args),

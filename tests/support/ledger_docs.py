@@ -1,0 +1,52 @@
+"""Ledger documents in the agreed MongoDB schema, for read-side tests that run without the projector."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bson import Int64
+
+from billing.timefmt import ms_to_datetime
+
+HISTORY_INDEXES = (
+    [("user_id", 1), ("created_at", 1), ("_id", 1)],
+    [("user_id", 1), ("amount", 1), ("_id", 1)],
+    [("type", 1), ("created_at", 1)],
+)
+BASE_MS = 1_790_000_000_000  # 2026-09-21T14:13:20Z
+
+
+def txn(
+    txn_id: int,
+    user_id: int,
+    txn_type: str,
+    amount: int,
+    created_ms: int,
+    *,
+    available_after: int = 0,
+    reserved_after: int = 0,
+    **refs: Any,
+) -> dict[str, Any]:
+    """One `transactions` document; refs: comment, service_id, order_id, counterparty_user_id, service_name."""
+    doc: dict[str, Any] = {
+        "_id": Int64(txn_id),
+        "type": txn_type,
+        "user_id": Int64(user_id),
+        "amount": Int64(amount),
+        "available_after": Int64(available_after),
+        "reserved_after": Int64(reserved_after),
+        "created_at": ms_to_datetime(created_ms),
+    }
+    for name, value in refs.items():
+        if value is not None:
+            doc[name] = value if isinstance(value, str) else Int64(value)
+    return doc
+
+
+async def create_history_indexes(mongo: Any) -> None:
+    for keys in HISTORY_INDEXES:
+        await mongo["transactions"].create_index(keys)
+
+
+async def insert(mongo: Any, docs: list[dict[str, Any]]) -> None:
+    await mongo["transactions"].insert_many(docs, ordered=False)
