@@ -157,6 +157,7 @@ class History:
         self._services = mongo["services"]
         self._ledger = ledger
         self._cursors = CursorCodec(secret)
+        self._warned: set[str] = set()
 
     def cursor_after(self, q: HistoryQuery) -> tuple[int, int] | None:
         return self._cursors.decode(q.cursor, q.fingerprint()) if q.cursor is not None else None
@@ -195,7 +196,10 @@ class History:
             if exc.code != BAD_VALUE or "hint" not in str(exc):
                 raise
             # The projector creates the indexes; until it has, the planner picks (slower, same rows).
-            log.warning("history index %s is missing; querying without a hint", index_for(sort))
+            index = str(index_for(sort))
+            if index not in self._warned:
+                self._warned.add(index)
+                log.warning("history index %s is missing; querying without a hint", index)
             return await self.find_cursor(filter_, sort, limit, hint=False).to_list(limit)
 
     async def _service_names(self, docs: list[dict[str, Any]]) -> dict[int, str]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 from bson import Int64
 
+from billing.history import TRANSACTION_TYPES
 from billing.timefmt import ms_to_datetime
 
 HISTORY_INDEXES = (
@@ -14,6 +16,7 @@ HISTORY_INDEXES = (
     [("type", 1), ("created_at", 1)],
 )
 BASE_MS = 1_790_000_000_000  # 2026-09-21T14:13:20Z
+SORTS = [("created_at", "desc"), ("created_at", "asc"), ("amount", "desc"), ("amount", "asc")]
 
 
 def txn(
@@ -41,6 +44,23 @@ def txn(
         if value is not None:
             doc[name] = value if isinstance(value, str) else Int64(value)
     return doc
+
+
+def ledger(count: int, users: tuple[int, ...] = (1, 2), seed: int = 7) -> list[dict[str, Any]]:
+    """Interleaved users; created_at ties (three ids per millisecond) and amount ties (five amounts)."""
+    rng = random.Random(seed)
+    docs = []
+    for txn_id in range(1, count + 1):
+        docs.append(
+            txn(
+                txn_id,
+                users[txn_id % len(users)],
+                TRANSACTION_TYPES[txn_id % len(TRANSACTION_TYPES)],
+                rng.choice([100, 250, 250, 999, 100_000_00]),
+                BASE_MS + txn_id // 3,
+            )
+        )
+    return docs
 
 
 async def create_history_indexes(mongo: Any) -> None:
