@@ -8,8 +8,7 @@ import pytest
 
 from billing.context import Context
 from billing.history import HistoryQuery, find_specs, index_for
-from tests.integration.test_history_api import SORTS, ledger
-from tests.support.ledger_docs import BASE_MS, create_history_indexes, insert
+from tests.support.ledger_docs import BASE_MS, SORTS, create_history_indexes, insert, ledger
 
 pytestmark = [
     pytest.mark.parametrize("mongo_backend", ["secantus"], indirect=True),  # mongomock has no query planner
