@@ -13,6 +13,7 @@ from urllib.parse import urlencode
 import pytest
 from bson import Int64
 
+from billing.config import Settings
 from billing.context import Context
 from billing.cursor import CursorCodec
 from billing.history import HistoryQuery
@@ -71,6 +72,12 @@ def expected(docs: list[dict[str, Any]], sort: str, order: str) -> list[int]:
 async def open_accounts(api: Api, *user_ids: int) -> None:
     for user_id in user_ids:
         assert (await api.deposit(user_id, "1.00")).status == 201
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """No projector here: these tests write the ledger documents themselves (tests/e2e runs it)."""
+    return settings.model_copy(update={"projector_enabled": False})
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from billing.config import Settings
 from billing.context import Context
 from billing.history import HistoryQuery, find_specs, index_for
 from tests.support.ledger_docs import BASE_MS, SORTS, create_history_indexes, insert, ledger
@@ -14,6 +15,11 @@ pytestmark = [
     pytest.mark.parametrize("mongo_backend", ["secantus"], indirect=True),  # mongomock has no query planner
     pytest.mark.parametrize("redis_backend", ["fakeredis"], indirect=True),
 ]
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return settings.model_copy(update={"projector_enabled": False})
 
 
 def stages(plan: dict[str, Any]) -> list[dict[str, Any]]:
