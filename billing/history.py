@@ -150,7 +150,7 @@ def sort_value(q: HistoryQuery, doc: Mapping[str, Any]) -> int:
 
 
 class History:
-    """GET /v1/users/{id}/transactions: the only reader of the `transactions` and `services` collections."""
+    """GET /v1/users/{id}/transactions: reads `transactions` (by its compound indexes) and `services` names."""
 
     def __init__(self, mongo: Any, ledger: Ledger, secret: str) -> None:
         self._transactions = mongo["transactions"]
