@@ -15,6 +15,7 @@ from billing.config import Settings
 from billing.context import Context
 from billing.ledger_store import LedgerStore, ServiceName
 from billing.outbox import GROUP, Projector, stream_seq
+from tests.support.api import Api
 from tests.support.workload import deposit, run
 
 pytestmark = pytest.mark.parametrize("mongo_backend", ["mongomock", "secantus"], indirect=True)
@@ -274,3 +275,41 @@ async def test_records_in_stream_are_strings_as_agreed(ctx: Context) -> None:
     assert len(raw) == 1  # a refusal writes no transaction
     record = orjson.loads(raw[0][1][b"txns"])[0]
     assert all(isinstance(v, str) for v in record.values())
+
+
+class SlowStore(LedgerStore):
+    """A store whose inserts take a while, so stop() arrives with a batch in hand."""
+
+    started: asyncio.Event
+
+    async def insert_transactions(self, docs: list[dict[str, Any]]) -> tuple[int, int]:
+        self.started.set()
+        await asyncio.sleep(0.3)
+        return await super().insert_transactions(docs)
+
+
+async def test_stop_finishes_the_batch_in_hand(ctx: Context) -> None:
+    for amount in (5, 6, 7):
+        await deposit(ctx.ledger, 1, amount)
+    store = SlowStore(ctx.mongo)
+    store.started = asyncio.Event()
+    p = Projector(ctx.redis, ctx.ledger.keys, store, block_ms=50)
+    await p.start()
+    await asyncio.wait_for(store.started.wait(), 10)
+    await p.stop()
+    assert p.entries_acked == 3
+    assert [int(d["amount"]) for d in await all_docs(ctx)] == [5, 6, 7]
+    assert (await ctx.redis.xpending(ctx.ledger.keys.outbox, GROUP))["pending"] == 0
+
+
+async def test_readiness_stays_ok_while_history_lags_and_reports_it(api: Api, ctx: Context) -> None:
+    for amount in ("1.00", "2.00"):
+        assert (await api.deposit(1, amount)).status == 201
+    await asyncio.sleep(0.02)
+    ready = await api.get("/readyz", token=None)
+    assert ready.status == 200
+    outbox = ready.json["checks"]["outbox"]
+    assert outbox["entries"] == 2 and outbox["oldest_age_seconds"] > 0
+    await ctx.projector.drain()
+    ready = await api.get("/readyz", token=None)
+    assert ready.json["checks"]["outbox"] == {"entries": 0, "oldest_age_seconds": 0.0}
