@@ -26,6 +26,8 @@ GROUP = "ledger-projector"
 SEQ_SPAN = 1_000_000  # stream ids ms-seq map to the integer ms * SEQ_SPAN + seq (seq stays far below it)
 CLAIM_EVERY_SECONDS = 1.0
 TRIM_EVERY_SECONDS = 1.0
+PRUNE_EVERY_SECONDS = 60.0
+PRUNE_IDLE_MS = 3_600_000  # a consumer silent this long with nothing pending is gone (a crashed process)
 BACKOFF_FIRST, BACKOFF_MAX = 0.1, 5.0
 
 Entry = tuple[str, dict[str, str]]
@@ -120,6 +122,7 @@ class Projector:
         self._own_pending = False
         self._last_claim = 0.0
         self._last_trim = 0.0
+        self._last_prune = 0.0
 
     @classmethod
     def from_context(cls, ctx: Any) -> Projector:
@@ -243,6 +246,8 @@ class Projector:
                     handled = await self._step(block=True, claim=self._due("_last_claim", CLAIM_EVERY_SECONDS))
                     if self._due("_last_trim", TRIM_EVERY_SECONDS):
                         await self._trim()
+                    if self._due("_last_prune", PRUNE_EVERY_SECONDS):
+                        await self.prune_consumers()
                 delay = BACKOFF_FIRST
             except Exception as exc:
                 self.failures += 1
@@ -368,6 +373,16 @@ class Projector:
             if len(rows) < 1000:
                 return count
             start = next_id(_text(rows[-1][0]))
+
+    async def prune_consumers(self, idle_ms: int = PRUNE_IDLE_MS) -> int:
+        """Remove consumers of crashed processes: nothing pending (claimed away) and silent for idle_ms."""
+        removed = 0
+        for consumer in await self.redis.xinfo_consumers(self.stream, GROUP):
+            name = _text(consumer["name"])
+            if name != self.consumer and not consumer["pending"] and int(consumer["idle"]) >= idle_ms:
+                await self.redis.xgroup_delconsumer(self.stream, GROUP, name)  # answers its pending count: 0
+                removed += 1
+        return removed
 
     async def _forget_consumer(self) -> None:
         """Leave the group when nothing is pending for this consumer (else a later one claims it)."""

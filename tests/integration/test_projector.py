@@ -151,18 +151,24 @@ class Crash(BaseException):
     """Stands for the process dying: nothing catches it."""
 
 
-async def test_crash_between_write_and_ack_projects_every_transaction_once(ctx: Context) -> None:
-    amounts = list(range(100, 130))
-    for i, amount in enumerate(amounts):
-        await deposit(ctx.ledger, 1 + i % 4, amount)
-    first = projector(ctx, batch=7)
+async def crash_after_write(ctx: Context, batch: int) -> Projector:
+    """A projector that dies after its first MongoDB write, before the XACK."""
+    doomed = projector(ctx, batch=batch)
 
     async def die(ids: list[str]) -> None:
         raise Crash()
 
-    first.before_ack = die
+    doomed.before_ack = die
     with pytest.raises(Crash):
-        await first.drain()
+        await doomed.drain()
+    return doomed
+
+
+async def test_crash_between_write_and_ack_projects_every_transaction_once(ctx: Context) -> None:
+    amounts = list(range(100, 130))
+    for i, amount in enumerate(amounts):
+        await deposit(ctx.ledger, 1 + i % 4, amount)
+    first = await crash_after_write(ctx, batch=7)
     # MongoDB has the batch, Redis still holds it as pending for the dead consumer
     assert len(await all_docs(ctx)) == 7
     pending = await ctx.redis.xpending(ctx.ledger.keys.outbox, GROUP)
@@ -177,19 +183,18 @@ async def test_crash_between_write_and_ack_projects_every_transaction_once(ctx: 
     assert len({int(d["_id"]) for d in docs}) == len(amounts)
     assert (await ctx.redis.xpending(ctx.ledger.keys.outbox, GROUP))["pending"] == 0
     assert await second.lag() == {"entries": 0, "oldest_age_seconds": 0.0}
+    # the dead consumer, with nothing pending any more, is pruned from the group once silent long enough
+    await asyncio.sleep(0.05)
+    assert await second.prune_consumers(idle_ms=60_000) == 0
+    assert await second.prune_consumers(idle_ms=10) == 1
+    names = [c["name"].decode() for c in await ctx.redis.xinfo_consumers(ctx.ledger.keys.outbox, GROUP)]
+    assert names == [second.consumer]
 
 
 async def test_trimming_never_drops_unacknowledged_entries(ctx: Context) -> None:
     for amount in range(1, 11):
         await deposit(ctx.ledger, 2, amount)
-    crashed = projector(ctx, batch=3)
-
-    async def die(ids: list[str]) -> None:
-        raise Crash()
-
-    crashed.before_ack = die
-    with pytest.raises(Crash):
-        await crashed.drain()
+    await crash_after_write(ctx, batch=3)
     live = projector(ctx, batch=100, claim_idle_ms=60_000)
     with pytest.raises(TimeoutError):  # the crashed consumer's entries are not idle long enough yet
         await live.drain(timeout=0.3)
