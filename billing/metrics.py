@@ -41,7 +41,10 @@ class Metrics:
         self.registry = CollectorRegistry()
         labels = ["route", "method", "status"]
         self.requests = Counter(
-            "billing_http_requests", "HTTP requests by route template, method and status", labels, registry=self.registry
+            "billing_http_requests",
+            "HTTP requests by route template, method and status",
+            labels,
+            registry=self.registry,
         )
         self.latency = Histogram(
             "billing_http_request_duration_seconds",

@@ -368,7 +368,10 @@ def build_spec(server_url: str | None = None) -> dict[str, Any]:
                     "description": "`true` when this answer replays the outcome of an earlier request with the same key",
                     "schema": {"type": "string", "enum": ["true"]},
                 },
-                "RequestId": {"description": "The request id (from X-Request-ID or generated)", "schema": {"type": "string"}},
+                "RequestId": {
+                    "description": "The request id (from X-Request-ID or generated)",
+                    "schema": {"type": "string"},
+                },
                 "RetryAfter": {"description": "Seconds to wait before retrying", "schema": {"type": "string"}},
             },
         },

@@ -97,16 +97,18 @@ def test_security_bearer_except_open_routes() -> None:
         "scheme": "bearer",
         "description": "BILLING_TOKENS",
     }
-    open_routes = {
-        path for path, item in spec["paths"].items() for op in item.values() if op["security"] == []
-    }
+    open_routes = {path for path, item in spec["paths"].items() for op in item.values() if op["security"] == []}
     assert open_routes == {"/healthz", "/readyz", "/metrics", "/openapi.json", "/v1/reports/revenue.csv"}
 
 
 @pytest.mark.parametrize(
     ("path", "method", "names"),
     [
-        ("/v1/users/{user_id}/transactions", "get", ["user_id", "sort", "order", "limit", "cursor", "type", "from", "to"]),
+        (
+            "/v1/users/{user_id}/transactions",
+            "get",
+            ["user_id", "sort", "order", "limit", "cursor", "type", "from", "to"],
+        ),
         ("/v1/reports/revenue", "get", ["month"]),
         ("/v1/reservations", "get", ["user_id", "service_id", "order_id"]),
     ],
