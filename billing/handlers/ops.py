@@ -18,14 +18,15 @@ SPEC_URL = "/openapi.json"
 
 class OpenAPIHandler(BaseHandler):
     route_name = "/openapi.json"
-    _cache: bytes | None = None
+    _cache: dict[str | None, bytes] = {}  # by BILLING_PUBLIC_URL (the document's servers entry)
 
     def get(self) -> None:
-        if OpenAPIHandler._cache is None:
-            OpenAPIHandler._cache = orjson.dumps(build_spec(self.ctx.settings.public_url))
+        public_url = self.ctx.settings.public_url
+        if public_url not in self._cache:
+            self._cache[public_url] = orjson.dumps(build_spec(public_url))
         self.set_header("Content-Type", "application/json")
         self.set_header("Cache-Control", "public, max-age=60")
-        self.finish(OpenAPIHandler._cache)
+        self.finish(self._cache[public_url])
 
 
 def _swagger_document() -> ApplicationDocument:
