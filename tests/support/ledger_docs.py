@@ -8,14 +8,9 @@ from typing import Any
 from bson import Int64
 
 from billing.history import TRANSACTION_TYPES
+from billing.ledger_store import LedgerStore
 from billing.timefmt import ms_to_datetime
 
-# The agreed indexes, under the names the projector gives them (same keys and names: creating twice is a no-op).
-HISTORY_INDEXES = (
-    ("user_created", [("user_id", 1), ("created_at", 1), ("_id", 1)]),
-    ("user_amount", [("user_id", 1), ("amount", 1), ("_id", 1)]),
-    ("type_created", [("type", 1), ("created_at", 1)]),
-)
 BASE_MS = 1_790_000_000_000  # 2026-09-21T14:13:20Z
 SORTS = [("created_at", "desc"), ("created_at", "asc"), ("amount", "desc"), ("amount", "asc")]
 
@@ -65,8 +60,8 @@ def ledger(count: int, users: tuple[int, ...] = (1, 2), seed: int = 7) -> list[d
 
 
 async def create_history_indexes(mongo: Any) -> None:
-    for name, keys in HISTORY_INDEXES:
-        await mongo["transactions"].create_index(keys, name=name)
+    """The agreed indexes, made as the projector makes them."""
+    await LedgerStore(mongo).ensure_indexes()
 
 
 async def insert(mongo: Any, docs: list[dict[str, Any]]) -> None:
