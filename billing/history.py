@@ -14,9 +14,9 @@ from billing.cursor import CursorCodec, query_fingerprint
 from billing.errors import ApiError
 from billing.ledger import Ledger
 from billing.render import render_transaction
+from billing.schemas import TRANSACTION_TYPES
 from billing.timefmt import datetime_to_ms, ms_to_datetime, parse_rfc3339
 
-TRANSACTION_TYPES = ("deposit", "withdrawal", "transfer_in", "transfer_out", "reserve", "charge", "release")
 SORTS = ("created_at", "amount")
 ORDERS = ("desc", "asc")
 PARAMETERS = ("sort", "order", "limit", "cursor", "type", "from", "to")
