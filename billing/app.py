@@ -6,10 +6,12 @@ from typing import Any
 
 import tornado.web
 
+from billing.console.session import cookie_secret
 from billing.context import Context
 from billing.handlers.accounts import BalanceHandler
 from billing.handlers.base import NotFoundHandler
 from billing.handlers.batch import BatchHandler
+from billing.handlers.console import console_routes
 from billing.handlers.health import HealthHandler, ReadyHandler
 from billing.handlers.operations import OperationHandler
 from billing.handlers.reservations import ReservationsHandler
@@ -33,6 +35,7 @@ def routes(ctx: Context) -> list[Any]:
         (r"/healthz", HealthHandler, args),
         (r"/readyz", ReadyHandler, args),
     ]
+    table += console_routes(ctx)
     return table
 
 
@@ -42,5 +45,6 @@ def make_app(ctx: Context, **settings: Any) -> tornado.web.Application:
         default_handler_class=NotFoundHandler,
         default_handler_args={"ctx": ctx},
         compress_response=False,
+        cookie_secret=cookie_secret(ctx.settings),  # the console's signed session cookie
         **settings,
     )
