@@ -57,6 +57,10 @@ class RedisKeys:
     def reservation(self, user_id: int, service_id: int, order_id: int) -> str:
         return f"{self.prefix}{{u:{user_id}}}:resv:{service_id}:{order_id}"
 
+    def user_reservation_pattern(self, user_id: int) -> str:
+        """SCAN pattern for every reservation key of one user (glob characters of the prefix escaped)."""
+        return f"{glob_escape(self.prefix)}{{u:{user_id}}}:resv:*"
+
     def idempotency(self, idem: Idempotency | None) -> str:
         if idem is None:
             return f"{self.prefix}idem:-"
@@ -68,15 +72,6 @@ class RedisKeys:
 
     def reservation_pattern(self) -> str:
         return f"{self.prefix}{{u:*}}:resv:*"
-
-    def user_reservation_pattern(self, user_id: int) -> str:
-        """SCAN pattern for every reservation key of one user (glob characters of the prefix escaped)."""
-        return f"{glob_escape(self.prefix)}{{u:{user_id}}}:resv:*"
-
-
-def glob_escape(text: str) -> str:
-    """Escape Redis glob metacharacters so a literal prefix matches only itself."""
-    return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)
 
 
 def load_script_sources() -> dict[str, str]:
@@ -212,3 +207,8 @@ def decode_reply(reply: list[bytes]) -> Outcome:
         error=outcome.get("error"),
         replayed=kind == b"replay",
     )
+
+
+def glob_escape(text: str) -> str:
+    """Escape Redis glob metacharacters so a literal prefix matches only itself."""
+    return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)
