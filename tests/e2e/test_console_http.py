@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import tornado.httpserver
+from pymongo.errors import ServerSelectionTimeoutError
 
 from billing.app import make_app
 from billing.auth import Authenticator
@@ -212,3 +213,20 @@ async def test_cookies_are_secure_over_https(ctx: Context, tls_files: tuple[str,
         client.close()
         server.stop()
         await server.close_all_connections()
+
+
+async def test_history_store_down_is_a_clear_state(console: ConsoleClient, api: Api, ctx: Context) -> None:
+    class Down:
+        async def page(self, user_id: int, query: dict, lang: str) -> dict:
+            raise ServerSelectionTimeoutError("mongo down")
+
+    saved = ctx.history
+    ctx.history = Down()
+    try:
+        await api.deposit(10, "1.00")
+        await console.sign_in("tok-support")
+        page = await console.get("/console/users?user=10")
+        assert page.status == 200 and '<dd id="available">1.00 ₽</dd>' in page.text  # Redis still answers
+        assert "Хранилище недоступно" in page.text
+    finally:
+        ctx.history = saved
