@@ -47,11 +47,12 @@ def _no_tornado_access_log(handler: tornado.web.RequestHandler) -> None:
 
 def make_app(ctx: Context, **settings: Any) -> tornado.web.Application:
     settings.setdefault("log_function", _no_tornado_access_log)
+    if ctx is not None:  # (route-table tests build the app without a context)
+        settings.setdefault("cookie_secret", cookie_secret(ctx.settings))  # the console's signed session cookie
     return tornado.web.Application(
         routes(ctx),
         default_handler_class=NotFoundHandler,
         default_handler_args={"ctx": ctx},
         compress_response=False,
-        cookie_secret=cookie_secret(ctx.settings),  # the console's signed session cookie
         **settings,
     )

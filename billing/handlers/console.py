@@ -114,6 +114,9 @@ class ConsoleHandler(tornado.web.RequestHandler):
         return resolve_session(value, self.ctx.auth)
 
     def prepare(self) -> None:
+        started = self.ctx.extras.get("on_request_started")  # the access log and metrics, as for the API
+        if started is not None:
+            started(self)
         wanted = self.get_query_argument("lang", None)
         self.lang = pick_language(wanted, self.get_cookie(LANG_COOKIE), self.request.headers.get("Accept-Language"))
         if wanted in SUPPORTED_LANGUAGES and wanted != self.get_cookie(LANG_COOKIE):

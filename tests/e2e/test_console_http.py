@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import io
+import logging
 import subprocess
 from collections.abc import AsyncIterator
 from http.cookies import SimpleCookie
 from pathlib import Path
 
+import orjson
 import pytest
 import tornado.httpserver
 from pymongo.errors import ServerSelectionTimeoutError
 
 from billing.app import make_app
-from billing.auth import Authenticator
+from billing.auth import Authenticator, token_digest
 from billing.context import Context
+from billing.observability import configure_access_log
 from tests.support.api import TEST_TOKENS, Api
 from tests.support.console import ConsoleClient
 from tests.support.servers import free_port
@@ -230,3 +234,24 @@ async def test_history_store_down_is_a_clear_state(console: ConsoleClient, api: 
         assert "Хранилище недоступно" in page.text
     finally:
         ctx.history = saved
+
+
+async def test_console_requests_are_logged_without_the_token(console: ConsoleClient) -> None:
+    stream = io.StringIO()
+    logger = logging.getLogger("billing.access")
+    saved = (list(logger.handlers), logger.propagate, logger.level)
+    configure_access_log(stream)
+    try:
+        await console.sign_in("tok-support", next_url="/console/users")
+        await console.get("/console/users?user=1")
+    finally:
+        logger.handlers[:], logger.propagate, logger.level = saved
+    text = stream.getvalue()
+    lines = [orjson.loads(line) for line in text.splitlines()]
+    assert [(line["method"], line["route"], line["status"]) for line in lines] == [
+        ("GET", "/console/login", 200),
+        ("POST", "/console/login", 303),
+        ("GET", "/console/users", 404),
+    ]
+    assert lines[-1]["token"] == token_digest("tok-support").hex()[:12]
+    assert "tok-support" not in text
