@@ -6,8 +6,10 @@ setup(
     version="0.1.0",
     description="Billing microservice: atomic, idempotent money operations over HTTP",
     python_requires=">=3.11",
-    packages=find_packages(include=["billing", "billing.*"]),
-    package_data={"billing": ["templates/*", "static/*"]},
+    # lua/ sits at the top level (one script per operation) and installs as the data package billing.lua
+    packages=find_packages(include=["billing", "billing.*"]) + ["billing.lua"],
+    package_dir={"billing.lua": "lua"},
+    package_data={"billing": ["templates/*", "static/*"], "billing.lua": ["*.lua"]},
     include_package_data=True,
     install_requires=[
         "tornado>=6.4,<7",
