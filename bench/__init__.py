@@ -1,0 +1,1 @@
+"""Benchmarks: the floor app, the service under wrk, batch throughput, the report."""
