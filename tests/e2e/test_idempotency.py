@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from billing.config import Settings
 from billing.context import Context
 from billing.ledger import Idempotency
 from tests.support.api import Api, Response, problem
@@ -14,6 +15,12 @@ from tests.support.state import changed_keys, redis_state
 
 REPLAYED = "Idempotent-Replayed"
 DAY_SECONDS = 24 * 3600
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """No background projector here: the outbox keeps every entry, so a snapshot shows any write at all."""
+    return settings.model_copy(update={"projector_enabled": False})
 
 
 async def seed(api: Api) -> None:

@@ -9,6 +9,7 @@ import orjson
 import pytest
 from tornado.simple_httpclient import HTTPStreamClosedError
 
+from billing.config import Settings
 from billing.context import Context
 from tests.support.api import Api, problem
 from tests.support.state import changed_keys, redis_state
@@ -16,6 +17,12 @@ from tests.support.state import changed_keys, redis_state
 JSON = "application/json"
 BIG = 2**63
 RESV = {"user_id": 1, "service_id": 7, "order_id": 1}
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """No background projector here: the outbox keeps every entry, so a snapshot shows any write at all."""
+    return settings.model_copy(update={"projector_enabled": False})
 
 
 @dataclass(frozen=True)
