@@ -42,7 +42,9 @@ def parse_json(body: bytes) -> Any:
         exact_needed = _has_float(data)
     if exact_needed:
         try:
-            data = json.loads(body.decode("utf-8"), parse_float=Decimal, parse_int=_parse_int, parse_constant=_reject_constant)
+            data = json.loads(
+                body.decode("utf-8"), parse_float=Decimal, parse_int=_parse_int, parse_constant=_reject_constant
+            )
         except (ValueError, RecursionError) as exc:
             raise ApiError("invalid_json", f"Body is not valid JSON: {str(exc)[:200]}") from None
     return data

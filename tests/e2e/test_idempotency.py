@@ -345,6 +345,16 @@ async def test_invalid_idempotency_key_header_is_refused(api: Api, ctx: Context,
     assert changed_keys(before, await snapshot(ctx)) == []
 
 
+@pytest.mark.parametrize("key", ["", "x" * 256, "two words"], ids=["empty", "too-long", "space"])
+async def test_invalid_idempotency_key_header_on_batch_is_refused(api: Api, ctx: Context, key: str) -> None:
+    await seed(api)
+    before = await snapshot(ctx)
+    ops = {"operations": [{"op": "deposit", "user_id": 1, "amount": "1.00"}]}
+    r = await api.post("/v1/batch", ops, token="tok-payments", headers={"Idempotency-Key": key})
+    problem(r, 400, "validation_error")
+    assert changed_keys(before, await snapshot(ctx)) == []
+
+
 async def test_control_character_in_a_header_is_refused_by_the_http_parser(api: Api, ctx: Context) -> None:
     """Tornado's HTTP/1 parser answers a bare 400 before the app runs: no problem+json there, nothing changed."""
     await seed(api)
