@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 KOPECKS_PER_RUBLE = 100
 MAX_OPERATION_KOPECKS = 1_000_000_000 * KOPECKS_PER_RUBLE
@@ -42,17 +42,20 @@ def parse_amount(value: object) -> int:
 
 
 def _decimal_to_kopecks(value: Decimal) -> int:
+    """Exact, whatever the digits: works on the number's own digits, never through a rounding context."""
     if not value.is_finite():
         raise AmountError("must be a finite number")
+    if value <= 0:
+        raise AmountError("must be greater than 0")
     if value > _MAX_OPERATION_RUBLES:
         raise AmountError("must not exceed 1000000000.00")
-    try:
-        scaled = value.scaleb(2)
-        if scaled != scaled.to_integral_value():
-            raise AmountError("must have at most 2 decimal places")
-        return int(scaled)
-    except InvalidOperation as exc:  # pragma: no cover - guarded by the bound above
-        raise AmountError("is not a valid number") from exc
+    _, digits, exponent = value.as_tuple()
+    assert isinstance(exponent, int)
+    significant = "".join(map(str, digits)).rstrip("0")
+    exponent += len(digits) - len(significant)  # the trailing zeros dropped above
+    if exponent < -2:
+        raise AmountError("must have at most 2 decimal places")
+    return int(significant) * 10 ** (exponent + 2)  # few digits: 0 < value <= 1e9 and exponent >= -2
 
 
 def format_kopecks(kopecks: int) -> str:
