@@ -11,6 +11,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
+
 def _lua_dir() -> Path:
     """The checkout's lua/ (editable installs), else the copy installed as the data package billing.lua."""
     checkout = Path(__file__).resolve().parent.parent / "lua"
