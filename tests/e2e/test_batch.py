@@ -200,7 +200,9 @@ async def test_envelope_errors_refuse_the_whole_batch_and_change_nothing(api: Ap
         problem(await api.post("/v1/batch", envelope, token="tok-payments"), 400, "validation_error")
     problem(await api.request("POST", "/v1/batch", body=b'{"operations": [', token="tok-payments"), 400, "invalid_json")
     problem(
-        await api.request("POST", "/v1/batch", body=b"{}", token="tok-payments", headers={"Content-Type": "text/plain"}),
+        await api.request(
+            "POST", "/v1/batch", body=b"{}", token="tok-payments", headers={"Content-Type": "text/plain"}
+        ),
         415,
         "unsupported_media_type",
     )
