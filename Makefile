@@ -23,7 +23,6 @@ services:
 
 lint: install
 	$(BIN)/ruff check billing tests bench
-	$(BIN)/ruff format --check billing tests bench || true
 
 test: install services lint
 	$(BIN)/pytest -q -p no:cacheprovider

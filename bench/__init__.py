@@ -1,1 +1,1 @@
-"""Benchmarks: the floor app, the wrk scripts and the runner behind `make bench`."""
+"""Benchmarks: the floor app, the service under wrk, batch throughput, the report."""
