@@ -38,9 +38,7 @@ class DepositHandler(tornado.web.RequestHandler):
     async def post(self) -> None:
         body = orjson.loads(self.request.body)
         user_id = int(body["user_id"])
-        balance, _ = await self.redis.evalsha(
-            self.sha, 2, f"floor:{{u:{user_id}}}:acct", "floor:outbox", user_id, 100
-        )
+        balance, _ = await self.redis.evalsha(self.sha, 2, f"floor:{{u:{user_id}}}:acct", "floor:outbox", user_id, 100)
         self.set_status(201)
         self.set_header("Content-Type", "application/json")
         self.finish(orjson.dumps({"user_id": user_id, "available": int(balance)}))
