@@ -16,6 +16,15 @@ from typing import IO
 from tests.support.servers import free_port
 
 BENCH_TOKEN = "bench-payments-token"
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
 
 
 class Served:
@@ -55,9 +64,10 @@ class Served:
     def worker_pids(self) -> list[int]:
         children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
         try:
-            return sorted(int(pid) for pid in children.read_text().split())
+            pids = sorted(int(pid) for pid in children.read_text().split())
         except OSError:
             return []
+        return pids or [self.proc.pid]  # one worker: the server process serves itself
 
     def rss_kib(self) -> dict[int, int]:
         """VmRSS of each worker in KiB."""
@@ -70,6 +80,10 @@ class Served:
             except OSError:
                 continue
         return out
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time used so far by all workers."""
+        return sum(process_cpu_seconds(pid) for pid in self.worker_pids())
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -86,7 +100,9 @@ def start_floor(redis_url: str, workers: int, log: IO[bytes]) -> Served:
     return Served("floor", cmd, dict(os.environ), "/balance/1", log)
 
 
-def start_service(redis_url: str, mongo_url: str, workers: int, log: IO[bytes]) -> Served:
+def start_service(
+    redis_url: str, mongo_url: str, workers: int, log: IO[bytes], extra_env: dict[str, str] | None = None
+) -> Served:
     env = dict(os.environ)
     for key in [k for k in env if k.startswith("BILLING_")]:
         del env[key]
@@ -97,5 +113,6 @@ def start_service(redis_url: str, mongo_url: str, workers: int, log: IO[bytes]) 
         BILLING_SECRET="bench-secret",
         BILLING_CONFIG_FILE="/dev/null",
     )
+    env.update(extra_env or {})
     billing = str(Path(sys.executable).with_name("billing"))
     return Served("service", [billing, "serve", "--host", "127.0.0.1", "--workers", str(workers)], env, "/healthz", log)

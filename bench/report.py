@@ -52,6 +52,19 @@ def summary(results: Any) -> list[tuple[str, str, str, str, str, str]]:
                 "",
             )
         )
+        floor_cpu = _median([r.cpu_us for r in results.rounds.get(f"floor {mode}", [])])
+        service_cpu = _median([r.cpu_us for r in results.rounds.get(f"service {mode}", [])])
+        rows.append(
+            (
+                f"  worker CPU per request, {mode.upper()} (µs; + Redis)",
+                f"{floor_cpu:.0f} + {_median([r.redis_cpu_us for r in results.rounds.get(f'floor {mode}', [])]):.0f}",
+                f"{service_cpu:.0f} + "
+                f"{_median([r.redis_cpu_us for r in results.rounds.get(f'service {mode}', [])]):.0f}",
+                f"{floor_cpu / service_cpu:.2f}" if service_cpu else "",
+                "(floor CPU / service CPU)",
+                "",
+            )
+        )
     for mode, paced in results.paced.items():
         rows.append(
             (
@@ -91,6 +104,11 @@ def summary(results: Any) -> list[tuple[str, str, str, str, str, str]]:
     return rows
 
 
+def _extra_env(args: Any) -> str:
+    extra = getattr(args, "service_env", None)
+    return f", service environment {' '.join(extra)}" if extra else ""
+
+
 def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -104,7 +122,17 @@ def render(results: Any, command: str) -> str:
     for key, runs in results.rounds.items():
         for number, r in enumerate(runs, 1):
             raw.append(
-                (key, str(number), f"{r.rate:.1f}", f"{r.p50:.2f}", f"{r.p99:.2f}", str(r.requests), str(r.failures))
+                (
+                    key,
+                    str(number),
+                    f"{r.rate:.1f}",
+                    f"{r.cpu_us:.0f}",
+                    f"{r.redis_cpu_us:.0f}",
+                    f"{r.p50:.2f}",
+                    f"{r.p99:.2f}",
+                    str(r.requests),
+                    str(r.failures),
+                )
             )
     paced = [
         (
@@ -134,7 +162,7 @@ def render(results: Any, command: str) -> str:
 
 Run {time.strftime("%Y-%m-%d %H:%M:%S %Z")} with `{command}`: {args.workers} workers each side,
 {args.connections} connections, {args.rounds} alternating floor/service rounds of {args.seconds:.0f} s (medians),
-memory run {args.soak:.0f} s. Load average before {results.load_before}, after {results.load_after}
+memory run {args.soak:.0f} s{_extra_env(args)}. Load average before {results.load_before}, after {results.load_after}
 (other work shares this machine: the ratios from alternating rounds are the figures that count).
 
 {_table(("measure", "floor", "service", "ratio / figure", "target", "met"), rows)}
@@ -143,7 +171,7 @@ memory run {args.soak:.0f} s. Load average before {results.load_before}, after {
 {machine}
 
 ## Every round (closed loop, wrk)
-{_table(("run", "round", "req/s", "p50 ms", "p99 ms", "requests", "failures"), raw)}
+{_table(("run", "round", "req/s", "worker CPU µs/req", "Redis CPU µs/req", "p50 ms", "p99 ms", "requests", "failures"), raw)}
 
 ## Paced runs (fixed rate, latency from the scheduled send time)
 {_table(("run", "target req/s", "achieved", "requests", "p50", "p90", "p99", "p99.9", "max", "failures"), paced)}

@@ -22,7 +22,7 @@ import redis
 
 from bench import machine, report
 from bench.batchload import run_batches
-from bench.procs import BENCH_TOKEN, Served, start_floor, start_service
+from bench.procs import BENCH_TOKEN, Served, process_cpu_seconds, start_floor, start_service
 from bench.wrkrun import PacedResult, WrkResult, run_closed, run_paced, wrk_version
 from tests.support.servers import MongoWireServer, RedisServer
 
@@ -45,6 +45,7 @@ class Results:
     redis_us_per_deposit: float = 0.0
     rss: dict[int, list[int]] = field(default_factory=dict)  # worker pid -> KiB samples
     soak_seconds: float = 0.0
+    redis_pid: int = 0
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -57,6 +58,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--output", type=Path, default=Path(__file__).resolve().parent / "RESULTS.md")
     parser.add_argument("--no-write", action="store_true", help="print the table only")
+    parser.add_argument(
+        "--service-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for the service, e.g. BILLING_LOG_LEVEL=WARNING (no per-request access log)",
+    )
     args = parser.parse_args(argv)
     if args.seconds is None:
         args.seconds = 3.0 if args.quick else 10.0
@@ -86,6 +94,7 @@ def closed_rounds(args: argparse.Namespace, floor: Served, service: Served, resu
             if number % 2:
                 order.reverse()  # neither side always runs first
             for name, target, paths in order:
+                cpu_before, redis_before = target.cpu_seconds(), process_cpu_seconds(results.redis_pid)
                 result = run_closed(
                     target.url,
                     mode,
@@ -96,10 +105,15 @@ def closed_rounds(args: argparse.Namespace, floor: Served, service: Served, resu
                     connections=args.connections,
                     users=USERS,
                 )
+                if result.requests:
+                    result.cpu_us = 1e6 * (target.cpu_seconds() - cpu_before) / result.requests
+                    result.redis_cpu_us = (
+                        1e6 * (process_cpu_seconds(results.redis_pid) - redis_before) / result.requests
+                    )
                 results.rounds.setdefault(f"{name} {mode}", []).append(result)
                 print(
                     f"  round {number + 1} {name:7} {mode:4} {result.rate:9.1f} req/s  p99 {result.p99:7.2f} ms"
-                    f"  failures {result.failures}",
+                    f"  CPU/request {result.cpu_us:6.0f} us + Redis {result.redis_cpu_us:4.0f} us  failures {result.failures}",
                     flush=True,
                 )
 
@@ -189,13 +203,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     logs = tempfile.TemporaryDirectory(prefix="billing-bench-")
     redis_server = RedisServer().start()
+    results.redis_pid = redis_server.proc.pid
     mongo_server = MongoWireServer().start()
     started: list[Served] = []
     try:
         with open(Path(logs.name) / "floor.log", "wb") as floor_log, open(Path(logs.name) / "service.log", "wb") as log:
             floor = start_floor(redis_server.url, args.workers, floor_log)
             started.append(floor)
-            service = start_service(redis_server.url, mongo_server.url, args.workers, log)
+            extra = dict(item.split("=", 1) for item in args.service_env)
+            service = start_service(redis_server.url, mongo_server.url, args.workers, log, extra)
             started.append(service)
             floor.wait_ready(args.workers)
             service.wait_ready(args.workers)

@@ -22,6 +22,8 @@ class WrkResult:
     p99: float
     requests: int
     failures: int
+    cpu_us: float = 0.0  # worker CPU per request (user + system), independent of what else runs
+    redis_cpu_us: float = 0.0  # redis-server CPU per request
 
 
 @dataclass
