@@ -178,4 +178,11 @@ memory run {args.soak:.0f} s{_extra_env(args)}. Load average before {results.loa
 
 ## Batch
 {batch_line}
+
+## Where a worker's time goes (POST /v1/deposits at the maximum rate)
+{results.profile_note}
+
+{_table(("layer (own time)", "share of samples"), [(n, f"{v:.1f} %") for n, v in results.profile_layers])}
+
+{_table(("function (own time)", "share of samples"), [(n, f"{v:.1f} %") for n, v in results.profile_functions])}
 """

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import redis
 
-from bench import machine, report
+from bench import machine, profile, report
 from bench.batchload import run_batches
 from bench.procs import BENCH_TOKEN, Served, process_cpu_seconds, start_floor, start_service
 from bench.wrkrun import PacedResult, WrkResult, run_closed, run_paced, wrk_version
@@ -46,6 +46,9 @@ class Results:
     rss: dict[int, list[int]] = field(default_factory=dict)  # worker pid -> KiB samples
     soak_seconds: float = 0.0
     redis_pid: int = 0
+    profile_layers: list = field(default_factory=list)
+    profile_functions: list = field(default_factory=list)
+    profile_note: str = ""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -179,17 +182,37 @@ def soak(args: argparse.Namespace, service: Served, results: Results) -> None:
         )
     )
     start = time.monotonic()
+    cpu_before, redis_before = service.cpu_seconds(), process_cpu_seconds(results.redis_pid)
     load.start()
+    spy = threading.Thread(target=_profile, args=(service.worker_pids()[0], min(20.0, args.soak * 0.5), results))
+    spy.start()
     while load.is_alive():
         for pid, kib in service.rss_kib().items():
             results.rss.setdefault(pid, []).append(kib)
         load.join(timeout=1.0)
     results.soak_seconds = time.monotonic() - start
-    if outcome:
+    spy.join()
+    if outcome and outcome[0].requests:
+        outcome[0].cpu_us = 1e6 * (service.cpu_seconds() - cpu_before) / outcome[0].requests
+        outcome[0].redis_cpu_us = 1e6 * (process_cpu_seconds(results.redis_pid) - redis_before) / outcome[0].requests
         results.rounds["service soak"] = outcome
     print(
         "  memory: " + ", ".join(f"worker {pid} {s[0] // 1024}->{s[-1] // 1024} MiB" for pid, s in results.rss.items())
     )
+
+
+def _profile(pid: int, seconds: float, results: Results) -> None:
+    """py-spy on one worker during the memory run (deposits at the maximum rate)."""
+    time.sleep(1.0)
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "profile.txt"
+        if not profile.record(pid, seconds, raw):
+            results.profile_note = "py-spy not available or not permitted: no profile"
+            return
+        results.profile_layers, results.profile_functions = profile.summarize(raw)
+        results.profile_note = (
+            f"py-spy --gil, {seconds:.0f} s at 250 Hz on one worker during the memory run (deposits at max rate)"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
