@@ -46,6 +46,7 @@ def record(pid: int, seconds: float, output: Path) -> bool:
         str(max(1, int(seconds))),
         "-r",
         "250",
+        "--gil",
         "-f",
         "raw",
         "-o",
