@@ -78,7 +78,9 @@ class Workload:
             status, headers, body = await self.post(path, payload, key)
             if status in FINAL:
                 parsed = orjson.loads(body)
-                acked = Acked(op, path, key, payload, status, parsed, headers.get("Idempotent-Replayed") == "true", attempts)
+                acked = Acked(
+                    op, path, key, payload, status, parsed, headers.get("Idempotent-Replayed") == "true", attempts
+                )
                 self.acked.append(acked)
                 self.stats["retries"] += attempts - 1
                 return acked

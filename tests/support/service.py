@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -102,10 +103,8 @@ class BillingProcess:
         """SIGKILL the supervisor and every worker at once: no shutdown code runs."""
         if self.proc is None:
             return
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.proc.wait()
         # Workers are reaped by init once the supervisor is gone; wait until none is left in the group.
         deadline = time.monotonic() + 10
@@ -118,10 +117,8 @@ class BillingProcess:
             self.kill_group()
             return
         self.proc.terminate()
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            pass
         self.kill_group()
 
     def log_text(self) -> str:
