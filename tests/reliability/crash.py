@@ -25,7 +25,10 @@ from tests.support.service import PROJECT_ROOT, BillingProcess
 TOKEN = "crash-payments-token"
 ADMIN_TOKEN = "crash-admin-token"
 TOKENS = {TOKEN: ["payments"], ADMIN_TOKEN: ["admin"]}
-FAULT_CYCLE = ("service_kill", "redis_kill", "worker_kill")
+FAULT_CYCLE = ("service_kill", "redis_kill", "worker_kill", "redis_pause")
+# Redis commands time out after this long in the service; a pause outlasts it, so requests in flight
+# get 503 while Redis still runs their scripts once it resumes (applied, not acknowledged).
+REQUEST_TIMEOUT_SECONDS = 1.0
 
 
 @dataclass
@@ -90,6 +93,11 @@ class Faults:
             self.redis.kill()
             time.sleep(self.rng.uniform(0.1, 0.6))  # requests meanwhile get 503
             self.redis.start()
+        elif kind == "redis_pause":
+            assert self.redis.proc is not None
+            self.redis.proc.send_signal(signal.SIGSTOP)
+            time.sleep(self.rng.uniform(1.3, 2.0))
+            self.redis.proc.send_signal(signal.SIGCONT)
         elif kind == "worker_kill":
             workers = self.service.worker_pids()
             if not workers:
@@ -105,7 +113,14 @@ async def crash_run(
     report = CrashReport(rounds=rounds, clients=clients)
     started = time.monotonic()
     rng = random.Random(seed)
-    service = BillingProcess(redis_server.url, mongo_url, TOKENS, workers=2, mongo_db=mongo_db).start()
+    service = BillingProcess(
+        redis_server.url,
+        mongo_url,
+        TOKENS,
+        workers=2,
+        mongo_db=mongo_db,
+        extra_env={"BILLING_REQUEST_TIMEOUT_SECONDS": str(REQUEST_TIMEOUT_SECONDS)},
+    ).start()
     workload = Workload(service.url, TOKEN, seed=seed)
     faults = Faults(service, redis_server, rng)
     stop = asyncio.Event()

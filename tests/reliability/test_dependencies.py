@@ -153,6 +153,23 @@ def test_redis_down_every_money_route_answers_503_and_recovers_without_restart(
     assert service.starts == 1
 
 
+def test_service_started_while_redis_is_down_serves_once_it_comes_up(
+    own_redis: RedisServer, mongo_server: MongoWireServer, service_on: Any
+) -> None:
+    own_redis.kill()
+    service = service_on(own_redis.url, mongo_server.url)  # /healthz answers: the workers are up
+    for _ in range(4):
+        assert_unavailable(call(service, "POST", "/v1/deposits", {"user_id": 3, "amount": "1.00"}, key="late"))
+    assert requests.get(service.url + "/readyz", timeout=10).status_code == 503
+    workers = sorted(service.worker_pids())
+    own_redis.start()
+    assert until(lambda: requests.get(service.url + "/readyz", timeout=10).status_code == 200)
+    answer = call(service, "POST", "/v1/deposits", {"user_id": 3, "amount": "1.00"}, key="late")
+    assert answer.status_code == 201 and "Idempotent-Replayed" not in answer.headers
+    assert balance(service, 3)["available"] == "1.00"
+    assert sorted(service.worker_pids()) == workers
+
+
 def test_mongodb_down_money_keeps_moving_and_history_catches_up(
     own_redis: RedisServer, own_mongo: MongoWireServer, service_on: Any
 ) -> None:
