@@ -99,9 +99,10 @@ class Faults:
             time.sleep(self.rng.uniform(1.3, 2.0))
             self.redis.proc.send_signal(signal.SIGCONT)
         elif kind == "worker_kill":
-            workers = self.service.worker_pids()
-            if not workers:
-                return  # the service is still starting after a kill; not counted
+            deadline = time.monotonic() + 15
+            while len(workers := self.service.worker_pids()) < self.service.workers:
+                assert time.monotonic() < deadline, "the supervisor did not bring its workers up"
+                time.sleep(0.05)
             os.kill(self.rng.choice(workers), signal.SIGKILL)  # the supervisor must start a new one
         self.counts[kind] += 1
 
