@@ -11,6 +11,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -25,7 +26,7 @@ from tests.support.service import PROJECT_ROOT, BillingProcess
 TOKEN = "crash-payments-token"
 ADMIN_TOKEN = "crash-admin-token"
 TOKENS = {TOKEN: ["payments"], ADMIN_TOKEN: ["admin"]}
-FAULT_CYCLE = ("service_kill", "redis_kill", "worker_kill", "redis_pause")
+FAULT_CYCLE = ("service_kill", "redis_kill", "worker_kill", "redis_pause", "supervisor_kill")
 # Redis commands time out after this long in the service; a pause outlasts it, so requests in flight
 # get 503 while Redis still runs their scripts once it resumes (applied, not acknowledged).
 REQUEST_TIMEOUT_SECONDS = 1.0
@@ -89,6 +90,17 @@ class Faults:
         if kind == "service_kill":
             self.service.kill_group()
             self.service.start(wait=False)
+        elif kind == "supervisor_kill":
+            # The supervisor alone (as the OOM killer would): its workers finish what they hold and exit.
+            assert self.service.proc is not None
+            workers = self.service.worker_pids()
+            os.kill(self.service.proc.pid, signal.SIGKILL)
+            self.service.proc.wait()
+            deadline = time.monotonic() + 15
+            while any(process_running(pid) for pid in workers):
+                assert time.monotonic() < deadline, "workers outlived their supervisor"
+                time.sleep(0.02)
+            self.service.start(wait=False)
         elif kind == "redis_kill":
             self.redis.kill()
             time.sleep(self.rng.uniform(0.1, 0.6))  # requests meanwhile get 503
@@ -105,6 +117,13 @@ class Faults:
                 time.sleep(0.05)
             os.kill(self.rng.choice(workers), signal.SIGKILL)  # the supervisor must start a new one
         self.counts[kind] += 1
+
+
+def process_running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
 
 
 async def crash_run(
@@ -128,7 +147,7 @@ async def crash_run(
     tasks = [asyncio.create_task(workload.run_client(i, stop)) for i in range(clients)]
     try:
         for n in range(rounds):
-            await asyncio.sleep(rng.uniform(0.3, 1.0))  # traffic between faults
+            await asyncio.sleep(rng.uniform(0.3, 0.8))  # traffic between faults
             await asyncio.to_thread(faults.inject, FAULT_CYCLE[n % len(FAULT_CYCLE)])
             _raise_if_failed(tasks)
         await asyncio.sleep(0.5)

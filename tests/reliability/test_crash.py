@@ -15,7 +15,7 @@ import pytest
 from tests.reliability.crash import crash_run
 from tests.support.servers import MongoWireServer, RedisServer
 
-SHORT_ROUNDS = 8  # two of each fault: service group kill, Redis kill, worker kill, Redis pause
+SHORT_ROUNDS = 10  # two of each fault: service group kill, Redis kill, worker kill, Redis pause, supervisor kill
 
 
 @pytest.fixture

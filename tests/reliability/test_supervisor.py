@@ -7,24 +7,15 @@ import signal
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import requests
 
-from tests.reliability.crash import TOKENS
+from tests.reliability.crash import TOKENS, process_running
 from tests.support.servers import MongoWireServer, RedisServer
 from tests.support.service import BillingProcess
 
 HEADERS = {"Authorization": "Bearer crash-admin-token"}
-
-
-def running(pid: int) -> bool:
-    """Alive and not a zombie waiting to be reaped."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
 
 
 def deposit(service: BillingProcess, user_id: int) -> int:
@@ -66,9 +57,9 @@ def test_workers_exit_with_a_killed_supervisor_and_the_port_is_free_again(servic
     os.kill(service.proc.pid, signal.SIGKILL)  # the supervisor alone, as the OOM killer would
     service.proc.wait()
     deadline = time.monotonic() + 15
-    while any(running(pid) for pid in workers) and time.monotonic() < deadline:
+    while any(process_running(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not any(running(pid) for pid in workers), "orphaned workers kept running without their supervisor"
+    assert not any(process_running(pid) for pid in workers), "orphaned workers kept running without their supervisor"
     service.start()  # same port: nothing holds it any more
     assert len(service.worker_pids()) == 2
     assert deposit(service, 2) == 201
