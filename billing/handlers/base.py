@@ -50,7 +50,7 @@ class BaseHandler(tornado.web.RequestHandler):
         self.set_header("Cache-Control", "no-store")
 
     def prepare(self) -> None:
-        self.assign_request_id()
+        self.begin_request()
         method = self.request.method or "GET"
         if getattr(type(self), method.lower(), None) is getattr(tornado.web.RequestHandler, method.lower(), None):
             raise tornado.web.HTTPError(405)
@@ -64,7 +64,11 @@ class BaseHandler(tornado.web.RequestHandler):
             if len(self.request.body) > self.body_limit:
                 raise ApiError("payload_too_large", f"Body is over {self.body_limit} bytes")
 
-    def assign_request_id(self) -> None:
+    def begin_request(self) -> None:
+        """What every request does first, routed or not: the started hook and its request id."""
+        started = self.ctx.extras.get("on_request_started")
+        if started is not None:
+            started(self)
         incoming = self.request.headers.get("X-Request-ID", "")
         self.request_id = incoming if visible_ascii(incoming, 200) else uuid.uuid4().hex
         self.set_header("X-Request-ID", self.request_id)
@@ -169,7 +173,7 @@ class NotFoundHandler(BaseHandler):
 
     def prepare(self) -> None:
         # No route is the answer whatever the method, token or body: 404 before any other check (not 415).
-        self.assign_request_id()
+        self.begin_request()
         raise ApiError("not_found", f"No route for {self.request.path}")
 
     def _allowed_methods(self) -> list[str]:
