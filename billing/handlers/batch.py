@@ -22,6 +22,7 @@ class BatchHandler(BaseHandler):
     route_name = "/v1/batch"
 
     async def post(self) -> None:
+        self.idempotency()  # a malformed header is a 400 on every POST; keys themselves go per operation
         try:
             envelope = BatchRequest.model_validate(self.json_body())
         except ValidationError as exc:
