@@ -91,7 +91,7 @@ def summary(figures: dict[str, Any]) -> str:
 def check(figures: dict[str, Any]) -> None:
     print("\n" + summary(figures))
     assert figures["operations"]["tested"] == figures["operations"]["selected"] > 0
-    assert not figures["errors"], figures["errors"]
+    assert not figures["errors"], (figures["errors"], figures["output"][-30000:])
     assert figures["exit_code"] == 0, figures["output"][-30000:]
 
 
