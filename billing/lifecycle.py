@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from billing.context import Context
+from billing.reports import Reports
 
 
 async def start_components(ctx: Context) -> None:
     """Start background components of one worker (the outbox projector, metrics)."""
+    ctx.reports = Reports(ctx.mongo, ctx.settings, lag_probe=lambda: _projector_lag(ctx))
 
 
 async def stop_components(ctx: Context) -> None:
     """Stop them in reverse order, letting each finish the work in hand."""
     await ctx.redis.aclose()
+
+
+async def _projector_lag(ctx: Context) -> dict | None:
+    """The outbox lag the report cache waits on (None while no projector runs in this process)."""
+    return await ctx.projector.lag() if ctx.projector is not None else None
