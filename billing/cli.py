@@ -79,7 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--workers", type=int, default=None, help="worker processes (default: CPUs)")
     serve.set_defaults(run=_serve)
-    for name, (configure, run) in COMMANDS.items():
+    from billing.ledger_cli import COMMANDS as LEDGER_COMMANDS
+
+    for name, (configure, run) in {**COMMANDS, **LEDGER_COMMANDS}.items():
         command = sub.add_parser(name)
         configure(command)
         command.set_defaults(run=lambda args, run=run: run(Settings(), args))

@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     projector_batch: int = 500
     projector_block_ms: int = 200
     projector_claim_idle_ms: int = 10_000
+    # false: `billing serve` leaves projection to a separate `billing project` process
+    projector_enabled: bool = True
     log_requests: bool = True
 
     @property

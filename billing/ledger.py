@@ -47,6 +47,7 @@ class RedisKeys:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self.outbox = f"{prefix}outbox"
+        self.outbox_dead = f"{prefix}outbox:dead"  # entries the projector could not read, kept for a human
         self.meta = f"{prefix}meta"
         self.totals = f"{prefix}totals"
         self.services = f"{prefix}services"
@@ -68,6 +69,13 @@ class RedisKeys:
 
     def reservation_pattern(self) -> str:
         return f"{self.prefix}{{u:*}}:resv:*"
+
+    def account_user_id(self, key: str) -> int:
+        """The user id in an account key (the inverse of account())."""
+        head, tail = f"{self.prefix}{{u:", "}:acct"
+        if not (key.startswith(head) and key.endswith(tail)):
+            raise ValueError(f"not an account key: {key!r}")
+        return int(key[len(head) : -len(tail)])
 
 
 def load_script_sources() -> dict[str, str]:

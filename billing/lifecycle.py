@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 from billing.context import Context
+from billing.outbox import Projector
 from billing.reports import Reports
 
 
 async def start_components(ctx: Context) -> None:
     """Start background components of one worker (the outbox projector, metrics)."""
+    # The projector makes the MongoDB indexes before its first batch (retrying while MongoDB is down).
+    ctx.projector = Projector.from_context(ctx)
+    ctx.extras["readiness"] = ctx.projector.readiness
+    if ctx.settings.projector_enabled:
+        await ctx.projector.start()
     ctx.reports = Reports(ctx.mongo, ctx.settings, lag_probe=lambda: _projector_lag(ctx))
 
 
 async def stop_components(ctx: Context) -> None:
     """Stop them in reverse order, letting each finish the work in hand."""
+    if ctx.projector is not None:
+        await ctx.projector.stop()
     await ctx.redis.aclose()
 
 

@@ -1,0 +1,125 @@
+"""`billing project`, `billing reconcile` and `billing rebuild` as processes, on redis-server and SecantusDB."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from billing.config import Settings
+from billing.context import Context
+from billing.outbox import GROUP
+from tests.support.servers import MongoWireServer, RedisServer
+from tests.support.workload import deposit, mixed_workload
+
+BILLING = str(Path(sys.executable).with_name("billing"))
+
+pytestmark = [
+    pytest.mark.parametrize("mongo_backend", ["secantus"], indirect=True),
+    pytest.mark.parametrize("redis_backend", ["redis"], indirect=True),
+]
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return settings.model_copy(update={"projector_enabled": False})
+
+
+@pytest.fixture
+def env(ctx: Context, redis_server: RedisServer, mongo_server: MongoWireServer) -> dict[str, str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("BILLING_")}
+    return {
+        **clean,
+        "BILLING_REDIS_URL": redis_server.url,
+        "BILLING_MONGO_URL": mongo_server.url,
+        "BILLING_MONGO_DB": ctx.mongo.name,
+        "BILLING_REDIS_PREFIX": ctx.settings.redis_prefix,
+        "BILLING_CONFIG_FILE": os.devnull,
+        "BILLING_LOG_LEVEL": "WARNING",
+    }
+
+
+async def billing(env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        BILLING, *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def start_projector(env: dict[str, str], **overrides: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        BILLING, "project", env={**env, **overrides}, stdout=asyncio.subprocess.DEVNULL
+    )
+
+
+async def wait_projected(ctx: Context, timeout: float = 60) -> None:
+    for _ in range(int(timeout / 0.05)):
+        if (await ctx.projector.lag())["entries"] == 0:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"not projected: {await ctx.projector.lag()}")
+
+
+async def wipe(ctx: Context) -> None:
+    async for key in ctx.redis.scan_iter(match=f"{ctx.settings.redis_prefix}*"):
+        await ctx.redis.delete(key)
+
+
+async def test_project_reconcile_rebuild_commands(ctx: Context, env: dict[str, str]) -> None:
+    projector = await start_projector(env, BILLING_PROJECTOR_BLOCK_MS="50")
+    try:
+        await mixed_workload(ctx.ledger, random.Random(11), 150)
+        await deposit(ctx.ledger, 2, 12_345)
+        await wait_projected(ctx)
+    finally:
+        projector.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(projector.wait(), 30) == 0
+    assert await ctx.mongo.transactions.count_documents({}) > 100
+
+    code, out, err = await billing(env, "reconcile")
+    assert code == 0, (out, err)
+    assert out.startswith("reconcile: ") and out.strip().endswith("OK")
+
+    await ctx.redis.hincrby(ctx.ledger.keys.account(2), "reserved", 7)
+    code, out, err = await billing(env, "reconcile")
+    assert code == 1, (out, err)
+    assert "MISMATCH account user 2 (available, reserved)" in out
+
+    code, out, err = await billing(env, "rebuild")
+    assert code == 2 and "refused" in err
+
+    await wipe(ctx)
+    code, out, err = await billing(env, "rebuild")
+    assert code == 0 and out.startswith("rebuild: "), (out, err)
+    code, out, err = await billing(env, "reconcile")
+    assert code == 0, (out, err)
+
+
+async def test_a_killed_projector_process_loses_and_doubles_nothing(ctx: Context, env: dict[str, str]) -> None:
+    amounts = list(range(1, 1501))
+    for amount in amounts:
+        await deposit(ctx.ledger, 1 + amount % 7, amount)
+    first = await start_projector(env, BILLING_PROJECTOR_BATCH="25")
+    for _ in range(1200):  # kill it mid-stream, most likely with a batch in hand
+        if await ctx.mongo.transactions.count_documents({}) >= 200:
+            break
+        await asyncio.sleep(0.025)
+    first.kill()
+    await first.wait()
+    assert 0 < await ctx.mongo.transactions.count_documents({}) < len(amounts)
+
+    second = await start_projector(env, BILLING_PROJECTOR_BATCH="100", BILLING_PROJECTOR_CLAIM_IDLE_MS="300")
+    try:
+        await wait_projected(ctx)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        await second.wait()
+    docs = await ctx.mongo.transactions.find({}, {"amount": 1}).to_list(None)
+    assert sorted(int(d["amount"]) for d in docs) == amounts  # each exactly once
+    assert (await ctx.redis.xpending(ctx.ledger.keys.outbox, GROUP))["pending"] == 0

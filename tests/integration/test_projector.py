@@ -1,0 +1,320 @@
+"""The outbox projector on mongomock and SecantusDB, fakeredis and a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import pytest
+from bson.int64 import Int64
+from pymongo.errors import BulkWriteError
+
+from billing.config import Settings
+from billing.context import Context
+from billing.ledger_store import LedgerStore, ServiceName
+from billing.outbox import GROUP, Projector, stream_seq
+from tests.support.api import Api
+from tests.support.workload import deposit, run
+
+pytestmark = pytest.mark.parametrize("mongo_backend", ["mongomock", "secantus"], indirect=True)
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """These tests drive their own projectors: the one of the context stays stopped."""
+    return settings.model_copy(update={"projector_enabled": False})
+
+
+def projector(ctx: Context, **kwargs: Any) -> Projector:
+    options = {"batch": 500, "block_ms": 50, "claim_idle_ms": 10_000, **kwargs}
+    return Projector(ctx.redis, ctx.ledger.keys, LedgerStore(ctx.mongo), **options)
+
+
+async def all_docs(ctx: Context) -> list[dict[str, Any]]:
+    return await ctx.mongo.transactions.find({}).sort("_id", 1).to_list(None)
+
+
+async def test_every_record_becomes_one_typed_document(ctx: Context) -> None:
+    ledger = ctx.ledger
+    responses = [
+        await deposit(ledger, 1, 10_050, "first"),
+        await run(ledger, ledger.transfer_call(1, 2, 2_000, "rent")),
+        await run(ledger, ledger.reserve_call(1, 7, 42, 3_000, "Продвижение", None)),
+        await run(ledger, ledger.recognize_call(1, 7, 42, 2_500)),
+        await run(ledger, ledger.reserve_call(1, 7, 43, 1_000, None, "second")),
+        await run(ledger, ledger.cancel_call(1, 7, 43, None)),
+        await run(ledger, ledger.withdraw_call(2, 500, None)),
+    ]
+    expected = []
+    for outcome in responses:
+        assert outcome.status in (200, 201), outcome
+        for name in ("transaction", "recipient_transaction", "release_transaction"):
+            if name in outcome.body:
+                expected.append(outcome.body[name])
+    p = projector(ctx)
+    await p.drain()
+    docs = await all_docs(ctx)
+    assert [d["_id"] for d in docs] == sorted(int(t["id"]) for t in expected)
+    by_id = {int(d["_id"]): d for d in docs}
+    for record in expected:
+        doc = by_id[int(record["id"])]
+        assert isinstance(doc["_id"], Int64)
+        for name in ("user_id", "amount", "available_after", "reserved_after"):
+            assert isinstance(doc[name], Int64) and doc[name] == int(record[name]), name
+        for name in ("service_id", "order_id", "counterparty_user_id"):
+            assert (name in doc) == (name in record)
+            if name in record:
+                assert isinstance(doc[name], Int64) and doc[name] == int(record[name])
+        assert doc["type"] == record["type"]
+        assert doc.get("comment") == record.get("comment")
+        assert doc.get("service_name") == record.get("service_name")
+        created = doc["created_at"]
+        assert created.utcoffset().total_seconds() == 0
+        assert created.replace(tzinfo=UTC) == datetime.fromtimestamp(int(record["created_at"]) // 1000, UTC).replace(
+            microsecond=int(record["created_at"]) % 1000 * 1000
+        )
+    assert [d["type"] for d in docs] == [
+        "deposit",
+        "transfer_out",
+        "transfer_in",
+        "reserve",
+        "charge",
+        "release",
+        "reserve",
+        "release",
+        "withdrawal",
+    ]
+    services = await ctx.mongo.services.find({}).to_list(None)
+    assert [(s["_id"], s["name"]) for s in services] == [(7, "Продвижение")]
+    assert isinstance(services[0]["_id"], Int64)
+    assert p.transactions_written == len(expected) and p.entries_acked == len(responses)
+    assert await p.lag() == {"entries": 0, "oldest_age_seconds": 0.0}
+    assert await ctx.redis.xlen(ctx.ledger.keys.outbox) == 0  # acknowledged entries are trimmed
+
+
+async def test_a_replayed_entry_writes_nothing_twice(ctx: Context) -> None:
+    for amount in (100, 200, 300):
+        await deposit(ctx.ledger, 5, amount)
+    raw = await ctx.redis.xrange(ctx.ledger.keys.outbox)
+    p = projector(ctx)
+    await p.drain()
+    for _entry_id, fields in raw:  # the same transactions delivered again (as after a lost XACK)
+        await ctx.redis.xadd(ctx.ledger.keys.outbox, fields)
+    await p.drain()
+    docs = await all_docs(ctx)
+    assert [int(d["amount"]) for d in docs] == [100, 200, 300]
+    assert p.transactions_written == 3 and p.duplicates_skipped == 3
+
+
+async def test_a_later_service_name_is_never_overwritten_by_an_earlier_one(ctx: Context) -> None:
+    await ctx.ledger.set_service(3, "Old name")
+    await ctx.ledger.set_service(3, "New name")
+    await ctx.ledger.set_service(4, "Other")
+    raw = await ctx.redis.xrange(ctx.ledger.keys.outbox)
+    await projector(ctx).drain()
+    names = {int(s["_id"]): (s["name"], int(s["seq"])) for s in await ctx.mongo.services.find({}).to_list(None)}
+    assert names == {3: ("New name", stream_seq(raw[1][0].decode())), 4: ("Other", stream_seq(raw[2][0].decode()))}
+    store = LedgerStore(ctx.mongo)
+    # the earlier change arriving late (a claimed entry of a crashed consumer) leaves the name alone
+    await store.upsert_service_names([ServiceName(3, "Old name", stream_seq(raw[0][0].decode()))])
+    assert (await ctx.mongo.services.find_one({"_id": 3}))["name"] == "New name"
+
+
+async def test_lag_counts_undelivered_and_pending_entries(ctx: Context) -> None:
+    p = projector(ctx, batch=2)
+    assert await p.lag() == {"entries": 0, "oldest_age_seconds": 0.0}
+    for amount in range(1, 6):
+        await deposit(ctx.ledger, 9, amount)
+    await asyncio.sleep(0.05)
+    lag = await p.lag()
+    assert lag["entries"] == 5 and lag["oldest_age_seconds"] >= 0.04
+
+    async def crash(ids: list[str]) -> None:
+        raise RuntimeError("injected: dies before XACK")
+
+    p.before_ack = crash
+    with pytest.raises(TimeoutError):
+        await p.drain(timeout=0.3)
+    lag = await p.lag()
+    assert lag["entries"] == 5  # two pending (written, not acked) + three never delivered
+    pending = await ctx.redis.xpending(ctx.ledger.keys.outbox, GROUP)
+    assert pending["pending"] == 2
+    p.before_ack = None
+    await p.drain()
+    assert (await p.lag())["entries"] == 0
+    assert [int(d["amount"]) for d in await all_docs(ctx)] == [1, 2, 3, 4, 5]
+
+
+class Crash(BaseException):
+    """Stands for the process dying: nothing catches it."""
+
+
+async def crash_after_write(ctx: Context, batch: int) -> Projector:
+    """A projector that dies after its first MongoDB write, before the XACK."""
+    doomed = projector(ctx, batch=batch)
+
+    async def die(ids: list[str]) -> None:
+        raise Crash()
+
+    doomed.before_ack = die
+    with pytest.raises(Crash):
+        await doomed.drain()
+    return doomed
+
+
+async def test_crash_between_write_and_ack_projects_every_transaction_once(ctx: Context) -> None:
+    amounts = list(range(100, 130))
+    for i, amount in enumerate(amounts):
+        await deposit(ctx.ledger, 1 + i % 4, amount)
+    first = await crash_after_write(ctx, batch=7)
+    # MongoDB has the batch, Redis still holds it as pending for the dead consumer
+    assert len(await all_docs(ctx)) == 7
+    pending = await ctx.redis.xpending(ctx.ledger.keys.outbox, GROUP)
+    assert pending["pending"] == 7 and [c["name"].decode() for c in pending["consumers"]] == [first.consumer]
+
+    second = projector(ctx, batch=7, claim_idle_ms=50)
+    # new entries first: the claim waits for the dead consumer's entries to idle past claim_idle_ms
+    await second.drain()
+    assert second.entries_claimed == 7 and second.duplicates_skipped == 7
+    docs = await all_docs(ctx)
+    assert sorted(int(d["amount"]) for d in docs) == amounts
+    assert len({int(d["_id"]) for d in docs}) == len(amounts)
+    assert (await ctx.redis.xpending(ctx.ledger.keys.outbox, GROUP))["pending"] == 0
+    assert await second.lag() == {"entries": 0, "oldest_age_seconds": 0.0}
+    # the dead consumer, with nothing pending any more, is pruned from the group once silent long enough
+    await asyncio.sleep(0.05)
+    assert await second.prune_consumers(idle_ms=60_000) == 0
+    assert await second.prune_consumers(idle_ms=10) == 1
+    names = [c["name"].decode() for c in await ctx.redis.xinfo_consumers(ctx.ledger.keys.outbox, GROUP)]
+    assert names == [second.consumer]
+
+
+async def test_trimming_never_drops_unacknowledged_entries(ctx: Context) -> None:
+    for amount in range(1, 11):
+        await deposit(ctx.ledger, 2, amount)
+    await crash_after_write(ctx, batch=3)
+    live = projector(ctx, batch=100, claim_idle_ms=60_000)
+    with pytest.raises(TimeoutError):  # the crashed consumer's entries are not idle long enough yet
+        await live.drain(timeout=0.3)
+    await live._trim()
+    remaining = await ctx.redis.xrange(ctx.ledger.keys.outbox)
+    pending = await ctx.redis.xpending_range(ctx.ledger.keys.outbox, GROUP, "-", "+", 100)
+    assert len(pending) == 3
+    assert {p["message_id"] for p in pending} <= {entry_id for entry_id, _ in remaining}
+    live.claim_idle_ms = 0
+    await live.drain()
+    assert sorted(int(d["amount"]) for d in await all_docs(ctx)) == list(range(1, 11))
+    assert await ctx.redis.xlen(ctx.ledger.keys.outbox) == 0
+
+
+class FailingStore(LedgerStore):
+    """A store whose inserts fail the way a rejecting MongoDB does (not a duplicate key)."""
+
+    failing = True
+
+    async def insert_transactions(self, docs: list[dict[str, Any]]) -> tuple[int, int]:
+        if self.failing:
+            raise BulkWriteError({"writeErrors": [{"index": 0, "code": 121, "errmsg": "validation"}], "nInserted": 0})
+        return await super().insert_transactions(docs)
+
+
+async def test_a_write_error_other_than_duplicate_key_acks_nothing(ctx: Context) -> None:
+    for amount in (1, 2, 3):
+        await deposit(ctx.ledger, 4, amount)
+    store = FailingStore(ctx.mongo)
+    p = Projector(ctx.redis, ctx.ledger.keys, store, block_ms=50)
+    with pytest.raises(TimeoutError):
+        await p.drain(timeout=0.3)
+    assert p.entries_acked == 0
+    assert (await p.lag())["entries"] == 3
+    store.failing = False
+    await p.drain()
+    assert [int(d["amount"]) for d in await all_docs(ctx)] == [1, 2, 3]
+
+
+async def test_an_unreadable_entry_goes_to_the_dead_letter_stream(ctx: Context) -> None:
+    await deposit(ctx.ledger, 1, 10)
+    await ctx.redis.xadd(ctx.ledger.keys.outbox, {"txns": "not json"})
+    await deposit(ctx.ledger, 1, 20)
+    p = projector(ctx)
+    await p.drain()
+    assert [int(d["amount"]) for d in await all_docs(ctx)] == [10, 20]
+    dead = await ctx.redis.xrange(ctx.ledger.keys.outbox_dead)
+    assert len(dead) == 1 and dead[0][1][b"txns"] == b"not json" and p.poisoned == 1
+
+
+async def test_running_projector_follows_the_stream_and_survives_a_wiped_stream(ctx: Context) -> None:
+    p = projector(ctx, block_ms=20)
+    await p.start()
+    try:
+        await deposit(ctx.ledger, 1, 111)
+        await p.drain()
+        await ctx.redis.delete(ctx.ledger.keys.outbox)  # Redis lost the stream and its group
+        await deposit(ctx.ledger, 1, 222)
+        for _ in range(200):
+            if len(await all_docs(ctx)) == 2:
+                break
+            await asyncio.sleep(0.02)
+        assert [int(d["amount"]) for d in await all_docs(ctx)] == [111, 222]
+    finally:
+        await p.stop()
+    assert not p.running
+    consumers = await ctx.redis.xinfo_consumers(ctx.ledger.keys.outbox, GROUP)
+    assert p.consumer not in [c["name"].decode() for c in consumers]  # a clean stop leaves the group
+
+
+async def test_indexes_exist_after_the_first_batch(ctx: Context) -> None:
+    await deposit(ctx.ledger, 1, 1)
+    await projector(ctx).drain()
+    info = await ctx.mongo.transactions.index_information()
+    keys = {tuple(k for k, _ in spec["key"]) for spec in info.values()}
+    assert {("user_id", "created_at", "_id"), ("user_id", "amount", "_id"), ("type", "created_at")} <= keys
+
+
+async def test_records_in_stream_are_strings_as_agreed(ctx: Context) -> None:
+    await run(ctx.ledger, ctx.ledger.reserve_call(1, 1, 1, 5, None, None))  # refused: no account
+    await deposit(ctx.ledger, 1, 5)
+    raw = await ctx.redis.xrange(ctx.ledger.keys.outbox)
+    assert len(raw) == 1  # a refusal writes no transaction
+    record = orjson.loads(raw[0][1][b"txns"])[0]
+    assert all(isinstance(v, str) for v in record.values())
+
+
+class SlowStore(LedgerStore):
+    """A store whose inserts take a while, so stop() arrives with a batch in hand."""
+
+    started: asyncio.Event
+
+    async def insert_transactions(self, docs: list[dict[str, Any]]) -> tuple[int, int]:
+        self.started.set()
+        await asyncio.sleep(0.3)
+        return await super().insert_transactions(docs)
+
+
+async def test_stop_finishes_the_batch_in_hand(ctx: Context) -> None:
+    for amount in (5, 6, 7):
+        await deposit(ctx.ledger, 1, amount)
+    store = SlowStore(ctx.mongo)
+    store.started = asyncio.Event()
+    p = Projector(ctx.redis, ctx.ledger.keys, store, block_ms=50)
+    await p.start()
+    await asyncio.wait_for(store.started.wait(), 10)
+    await p.stop()
+    assert p.entries_acked == 3
+    assert [int(d["amount"]) for d in await all_docs(ctx)] == [5, 6, 7]
+    assert (await ctx.redis.xpending(ctx.ledger.keys.outbox, GROUP))["pending"] == 0
+
+
+async def test_readiness_stays_ok_while_history_lags_and_reports_it(api: Api, ctx: Context) -> None:
+    for amount in ("1.00", "2.00"):
+        assert (await api.deposit(1, amount)).status == 201
+    await asyncio.sleep(0.02)
+    ready = await api.get("/readyz", token=None)
+    assert ready.status == 200
+    outbox = ready.json["checks"]["outbox"]
+    assert outbox["entries"] == 2 and outbox["oldest_age_seconds"] > 0
+    await ctx.projector.drain()
+    ready = await api.get("/readyz", token=None)
+    assert ready.json["checks"]["outbox"] == {"entries": 0, "oldest_age_seconds": 0.0}

@@ -1,0 +1,178 @@
+"""reconcile and rebuild on mongomock and SecantusDB, fakeredis and a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+import pytest
+
+from billing.config import Settings
+from billing.context import Context
+from billing.ledger_store import LedgerStore
+from billing.outbox import Projector
+from billing.recovery import RedisNotEmpty, rebuild, reconcile
+from tests.support.workload import deposit, mixed_workload, run
+
+pytestmark = pytest.mark.parametrize("mongo_backend", ["mongomock", "secantus"], indirect=True)
+
+SIGN = {  # written out independently of billing.recovery: how each type moves (available, reserved)
+    "deposit": (1, 0),
+    "transfer_in": (1, 0),
+    "withdrawal": (-1, 0),
+    "transfer_out": (-1, 0),
+    "reserve": (-1, 1),
+    "charge": (0, -1),
+    "release": (1, -1),
+}
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return settings.model_copy(update={"projector_enabled": False})
+
+
+def parts(ctx: Context) -> tuple[Any, Any, LedgerStore, Projector]:
+    return ctx.redis, ctx.ledger.keys, LedgerStore(ctx.mongo), Projector.from_context(ctx)
+
+
+async def check(ctx: Context):
+    redis, keys, store, projector = parts(ctx)
+    return await reconcile(redis, keys, store, projector, drain_timeout=10)
+
+
+async def redis_state(ctx: Context) -> dict[str, Any]:
+    """Every key of the test's prefix but the stream, idempotency records and meta: name -> hash."""
+    state = {}
+    async for key in ctx.redis.scan_iter(match=f"{ctx.settings.redis_prefix}*"):
+        name = key.decode()
+        if name.endswith(":outbox") or ":idem:" in name or name.endswith(":meta"):
+            continue
+        state[name] = await ctx.redis.hgetall(name)
+    return state
+
+
+async def wipe(ctx: Context) -> None:
+    async for key in ctx.redis.scan_iter(match=f"{ctx.settings.redis_prefix}*"):
+        await ctx.redis.delete(key)
+
+
+async def test_each_accounts_ledger_sums_to_its_balance_after_a_concurrent_mixed_workload(ctx: Context) -> None:
+    seed = random.randrange(1 << 30)
+    workers = [mixed_workload(ctx.ledger, random.Random(seed + i), 60) for i in range(4)]
+    statuses = await asyncio.gather(*workers)
+    assert sum(n for s in statuses for label, n in s.items() if label.endswith((":200", ":201"))) > 100, seed
+    await Projector.from_context(ctx).drain(timeout=10)
+    sums: dict[int, list[int]] = {}
+    async for doc in ctx.mongo.transactions.find({}):
+        da, dr = SIGN[doc["type"]]
+        acc = sums.setdefault(int(doc["user_id"]), [0, 0])
+        acc[0] += da * int(doc["amount"])
+        acc[1] += dr * int(doc["amount"])
+    assert sums, seed
+    for user_id, (available, reserved) in sums.items():
+        assert await ctx.ledger.balance(user_id) == (available, reserved), (seed, user_id)
+    report = await check(ctx)
+    assert report.ok, (seed, [str(m) for m in report.mismatches])
+    assert report.accounts == len(sums) and report.transactions == await ctx.mongo.transactions.count_documents({})
+
+
+async def test_reconcile_is_exact_while_money_keeps_moving(ctx: Context) -> None:
+    await mixed_workload(ctx.ledger, random.Random(7), 80)
+    traffic = asyncio.create_task(mixed_workload(ctx.ledger, random.Random(8), 150))
+    try:
+        report = await check(ctx)
+    finally:
+        await traffic
+    assert report.ok, [str(m) for m in report.mismatches]
+    assert (await check(ctx)).ok
+
+
+async def test_reconcile_reports_a_tampered_balance(ctx: Context) -> None:
+    await mixed_workload(ctx.ledger, random.Random(1), 60)
+    await deposit(ctx.ledger, 3, 1_000)
+    assert (await check(ctx)).ok
+    await ctx.redis.hincrby(ctx.ledger.keys.account(3), "available", 1)
+    report = await check(ctx)
+    assert not report.ok
+    assert [(m.kind, m.subject) for m in report.mismatches] == [("account", "user 3 (available, reserved)")]
+    available, reserved = await ctx.ledger.balance(3)
+    assert report.mismatches[0].redis == (available, reserved)
+    assert report.mismatches[0].ledger == (available - 1, reserved)
+
+
+async def test_reconcile_reports_reservations_and_accounts_that_disagree(ctx: Context) -> None:
+    ledger = ctx.ledger
+    await deposit(ledger, 1, 10_000)
+    await deposit(ledger, 2, 500)
+    assert (await run(ledger, ledger.reserve_call(1, 5, 77, 4_000, "Доставка", None))).status == 201
+    await ctx.redis.hset(ledger.keys.reservation(1, 5, 77), "status", "cancelled")  # no money moved
+    await ctx.redis.delete(ledger.keys.account(2))
+    await ctx.redis.hincrby(ledger.keys.totals, "deposited", 5)
+    report = await check(ctx)
+    found = {(m.kind, m.subject) for m in report.mismatches}
+    assert found == {
+        ("reservation", "reservation user 1 service 5 order 77 open amount"),
+        ("account", "user 2 missing in Redis"),
+        ("totals", "deposited"),
+    }
+
+
+async def test_rebuild_restores_redis_from_the_ledger(ctx: Context) -> None:
+    ledger = ctx.ledger
+    await mixed_workload(ledger, random.Random(3), 120)
+    await deposit(ledger, 1, 100_000)
+    assert (await run(ledger, ledger.reserve_call(1, 9, 900, 3_000, "Хостинг", None))).status == 201
+    assert (await run(ledger, ledger.reserve_call(1, 9, 901, 2_000, None, None))).status == 201
+    assert (await run(ledger, ledger.recognize_call(1, 9, 901, 1_500))).status == 200
+    assert (await ledger.set_service(9, "Хостинг Pro")).status == 200
+    projector = Projector.from_context(ctx)
+    await projector.drain()
+    before = await redis_state(ctx)
+    seq_before = int(await ctx.redis.hget(ledger.keys.meta, "seq"))
+    assert (await check(ctx)).ok
+
+    await wipe(ctx)
+    assert await ledger.balance(1) is None
+    report = await rebuild(ctx.redis, ledger.keys, LedgerStore(ctx.mongo))
+    assert report.seq == seq_before and report.open_reservations >= 1
+    assert await redis_state(ctx) == before  # balances, every reservation, catalog, totals: as they were
+    assert (await check(ctx)).ok
+
+    # a replayed reservation answers as before, a closed order stays reserved-once, an open one recognizes
+    replay = await run(ledger, ledger.reserve_call(1, 9, 900, 3_000, "Хостинг Pro", None))
+    assert replay.status == 200 and replay.body["reservation"]["status"] == "reserved"
+    conflict = await run(ledger, ledger.reserve_call(1, 9, 900, 3_001, None, None))
+    assert conflict.status == 409 and conflict.error == "reservation_conflict"
+    closed = await run(ledger, ledger.reserve_call(1, 9, 901, 2_000, None, None))
+    assert closed.status == 200 and closed.body["reservation"]["status"] == "recognized"
+    again = await run(ledger, ledger.recognize_call(1, 9, 901, 1_500))
+    assert again.status == 200 and "transaction" not in again.body
+    recognized = await run(ledger, ledger.recognize_call(1, 9, 900, 3_000))
+    assert recognized.status == 200 and recognized.body["transaction"]["service_name"] == "Хостинг Pro"
+    assert int(recognized.body["transaction"]["id"]) == seq_before + 1  # ids go on, never repeat
+    await projector.drain()
+    assert await ctx.mongo.transactions.count_documents({"_id": seq_before + 1}) == 1
+    assert (await check(ctx)).ok
+
+
+async def test_rebuild_refuses_a_redis_with_accounts_unless_forced(ctx: Context) -> None:
+    await deposit(ctx.ledger, 1, 700)
+    await deposit(ctx.ledger, 2, 300)
+    await Projector.from_context(ctx).drain()
+    store = LedgerStore(ctx.mongo)
+    with pytest.raises(RedisNotEmpty):
+        await rebuild(ctx.redis, ctx.ledger.keys, store)
+    await ctx.redis.hset(ctx.ledger.keys.account(1), "available", "999999")
+    await ctx.redis.hset(ctx.ledger.keys.account(55), mapping={"available": "1", "reserved": "0"})
+    report = await rebuild(ctx.redis, ctx.ledger.keys, store, force=True)
+    assert report.accounts == 2
+    assert await ctx.ledger.balance(1) == (700, 0) and await ctx.ledger.balance(55) is None
+    assert (await check(ctx)).ok
+
+
+async def test_rebuild_of_an_empty_ledger_writes_no_accounts(ctx: Context) -> None:
+    report = await rebuild(ctx.redis, ctx.ledger.keys, LedgerStore(ctx.mongo))
+    assert (report.accounts, report.reservations, report.seq) == (0, 0, 0)
+    assert (await check(ctx)).ok
