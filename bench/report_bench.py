@@ -16,6 +16,7 @@ from typing import Any
 from bson import Int64
 
 from billing.config import Settings
+from billing.ledger_store import LedgerStore
 from billing.reports import Reports
 
 MONTH = "2025-11"
@@ -57,7 +58,7 @@ def documents(n: int, seed: int = 7) -> tuple[list[dict[str, Any]], dict[int, in
 
 async def load(db: Any, docs: list[dict[str, Any]]) -> float:
     started = time.perf_counter()
-    await db.transactions.create_index([("type", 1), ("created_at", 1)])
+    await LedgerStore(db).ensure_indexes()  # the projector's indexes, (type, created_at) among them
     for start in range(0, len(docs), BATCH):
         await db.transactions.insert_many(docs[start : start + BATCH], ordered=False)
     names = [{"_id": Int64(s), "name": f"Услуга {s:03d}", "seq": Int64(s)} for s in range(1, SERVICES + 1, 2)]

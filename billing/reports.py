@@ -183,6 +183,10 @@ def run_cli(settings: Settings, month: str, output: str | None, bom: bool | None
     from billing.errors import ApiError
     from billing.stores import connect_mongo
 
+    if not settings.mongo_url:
+        print("billing report: needs BILLING_MONGO_URL (the embedded store lives inside the server)", file=sys.stderr)
+        return 2
+
     async def build() -> bytes:
         mongo = connect_mongo(settings)
         try:

@@ -89,6 +89,7 @@ async def test_cli_on_the_embedded_store_writes_the_http_csv(
     await fill(Ledger(mongo_db))
     expected = await http_csv(api, "2025-11")
     monkeypatch.setattr(billing.stores, "connect_mongo", lambda settings: mongo_db)
+    monkeypatch.setenv("BILLING_MONGO_URL", "mongodb://127.0.0.1:1/")  # stands for the store patched in
     monkeypatch.setenv("BILLING_REPORTS_DIR", str(tmp_path / "cli-reports"))
     out = tmp_path / "revenue.csv"
     with pytest.raises(SystemExit) as exited:
@@ -99,3 +100,11 @@ async def test_cli_on_the_embedded_store_writes_the_http_csv(
         await asyncio.to_thread(main, ["report", "--month", "nope", "--output", str(tmp_path / "bad.csv")])
     assert exited.value.code == 2
     assert not (tmp_path / "bad.csv").exists()
+
+
+def test_cli_refuses_the_embedded_store(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("BILLING_MONGO_URL", raising=False)
+    with pytest.raises(SystemExit) as exited:
+        main(["report", "--month", "2025-11"])
+    assert exited.value.code == 2
+    assert "BILLING_MONGO_URL" in capsys.readouterr().err

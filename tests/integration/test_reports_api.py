@@ -271,6 +271,8 @@ async def test_current_month_is_never_cached(api: Api, ctx: Context, ledger: Led
     assert (await download(api, link["url"])).body == b"service;total\r\nservice 1;1.00\r\n"
     await ledger.charge(1, 250, now)
     assert (await download(api, link["url"])).body == b"service;total\r\nservice 1;3.50\r\n"
+    if (datetime.now(UTC) + MSK).strftime("%Y-%m") != month:
+        pytest.skip("the test ran across a month boundary in Moscow")
     assert not ctx.reports.reports_dir.exists() or not any(ctx.reports.reports_dir.iterdir())
 
 
