@@ -36,6 +36,7 @@ setup(
             "playwright>=1.45,<2",
             "ruff>=0.5,<1",
             "PyYAML>=6,<7",
+            "openapi-spec-validator>=0.7,<0.10",
         ],
     },
     entry_points={"console_scripts": ["billing=billing.cli:main"]},

@@ -12,6 +12,7 @@ from billing.handlers.base import NotFoundHandler
 from billing.handlers.batch import BatchHandler
 from billing.handlers.health import HealthHandler, ReadyHandler
 from billing.handlers.operations import OperationHandler
+from billing.handlers.ops import ops_routes
 from billing.handlers.reports import RevenueCsvHandler, RevenueReportHandler
 from billing.handlers.reservations import ReservationsHandler
 from billing.handlers.services import ServiceHandler, ServicesHandler
@@ -36,10 +37,16 @@ def routes(ctx: Context) -> list[Any]:
         (r"/healthz", HealthHandler, args),
         (r"/readyz", ReadyHandler, args),
     ]
+    table += ops_routes(ctx)  # /openapi.json, /docs, /metrics (each route needs an entry in billing/openapi.py)
     return table
 
 
+def _no_tornado_access_log(handler: tornado.web.RequestHandler) -> None:
+    """billing.access writes one JSON line per request (billing/observability.py); tornado's would duplicate it."""
+
+
 def make_app(ctx: Context, **settings: Any) -> tornado.web.Application:
+    settings.setdefault("log_function", _no_tornado_access_log)
     return tornado.web.Application(
         routes(ctx),
         default_handler_class=NotFoundHandler,

@@ -18,11 +18,14 @@ COMMANDS: dict[str, tuple] = {}
 
 
 def configure_logging() -> None:
+    from billing.observability import configure_access_log
+
     logging.basicConfig(
         level=os.environ.get("BILLING_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    configure_access_log(sys.stderr)
 
 
 def prepare_serving_settings(settings: Settings, workers: int) -> Settings:
@@ -45,14 +48,21 @@ def prepare_serving_settings(settings: Settings, workers: int) -> Settings:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from billing.server import serve
+    from billing import metrics_dir
 
     workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
     settings = Settings()
     if settings.embedded and args.workers is None:
         workers = 1
     settings = prepare_serving_settings(settings, workers)
-    serve(settings, args.host, args.port, workers)
+    # Before billing.server imports prometheus_client: workers must share metric files.
+    created = metrics_dir.prepare(workers)
+    try:
+        from billing.server import serve
+
+        serve(settings, args.host, args.port, workers)
+    finally:
+        metrics_dir.cleanup(created)
     return 0
 
 

@@ -3,14 +3,29 @@
 from __future__ import annotations
 
 from billing.context import Context
+from billing.metrics import Metrics
+from billing.observability import RequestObserver
 from billing.outbox import Projector
 from billing.reports import Reports
 
 
+def start_observability(ctx: Context) -> None:
+    """Metrics, the access log and the in-flight count, hooked into every request and money operation."""
+    if ctx.metrics is None:
+        ctx.metrics = Metrics()
+    observer = RequestObserver(ctx.metrics, ctx.settings.log_requests)
+    ctx.extras["request_observer"] = observer
+    ctx.extras["on_request_started"] = observer.started
+    ctx.extras["on_request_finished"] = observer.finished
+    ctx.operations.observer = ctx.metrics.observe_operation
+
+
 async def start_components(ctx: Context) -> None:
     """Start background components of one worker (the outbox projector, metrics)."""
+    start_observability(ctx)
     # The projector makes the MongoDB indexes before its first batch (retrying while MongoDB is down).
     ctx.projector = Projector.from_context(ctx)
+    ctx.projector.on_batch = ctx.metrics.observe_projector_batch
     ctx.extras["readiness"] = ctx.projector.readiness
     if ctx.settings.projector_enabled:
         await ctx.projector.start()

@@ -127,6 +127,12 @@ class MoneyOperations:
 
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
+        # observer(operation, problem code or None, replayed): metrics of script outcomes (billing/metrics.py)
+        self.observer: Callable[[str, str | None, bool], None] | None = None
+
+    def _observe(self, spec: OperationSpec, outcome: Outcome) -> None:
+        if self.observer is not None:
+            self.observer(spec.name, outcome.error, outcome.replayed)
 
     async def execute(self, spec: OperationSpec, request: Request, idem: Idempotency | None, lang: str) -> Reply:
         name, keys, args = spec.to_call(self.ledger, request)
@@ -134,7 +140,10 @@ class MoneyOperations:
         try:
             outcome = await self.ledger.run(name, idem, fp, keys, args)
         except IdempotencyKeyReused:
+            if self.observer is not None:
+                self.observer(spec.name, "idempotency_key_reused", False)
             raise ApiError("idempotency_key_reused", "This Idempotency-Key was used with another request") from None
+        self._observe(spec, outcome)
         return reply_from_outcome(outcome, lang)
 
     async def execute_many(
@@ -148,14 +157,21 @@ class MoneyOperations:
             calls.append(self.ledger.script_call(name, idem, fp, keys, args))
         raw = await self._pipeline(calls)
         replies = []
-        for result in raw:
+        for (spec, _request, _idem), result in zip(items, raw, strict=True):
             if isinstance(result, Exception):
+                if self.observer is not None:
+                    self.observer(spec.name, "internal_error", False)
                 replies.append(Reply(500, problem_body("internal_error", "The operation failed; retry it")))
                 continue
             try:
-                replies.append(reply_from_outcome(decode_reply(result), lang))
+                outcome = decode_reply(result)
             except IdempotencyKeyReused:
+                if self.observer is not None:
+                    self.observer(spec.name, "idempotency_key_reused", False)
                 replies.append(Reply(422, problem_body("idempotency_key_reused")))
+                continue
+            self._observe(spec, outcome)
+            replies.append(reply_from_outcome(outcome, lang))
         return replies
 
     async def _pipeline(self, calls: list[tuple[str, list[str], list[str]]]) -> list[Any]:

@@ -112,6 +112,8 @@ class Projector:
         self.entries_trimmed = 0
         self.failures = 0
         self.poisoned = 0
+        # Called once per batch projected (entries, seconds): the metrics hook.
+        self.on_batch: Callable[[int, float], None] | None = None
         # Fault injection for tests: awaited after MongoDB confirmed a batch, before its XACK.
         self.before_ack: Callable[[list[str]], Awaitable[None]] | None = None
         self._lock = asyncio.Lock()
@@ -323,6 +325,7 @@ class Projector:
         return entries
 
     async def _project(self, entries: list[Entry]) -> None:
+        started = time.perf_counter()
         batch = to_batch(entries)
         try:
             inserted, duplicates = await self.store.insert_transactions(batch.docs)
@@ -342,6 +345,8 @@ class Projector:
         self.services_written += services
         self.entries_acked += len(batch.ids)
         self.poisoned += len(batch.poison)
+        if self.on_batch is not None:
+            self.on_batch(len(batch.ids), time.perf_counter() - started)
 
     async def _trim(self) -> None:
         """Delete acknowledged entries: everything below the oldest pending entry or the last delivered one."""

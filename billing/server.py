@@ -17,8 +17,9 @@ import tornado.netutil
 
 from billing.app import make_app
 from billing.config import Settings
-from billing.context import build_context
+from billing.context import Context, build_context
 from billing.lifecycle import start_components, stop_components
+from billing.metrics import mark_process_dead
 
 log = logging.getLogger("billing.server")
 
@@ -41,17 +42,35 @@ async def run_worker(settings: Settings, sockets: list[socket.socket], ready: Ca
     await stop.wait()
     log.info("worker %d stopping: no new connections, finishing requests in flight", os.getpid())
     server.stop()
-    await _drain(server)
+    await _drain(server, ctx)
     await stop_components(ctx)
+    _close_mongo(ctx)
+    log.info("worker %d stopped", os.getpid())
 
 
-async def _drain(server: tornado.httpserver.HTTPServer) -> None:
+async def _drain(server: tornado.httpserver.HTTPServer, ctx: Context) -> None:
+    """Let requests in flight finish (their responses reach the client), then close every connection.
+
+    close_all_connections() alone closes the streams at once, cutting off a request whose Lua script
+    has run but whose response is not yet written; so first wait for the in-flight count to reach zero.
+    """
     deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS
-    # close_all_connections waits for each connection's current request to finish before closing it
+    observer = ctx.extras.get("request_observer")
+    while observer is not None and observer.in_flight > 0 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    if observer is not None and observer.in_flight > 0:
+        log.warning("shutdown grace period over with %d request(s) in flight", observer.in_flight)
     try:
         await asyncio.wait_for(server.close_all_connections(), timeout=max(0.1, deadline - time.monotonic()))
     except TimeoutError:
         log.warning("shutdown grace period over; closing remaining connections")
+
+
+def _close_mongo(ctx: Context) -> None:
+    client = getattr(ctx.mongo, "client", None)
+    close = getattr(client, "close", None)
+    if callable(close):
+        close()
 
 
 def serve(settings: Settings, host: str, port: int, workers: int) -> None:
@@ -85,10 +104,17 @@ def _supervise(settings: Settings, sockets: list[socket.socket], workers: int) -
 
     def forward(signum: int, _frame: object) -> None:
         nonlocal stopping
+        if stopping:
+            return
         stopping = True
         for pid in list(children):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
+        # The supervisor holds the listening socket too: close it, or new connections would queue in the
+        # backlog unanswered instead of being refused while the workers finish what they have.
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.close()
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
@@ -104,6 +130,7 @@ def _supervise(settings: Settings, sockets: list[socket.socket], workers: int) -
         slot = children.pop(pid, None)
         if slot is None:
             continue
+        mark_process_dead(pid)
         if not stopping:
             log.error("worker %d exited with status %d; starting a new one", pid, status)
             time.sleep(0.2)

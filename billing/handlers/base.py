@@ -50,6 +50,9 @@ class BaseHandler(tornado.web.RequestHandler):
         self.set_header("Cache-Control", "no-store")
 
     def prepare(self) -> None:
+        started = self.ctx.extras.get("on_request_started")
+        if started is not None:
+            started(self)
         incoming = self.request.headers.get("X-Request-ID", "")
         self.request_id = incoming if visible_ascii(incoming, 200) else uuid.uuid4().hex
         self.set_header("X-Request-ID", self.request_id)
