@@ -88,6 +88,18 @@ async def explain(db: Any) -> dict[str, Any]:
     return planner["winningPlan"]
 
 
+async def count_matching(db: Any, repeats: int) -> float:
+    """How long the store takes just to find the month's charges (the floor under any report)."""
+    period = Reports(db, Settings(secret="bench", _env_file=None)).month(MONTH)
+    match = {"type": "charge", "created_at": {"$gte": period.start, "$lt": period.end}}
+    timings = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        await db.transactions.aggregate([{"$match": match}, {"$count": "n"}]).to_list(None)
+        timings.append(time.perf_counter() - started)
+    return statistics.median(timings)
+
+
 def index_names(plan: dict[str, Any]) -> list[str]:
     found = [plan["indexName"]] if "indexName" in plan else []
     for key in ("inputStage", "inputStages"):
@@ -107,6 +119,8 @@ async def run_backend(name: str, db: Any, n: int, repeats: int) -> None:
         f"median {statistics.median(timings) * 1000:.0f} ms, best {min(timings) * 1000:.0f} ms "
         f"({repeats} runs)"
     )
+    floor = await count_matching(db, repeats)
+    print(f"[{name}] for scale: $match + $count of the same charges alone: median {floor * 1000:.0f} ms")
     if name != "mongomock":  # mongomock has no explain
         plan = await explain(db)
         print(f"[{name}] winning plan uses index: {index_names(plan)}")
