@@ -14,7 +14,15 @@ from pydantic import ValidationError
 from redis.exceptions import NoScriptError
 
 from billing.errors import ApiError, problem_body, validation_errors
-from billing.ledger import Idempotency, IdempotencyKeyReused, Ledger, Outcome, decode_reply, fingerprint
+from billing.ledger import (
+    BATCH_CHUNK,
+    Idempotency,
+    IdempotencyKeyReused,
+    Ledger,
+    Outcome,
+    decode_batch_reply,
+    fingerprint,
+)
 from billing.render import render_outcome_body
 from billing.schemas import (
     CancelRequest,
@@ -149,29 +157,34 @@ class MoneyOperations:
     async def execute_many(
         self, items: Sequence[tuple[OperationSpec, Request, Idempotency | None]], lang: str
     ) -> list[Reply]:
-        """Each item atomic and idempotent on its own; all sent to Redis in one pipeline."""
+        """Each item atomic and idempotent on its own, run in order by batch script runs of BATCH_CHUNK
+        operations (lua/_batch.lua), all sent to Redis in one pipeline."""
         calls = []
         for spec, request, idem in items:
             name, keys, args = spec.to_call(self.ledger, request)
             fp = request_fingerprint(spec, request) if idem else ""
-            calls.append(self.ledger.script_call(name, idem, fp, keys, args))
-        raw = await self._pipeline(calls)
-        replies = []
-        for (spec, _request, _idem), result in zip(items, raw, strict=True):
+            calls.append((name, idem, fp, keys, args))
+        chunks = [calls[start : start + BATCH_CHUNK] for start in range(0, len(calls), BATCH_CHUNK)]
+        raw = await self._pipeline([self.ledger.batch_call(chunk) for chunk in chunks])
+        outcomes: list[Outcome | Exception] = []
+        for chunk, result in zip(chunks, raw, strict=True):
             if isinstance(result, Exception):
-                if self.observer is not None:
-                    self.observer(spec.name, "internal_error", False)
-                replies.append(Reply(500, problem_body("internal_error", "The operation failed; retry it")))
-                continue
-            try:
-                outcome = decode_reply(result)
-            except IdempotencyKeyReused:
+                outcomes.extend([result] * len(chunk))
+            else:
+                outcomes.extend(decode_batch_reply(result))
+        replies = []
+        for (spec, _request, _idem), outcome in zip(items, outcomes, strict=True):
+            if isinstance(outcome, IdempotencyKeyReused):
                 if self.observer is not None:
                     self.observer(spec.name, "idempotency_key_reused", False)
                 replies.append(Reply(422, problem_body("idempotency_key_reused")))
-                continue
-            self._observe(spec, outcome)
-            replies.append(reply_from_outcome(outcome, lang))
+            elif isinstance(outcome, Exception):
+                if self.observer is not None:
+                    self.observer(spec.name, "internal_error", False)
+                replies.append(Reply(500, problem_body("internal_error", "The operation failed; retry it")))
+            else:
+                self._observe(spec, outcome)
+                replies.append(reply_from_outcome(outcome, lang))
         return replies
 
     async def _pipeline(self, calls: list[tuple[str, list[str], list[str]]]) -> list[Any]:

@@ -1,16 +1,23 @@
 --[[
-  Shared prelude: billing/ledger.py prepends this file to every operation script, so each
-  operation is still ONE script, run atomically in ONE round trip.
+  Shared prelude: billing/ledger.py builds every script as this prelude + operation files + an entry point.
+  Each operation file adds one function to OPS; the entry point decides how many operations one script
+  run executes:
+    single script (one per operation, lua/<op>.lua + `return run_single('<op>')`): ONE operation,
+      atomically, in ONE round trip;
+    batch script (every operation file + lua/_batch.lua): many operations in ONE script run, each one
+      running exactly the same function as its single script, with its own idempotency record.
 
-  Common input of every operation script:
+  Input of a single script:
     KEYS[1] idempotency record   (string "<fingerprint>\n<outcome json>", read only if ARGV[1] ~= '')
-    KEYS[2] outbox stream        (XADD one entry per money movement: field txns, optional services)
+    KEYS[2] outbox stream        (XADD one entry per script run: field txns, optional services)
     KEYS[3] meta hash            (seq: last transaction id; clock: last timestamp in ms, kept monotonic)
     KEYS[4] totals hash          (deposited, withdrawn, revenue: kopecks, for conservation checks)
+    KEYS[5..] the operation's keys (see its file)
     ARGV[1] request fingerprint  ('' = the request carries no Idempotency-Key)
     ARGV[2] idempotency record TTL in seconds
+    ARGV[3..] the operation's arguments (see its file)
 
-  Every script returns a two-element array:
+  Every operation has one outcome:
     {'new', outcome}     the operation ran now (money moved, or a business refusal was recorded)
     {'replay', outcome}  the same key and fingerprint ran before: its recorded outcome, nothing changed
     {'reused', ''}       the key was used with another fingerprint: nothing changed
@@ -18,26 +25,24 @@
   Ids and money travel as decimal strings: Lua numbers are doubles, and cjson prints 14 digits only.
 ]]
 local rcall = redis.call
-local IDEM_KEY, OUTBOX_KEY, META_KEY, TOTALS_KEY = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local FINGERPRINT, IDEM_TTL = ARGV[1], ARGV[2]
 -- available + reserved of one account never exceeds this (10 000 000 000 000.00 rubles < 2^53 kopecks)
 local MAX_BALANCE = 1000000000000000
 
-if FINGERPRINT ~= '' then
-  local stored = rcall('GET', IDEM_KEY)
-  if stored then
-    local sep = string.find(stored, '\n', 1, true)
-    if string.sub(stored, 1, sep - 1) == FINGERPRINT then
-      return {'replay', string.sub(stored, sep + 1)}
-    end
-    return {'reused', ''}
-  end
-end
+-- Set by the entry point for the whole run.
+local OUTBOX_KEY, META_KEY, TOTALS_KEY, IDEM_TTL
+-- Set for each operation: its idempotency record key and request fingerprint.
+local IDEM_KEY, FINGERPRINT
+-- The operations: OPS[name] = {nkeys = <its keys>, nargs = <its arguments>, run = function(k, a)},
+-- run reads its keys from KEYS[k], KEYS[k + 1], ... and its arguments from ARGV[a], ARGV[a + 1], ...
+local OPS = {}
+-- What the run appends to the outbox when it ends: transaction records and catalog changes, in order.
+local outbox_txns, outbox_services = {}, nil
 
 local function int(n)
   return string.format('%d', n)
 end
 
+-- One timestamp per script run (a run is one atomic step), never behind the last one used.
 local now_ms = nil
 local function clock()
   if not now_ms then
@@ -58,28 +63,60 @@ local function record(outcome)
   if FINGERPRINT ~= '' then
     rcall('SET', IDEM_KEY, FINGERPRINT .. '\n' .. payload, 'EX', IDEM_TTL)
   end
-  return {'new', payload}
+  return 'new', payload
 end
 
 local function refuse(status, code)
   return record({status = status, error = code})
 end
 
--- Success: append the transactions (and catalog changes) to the outbox, then record the outcome.
+-- Success: queue the transactions (and catalog changes) for the outbox, then record the outcome.
 local function finish(status, body, txns, services)
-  if txns or services then
-    local fields = {}
-    if txns then
-      fields[#fields + 1] = 'txns'
-      fields[#fields + 1] = cjson.encode(txns)
+  if txns then
+    for i = 1, #txns do
+      outbox_txns[#outbox_txns + 1] = txns[i]
     end
-    if services then
-      fields[#fields + 1] = 'services'
-      fields[#fields + 1] = cjson.encode(services)
+  end
+  if services then
+    outbox_services = outbox_services or {}
+    for id, name in pairs(services) do
+      outbox_services[id] = name -- a later change of the same service wins, as in the projector
     end
-    rcall('XADD', OUTBOX_KEY, '*', unpack(fields))
   end
   return record({status = status, body = body})
+end
+
+-- One operation with its idempotency check: returns kind ('new', 'replay', 'reused') and outcome JSON.
+local function run_op(spec, idem_key, fingerprint, k, a)
+  IDEM_KEY, FINGERPRINT = idem_key, fingerprint
+  if FINGERPRINT ~= '' then
+    local stored = rcall('GET', IDEM_KEY)
+    if stored then
+      local sep = string.find(stored, '\n', 1, true)
+      if string.sub(stored, 1, sep - 1) == FINGERPRINT then
+        return 'replay', string.sub(stored, sep + 1)
+      end
+      return 'reused', ''
+    end
+  end
+  return spec.run(k, a)
+end
+
+-- One outbox entry for everything the run moved: field txns (JSON array), optional field services.
+local function flush_outbox()
+  local fields = {}
+  if #outbox_txns > 0 then
+    fields[#fields + 1] = 'txns'
+    fields[#fields + 1] = cjson.encode(outbox_txns)
+  end
+  if outbox_services then
+    fields[#fields + 1] = 'services'
+    fields[#fields + 1] = cjson.encode(outbox_services)
+  end
+  if #fields > 0 then
+    rcall('XADD', OUTBOX_KEY, '*', unpack(fields))
+  end
+  outbox_txns, outbox_services = {}, nil
 end
 
 -- available, reserved of an account, or nil when the account does not exist yet
@@ -127,4 +164,12 @@ local function reservation_body(key)
     amount = h.amount, status = h.status, recognized_amount = h.recognized_amount or cjson.null,
     created_at = h.created_at, updated_at = h.updated_at,
   }
+end
+
+-- Entry point of a single script: one operation, laid out as described at the top.
+local function run_single(name)
+  OUTBOX_KEY, META_KEY, TOTALS_KEY, IDEM_TTL = KEYS[2], KEYS[3], KEYS[4], ARGV[2]
+  local kind, payload = run_op(OPS[name], KEYS[1], ARGV[1], 5, 3)
+  flush_outbox()
+  return {kind, payload}
 end
