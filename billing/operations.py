@@ -13,6 +13,7 @@ import orjson
 from pydantic import ValidationError
 from redis.exceptions import NoScriptError
 
+from billing import redis_raw
 from billing.errors import ApiError, problem_body, validation_errors
 from billing.ledger import (
     BATCH_CHUNK,
@@ -165,7 +166,7 @@ class MoneyOperations:
             fp = request_fingerprint(spec, request) if idem else ""
             calls.append((name, idem, fp, keys, args))
         chunks = [calls[start : start + BATCH_CHUNK] for start in range(0, len(calls), BATCH_CHUNK)]
-        raw = await self._pipeline([self.ledger.batch_call(chunk) for chunk in chunks])
+        raw = await self._pipeline(chunks)
         outcomes: list[Outcome | Exception] = []
         for chunk, result in zip(chunks, raw, strict=True):
             if isinstance(result, Exception):
@@ -187,15 +188,13 @@ class MoneyOperations:
                 replies.append(reply_from_outcome(outcome, lang))
         return replies
 
-    async def _pipeline(self, calls: list[tuple[str, list[str], list[str]]]) -> list[Any]:
-        results: list[Any] = [None] * len(calls)
-        pending = list(range(len(calls)))
+    async def _pipeline(self, chunks: list[list[Any]]) -> list[Any]:
+        """One batch script run per chunk, all in one write; runs refused with NOSCRIPT are sent again once."""
+        results: list[Any] = [None] * len(chunks)
+        pending = list(range(len(chunks)))
         for attempt in range(2):
-            pipe = self.ledger.redis.pipeline(transaction=False)
-            for index in pending:
-                sha, keys, args = calls[index]
-                pipe.evalsha(sha, len(keys), *keys, *args)
-            answers = await pipe.execute(raise_on_error=False)
+            commands = [self.ledger.batch_command(chunks[index]) for index in pending]
+            answers = await redis_raw.pipeline(self.ledger.redis, commands)
             retry = []
             for index, answer in zip(pending, answers, strict=True):
                 if isinstance(answer, NoScriptError) and attempt == 0:

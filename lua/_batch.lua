@@ -1,6 +1,6 @@
 --[[
   Batch entry point: many operations in ONE script run, in order, each one the same function as its
-  single script (own idempotency check and record, own refusals), and ONE outbox entry for the run.
+  single script (own idempotency check and record, own refusals, own outbox entry).
     KEYS[1] outbox stream   KEYS[2] meta hash   KEYS[3] totals hash
     then for each operation: its idempotency record key, then its keys (OPS[op].nkeys of them)
     ARGV[1] idempotency record TTL in seconds
@@ -35,5 +35,4 @@ while a <= #ARGV do
   out[#out + 1] = payload
   k, a = k + 1 + spec.nkeys, a + 2 + spec.nargs
 end
-flush_outbox()
 return out

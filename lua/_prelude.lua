@@ -9,7 +9,7 @@
 
   Input of a single script:
     KEYS[1] idempotency record   (string "<fingerprint>\n<outcome json>", read only if ARGV[1] ~= '')
-    KEYS[2] outbox stream        (XADD one entry per script run: field txns, optional services)
+    KEYS[2] outbox stream        (XADD one entry per money movement: field txns, optional services)
     KEYS[3] meta hash            (seq: last transaction id; clock: last timestamp in ms, kept monotonic)
     KEYS[4] totals hash          (deposited, withdrawn, revenue: kopecks, for conservation checks)
     KEYS[5..] the operation's keys (see its file)
@@ -35,8 +35,6 @@ local IDEM_KEY, FINGERPRINT
 -- The operations: OPS[name] = {nkeys = <its keys>, nargs = <its arguments>, run = function(k, a)},
 -- run reads its keys from KEYS[k], KEYS[k + 1], ... and its arguments from ARGV[a], ARGV[a + 1], ...
 local OPS = {}
--- What the run appends to the outbox when it ends: transaction records and catalog changes, in order.
-local outbox_txns, outbox_services = {}, nil
 
 local function int(n)
   return string.format('%d', n)
@@ -70,18 +68,20 @@ local function refuse(status, code)
   return record({status = status, error = code})
 end
 
--- Success: queue the transactions (and catalog changes) for the outbox, then record the outcome.
+-- Success: append the transactions (and catalog changes) to the outbox, then record the outcome.
+-- One outbox entry per operation, as when it runs alone (a batch's outbox is the same as sequential calls').
 local function finish(status, body, txns, services)
-  if txns then
-    for i = 1, #txns do
-      outbox_txns[#outbox_txns + 1] = txns[i]
+  if txns or services then
+    local fields = {}
+    if txns then
+      fields[#fields + 1] = 'txns'
+      fields[#fields + 1] = cjson.encode(txns)
     end
-  end
-  if services then
-    outbox_services = outbox_services or {}
-    for id, name in pairs(services) do
-      outbox_services[id] = name -- a later change of the same service wins, as in the projector
+    if services then
+      fields[#fields + 1] = 'services'
+      fields[#fields + 1] = cjson.encode(services)
     end
+    rcall('XADD', OUTBOX_KEY, '*', unpack(fields))
   end
   return record({status = status, body = body})
 end
@@ -100,23 +100,6 @@ local function run_op(spec, idem_key, fingerprint, k, a)
     end
   end
   return spec.run(k, a)
-end
-
--- One outbox entry for everything the run moved: field txns (JSON array), optional field services.
-local function flush_outbox()
-  local fields = {}
-  if #outbox_txns > 0 then
-    fields[#fields + 1] = 'txns'
-    fields[#fields + 1] = cjson.encode(outbox_txns)
-  end
-  if outbox_services then
-    fields[#fields + 1] = 'services'
-    fields[#fields + 1] = cjson.encode(outbox_services)
-  end
-  if #fields > 0 then
-    rcall('XADD', OUTBOX_KEY, '*', unpack(fields))
-  end
-  outbox_txns, outbox_services = {}, nil
 end
 
 -- available, reserved of an account, or nil when the account does not exist yet
@@ -170,6 +153,5 @@ end
 local function run_single(name)
   OUTBOX_KEY, META_KEY, TOTALS_KEY, IDEM_TTL = KEYS[2], KEYS[3], KEYS[4], ARGV[2]
   local kind, payload = run_op(OPS[name], KEYS[1], ARGV[1], 5, 3)
-  flush_outbox()
   return {kind, payload}
 end
