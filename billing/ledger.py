@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from redis.asyncio import Redis
@@ -28,17 +27,15 @@ BATCH = "batch"
 BATCH_CHUNK = 250
 
 
-@dataclass(frozen=True)
-class Idempotency:
+class Idempotency(NamedTuple):
     """Who asked (a token's stable id) and the Idempotency-Key they sent."""
 
     scope: str
     key: str
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """What a script decided: HTTP status and either a body or an error code."""
+class Outcome(NamedTuple):
+    """What a script decided: HTTP status and either a body or an error code (a tuple: cheap to build)."""
 
     status: int
     body: dict[str, Any] | None

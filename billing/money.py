@@ -60,6 +60,6 @@ def _decimal_to_kopecks(value: Decimal) -> int:
 
 def format_kopecks(kopecks: int) -> str:
     """Kopecks to the API's money string with exactly two fractional digits."""
-    sign = "-" if kopecks < 0 else ""
-    rubles, rest = divmod(abs(kopecks), KOPECKS_PER_RUBLE)
-    return f"{sign}{rubles}.{rest:02d}"
+    if kopecks >= 0:
+        return f"{kopecks // KOPECKS_PER_RUBLE}.{kopecks % KOPECKS_PER_RUBLE:02d}"
+    return "-" + format_kopecks(-kopecks)

@@ -6,7 +6,7 @@ Request models validate input; response models document output (OpenAPI) and are
 from __future__ import annotations
 
 import unicodedata
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema, model_validator
 
@@ -212,9 +212,10 @@ BATCH_OPERATIONS: dict[str, type[Request]] = {
 
 
 class BatchRequest(Request):
+    MAX_OPERATIONS: ClassVar[int] = 1000
     operations: list[dict[str, Any]] = Field(
         min_length=1,
-        max_length=1000,
+        max_length=MAX_OPERATIONS,
         description="Each: {op, idempotency_key?, ...the fields of the op's endpoint}",
     )
 
