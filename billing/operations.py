@@ -5,6 +5,7 @@ HTTP handlers and the batch endpoint both go through here, so an operation behav
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -140,8 +141,9 @@ class MoneyOperations:
 
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
-        # observer(operation, problem code or None, replayed): metrics of script outcomes (billing/metrics.py)
-        self.observer: Callable[[str, str | None, bool], None] | None = None
+        # observer(operation, problem code or None, replayed[, count]): metrics of script outcomes
+        # (billing/metrics.py); a batch calls it once per distinct outcome with how many had it
+        self.observer: Callable[..., None] | None = None
 
     def _observe(self, spec: OperationSpec, outcome: Outcome) -> None:
         if self.observer is not None:
@@ -178,18 +180,20 @@ class MoneyOperations:
             else:
                 outcomes.extend(decode_batch_reply(result))
         replies = []
+        observed: Counter[tuple[str, str | None, bool]] = Counter()
         for (spec, _request, _idem), outcome in zip(items, outcomes, strict=True):
             if isinstance(outcome, IdempotencyKeyReused):
-                if self.observer is not None:
-                    self.observer(spec.name, "idempotency_key_reused", False)
+                observed[spec.name, "idempotency_key_reused", False] += 1
                 replies.append(Reply(422, problem_body("idempotency_key_reused")))
             elif isinstance(outcome, Exception):
-                if self.observer is not None:
-                    self.observer(spec.name, "internal_error", False)
+                observed[spec.name, "internal_error", False] += 1
                 replies.append(Reply(500, problem_body("internal_error", "The operation failed; retry it")))
             else:
-                self._observe(spec, outcome)
+                observed[spec.name, outcome.error, outcome.replayed] += 1
                 replies.append(reply_from_outcome(outcome, lang))
+        if self.observer is not None:
+            for (name, code, replayed), count in observed.items():
+                self.observer(name, code, replayed, count)
         return replies
 
     async def _pipeline(self, chunks: list[list[Any]]) -> list[Any]:
