@@ -60,6 +60,9 @@ def _decimal_to_kopecks(value: Decimal) -> int:
 
 def format_kopecks(kopecks: int) -> str:
     """Kopecks to the API's money string with exactly two fractional digits."""
+    if kopecks >= KOPECKS_PER_RUBLE:
+        digits = str(kopecks)  # the digits themselves: cheaper than divmod and a format (a batch calls this 6x per op)
+        return digits[:-2] + "." + digits[-2:]
     if kopecks >= 0:
-        return f"{kopecks // KOPECKS_PER_RUBLE}.{kopecks % KOPECKS_PER_RUBLE:02d}"
+        return f"0.{kopecks:02d}"
     return "-" + format_kopecks(-kopecks)

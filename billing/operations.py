@@ -124,7 +124,7 @@ def request_fingerprint(spec: OperationSpec, request: Request) -> str:
     """Same operation and same validated fields give the same fingerprint, whichever way they were sent.
 
     The canonical form is the sorted JSON of the validated fields. Request models are flat (ints, strings,
-    None), so their __dict__ is exactly model_dump(), without its cost (tests/unit/test_batch_fast.py).
+    None), so their __dict__ is exactly model_dump(), without its cost (tests/unit/test_fast_paths.py).
     """
     return fingerprint("POST " + spec.path, orjson.dumps(request.__dict__, option=orjson.OPT_SORT_KEYS))
 

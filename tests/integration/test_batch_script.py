@@ -10,9 +10,8 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from billing.ledger import BATCH_CHUNK, Idempotency, Ledger, fingerprint
-from billing.operations import OPERATIONS, MoneyOperations, Reply, request_fingerprint
-from billing.schemas import BATCH_OPERATIONS
+from billing.ledger import BATCH_CHUNK, Idempotency, Ledger
+from billing.operations import OPERATIONS, MoneyOperations, Reply
 
 TTL = 90_000
 _MS = re.compile(r'"(created_at|updated_at)":"\d+"')
@@ -164,22 +163,3 @@ async def test_batch_scripts_reload_after_a_script_flush(redis_client: Redis, pr
     assert {reply.status for reply in replies} == {201}
     assert await ledger.balance(1) == (count, 0)
     assert int(await redis_client.hget(ledger.keys.meta, "seq")) == count
-
-
-def test_the_fingerprint_is_the_sorted_json_of_every_validated_field() -> None:
-    """request_fingerprint reads __dict__ for speed: it must be exactly model_dump() for every model."""
-    examples = {
-        "deposit": {"user_id": 1, "amount": "1.5", "comment": ""},
-        "withdrawal": {"user_id": 2**63 - 1, "amount": 3},
-        "transfer": {"from_user_id": 1, "to_user_id": 2, "amount": "0.01", "comment": "x"},
-        "reserve": {"user_id": 1, "service_id": 2, "order_id": 3, "amount": "4", "service_name": "S"},
-        "recognize": {"user_id": 1, "service_id": 2, "order_id": 3, "amount": "4"},
-        "cancel": {"user_id": 1, "service_id": 2, "order_id": 3},
-    }
-    assert set(examples) == set(BATCH_OPERATIONS)
-    for op, fields in examples.items():
-        spec = OPERATIONS[op]
-        request = spec.model.model_validate(fields)
-        assert request.__dict__ == request.model_dump()
-        canonical = orjson.dumps(request.model_dump(), option=orjson.OPT_SORT_KEYS)
-        assert request_fingerprint(spec, request) == fingerprint("POST " + spec.path, canonical)
