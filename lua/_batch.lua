@@ -35,4 +35,5 @@ while a <= #ARGV do
   out[#out + 1] = payload
   k, a = k + 1 + spec.nkeys, a + 2 + spec.nargs
 end
+end_run()
 return out

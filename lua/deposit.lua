@@ -16,7 +16,7 @@ OPS.deposit = {nkeys = 1, nargs = 3, run = function(k, a)
     return refuse(409, 'balance_limit_exceeded')
   end
   available = rcall('HINCRBY', ACCOUNT, 'available', amount)
-  rcall('HINCRBY', TOTALS_KEY, 'deposited', amount)
+  add_total('deposited', amount)
   local txn = new_txn('deposit', user_id, amount, available, reserved, {comment = comment})
   return finish(201, {balance = balance_body(user_id, available, reserved), transaction = txn}, {txn})
 end}

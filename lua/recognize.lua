@@ -29,7 +29,7 @@ OPS.recognize = {nkeys = 3, nargs = 4, run = function(k, a)
   end
   local remainder = tonumber(reserved_amount) - tonumber(amount)
   reserved = rcall('HINCRBY', ACCOUNT, 'reserved', '-' .. amount)
-  rcall('HINCRBY', TOTALS_KEY, 'revenue', amount)
+  add_total('revenue', amount)
   local name = rcall('HGET', SERVICES, service_id) or ''
   local refs = {service_id = service_id, order_id = order_id, service_name = name}
   local charge = new_txn('charge', user_id, amount, available, reserved, refs)

@@ -15,7 +15,7 @@ OPS.withdraw = {nkeys = 1, nargs = 3, run = function(k, a)
     return refuse(409, 'insufficient_funds')
   end
   available = rcall('HINCRBY', ACCOUNT, 'available', '-' .. amount)
-  rcall('HINCRBY', TOTALS_KEY, 'withdrawn', amount)
+  add_total('withdrawn', amount)
   local txn = new_txn('withdrawal', user_id, amount, available, reserved, {comment = comment})
   return finish(201, {balance = balance_body(user_id, available, reserved), transaction = txn}, {txn})
 end}
