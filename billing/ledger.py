@@ -10,6 +10,8 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
+from billing import redis_raw
+
 
 def _lua_dir() -> Path:
     """The checkout's lua/ (editable installs), else the copy installed as the data package billing.lua."""
@@ -114,10 +116,6 @@ class Ledger:
         self.idempotency_ttl = str(idempotency_ttl_seconds)
         self._sources = load_script_sources()
         self._shas = {name: hashlib.sha1(src.encode()).hexdigest() for name, src in self._sources.items()}
-        self._outbox, self._meta, self._totals = (
-            key.encode() for key in (self.keys.outbox, self.keys.meta, self.keys.totals)
-        )
-        self._ttl = self.idempotency_ttl.encode()
 
     async def load_scripts(self) -> None:
         for name, source in self._sources.items():
@@ -135,19 +133,19 @@ class Ledger:
         common_keys, common_args = self._common(idem, fp)
         return self._shas[name], common_keys + keys, common_args + [str(a) for a in args]
 
-    def batch_command(self, calls: list[tuple[str, Idempotency | None, str, list[str], list[Any]]]) -> list[bytes]:
+    def batch_command(self, calls: list[tuple[str, Idempotency | None, str, list[str], list[Any]]]) -> bytes:
         """The EVALSHA of one batch script run (lua/_batch.lua) of (name, idem, fingerprint, keys, args)
-        operations, every argument already encoded (billing/redis_raw.py sends it)."""
-        keys = [self._outbox, self._meta, self._totals]
-        args = [self._ttl]
+        operations, packed for billing/redis_raw.py to send."""
+        keys = [self.keys.outbox, self.keys.meta, self.keys.totals]
+        args = [self.idempotency_ttl]
         idempotency = self.keys.idempotency
         for name, idem, fp, op_keys, op_args in calls:
-            keys.append(idempotency(idem).encode())
-            keys.extend([key.encode() for key in op_keys])
-            args.append(name.encode())
-            args.append(fp.encode() if idem is not None else b"")
-            args.extend([str(arg).encode() for arg in op_args])
-        return [b"EVALSHA", self._shas[BATCH].encode(), b"%d" % len(keys), *keys, *args]
+            keys.append(idempotency(idem))
+            keys.extend(op_keys)
+            args.append(name)
+            args.append(fp if idem is not None else "")
+            args.extend([str(arg) for arg in op_args])
+        return redis_raw.pack(["EVALSHA", self._shas[BATCH], str(len(keys)), *keys, *args])
 
     async def run(self, name: str, idem: Idempotency | None, fp: str, keys: list[str], args: list[Any]) -> Outcome:
         sha, all_keys, all_args = self.script_call(name, idem, fp, keys, args)

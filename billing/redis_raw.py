@@ -9,19 +9,23 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 
-def pack(command: Sequence[bytes]) -> bytes:
-    """One command in RESP: an array of bulk strings (redis-py's generic packer costs ~1 µs per argument)."""
-    return b"*%d\r\n" % len(command) + b"".join([b"$%d\r\n%b\r\n" % (len(arg), arg) for arg in command])
+def pack(command: Sequence[str]) -> bytes:
+    """One command in RESP, an array of bulk strings, encoded once as a whole (redis-py's generic packer
+    costs about 1 µs per argument; this a fifth of it). Lengths are in UTF-8 bytes."""
+    parts = [f"*{len(command)}\r\n"]
+    for arg in command:
+        parts.append(f"${len(arg) if arg.isascii() else len(arg.encode())}\r\n{arg}\r\n")
+    return "".join(parts).encode()
 
 
-async def pipeline(redis: Redis, commands: Sequence[Sequence[bytes]]) -> list[Any]:
-    """Send every command in one write on one pooled connection and read every reply, in order.
+async def pipeline(redis: Redis, commands: Sequence[bytes]) -> list[Any]:
+    """Send every packed command in one write on one pooled connection and read every reply, in order.
 
     An error reply is returned as its exception (like redis-py's pipeline with raise_on_error=False);
     a connection failure raises and drops the connection. Nothing is retried here: the caller knows which
     commands are safe to send again.
     """
-    packed = b"".join([pack(command) for command in commands])
+    packed = b"".join(commands)
     pool = redis.connection_pool
     connection = await pool.get_connection()
     try:

@@ -9,8 +9,9 @@ from typing import Any
 import orjson
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
-from billing.ledger import BATCH_CHUNK, Idempotency, Ledger
+from billing.ledger import BATCH, BATCH_CHUNK, Idempotency, Ledger
 from billing.operations import OPERATIONS, MoneyOperations, Reply
 
 TTL = 90_000
@@ -140,10 +141,17 @@ async def test_an_operation_failing_inside_redis_fails_alone(redis_client: Redis
 async def test_a_malformed_batch_call_changes_nothing(redis_client: Redis, prefix: str) -> None:
     ledger = Ledger(redis_client, prefix, TTL)
     await ledger.load_scripts()
-    command = ledger.batch_command([("deposit", None, "", [ledger.keys.account(1)], [1, 100, ""])])
-    for broken in (command[:-1], [*command[:-1], b"x", b"y"], [*command[:-5], b"nope", b"", b"1", b"100", b""]):
-        with pytest.raises(Exception, match="batch:"):
-            await redis_client.execute_command(*broken)
+    keys = [ledger.keys.outbox, ledger.keys.meta, ledger.keys.totals, ledger.keys.idempotency(None)]
+    keys.append(ledger.keys.account(1))
+    good = ["90000", "deposit", "", "1", "100", ""]
+    command = ["EVALSHA", ledger._shas[BATCH], len(keys), *keys]
+    await redis_client.execute_command(*command, *good)  # well formed: runs
+    assert await ledger.balance(1) == (100, 0)
+    await redis_client.delete(ledger.keys.account(1), ledger.keys.outbox, ledger.keys.meta, ledger.keys.totals)
+    # too few arguments, an unknown operation, two operations with the keys of one
+    for args in (good[:-1], [*good, "x", "y"], ["90000", "nope", "", "1", "100", ""], [*good, *good[1:]]):
+        with pytest.raises(ResponseError, match="batch:"):
+            await redis_client.execute_command(*command, *args)
     assert await ledger.balance(1) is None
     assert not await redis_client.exists(ledger.keys.outbox, ledger.keys.meta)
 
@@ -163,3 +171,16 @@ async def test_batch_scripts_reload_after_a_script_flush(redis_client: Redis, pr
     assert {reply.status for reply in replies} == {201}
     assert await ledger.balance(1) == (count, 0)
     assert int(await redis_client.hget(ledger.keys.meta, "seq")) == count
+
+
+async def test_text_beyond_ascii_goes_through_a_batch_run_intact(redis_client: Redis) -> None:
+    """Lengths in the packed command are UTF-8 bytes: a comment and a key prefix in Cyrillic and emoji."""
+    ledger = Ledger(redis_client, "тест:✓:", TTL)
+    operations = MoneyOperations(ledger)
+    spec = OPERATIONS["deposit"]
+    comment = "пополнение 😀 ✓"
+    items = [(spec, spec.model.model_validate({"user_id": 1, "amount": "1.00", "comment": comment}), None)] * 2
+    replies = await operations.execute_many(items, "en")
+    assert [reply.body["transaction"]["comment"] for reply in replies] == [comment, comment]
+    assert await ledger.balance(1) == (200, 0)
+    await redis_client.delete(ledger.keys.account(1), ledger.keys.outbox, ledger.keys.meta, ledger.keys.totals)

@@ -8,7 +8,9 @@ from typing import Any
 
 import orjson
 import pytest
+from redis.connection import Connection
 
+from billing import redis_raw
 from billing.errors import ApiError
 from billing.handlers.batch import _operations
 from billing.jsonbody import _has_float, parse_json
@@ -99,3 +101,9 @@ def test_the_fingerprint_is_the_sorted_json_of_every_validated_field() -> None:
         assert request.__dict__ == request.model_dump()
         canonical = orjson.dumps(request.model_dump(), option=orjson.OPT_SORT_KEYS)
         assert request_fingerprint(spec, request) == fingerprint("POST " + spec.path, canonical)
+
+
+def test_pack_is_the_resp_redis_py_would_send() -> None:
+    command = ["EVALSHA", "ab" * 20, "2", "pre:{u:1}:acct", "ключ ✓", "", "comment with \r\n inside", "😀"]
+    expected = b"".join(Connection().pack_command(*command))
+    assert redis_raw.pack(command) == expected
