@@ -49,6 +49,16 @@ class IdempotencyKeyReused(Exception):
     """The Idempotency-Key was used before with another request."""
 
 
+def batch_scope(idem: Idempotency) -> Idempotency:
+    """The batch-level record lives apart from the endpoint keys of the same token."""
+    return Idempotency(scope=idem.scope + "/batch", key=idem.key)
+
+
+def batch_operation_key(idem: Idempotency, index: int) -> Idempotency:
+    """The key of the index-th operation of a batch sent with Idempotency-Key (when it names none itself)."""
+    return Idempotency(scope=idem.scope + "/batch", key=f"{idem.key}#{index}")
+
+
 def fingerprint(operation: str, canonical: bytes) -> str:
     return hashlib.sha256(operation.encode() + b"\n" + canonical).hexdigest()
 
@@ -194,6 +204,19 @@ class Ledger:
     ) -> tuple[str, list[str], list[Any]]:
         keys = self._reservation_keys(user_id, service_id, order_id)
         return "cancel", keys, [user_id, service_id, order_id, comment or ""]
+
+    async def claim_batch_key(self, idem: Idempotency, fp: str) -> None:
+        """Bind a batch's Idempotency-Key to the batch's fingerprint before any of its operations runs.
+
+        Each operation then runs under a key derived from it (batch_operation_key), so a retried batch
+        replays operation by operation; this record only refuses the same key with another batch.
+        """
+        key = self.keys.idempotency(batch_scope(idem))
+        if await self.redis.set(key, fp, nx=True, ex=int(self.idempotency_ttl)):
+            return
+        stored = await self.redis.get(key)
+        if stored is not None and stored.decode() != fp:
+            raise IdempotencyKeyReused()
 
     async def set_service(self, service_id: int, name: str) -> Outcome:
         return await self.run("set_service", None, "", [self.keys.services], [service_id, name])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from pydantic import ValidationError
@@ -9,7 +10,7 @@ from pydantic import ValidationError
 from billing.auth import ROLES
 from billing.errors import ApiError, validation_errors
 from billing.handlers.base import BaseHandler, visible_ascii
-from billing.ledger import Idempotency
+from billing.ledger import Idempotency, IdempotencyKeyReused, batch_operation_key, fingerprint
 from billing.operations import OPERATIONS, OperationSpec, Reply, validate
 from billing.schemas import BatchRequest
 
@@ -22,21 +23,34 @@ class BatchHandler(BaseHandler):
     route_name = "/v1/batch"
 
     async def post(self) -> None:
-        self.idempotency()  # every POST refuses a malformed Idempotency-Key; a batch's keys are per operation
+        batch_key = self.idempotency()
         operations = _operations(self.json_body())
         results: list[Reply | None] = [None] * len(operations)
         runnable: list[tuple[int, OperationSpec, Any, Idempotency | None]] = []
+        derived: set[int] = set()  # operations keyed by the batch's Idempotency-Key
         for index, raw in enumerate(operations):
             try:
                 spec, request, idem = self._prepare_operation(raw)
             except ApiError as exc:
                 results[index] = Reply(exc.status, exc.to_problem())
-            else:
-                runnable.append((index, spec, request, idem))
+                continue
+            if idem is None and batch_key is not None:
+                idem = batch_operation_key(batch_key, index)
+                derived.add(index)
+            runnable.append((index, spec, request, idem))
+        if batch_key is not None:
+            fp = fingerprint("POST /v1/batch", _canonical(operations))
+            try:
+                await self.ctx.ledger.claim_batch_key(batch_key, fp)
+            except IdempotencyKeyReused:
+                raise ApiError("idempotency_key_reused", "This Idempotency-Key was used with another batch") from None
         replies = await self.ctx.operations.execute_many([item[1:] for item in runnable], self.lang)
         for (index, *_), reply in zip(runnable, replies, strict=True):
             results[index] = reply
-        self.write_json(200, {"results": [_result(reply) for reply in results if reply is not None]})
+        # A batch retried under its Idempotency-Key answers exactly as the first time, marked by the header.
+        replayed = bool(derived) and all(results[i].replayed for i in derived)  # type: ignore[union-attr]
+        body = [_result(reply, i not in derived) for i, reply in enumerate(results) if reply is not None]
+        self.write_json(200, {"results": body}, replayed=replayed)
 
     def _prepare_operation(self, raw: dict[str, Any]) -> tuple[OperationSpec, Any, Idempotency | None]:
         fields = dict(raw)
@@ -81,8 +95,14 @@ def _operations(data: dict[str, Any]) -> list[dict[str, Any]]:
         raise ApiError("validation_error", "Batch envelope is not valid", validation_errors(exc)) from None
 
 
-def _result(reply: Reply) -> dict[str, Any]:
+def _canonical(operations: list[dict[str, Any]]) -> bytes:
+    """The batch as bytes for its fingerprint: any JSON the envelope admits (huge integers, Decimals, lone
+    surrogates in ignored fields), keys sorted."""
+    return json.dumps(operations, sort_keys=True, default=str).encode()
+
+
+def _result(reply: Reply, mark_replay: bool = True) -> dict[str, Any]:
     body = reply.body
-    if reply.replayed:
+    if reply.replayed and mark_replay:
         return {"status": reply.status, "body": body, "replayed": True}
     return {"status": reply.status, "body": body}

@@ -254,3 +254,49 @@ async def test_invalid_idempotency_key_in_an_operation_is_its_own_400(api: Api) 
     assert statuses(r) == [400, 400, 400, 201]
     assert r.json["results"][0]["body"]["errors"][0]["field"] == "idempotency_key"
     assert (await api.balance(14)).json["available"] == "1.00"
+
+
+async def test_batch_idempotency_key_replays_the_whole_batch(api: Api) -> None:
+    await api.deposit(61, "10.00")
+    operations = [
+        {"op": "deposit", "user_id": 61, "amount": "1.00"},
+        {"op": "withdrawal", "user_id": 61, "amount": "100.00"},  # a refusal is replayed too
+        {"op": "deposit", "user_id": 62, "amount": "2.00", "idempotency_key": "own-key"},
+        {"op": "deposit", "user_id": 0, "amount": "1.00"},  # invalid: stores nothing
+    ]
+    first = await api.post("/v1/batch", {"operations": operations}, key="whole-batch-1")
+    assert first.status == 200 and "Idempotent-Replayed" not in first.headers
+    assert statuses(first) == [201, 409, 201, 400]
+    again = await api.post("/v1/batch", {"operations": operations}, key="whole-batch-1")
+    assert again.status == 200 and again.headers["Idempotent-Replayed"] == "true"
+    assert again.json == {
+        "results": [
+            first.json["results"][0],
+            first.json["results"][1],
+            {**first.json["results"][2], "replayed": True},  # its own key: marked as in any batch
+            first.json["results"][3],
+        ]
+    }
+    assert (await api.balance(61)).json["available"] == "11.00"
+    assert (await api.balance(62)).json["available"] == "2.00"
+
+
+async def test_batch_idempotency_key_with_another_batch_is_422_and_changes_nothing(api: Api, ctx: Context) -> None:
+    await api.post("/v1/batch", {"operations": [{"op": "deposit", "user_id": 63, "amount": "1.00"}]}, key="wb-2")
+    before = await transactions_written(ctx)
+    other = await api.post(
+        "/v1/batch", {"operations": [{"op": "deposit", "user_id": 63, "amount": "5.00"}]}, key="wb-2"
+    )
+    problem(other, 422, "idempotency_key_reused")
+    assert await transactions_written(ctx) == before
+    assert (await api.balance(63)).json["available"] == "1.00"
+    # the same key on the deposit endpoint is a separate record: batch keys live apart
+    assert (await api.post("/v1/deposits", {"user_id": 63, "amount": "5.00"}, key="wb-2")).status == 201
+
+
+async def test_batch_key_with_odd_but_valid_json_answers_per_operation(api: Api) -> None:
+    body = b'{"operations": [{"op": "deposit", "user_id": 64, "amount": "1.00", "x": [123456789012345678901234567890, 1.5, "\\ud800"]}]}'
+    r = await api.request("POST", "/v1/batch", body=body, key="odd-json")
+    assert statuses(r) == [400]
+    again = await api.request("POST", "/v1/batch", body=body, key="odd-json")
+    assert again.json == r.json
