@@ -22,12 +22,16 @@ def _parse_int(text: str) -> int | Decimal:
 
 
 def _has_float(value: Any) -> bool:
-    if isinstance(value, float):
-        return True
-    if isinstance(value, dict):
-        return any(_has_float(v) for v in value.values())
-    if isinstance(value, list):
-        return any(_has_float(v) for v in value)
+    """Any float anywhere in orjson's result (exact types: orjson makes no subclasses); no recursion."""
+    pending = [value]
+    while pending:
+        kind = type(item := pending.pop())
+        if kind is float:
+            return True
+        if kind is dict:
+            pending.extend(item.values())
+        elif kind is list:
+            pending.extend(item)
     return False
 
 

@@ -77,16 +77,29 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        # Label children by their label values. Bounded: routes are templates, methods and statuses few.
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._operation_children: dict[tuple[str, str | None, bool], Any] = {}
 
     # ---- recording ----------------------------------------------------------------------------------
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        labels = (route or UNMATCHED, method, str(status))
-        self.requests.labels(*labels).inc()
-        self.latency.labels(*labels).observe(seconds)
+        key = (route, method, status)
+        children = self._request_children.get(key)
+        if children is None:  # .labels() costs more than the update itself: look each series up once
+            labels = (route or UNMATCHED, method, str(status))
+            children = self._request_children[key] = (self.requests.labels(*labels), self.latency.labels(*labels))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def observe_operation(self, operation: str, code: str | None, replayed: bool) -> None:
-        self.operations.labels(operation, code or "ok", "true" if replayed else "false").inc()
+        key = (operation, code, replayed)
+        child = self._operation_children.get(key)
+        if child is None:
+            child = self._operation_children[key] = self.operations.labels(
+                operation, code or "ok", "true" if replayed else "false"
+            )
+        child.inc()
 
     def observe_projector_batch(self, entries: int, seconds: float) -> None:
         """For the outbox projector: call once per batch written to MongoDB (via ctx.metrics)."""

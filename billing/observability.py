@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from datetime import UTC, datetime
+import time
 from typing import IO, TYPE_CHECKING, Any
 
 import orjson
+
+from billing.timefmt import format_ms
 
 if TYPE_CHECKING:  # importing prometheus_client here would be too early for billing serve
     from billing.metrics import Metrics
@@ -41,15 +43,20 @@ class RequestObserver:
         if self.metrics is not None:
             self.metrics.observe_request(route, request.method or "", status, seconds)
         if self.log_requests and access_log.isEnabledFor(logging.INFO):
-            access_log.info(access_line(handler, route, status, seconds))
+            line = access_line(handler, route, status, seconds)
+            handlers = access_log.handlers
+            if len(handlers) == 1 and type(handlers[0]) is AccessLineHandler and not access_log.disabled:
+                handlers[0].write_line(line)  # the usual case: no LogRecord, one write
+            else:  # some other logging set-up (tests, embedding): go through logging as any record would
+                access_log.info(line.rstrip("\n"))
 
 
 def access_line(handler: Any, route: str, status: int, seconds: float) -> str:
-    """The JSON access-log record: never the token, only the caller's token name."""
+    """The JSON access-log record, newline-terminated: never the token, only the caller's token name."""
     request = handler.request
     principal = getattr(handler, "principal", None)
     record: dict[str, Any] = {
-        "time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "time": format_ms(time.time_ns() // 1_000_000),
         "method": request.method,
         "route": route,
         "path": request.path,
@@ -63,15 +70,31 @@ def access_line(handler: Any, route: str, status: int, seconds: float) -> str:
     code = getattr(handler, "error_code", None)
     if code:
         record["code"] = code
-    return orjson.dumps(record).decode()
+    return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE).decode()
+
+
+class AccessLineHandler(logging.StreamHandler):
+    """billing.access's handler: a record's bare message; RequestObserver writes its lines with write_line."""
+
+    terminator = "\n"
+
+    def __init__(self, stream: IO[str]) -> None:
+        super().__init__(stream)
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    def write_line(self, line: str) -> None:
+        """One finished line (with its newline) in one write, without a LogRecord or formatting."""
+        try:
+            self.stream.write(line)
+            self.flush()
+        except Exception:  # as logging does: a broken log stream never fails the request
+            self.handleError(logging.makeLogRecord({"msg": line}))
 
 
 def configure_access_log(stream: IO[str] | None = None) -> None:
     """billing.access writes bare JSON lines (no prefix) so log shippers parse them as they are."""
     logger = logging.getLogger("billing.access")
     logger.handlers.clear()
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    logger.addHandler(handler)
+    logger.addHandler(AccessLineHandler(stream or sys.stderr))
     logger.setLevel(logging.INFO)
     logger.propagate = False

@@ -70,6 +70,10 @@ class BaseHandler(tornado.web.RequestHandler):
     def set_default_headers(self) -> None:
         self.set_header("Cache-Control", "no-store")
 
+    def compute_etag(self) -> str | None:
+        """None: API answers are Cache-Control: no-store, so hashing every GET body for an ETag is wasted."""
+        return None
+
     def prepare(self) -> None:
         started = self.ctx.extras.get("on_request_started")
         if started is not None:
