@@ -18,6 +18,19 @@ if TYPE_CHECKING:  # importing prometheus_client here would be too early for bil
 access_log = logging.getLogger("billing.access")
 
 
+class _Pid:
+    """os.getpid() is a system call; the pid changes only at a fork."""
+
+    value = os.getpid()
+
+    @classmethod
+    def refresh(cls) -> None:
+        cls.value = os.getpid()
+
+
+os.register_at_fork(after_in_child=_Pid.refresh)
+
+
 class RequestObserver:
     """Installed as ctx.extras["on_request_started"/"on_request_finished"] by start_components."""
 
@@ -65,7 +78,7 @@ def access_line(handler: Any, route: str, status: int, seconds: float) -> str:
         "request_id": getattr(handler, "request_id", "") or None,
         "token": principal.name if principal is not None else None,
         "remote_ip": request.remote_ip,
-        "pid": os.getpid(),
+        "pid": _Pid.value,
     }
     code = getattr(handler, "error_code", None)
     if code:

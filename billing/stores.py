@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
-from redis.asyncio import Connection, Redis
+from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from billing.config import Settings
+from billing.redis_watchdog import WatchedConnection
 
 log = logging.getLogger("billing.stores")
 
@@ -19,24 +18,6 @@ EMBEDDED_WARNING = (
     "BILLING_REDIS_URL/BILLING_MONGO_URL not set: using embedded in-memory stores. "
     "Data lives only in this process and is lost when it exits."
 )
-
-
-class TimedConnection(Connection):
-    """Writes time out as in redis-py, but through asyncio.timeout instead of wait_for's extra task (16 µs a command)."""
-
-    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        timeout = self.socket_timeout
-        if not timeout:
-            await super().send_packed_command(command, check_health)
-            return
-        self.socket_timeout = None  # redis-py would wrap the write in wait_for; the timeout is ours here
-        try:
-            async with asyncio.timeout(timeout):
-                await super().send_packed_command(command, check_health)
-        except TimeoutError:  # the write was cancelled; redis-py disconnected the connection on the way out
-            raise RedisTimeoutError("Timeout writing to socket") from None
-        finally:
-            self.socket_timeout = timeout
 
 
 def connect_redis(settings: Settings) -> Redis:
@@ -49,7 +30,7 @@ def connect_redis(settings: Settings) -> Redis:
             socket_timeout=settings.request_timeout_seconds,
             socket_connect_timeout=min(settings.request_timeout_seconds, 2.0),
             max_connections=256,
-            connection_class=TimedConnection,
+            connection_class=WatchedConnection,  # socket_timeout without a timer per command
         )
     import fakeredis
 
