@@ -42,13 +42,13 @@ class RequestObserver:
     def started(self, handler: Any) -> None:
         self.in_flight += 1
         if self.metrics is not None:
-            self.metrics.in_flight.inc()
+            self.metrics.set_in_flight(self.in_flight)
 
     def finished(self, handler: Any) -> None:
         if self.in_flight > 0:
             self.in_flight -= 1
             if self.metrics is not None:
-                self.metrics.in_flight.dec()
+                self.metrics.set_in_flight(self.in_flight)
         request = handler.request
         status = handler.get_status()
         seconds = request.request_time()

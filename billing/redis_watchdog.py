@@ -1,4 +1,4 @@
-"""Redis socket timeouts kept by a watchdog instead of a timer per command (redis-py's way costs ~16 µs each)."""
+"""redis-py connections made cheaper per command: socket timeouts kept by a watchdog, a quick check before reuse."""
 
 from __future__ import annotations
 
@@ -50,6 +50,32 @@ class WatchedConnection(Connection):
             raise
         finally:
             self.waiting_since = None
+
+    async def can_read_destructive(self) -> bool:
+        """redis-py's check of a pooled connection before reuse, without its extra loop iteration when clean.
+
+        redis-py waits one event-loop iteration for stray bytes (asyncio.timeout(0) around a read: ~14 µs).
+        Whatever the loop has received is already in the stream's buffer (or its EOF is): when that buffer
+        and the parser's are empty and the stream is open, there is nothing to read. Otherwise, or when
+        anything is not as expected, redis-py's own check decides.
+        """
+        stream = self._reader
+        parser = self._parser
+        buffered = getattr(stream, "_buffer", None)
+        hiredis_reader = getattr(parser, "_reader", None)
+        if (
+            stream is not None
+            and buffered is not None
+            and not buffered
+            and not stream.at_eof()
+            and stream.exception() is None
+            and getattr(parser, "_connected", False)
+            and hiredis_reader is not None
+            and hasattr(hiredis_reader, "has_data")
+            and not hiredis_reader.has_data()
+        ):
+            return False
+        return await super().can_read_destructive()
 
     def _begin(self) -> None:
         if self.stall_timeout:

@@ -1,4 +1,4 @@
-"""The Redis socket timeout, kept by a watchdog: a stalled Redis fails a command with TimeoutError, then recovers."""
+"""Redis connections: a stalled Redis times out via the watchdog; a connection the server closed is replaced."""
 
 from __future__ import annotations
 
@@ -64,3 +64,21 @@ async def test_commands_quicker_than_the_timeout_are_left_alone(stallable_redis:
         assert await redis.ping()
     finally:
         await redis.aclose()
+
+
+async def test_a_pooled_connection_closed_by_the_server_is_replaced_before_use(
+    stallable_redis: RedisServer,
+) -> None:
+    redis = connect_redis(Settings(redis_url=stallable_redis.url, mongo_url="mongodb://unused"))
+    admin = connect_redis(Settings(redis_url=stallable_redis.url, mongo_url="mongodb://unused"))
+    try:
+        assert await redis.set("k", "2")
+        killed = await admin.client_kill_filter(_type="normal", skipme=True)
+        assert killed >= 1
+        await asyncio.sleep(0.1)  # the loop sees the EOF of the idle pooled connection
+        # No retries are configured (a script must never run twice), so this passes only if the pool's
+        # check before reuse notices the closed connection and connects again.
+        assert await redis.get("k") == b"2"
+    finally:
+        await redis.aclose()
+        await admin.aclose()
