@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sys
@@ -87,21 +88,45 @@ def access_line(handler: Any, route: str, status: int, seconds: float) -> str:
 
 
 class AccessLineHandler(logging.StreamHandler):
-    """billing.access's handler: a record's bare message; RequestObserver writes its lines with write_line."""
+    """billing.access's handler: a record's bare message; RequestObserver hands it finished lines instead.
+
+    Lines are gathered and written once per event-loop iteration (one write system call for all requests
+    that finished in it), in order, before any record emitted the usual way and at flush/close.
+    """
 
     terminator = "\n"
 
     def __init__(self, stream: IO[str]) -> None:
         super().__init__(stream)
         self.setFormatter(logging.Formatter("%(message)s"))
+        self._lines: list[str] = []
 
     def write_line(self, line: str) -> None:
-        """One finished line (with its newline) in one write, without a LogRecord or formatting."""
+        """Queue one finished line (with its newline): no LogRecord, no formatting."""
+        self._lines.append(line)
+        if len(self._lines) == 1:
+            try:
+                asyncio.get_running_loop().call_soon(self.write_lines)
+            except RuntimeError:  # no event loop here: write at once
+                self.write_lines()
+
+    def write_lines(self) -> None:
+        lines, self._lines = self._lines, []
+        if not lines:
+            return
         try:
-            self.stream.write(line)
-            self.flush()
-        except Exception:  # as logging does: a broken log stream never fails the request
-            self.handleError(logging.makeLogRecord({"msg": line}))
+            self.stream.write("".join(lines))
+            super().flush()
+        except Exception:  # as logging does: a broken log stream never fails a request
+            self.handleError(logging.makeLogRecord({"msg": lines[0]}))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.write_lines()
+        super().emit(record)
+
+    def flush(self) -> None:
+        self.write_lines()
+        super().flush()
 
 
 def configure_access_log(stream: IO[str] | None = None) -> None:
