@@ -74,6 +74,10 @@ class BaseHandler(tornado.web.RequestHandler):
         """None: API answers are Cache-Control: no-store, so hashing every GET body for an ETag is wasted."""
         return None
 
+    def check_etag_header(self) -> bool:
+        """False: with no ETag there is nothing to match If-None-Match against (skips its parsing per GET)."""
+        return False
+
     def prepare(self) -> None:
         started = self.ctx.extras.get("on_request_started")
         if started is not None:
