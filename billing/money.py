@@ -10,6 +10,10 @@ MAX_OPERATION_KOPECKS = 1_000_000_000 * KOPECKS_PER_RUBLE
 MAX_BALANCE_KOPECKS = 10_000_000_000_000 * KOPECKS_PER_RUBLE
 AMOUNT_PATTERN = r"^[0-9]+(\.[0-9]{1,2})?$"
 _AMOUNT_RE = re.compile(AMOUNT_PATTERN)
+# What the OpenAPI spec publishes: exactly the strings parse_amount accepts (> 0, <= 1000000000.00,
+# at most 40 characters); tests/unit/test_amount_schema.py holds the two together.
+PUBLISHED_AMOUNT_PATTERN = r"^(0*([1-9][0-9]{0,8}(\.[0-9]{1,2})?|1000000000(\.0{1,2})?)|0+\.(0[1-9]|[1-9][0-9]?))$"
+MAX_AMOUNT_STRING = 40
 _MAX_OPERATION_RUBLES = Decimal(MAX_OPERATION_KOPECKS) / KOPECKS_PER_RUBLE
 
 
@@ -20,7 +24,7 @@ class AmountError(ValueError):
 def parse_amount(value: object) -> int:
     """Turn a request amount (decimal string, int or exact Decimal) into kopecks, within bounds."""
     if isinstance(value, str):
-        if not _AMOUNT_RE.match(value) or len(value) > 40:
+        if not _AMOUNT_RE.match(value) or len(value) > MAX_AMOUNT_STRING:
             raise AmountError('must be a decimal string like "100.50": digits, optional 1-2 decimals')
         rubles, _, fraction = value.partition(".")
         kopecks = int(rubles) * KOPECKS_PER_RUBLE + int(fraction.ljust(2, "0") or 0)

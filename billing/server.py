@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -25,6 +26,7 @@ log = logging.getLogger("billing.server")
 
 MAX_BODY_BYTES = 8 * 1024 * 1024  # route limits (64 KiB, 1 MiB) answer 413 below this
 SHUTDOWN_GRACE_SECONDS = 10.0
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 async def run_worker(settings: Settings, sockets: list[socket.socket], ready: Callable[[], None] | None = None) -> None:
@@ -98,14 +100,28 @@ def serve(settings: Settings, host: str, port: int, workers: int) -> None:
     _supervise(settings, slots, workers)
 
 
+def exit_with_supervisor(supervisor: int) -> None:
+    """Make this worker get SIGTERM when its supervisor dies (Linux PR_SET_PDEATHSIG).
+
+    A worker that outlived a SIGKILLed supervisor would keep serving unsupervised, with the port
+    held, so the service could not be started again on it.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != supervisor:  # it died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _supervise(settings: Settings, slots: list[list[socket.socket]], workers: int) -> None:
     """Fork one worker per socket slot; forward SIGTERM/SIGINT; restart crashed workers on their slot."""
     children: dict[int, int] = {}
     stopping = False
 
     def spawn(slot: int) -> None:
+        supervisor = os.getpid()
         pid = os.fork()
         if pid == 0:
+            exit_with_supervisor(supervisor)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             os.environ["BILLING_WORKER_ID"] = str(slot)

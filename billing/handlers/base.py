@@ -79,12 +79,7 @@ class BaseHandler(tornado.web.RequestHandler):
         return False
 
     def prepare(self) -> None:
-        started = self.ctx.extras.get("on_request_started")
-        if started is not None:
-            started(self)
-        incoming = self.request.headers.get("X-Request-ID", "")
-        self.request_id = incoming if visible_ascii(incoming, 200) else _request_ids.next()
-        self.set_header("X-Request-ID", self.request_id)
+        self.begin_request()
         method = self.request.method or "GET"
         if getattr(type(self), method.lower(), None) is getattr(tornado.web.RequestHandler, method.lower(), None):
             raise tornado.web.HTTPError(405)
@@ -97,6 +92,15 @@ class BaseHandler(tornado.web.RequestHandler):
                 raise ApiError("unsupported_media_type", "Send the body as Content-Type: application/json")
             if len(self.request.body) > self.body_limit:
                 raise ApiError("payload_too_large", f"Body is over {self.body_limit} bytes")
+
+    def begin_request(self) -> None:
+        """What every request does first, routed or not: the started hook and its request id."""
+        started = self.ctx.extras.get("on_request_started")
+        if started is not None:
+            started(self)
+        incoming = self.request.headers.get("X-Request-ID", "")
+        self.request_id = incoming if visible_ascii(incoming, 200) else _request_ids.next()
+        self.set_header("X-Request-ID", self.request_id)
 
     def required_roles(self, method: str) -> frozenset[str]:
         """Roles that may call this route with this method (any one suffices; admin always)."""
@@ -197,7 +201,8 @@ class NotFoundHandler(BaseHandler):
     """Any unknown path, any method."""
 
     def prepare(self) -> None:
-        super().prepare()
+        # No route is the answer whatever the method, token or body: 404 before any other check (not 415).
+        self.begin_request()
         raise ApiError("not_found", f"No route for {self.request.path}")
 
     def _allowed_methods(self) -> list[str]:

@@ -93,7 +93,7 @@ CASES: list[Case] = [
     bad("empty-object", b"{}"),
     # ---- types ----
     bad("user-id-string", dep(user_id="1"), "user_id"),
-    bad("user-id-float", raw('{"user_id": 1.0, "amount": "1.00"}'), "user_id"),
+    bad("user-id-fraction", raw('{"user_id": 1.5, "amount": "1.00"}'), "user_id"),  # 1.0 is the integer 1 (JSON Schema)
     bad("user-id-bool", dep(user_id=True), "user_id"),
     bad("user-id-null", dep(user_id=None), "user_id"),
     bad("user-id-array", dep(user_id=[1]), "user_id"),
