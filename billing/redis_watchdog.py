@@ -79,6 +79,7 @@ class WatchedConnection(Connection):
 
     def _begin(self) -> None:
         if self.stall_timeout:
+            self.stalled = False  # only an abort during this send or read makes its error a timeout
             self.waiting_since = time.monotonic()
             if not self._watched:
                 _watchdog(asyncio.get_running_loop()).connections.add(self)
