@@ -16,6 +16,7 @@ from billing.handlers.health import HealthHandler, ReadyHandler
 from billing.handlers.history import TransactionsHandler
 from billing.handlers.operations import OperationHandler
 from billing.handlers.ops import ops_routes
+from billing.handlers.reports import RevenueCsvHandler, RevenueReportHandler
 from billing.handlers.reservations import ReservationsHandler
 from billing.handlers.services import ServiceHandler, ServicesHandler
 from billing.operations import OPERATIONS
@@ -35,6 +36,8 @@ def routes(ctx: Context) -> list[Any]:
         (r"/v1/services", ServicesHandler, args),
         (rf"/v1/services/{ID}", ServiceHandler, args),
         (r"/v1/batch", BatchHandler, args),
+        (r"/v1/reports/revenue", RevenueReportHandler, args),
+        (r"/v1/reports/revenue/([^/]+)\.csv", RevenueCsvHandler, args),
         (r"/healthz", HealthHandler, args),
         (r"/readyz", ReadyHandler, args),
     ]

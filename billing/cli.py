@@ -66,6 +66,21 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--month", required=True, help="YYYY-MM, in BILLING_REPORT_TZ")
+    parser.add_argument("--output", default=None, help="file to write (default: stdout)")
+    parser.add_argument("--bom", action="store_true", default=None, help="start with a UTF-8 BOM (Excel)")
+
+
+def _report(settings: Settings, args: argparse.Namespace) -> int:
+    from billing.reports import run_cli
+
+    return run_cli(settings, args.month, args.output, args.bom)
+
+
+COMMANDS["report"] = (_report_arguments, _report)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="billing", description="Billing service")
     sub = parser.add_subparsers(dest="command", required=True)

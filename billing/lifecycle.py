@@ -9,6 +9,7 @@ from billing.history import History
 from billing.metrics import Metrics
 from billing.observability import RequestObserver
 from billing.outbox import Projector
+from billing.reports import Reports
 
 
 def start_observability(ctx: Context) -> None:
@@ -33,6 +34,7 @@ async def start_components(ctx: Context) -> None:
     ctx.extras["readiness"] = ctx.projector.readiness
     if ctx.settings.projector_enabled:
         await ctx.projector.start()
+    ctx.reports = Reports(ctx.mongo, ctx.settings, lag_probe=lambda: _projector_lag(ctx))
 
 
 async def stop_components(ctx: Context) -> None:
@@ -40,3 +42,8 @@ async def stop_components(ctx: Context) -> None:
     if ctx.projector is not None:
         await ctx.projector.stop()
     await ctx.redis.aclose()
+
+
+async def _projector_lag(ctx: Context) -> dict | None:
+    """The outbox lag the report cache waits on (None while no projector runs in this process)."""
+    return await ctx.projector.lag() if ctx.projector is not None else None

@@ -14,6 +14,7 @@ from billing import schemas
 from billing.auth import ROLES
 from billing.errors import PROBLEM_CONTENT_TYPE, PROBLEMS
 from billing.operations import OPERATIONS
+from billing.report_month import MONTH_PATTERN
 
 REF = "#/components/schemas/{model}"
 ANY_ROLE = ROLES
@@ -59,7 +60,8 @@ class Op:
 ID_SCHEMA = TypeAdapter(schemas.Id).json_schema()
 USER_ID = Param("user_id", "path", "The user", schemas.Id, True)
 SERVICE_ID = Param("service_id", "path", "The service", schemas.Id, True)
-MONTH = {"type": "string", "pattern": r"^[0-9]{4}-(0[1-9]|1[0-2])$", "examples": ["2026-11"]}
+MONTH = {"type": "string", "pattern": MONTH_PATTERN, "examples": ["2026-11"]}
+BOM_FLAG = {"type": "string", "enum": ["1", "0", "true", "false"]}
 
 # Response model of each money operation (the request model and roles come from billing.operations).
 _OPERATION_RESULTS: dict[str, tuple[int, type[BaseModel], tuple[str, ...], str]] = {
@@ -173,21 +175,26 @@ ROUTES: dict[tuple[str, str], Op] = {
         "A signed link to the monthly revenue report (CSV)",
         frozenset({"accounting"}),
         {200: schemas.ReportLink},
-        params=(Param("month", "query", "The month, YYYY-MM", MONTH, True),),
+        params=(
+            Param("month", "query", "The month, YYYY-MM, in BILLING_REPORT_TZ", MONTH, True),
+            Param("bom", "query", "Put bom=1|0 into the link (UTF-8 BOM for Excel)", BOM_FLAG),
+        ),
         tag="reports",
     ),
-    ("GET", "/v1/reports/revenue.csv"): Op(
+    ("GET", "/v1/reports/revenue/{month}.csv"): Op(
         "Download the revenue report through its signed link (no token)",
         NO_AUTH,
         {200: "text/csv"},
         params=(
-            Param("month", "query", "The month, YYYY-MM", MONTH, True),
-            Param("expires", "query", "Expiry of the link (part of the signature)", {"type": "string"}, True),
-            Param("signature", "query", "HMAC signature of month and expiry", {"type": "string"}, True),
+            Param("month", "path", "The month, YYYY-MM", MONTH, True),
+            Param("expires", "query", "Expiry of the link, epoch seconds (signed)", {"type": "string"}, True),
+            Param("signature", "query", "HMAC-SHA256 of month and expiry (hex)", {"type": "string"}, True),
+            Param("bom", "query", "1: start with a UTF-8 BOM (Excel); not signed", BOM_FLAG),
         ),
         errors=("invalid_signature",),
         tag="reports",
-        description="Use the `url` from GET /v1/reports/revenue as it is; its query is signed.",
+        description="Use the `url` from GET /v1/reports/revenue as it is; its query is signed. "
+        "`;`-separated UTF-8 with CRLF line ends: header `service;total`, then `<name>;<total>` by name.",
     ),
     ("POST", "/v1/batch"): Op(
         "Many money operations in one request, each atomic, idempotent and authorized alone",
