@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import os
 from collections.abc import Iterator
@@ -77,17 +78,76 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        # Label children by their label values. Bounded: routes are templates, methods and statuses few.
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._operation_children: dict[tuple[str, str | None, bool], Any] = {}
+        self._pending_requests: dict[tuple[str, str, int], tuple[tuple[Any, Any], list[float]]] = {}
+        self._pending_operations: dict[tuple[str, str | None, bool], int] = {}
+        self._pending_in_flight: int | None = None
+        self._flush_scheduled = False
 
     # ---- recording ----------------------------------------------------------------------------------
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        labels = (route or UNMATCHED, method, str(status))
-        self.requests.labels(*labels).inc()
-        self.latency.labels(*labels).observe(seconds)
+        key = (route, method, status)
+        children = self._request_children.get(key)
+        if children is None:  # .labels() costs more than the update itself: look each series up once
+            labels = (route or UNMATCHED, method, str(status))
+            children = self._request_children[key] = (self.requests.labels(*labels), self.latency.labels(*labels))
+        if not self.multiprocess:
+            children[0].inc()
+            children[1].observe(seconds)
+            return
+        pending = self._pending_requests.get(key)
+        if pending is None:
+            pending = self._pending_requests[key] = (children, [])
+        pending[1].append(seconds)
+        self._schedule_flush()
 
     def observe_operation(self, operation: str, code: str | None, replayed: bool, count: int = 1) -> None:
         """`count` operations with this outcome (a batch reports each distinct outcome once)."""
-        self.operations.labels(operation, code or "ok", "true" if replayed else "false").inc(count)
+        key = (operation, code, replayed)
+        child = self._operation_children.get(key)
+        if child is None:
+            child = self._operation_children[key] = self.operations.labels(
+                operation, code or "ok", "true" if replayed else "false"
+            )
+        if not self.multiprocess:
+            child.inc(count)
+            return
+        self._pending_operations[key] = self._pending_operations.get(key, 0) + count
+        self._schedule_flush()
+
+    def set_in_flight(self, requests: int) -> None:
+        """The number of requests this worker is serving now."""
+        if not self.multiprocess:
+            self.in_flight.set(requests)
+            return
+        self._pending_in_flight = requests
+        self._schedule_flush()
+
+    # In multiprocess mode every update is a locked write into the worker's mmap file (about 1.2 µs, six per
+    # request). Updates are gathered instead and written once per event-loop iteration, when all requests
+    # that iteration finished are in: the same totals, written a few microseconds later.
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write the gathered updates into the metric files (render() calls it too)."""
+        self._flush_scheduled = False
+        requests, self._pending_requests = self._pending_requests, {}
+        operations, self._pending_operations = self._pending_operations, {}
+        in_flight, self._pending_in_flight = self._pending_in_flight, None
+        for (counter, histogram), durations in requests.values():
+            counter.inc(len(durations))
+            _observe_all(histogram, durations)
+        for key, count in operations.items():
+            self._operation_children[key].inc(count)
+        if in_flight is not None:
+            self.in_flight.set(in_flight)
 
     def observe_projector_batch(self, entries: int, seconds: float) -> None:
         """For the outbox projector: call once per batch written to MongoDB (via ctx.metrics)."""
@@ -99,6 +159,7 @@ class Metrics:
 
     async def render(self, projector: Any = None) -> bytes:
         """The Prometheus text of every worker, plus the outbox lag read now."""
+        self.flush()
         if self.multiprocess:
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)
@@ -108,6 +169,24 @@ class Metrics:
         lag_registry = CollectorRegistry()
         lag_registry.register(_LagCollector(await _read_lag(projector)))
         return text + generate_latest(lag_registry)
+
+
+def _observe_all(histogram: Any, durations: list[float]) -> None:
+    """histogram.observe() for each duration, with one write per bucket instead of two writes per duration."""
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    if bounds is None or buckets is None or total is None or len(bounds) != len(buckets):
+        for seconds in durations:  # another prometheus_client layout: the public way
+            histogram.observe(seconds)
+        return
+    counts = [0] * len(bounds)
+    for seconds in durations:
+        counts[bisect.bisect_left(bounds, seconds)] += 1  # the first bound >= seconds, as observe() picks
+    total.inc(sum(durations))
+    for bucket, count in zip(buckets, counts, strict=True):
+        if count:
+            bucket.inc(count)
 
 
 async def _read_lag(projector: Any) -> dict[str, float] | None:

@@ -2,18 +2,34 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sys
-from datetime import UTC, datetime
+import time
 from typing import IO, TYPE_CHECKING, Any
 
 import orjson
+
+from billing.timefmt import format_ms
 
 if TYPE_CHECKING:  # importing prometheus_client here would be too early for billing serve
     from billing.metrics import Metrics
 
 access_log = logging.getLogger("billing.access")
+
+
+class _Pid:
+    """os.getpid() is a system call; the pid changes only at a fork."""
+
+    value = os.getpid()
+
+    @classmethod
+    def refresh(cls) -> None:
+        cls.value = os.getpid()
+
+
+os.register_at_fork(after_in_child=_Pid.refresh)
 
 
 class RequestObserver:
@@ -27,13 +43,13 @@ class RequestObserver:
     def started(self, handler: Any) -> None:
         self.in_flight += 1
         if self.metrics is not None:
-            self.metrics.in_flight.inc()
+            self.metrics.set_in_flight(self.in_flight)
 
     def finished(self, handler: Any) -> None:
         if self.in_flight > 0:
             self.in_flight -= 1
             if self.metrics is not None:
-                self.metrics.in_flight.dec()
+                self.metrics.set_in_flight(self.in_flight)
         request = handler.request
         status = handler.get_status()
         seconds = request.request_time()
@@ -41,15 +57,20 @@ class RequestObserver:
         if self.metrics is not None:
             self.metrics.observe_request(route, request.method or "", status, seconds)
         if self.log_requests and access_log.isEnabledFor(logging.INFO):
-            access_log.info(access_line(handler, route, status, seconds))
+            line = access_line(handler, route, status, seconds)
+            handlers = access_log.handlers
+            if len(handlers) == 1 and type(handlers[0]) is AccessLineHandler and not access_log.disabled:
+                handlers[0].write_line(line)  # the usual case: no LogRecord, one write
+            else:  # some other logging set-up (tests, embedding): go through logging as any record would
+                access_log.info(line.rstrip("\n"))
 
 
 def access_line(handler: Any, route: str, status: int, seconds: float) -> str:
-    """The JSON access-log record: never the token, only the caller's token name."""
+    """The JSON access-log record, newline-terminated: never the token, only the caller's token name."""
     request = handler.request
     principal = getattr(handler, "principal", None)
     record: dict[str, Any] = {
-        "time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "time": format_ms(time.time_ns() // 1_000_000),
         "method": request.method,
         "route": route,
         "path": request.path,
@@ -58,20 +79,60 @@ def access_line(handler: Any, route: str, status: int, seconds: float) -> str:
         "request_id": getattr(handler, "request_id", "") or None,
         "token": principal.name if principal is not None else None,
         "remote_ip": request.remote_ip,
-        "pid": os.getpid(),
+        "pid": _Pid.value,
     }
     code = getattr(handler, "error_code", None)
     if code:
         record["code"] = code
-    return orjson.dumps(record).decode()
+    return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE).decode()
+
+
+class AccessLineHandler(logging.StreamHandler):
+    """billing.access's handler: a record's bare message; RequestObserver hands it finished lines instead.
+
+    Lines are gathered and written once per event-loop iteration (one write system call for all requests
+    that finished in it), in order, before any record emitted the usual way and at flush/close.
+    """
+
+    terminator = "\n"
+
+    def __init__(self, stream: IO[str]) -> None:
+        super().__init__(stream)
+        self.setFormatter(logging.Formatter("%(message)s"))
+        self._lines: list[str] = []
+
+    def write_line(self, line: str) -> None:
+        """Queue one finished line (with its newline): no LogRecord, no formatting."""
+        self._lines.append(line)
+        if len(self._lines) == 1:
+            try:
+                asyncio.get_running_loop().call_soon(self.write_lines)
+            except RuntimeError:  # no event loop here: write at once
+                self.write_lines()
+
+    def write_lines(self) -> None:
+        lines, self._lines = self._lines, []
+        if not lines:
+            return
+        try:
+            self.stream.write("".join(lines))
+            super().flush()
+        except Exception:  # as logging does: a broken log stream never fails a request
+            self.handleError(logging.makeLogRecord({"msg": lines[0]}))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.write_lines()
+        super().emit(record)
+
+    def flush(self) -> None:
+        self.write_lines()
+        super().flush()
 
 
 def configure_access_log(stream: IO[str] | None = None) -> None:
     """billing.access writes bare JSON lines (no prefix) so log shippers parse them as they are."""
     logger = logging.getLogger("billing.access")
     logger.handlers.clear()
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    logger.addHandler(handler)
+    logger.addHandler(AccessLineHandler(stream or sys.stderr))
     logger.setLevel(logging.INFO)
     logger.propagate = False

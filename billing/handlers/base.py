@@ -70,6 +70,14 @@ class BaseHandler(tornado.web.RequestHandler):
     def set_default_headers(self) -> None:
         self.set_header("Cache-Control", "no-store")
 
+    def compute_etag(self) -> str | None:
+        """None: API answers are Cache-Control: no-store, so hashing every GET body for an ETag is wasted."""
+        return None
+
+    def check_etag_header(self) -> bool:
+        """False: with no ETag there is nothing to match If-None-Match against (skips its parsing per GET)."""
+        return False
+
     def prepare(self) -> None:
         self.begin_request()
         method = self.request.method or "GET"

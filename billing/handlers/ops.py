@@ -18,6 +18,8 @@ SPEC_URL = "/openapi.json"
 
 class OpenAPIHandler(BaseHandler):
     route_name = "/openapi.json"
+    compute_etag = tornado.web.RequestHandler.compute_etag  # cacheable, unlike the API: keep ETag / 304
+    check_etag_header = tornado.web.RequestHandler.check_etag_header
     _cache: dict[str | None, bytes] = {}  # by BILLING_PUBLIC_URL (the document's servers entry)
 
     def get(self) -> None:
@@ -41,6 +43,8 @@ SWAGGER = _swagger_document()
 
 class DocsHandler(BaseHandler):
     route_name = "/docs"
+    compute_etag = tornado.web.RequestHandler.compute_etag
+    check_etag_header = tornado.web.RequestHandler.check_etag_header
 
     def get(self) -> None:
         self.set_header("Content-Type", "text/html; charset=utf-8")

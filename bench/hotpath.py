@@ -1,0 +1,217 @@
+"""In-process micro-benchmark of one request's path: CPU µs per POST deposit and GET balance, service vs floor.
+
+Drives the Tornado applications without sockets (a stand-in connection that swallows the response), against a
+real redis-server, with metrics in multiprocess mode and the JSON access log on, as `billing serve --workers 2`
+runs them. HTTP parsing and socket I/O are the same for the floor and the service and are left out, so the
+difference between the two columns is exactly what the service adds per request. process_time() counts this
+process only (not redis-server), so it hardly depends on other load on the machine.
+
+Run: python -m bench.hotpath [--requests 20000] [--profile deposit|balance]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import io
+import os
+import pstats
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from types import SimpleNamespace
+from typing import Any
+
+TOKEN = "bench-payments-token"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class _Connection:
+    """Enough of tornado's HTTP1Connection for a handler to answer into."""
+
+    def __init__(self) -> None:
+        self.context = SimpleNamespace(remote_ip="127.0.0.1", protocol="http", address=("127.0.0.1", 1))
+        self.status = 0
+        self.size = 0
+        self.finished = asyncio.get_running_loop().create_future()
+
+    def set_close_callback(self, callback: Any) -> None:
+        pass
+
+    def write_headers(self, start_line: Any, headers: Any, chunk: bytes | None = None) -> asyncio.Future:
+        self.status = start_line.code
+        self.size += len(chunk or b"")
+        return self._done()
+
+    def write(self, chunk: bytes) -> asyncio.Future:
+        self.size += len(chunk)
+        return self._done()
+
+    def finish(self) -> None:
+        self.finished.set_result(None)
+
+    @staticmethod
+    def _done() -> asyncio.Future:
+        future = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+
+def _driver(app: Any) -> Callable[[str, str, dict[str, str], bytes], Awaitable[int]]:
+    import tornado.httputil
+
+    async def call(method: str, uri: str, headers: dict[str, str], body: bytes) -> int:
+        connection = _Connection()
+        request = tornado.httputil.HTTPServerRequest(
+            start_line=tornado.httputil.RequestStartLine(method, uri, "HTTP/1.1"),
+            headers=tornado.httputil.HTTPHeaders({"Host": "127.0.0.1", **headers}),
+            body=body,
+            connection=connection,
+        )
+        app(request)
+        await connection.finished
+        return connection.status
+
+    return call
+
+
+async def _service_app(redis_url: str, access_stream: Any) -> Any:
+    import logging
+
+    from billing.app import make_app
+    from billing.config import Settings
+    from billing.context import build_context
+    from billing.lifecycle import start_observability
+    from billing.observability import configure_access_log
+
+    settings = Settings(
+        redis_url=redis_url, mongo_url="mongodb://127.0.0.1:1", tokens={TOKEN: ["payments"]}, projector_enabled=False
+    )
+    ctx = await build_context(settings, mongo=object())
+    start_observability(ctx)
+    logging.getLogger().setLevel(logging.INFO)
+    configure_access_log(access_stream)
+    return make_app(ctx)
+
+
+async def _floor_app(redis_url: str) -> Any:
+    import tornado.web
+    from redis.asyncio import Redis
+
+    from bench.floor_app import SCRIPT, BalanceHandler, DepositHandler
+
+    redis = Redis.from_url(redis_url)
+    args = {"redis": redis, "sha": await redis.script_load(SCRIPT)}
+    return tornado.web.Application([(r"/deposit", DepositHandler, args), (r"/balance/([0-9]+)", BalanceHandler, args)])
+
+
+async def _measure(name: str, requests: int, send: Callable[[int], Awaitable[int]], expect: int) -> float:
+    for i in range(500):  # warm up
+        await send(i)
+    started = time.process_time()
+    for i in range(requests):
+        status = await send(i)
+        if status != expect:
+            raise SystemExit(f"{name}: got status {status}, expected {expect}")
+    return (time.process_time() - started) / requests * 1e6
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    port = _free_port()
+    workdir = tempfile.mkdtemp(prefix="billing-hotpath-")
+    redis_proc = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            workdir,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        await asyncio.sleep(0.3)
+        url = f"redis://127.0.0.1:{port}/0"
+        access = open(os.devnull, "w")  # noqa: SIM115 - held for the whole run, like stderr
+        service = _driver(await _service_app(url, access))
+        floor = _driver(await _floor_app(url))
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        post_headers = {**auth, "Content-Type": "application/json"}
+        run = os.getpid()
+
+        def deposit(i: int) -> Awaitable[int]:
+            body = b'{"user_id": %d, "amount": "10.50", "comment": "bench"}' % (i % 1000 + 1)
+            return service("POST", "/v1/deposits", {**post_headers, "Idempotency-Key": f"k-{run}-{i}"}, body)
+
+        def balance(i: int) -> Awaitable[int]:
+            return service("GET", f"/v1/users/{i % 1000 + 1}/balance", auth, b"")
+
+        def floor_deposit(i: int) -> Awaitable[int]:
+            body = b'{"user_id": %d, "amount": "10.50"}' % (i % 1000 + 1)
+            return floor("POST", "/deposit", {"Content-Type": "application/json"}, body)
+
+        def floor_balance(i: int) -> Awaitable[int]:
+            return floor("GET", f"/balance/{i % 1000 + 1}", {}, b"")
+
+        cases = {
+            "deposit": (deposit, 201, floor_deposit, 201),
+            "balance": (balance, 200, floor_balance, 200),
+        }
+        for i in range(1000):  # every user has an account (and a floor balance) before any GET
+            await deposit(i)
+            await floor_deposit(i)
+        if args.profile:
+            send, expect, _, _ = cases[args.profile]
+            profiler = cProfile.Profile(time.process_time)
+            profiler.enable()
+            await _measure(args.profile, args.requests, send, expect)
+            profiler.disable()
+            out = io.StringIO()
+            pstats.Stats(profiler, stream=out).sort_stats(args.sort).print_stats(args.top)
+            print(out.getvalue())
+            return
+        print(f"{'CPU µs per request':<22}{'service':>10}{'floor':>10}{'ratio':>8}")
+        for name, (send, expect, floor_send, floor_expect) in cases.items():
+            service_us = min([await _measure(name, args.requests, send, expect) for _ in range(args.repeat)])
+            floor_us = min([await _measure(name, args.requests, floor_send, floor_expect) for _ in range(args.repeat)])
+            print(f"{name:<22}{service_us:>10.1f}{floor_us:>10.1f}{floor_us / service_us:>8.2f}")
+    finally:
+        redis_proc.terminate()
+        redis_proc.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=10_000)
+    parser.add_argument("--repeat", type=int, default=3, help="take the best of this many runs")
+    parser.add_argument("--profile", choices=["deposit", "balance"], help="cProfile one case instead")
+    parser.add_argument("--sort", default="tottime", help="pstats sort key for --profile (tottime, cumulative)")
+    parser.add_argument("--top", type=int, default=40, help="rows of --profile output")
+    args = parser.parse_args(argv)
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # as `billing serve --workers 2` runs the workers
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="billing-hotpath-metrics-")
+    if "prometheus_client" in sys.modules:
+        raise SystemExit("prometheus_client imported before the metrics directory was set")
+    asyncio.run(main_async(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""Metric updates gathered per event-loop iteration (multiprocess mode) give the same series as direct updates."""
+
+from __future__ import annotations
+
+import asyncio
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+from billing.metrics import LATENCY_BUCKETS, Metrics, _observe_all
+
+DURATIONS = [0.0, 0.0004, 0.001, 0.0010001, 0.003, 0.0099, 0.01, 0.2, 0.7, 9.9, 10.0, 12.5, 42.0]
+
+
+def series(registry: CollectorRegistry, prefix: str) -> list[str]:
+    text = generate_latest(registry).decode()
+    return [line for line in text.splitlines() if line.startswith(prefix) and "_created" not in line]
+
+
+def test_observe_all_matches_observe_one_by_one() -> None:
+    one_by_one, batched = CollectorRegistry(), CollectorRegistry()
+    direct = Histogram("latency", "x", buckets=LATENCY_BUCKETS, registry=one_by_one)
+    gathered = Histogram("latency", "x", buckets=LATENCY_BUCKETS, registry=batched)
+    for seconds in DURATIONS:
+        direct.observe(seconds)
+    _observe_all(gathered, DURATIONS)
+    assert series(batched, "latency") == series(one_by_one, "latency")
+    assert any(line.startswith('latency_bucket{le="0.001"} 3.0') for line in series(batched, "latency"))
+
+
+async def test_gathered_updates_are_written_in_the_next_loop_iteration() -> None:
+    direct, gathered = Metrics(), Metrics()
+    gathered.multiprocess = True  # gather as the pre-forked workers do (the values stay in memory here)
+    for metrics in (direct, gathered):
+        metrics.set_in_flight(3)
+        for seconds in DURATIONS:
+            metrics.observe_request("/v1/deposits", "POST", 201, seconds)
+        metrics.observe_request("", "GET", 404, 0.002)
+        metrics.observe_operation("deposit", None, False)
+        metrics.observe_operation("deposit", None, False)
+        metrics.observe_operation("withdrawal", "insufficient_funds", False)
+        metrics.set_in_flight(1)
+    written = series(gathered.registry, "billing_http_requests_total")
+    assert written and all(line.endswith(" 0.0") for line in written)  # nothing written yet
+    await asyncio.sleep(0)
+    for prefix in ("billing_http_requests", "billing_http_request_duration", "billing_operations"):
+        assert series(gathered.registry, prefix) == series(direct.registry, prefix)
+    assert 'billing_http_requests_total{method="GET",route="(unmatched)",status="404"} 1.0' in series(
+        gathered.registry, "billing_http_requests_total"
+    )
+    assert series(gathered.registry, "billing_http_requests_in_flight") == ["billing_http_requests_in_flight 1.0"]
+    gathered.observe_operation("deposit", None, True)
+    gathered.flush()  # render() flushes first, so a scrape sees this worker's latest requests
+    assert any('replayed="true"} 1.0' in line for line in series(gathered.registry, "billing_operations_total"))
