@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat setup.py | sha1sum | cut -c1-12)
 
-.PHONY: install run test lint bench clean services
+.PHONY: install run test lint bench clean services browser
 
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -21,10 +21,13 @@ run: install
 services:
 	bash scripts/ensure-redis.sh
 
+browser:
+	bash scripts/ensure-browser.sh
+
 lint: install
 	$(BIN)/ruff check billing tests bench
 
-test: install services lint
+test: install services browser lint
 	$(BIN)/pytest -q -p no:cacheprovider
 
 bench: install services

@@ -6,11 +6,14 @@ from typing import Any
 
 import tornado.web
 
+from billing.console.session import cookie_secret
 from billing.context import Context
 from billing.handlers.accounts import BalanceHandler
 from billing.handlers.base import NotFoundHandler
 from billing.handlers.batch import BatchHandler
+from billing.handlers.console import console_routes
 from billing.handlers.health import HealthHandler, ReadyHandler
+from billing.handlers.history import TransactionsHandler
 from billing.handlers.operations import OperationHandler
 from billing.handlers.ops import ops_routes
 from billing.handlers.reports import RevenueCsvHandler, RevenueReportHandler
@@ -29,6 +32,7 @@ def routes(ctx: Context) -> list[Any]:
     ]
     table += [
         (rf"/v1/users/{ID}/balance", BalanceHandler, args),
+        (rf"/v1/users/{ID}/transactions", TransactionsHandler, args),
         (r"/v1/services", ServicesHandler, args),
         (rf"/v1/services/{ID}", ServiceHandler, args),
         (r"/v1/batch", BatchHandler, args),
@@ -38,6 +42,7 @@ def routes(ctx: Context) -> list[Any]:
         (r"/readyz", ReadyHandler, args),
     ]
     table += ops_routes(ctx)  # /openapi.json, /docs, /metrics (each route needs an entry in billing/openapi.py)
+    table += console_routes(ctx)  # HTML pages under /console (not part of the JSON API)
     return table
 
 
@@ -47,6 +52,8 @@ def _no_tornado_access_log(handler: tornado.web.RequestHandler) -> None:
 
 def make_app(ctx: Context, **settings: Any) -> tornado.web.Application:
     settings.setdefault("log_function", _no_tornado_access_log)
+    if ctx is not None:  # (route-table tests build the app without a context)
+        settings.setdefault("cookie_secret", cookie_secret(ctx.settings))  # the console's signed session cookie
     return tornado.web.Application(
         routes(ctx),
         default_handler_class=NotFoundHandler,

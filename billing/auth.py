@@ -57,6 +57,13 @@ class Authenticator:
             raise ApiError("unauthenticated", "Unknown token")
         return found[1]
 
+    def principal_for_digest(self, digest: bytes) -> Principal | None:
+        """The principal whose token has this SHA-256 digest (a console session's reference), or None."""
+        found = self._principals.get(digest)
+        if found is None or not hmac.compare_digest(found[0], digest):
+            return None
+        return found[1]
+
     def authorize(self, authorization: str | None, roles: frozenset[str]) -> Principal:
         principal = self.authenticate(authorization)
         if not principal.has_any(roles):

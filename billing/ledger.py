@@ -58,6 +58,10 @@ class RedisKeys:
     def reservation(self, user_id: int, service_id: int, order_id: int) -> str:
         return f"{self.prefix}{{u:{user_id}}}:resv:{service_id}:{order_id}"
 
+    def user_reservation_pattern(self, user_id: int) -> str:
+        """SCAN pattern for every reservation key of one user (glob characters of the prefix escaped)."""
+        return f"{glob_escape(self.prefix)}{{u:{user_id}}}:resv:*"
+
     def idempotency(self, idem: Idempotency | None) -> str:
         if idem is None:
             return f"{self.prefix}idem:-"
@@ -174,6 +178,23 @@ class Ledger:
             return None
         return {k.decode(): v.decode() for k, v in raw.items()}
 
+    async def user_reservations(self, user_id: int, status: str | None = None, limit: int = 200) -> list[dict[str, str]]:
+        """A user's reservations (optionally of one status), oldest first, at most `limit`.
+
+        SCAN walks the whole keyspace in steps (cost grows with the number of keys, not with this user's
+        reservations); it never blocks Redis, and support looks users up one at a time.
+        """
+        found: list[dict[str, str]] = []
+        async for key in self.redis.scan_iter(match=self.keys.user_reservation_pattern(user_id), count=1000):
+            raw = await self.redis.hgetall(key)
+            if not raw:
+                continue  # removed between SCAN and HGETALL
+            record = {k.decode(): v.decode() for k, v in raw.items()}
+            if status is None or record.get("status") == status:
+                found.append(record)
+        found.sort(key=lambda r: (int(r.get("created_at", 0)), int(r["service_id"]), int(r["order_id"])))
+        return found[:limit]
+
     async def services(self) -> dict[int, str]:
         raw = await self.redis.hgetall(self.keys.services)
         return {int(k): v.decode() for k, v in raw.items()}
@@ -194,3 +215,8 @@ def decode_reply(reply: list[bytes]) -> Outcome:
         error=outcome.get("error"),
         replayed=kind == b"replay",
     )
+
+
+def glob_escape(text: str) -> str:
+    """Escape Redis glob metacharacters so a literal prefix matches only itself."""
+    return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import secrets
+
 from billing.context import Context
+from billing.history import History
 from billing.metrics import Metrics
 from billing.observability import RequestObserver
 from billing.outbox import Projector
@@ -23,6 +26,8 @@ def start_observability(ctx: Context) -> None:
 async def start_components(ctx: Context) -> None:
     """Start background components of one worker (the outbox projector, metrics)."""
     start_observability(ctx)
+    # History cursors are signed with the service secret; without one they hold only in this process.
+    ctx.history = History(ctx.mongo, ctx.ledger, ctx.settings.secret or secrets.token_urlsafe(32))
     # The projector makes the MongoDB indexes before its first batch (retrying while MongoDB is down).
     ctx.projector = Projector.from_context(ctx)
     ctx.projector.on_batch = ctx.metrics.observe_projector_batch

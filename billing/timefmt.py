@@ -2,30 +2,38 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import re
+from datetime import UTC, datetime, timedelta
+
+# RFC 3339 section 5.6 date-time (a space may stand for "T", as its note allows); ASCII digits only.
+_RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})", re.ASCII
+)
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
 
 
 def ms_to_datetime(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).replace(microsecond=(ms % 1000) * 1000)
+    return EPOCH + ms * _MS
 
 
 def format_ms(ms: int) -> str:
-    moment = datetime.fromtimestamp(ms // 1000, tz=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S") + f".{ms % 1000:03d}Z"
+    return ms_to_datetime(ms).isoformat(timespec="milliseconds")[:-6] + "Z"  # always four-digit years
 
 
 def datetime_to_ms(moment: datetime) -> int:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp()) * 1000 + moment.microsecond // 1000
+    return (moment - EPOCH) // _MS  # floor, also before 1970
 
 
 def parse_rfc3339(text: str) -> datetime:
     """Parse an RFC 3339 timestamp with an explicit offset ("Z" or ±hh:mm); raise ValueError otherwise."""
-    if len(text) < 20 or text[10] not in "Tt ":
-        raise ValueError("must be an RFC 3339 timestamp like 2026-11-26T04:16:01.123Z")
+    if _RFC3339.fullmatch(text) is None:
+        raise ValueError("must be an RFC 3339 timestamp with an offset, like 2026-11-26T04:16:01.123Z")
     normalized = text[:-1] + "+00:00" if text[-1] in "Zz" else text
-    moment = datetime.fromisoformat(normalized)
-    if moment.tzinfo is None:
-        raise ValueError("must carry a time zone offset (Z or +hh:mm)")
-    return moment.astimezone(UTC)
+    try:
+        return datetime.fromisoformat(normalized).astimezone(UTC)
+    except OverflowError:
+        raise ValueError("is out of the supported range of years") from None

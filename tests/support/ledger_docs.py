@@ -1,61 +1,68 @@
-"""Documents of the agreed MongoDB schema (`transactions`, `services`) written straight into a test DB."""
+"""Ledger documents in the agreed MongoDB schema, for read-side tests that run without the projector."""
 
 from __future__ import annotations
 
-import itertools
-from datetime import UTC, datetime
+import random
 from typing import Any
 
 from bson import Int64
 
-_ids = itertools.count(1)
+from billing.history import TRANSACTION_TYPES
+from billing.ledger_store import LedgerStore
+from billing.timefmt import ms_to_datetime
+
+BASE_MS = 1_790_000_000_000  # 2026-09-21T14:13:20Z
+SORTS = [("created_at", "desc"), ("created_at", "asc"), ("amount", "desc"), ("amount", "asc")]
 
 
-def txn_doc(kind: str, amount: int, when: datetime, service_id: int | None = None, user_id: int = 1) -> dict[str, Any]:
-    """One immutable ledger record as the projector writes it (created_at in UTC, ms precision)."""
+def txn(
+    txn_id: int,
+    user_id: int,
+    txn_type: str,
+    amount: int,
+    created_ms: int,
+    *,
+    available_after: int = 0,
+    reserved_after: int = 0,
+    **refs: Any,
+) -> dict[str, Any]:
+    """One `transactions` document; refs: comment, service_id, order_id, counterparty_user_id, service_name."""
     doc: dict[str, Any] = {
-        "_id": Int64(next(_ids)),
-        "type": kind,
+        "_id": Int64(txn_id),
+        "type": txn_type,
         "user_id": Int64(user_id),
         "amount": Int64(amount),
-        "available_after": Int64(0),
-        "reserved_after": Int64(0),
-        "created_at": when.astimezone(UTC).replace(microsecond=when.microsecond // 1000 * 1000),
+        "available_after": Int64(available_after),
+        "reserved_after": Int64(reserved_after),
+        "created_at": ms_to_datetime(created_ms),
     }
-    if service_id is not None:
-        doc["service_id"] = Int64(service_id)
-        doc["order_id"] = Int64(next(_ids))
+    for name, value in refs.items():
+        if value is not None:
+            doc[name] = value if isinstance(value, str) else Int64(value)
     return doc
 
 
-class Ledger:
-    """Writes reservations' stories the way the money side would record them."""
-
-    def __init__(self, db: Any) -> None:
-        self.db = db
-
-    async def add(self, *docs: dict[str, Any]) -> None:
-        await self.db.transactions.insert_many(list(docs))
-
-    async def charge(self, service_id: int, amount: int, when: datetime) -> None:
-        """reserve → full recognize."""
-        await self.add(txn_doc("reserve", amount, when, service_id), txn_doc("charge", amount, when, service_id))
-
-    async def partial(self, service_id: int, reserved: int, charged: int, when: datetime) -> None:
-        """reserve → recognize part; the remainder released."""
-        await self.add(
-            txn_doc("reserve", reserved, when, service_id),
-            txn_doc("charge", charged, when, service_id),
-            txn_doc("release", reserved - charged, when, service_id),
+def ledger(count: int, users: tuple[int, ...] = (1, 2), seed: int = 7) -> list[dict[str, Any]]:
+    """Interleaved users; created_at ties (three ids per millisecond) and amount ties (five amounts)."""
+    rng = random.Random(seed)
+    docs = []
+    for txn_id in range(1, count + 1):
+        docs.append(
+            txn(
+                txn_id,
+                users[txn_id % len(users)],
+                TRANSACTION_TYPES[txn_id % len(TRANSACTION_TYPES)],
+                rng.choice([100, 250, 250, 999, 100_000_00]),
+                BASE_MS + txn_id // 3,
+            )
         )
+    return docs
 
-    async def cancelled(self, service_id: int, amount: int, when: datetime) -> None:
-        await self.add(txn_doc("reserve", amount, when, service_id), txn_doc("release", amount, when, service_id))
 
-    async def reserved(self, service_id: int, amount: int, when: datetime) -> None:
-        await self.add(txn_doc("reserve", amount, when, service_id))
+async def create_history_indexes(mongo: Any) -> None:
+    """The agreed indexes, made as the projector makes them."""
+    await LedgerStore(mongo).ensure_indexes()
 
-    async def name(self, service_id: int, name: str) -> None:
-        await self.db.services.replace_one(
-            {"_id": Int64(service_id)}, {"_id": Int64(service_id), "name": name, "seq": Int64(1)}, upsert=True
-        )
+
+async def insert(mongo: Any, docs: list[dict[str, Any]]) -> None:
+    await mongo["transactions"].insert_many(docs, ordered=False)
