@@ -15,8 +15,8 @@ COPY setup.py pyproject.toml README.md ./
 COPY billing ./billing
 COPY lua ./lua
 COPY config ./config
-# Editable install: the Lua scripts are read from /app/lua next to the package.
-RUN pip install -e . \
+# lua/ installs with the package as billing.lua (see setup.py).
+RUN pip install --no-cache-dir . \
  && mkdir -p /var/lib/billing/reports \
  && chown -R billing:billing /var/lib/billing
 

@@ -6,8 +6,10 @@ setup(
     version="0.1.0",
     description="Billing microservice: atomic, idempotent money operations over HTTP",
     python_requires=">=3.11",
-    packages=find_packages(include=["billing", "billing.*"]),
-    package_data={"billing": ["templates/*", "static/*"]},
+    # lua/ sits at the top level (one script per operation) and installs as the data package billing.lua
+    packages=find_packages(include=["billing", "billing.*"]) + ["billing.lua"],
+    package_dir={"billing.lua": "lua"},
+    package_data={"billing": ["templates/*", "static/*"], "billing.lua": ["*.lua"]},
     include_package_data=True,
     install_requires=[
         "tornado>=6.4,<7",
@@ -35,6 +37,7 @@ setup(
             "SecantusDB>=0.7.0b3,<0.8",
             "playwright>=1.45,<2",
             "ruff>=0.5,<1",
+            "py-spy>=0.3.14,<1",
             "PyYAML>=6,<7",
             "openapi-spec-validator>=0.7,<0.10",
         ],

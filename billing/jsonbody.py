@@ -15,6 +15,12 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed in JSON")
 
 
+def _parse_int(text: str) -> int | Decimal:
+    # Python refuses int() of over 4300 digits; such a number is valid JSON, just out of every bound,
+    # so keep it exact as a Decimal and let validation say which field is wrong.
+    return int(text) if len(text) <= 4000 else Decimal(text)
+
+
 def _has_float(value: Any) -> bool:
     if isinstance(value, float):
         return True
@@ -36,7 +42,9 @@ def parse_json(body: bytes) -> Any:
         exact_needed = _has_float(data)
     if exact_needed:
         try:
-            data = json.loads(body.decode("utf-8"), parse_float=Decimal, parse_constant=_reject_constant)
+            data = json.loads(
+                body.decode("utf-8"), parse_float=Decimal, parse_int=_parse_int, parse_constant=_reject_constant
+            )
         except (ValueError, RecursionError) as exc:
             raise ApiError("invalid_json", f"Body is not valid JSON: {str(exc)[:200]}") from None
     return data

@@ -11,7 +11,16 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
-LUA_DIR = Path(__file__).resolve().parent.parent / "lua"
+
+def _lua_dir() -> Path:
+    """The checkout's lua/ (editable installs), else the copy installed as the data package billing.lua."""
+    checkout = Path(__file__).resolve().parent.parent / "lua"
+    if (checkout / "_prelude.lua").exists():
+        return checkout
+    return Path(__file__).resolve().parent / "lua"
+
+
+LUA_DIR = _lua_dir()
 SCRIPT_NAMES = ("deposit", "withdraw", "transfer", "reserve", "recognize", "cancel", "set_service")
 
 

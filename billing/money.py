@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import re
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 KOPECKS_PER_RUBLE = 100
 MAX_OPERATION_KOPECKS = 1_000_000_000 * KOPECKS_PER_RUBLE
 MAX_BALANCE_KOPECKS = 10_000_000_000_000 * KOPECKS_PER_RUBLE
 AMOUNT_PATTERN = r"^[0-9]+(\.[0-9]{1,2})?$"
 _AMOUNT_RE = re.compile(AMOUNT_PATTERN)
+# What the OpenAPI spec publishes: exactly the strings parse_amount accepts (> 0, <= 1000000000.00,
+# at most 40 characters); tests/unit/test_amount_schema.py holds the two together.
+PUBLISHED_AMOUNT_PATTERN = r"^(0*([1-9][0-9]{0,8}(\.[0-9]{1,2})?|1000000000(\.0{1,2})?)|0+\.(0[1-9]|[1-9][0-9]?))$"
+MAX_AMOUNT_STRING = 40
 _MAX_OPERATION_RUBLES = Decimal(MAX_OPERATION_KOPECKS) / KOPECKS_PER_RUBLE
 
 
@@ -20,7 +24,7 @@ class AmountError(ValueError):
 def parse_amount(value: object) -> int:
     """Turn a request amount (decimal string, int or exact Decimal) into kopecks, within bounds."""
     if isinstance(value, str):
-        if not _AMOUNT_RE.match(value) or len(value) > 40:
+        if not _AMOUNT_RE.match(value) or len(value) > MAX_AMOUNT_STRING:
             raise AmountError('must be a decimal string like "100.50": digits, optional 1-2 decimals')
         rubles, _, fraction = value.partition(".")
         kopecks = int(rubles) * KOPECKS_PER_RUBLE + int(fraction.ljust(2, "0") or 0)
@@ -42,17 +46,20 @@ def parse_amount(value: object) -> int:
 
 
 def _decimal_to_kopecks(value: Decimal) -> int:
+    """Exact, whatever the digits: works on the number's own digits, never through a rounding context."""
     if not value.is_finite():
         raise AmountError("must be a finite number")
+    if value <= 0:
+        raise AmountError("must be greater than 0")
     if value > _MAX_OPERATION_RUBLES:
         raise AmountError("must not exceed 1000000000.00")
-    try:
-        scaled = value.scaleb(2)
-        if scaled != scaled.to_integral_value():
-            raise AmountError("must have at most 2 decimal places")
-        return int(scaled)
-    except InvalidOperation as exc:  # pragma: no cover - guarded by the bound above
-        raise AmountError("is not a valid number") from exc
+    _, digits, exponent = value.as_tuple()
+    assert isinstance(exponent, int)
+    significant = "".join(map(str, digits)).rstrip("0")
+    exponent += len(digits) - len(significant)  # the trailing zeros dropped above
+    if exponent < -2:
+        raise AmountError("must have at most 2 decimal places")
+    return int(significant) * 10 ** (exponent + 2)  # few digits: 0 < value <= 1e9 and exponent >= -2
 
 
 def format_kopecks(kopecks: int) -> str:

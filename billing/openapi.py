@@ -365,8 +365,9 @@ def build_spec(server_url: str | None = None) -> dict[str, Any]:
                     "name": "X-Request-ID",
                     "in": "header",
                     "required": False,
-                    "description": "Echoed back and logged; generated when absent.",
-                    "schema": {"type": "string", "maxLength": 200},
+                    "description": "Echoed back and logged when 1-200 visible ASCII characters;"
+                    " otherwise (or absent) replaced by a generated id, never refused.",
+                    "schema": {"type": "string"},
                 },
             },
             "headers": {

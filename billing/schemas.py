@@ -6,15 +6,39 @@ Request models validate input; response models document output (OpenAPI) and are
 from __future__ import annotations
 
 import unicodedata
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    WithJsonSchema,
+    model_validator,
+)
 
-from billing.money import AMOUNT_PATTERN, parse_amount
+from billing.money import MAX_AMOUNT_STRING, PUBLISHED_AMOUNT_PATTERN, parse_amount
 
 MAX_ID = 2**63 - 1
 
-Id = Annotated[int, Field(strict=True, ge=1, le=MAX_ID, examples=[42])]
+
+def _integral_number(value: Any) -> Any:
+    """A JSON number with an integral exact value (42.0, 4.2E+1) is that integer, as JSON Schema reads it."""
+    # Size first, without arithmetic: int() of 1E+999999999 would build a billion-digit number.
+    if (
+        isinstance(value, Decimal)
+        and value.is_finite()
+        and value.adjusted() <= 18
+        and value == value.to_integral_value()
+    ):
+        return int(value)
+    return value
+
+
+Id = Annotated[int, Field(strict=True, ge=1, le=MAX_ID, examples=[42]), BeforeValidator(_integral_number)]
 
 Amount = Annotated[
     int,
@@ -23,7 +47,10 @@ Amount = Annotated[
         {
             "description": 'Rubles: a decimal string like "100.50" or a JSON number with at most 2 decimals;'
             " > 0 and <= 1000000000.00.",
-            "anyOf": [{"type": "string", "pattern": AMOUNT_PATTERN}, {"type": "number", "exclusiveMinimum": 0}],
+            "anyOf": [
+                {"type": "string", "pattern": PUBLISHED_AMOUNT_PATTERN, "maxLength": MAX_AMOUNT_STRING},
+                {"type": "number", "exclusiveMinimum": 0, "maximum": 1_000_000_000, "multipleOf": 0.01},
+            ],
             "examples": ["100.50"],
         }
     ),
@@ -45,13 +72,22 @@ def _blank_to_none(value: str | None) -> str | None:
     return value if value else None
 
 
+# For the spec only (the validator above is the check): no C0/C1 control characters.
+PRINTABLE_TEXT = {"pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"}
+
 Comment = Annotated[
     str | None,
-    Field(max_length=500, description="Free text shown in the user's history; empty means none"),
+    Field(
+        max_length=500,
+        description="Free text shown in the user's history; empty means none",
+        json_schema_extra=PRINTABLE_TEXT,
+    ),
     AfterValidator(lambda v: _printable_text(v) if v else v),
     AfterValidator(_blank_to_none),
 ]
-ServiceName = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_printable_text)]
+ServiceName = Annotated[
+    str, Field(min_length=1, max_length=200, json_schema_extra=PRINTABLE_TEXT), AfterValidator(_printable_text)
+]
 
 
 class Request(BaseModel):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -25,6 +26,7 @@ log = logging.getLogger("billing.server")
 
 MAX_BODY_BYTES = 8 * 1024 * 1024  # route limits (64 KiB, 1 MiB) answer 413 below this
 SHUTDOWN_GRACE_SECONDS = 10.0
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 async def run_worker(settings: Settings, sockets: list[socket.socket], ready: Callable[[], None] | None = None) -> None:
@@ -73,28 +75,61 @@ def _close_mongo(ctx: Context) -> None:
         close()
 
 
+def bind_worker_sockets(host: str, port: int, workers: int) -> list[list[socket.socket]]:
+    """Listening sockets for each worker slot, bound here so a busy port fails before any fork.
+
+    With SO_REUSEPORT each worker gets sockets of its own on the same port and the kernel spreads
+    new connections evenly over them. One shared socket lets whichever worker wakes first accept a
+    whole burst of keep-alive connections (Tornado accepts up to 128 per wake-up), leaving the other
+    workers idle: measured with wrk, 32 connections all landed on one of two workers.
+    """
+    if workers <= 1 or not hasattr(socket, "SO_REUSEPORT"):
+        shared = tornado.netutil.bind_sockets(port, host, reuse_port=False)
+        return [shared] * max(workers, 1)
+    first = tornado.netutil.bind_sockets(port, host, reuse_port=True)
+    port = first[0].getsockname()[1]  # a port of 0 picks one: every slot takes that same one
+    return [first] + [tornado.netutil.bind_sockets(port, host, reuse_port=True) for _ in range(workers - 1)]
+
+
 def serve(settings: Settings, host: str, port: int, workers: int) -> None:
-    sockets = tornado.netutil.bind_sockets(port, host, reuse_port=False)
+    slots = bind_worker_sockets(host, port, workers)
     log.info("billing listening on http://%s:%d with %d worker(s)", host, port, workers)
     if workers <= 1:
-        asyncio.run(run_worker(settings, sockets))
+        asyncio.run(run_worker(settings, slots[0]))
         return
-    _supervise(settings, sockets, workers)
+    _supervise(settings, slots, workers)
 
 
-def _supervise(settings: Settings, sockets: list[socket.socket], workers: int) -> None:
-    """Fork workers sharing the listening socket; forward SIGTERM/SIGINT; restart crashed workers."""
+def exit_with_supervisor(supervisor: int) -> None:
+    """Make this worker get SIGTERM when its supervisor dies (Linux PR_SET_PDEATHSIG).
+
+    A worker that outlived a SIGKILLed supervisor would keep serving unsupervised, with the port
+    held, so the service could not be started again on it.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != supervisor:  # it died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _supervise(settings: Settings, slots: list[list[socket.socket]], workers: int) -> None:
+    """Fork one worker per socket slot; forward SIGTERM/SIGINT; restart crashed workers on their slot."""
     children: dict[int, int] = {}
     stopping = False
 
     def spawn(slot: int) -> None:
+        supervisor = os.getpid()
         pid = os.fork()
         if pid == 0:
+            exit_with_supervisor(supervisor)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             os.environ["BILLING_WORKER_ID"] = str(slot)
+            mine = slots[slot]
+            for other in {id(s): s for group in slots for s in group if s not in mine}.values():
+                other.close()  # a socket no process accepts on would strand the connections hashed to it
             try:
-                asyncio.run(run_worker(settings, sockets))
+                asyncio.run(run_worker(settings, mine))
                 code = 0
             except Exception:
                 log.exception("worker crashed")
@@ -112,7 +147,7 @@ def _supervise(settings: Settings, sockets: list[socket.socket], workers: int) -
                 os.kill(pid, signal.SIGTERM)
         # The supervisor holds the listening socket too: close it, or new connections would queue in the
         # backlog unanswered instead of being refused while the workers finish what they have.
-        for sock in sockets:
+        for sock in {id(s): s for group in slots for s in group}.values():
             with contextlib.suppress(OSError):
                 sock.close()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 
 # RFC 3339 section 5.6 date-time (a space may stand for "T", as its note allows); ASCII digits only.
 _RFC3339 = re.compile(
@@ -18,8 +19,15 @@ def ms_to_datetime(ms: int) -> datetime:
     return EPOCH + ms * _MS
 
 
+@lru_cache(maxsize=4096)
+def _second(seconds: int) -> str:
+    return (EPOCH + timedelta(seconds=seconds)).isoformat(timespec="seconds")[:-6]  # always four-digit years
+
+
 def format_ms(ms: int) -> str:
-    return ms_to_datetime(ms).isoformat(timespec="milliseconds")[:-6] + "Z"  # always four-digit years
+    """Epoch ms to "2026-11-26T04:16:01.123Z"; the seconds part is cached (a batch shares a few seconds)."""
+    seconds, millis = divmod(ms, 1000)
+    return f"{_second(seconds)}.{millis:03d}Z"
 
 
 def datetime_to_ms(moment: datetime) -> int:

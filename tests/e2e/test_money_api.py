@@ -4,15 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.api import Api
-
-
-def problem(response, status: int, code: str) -> None:
-    assert response.status == status, response.body
-    assert response.content_type.startswith("application/problem+json")
-    body = response.json
-    assert body["code"] == code and body["status"] == status
-    assert {"type", "title", "detail"} <= body.keys()
+from tests.support.api import Api, problem
 
 
 async def test_deposit_creates_account_and_returns_balance_and_transaction(api: Api) -> None:

@@ -34,6 +34,15 @@ class Response:
         return self.headers.get("Content-Type", "")
 
 
+def problem(response: Response, status: int, code: str) -> None:
+    """Assert an RFC 9457 problem+json answer with this status and code."""
+    assert response.status == status, response.body
+    assert response.content_type.startswith("application/problem+json")
+    body = response.json
+    assert body["code"] == code and body["status"] == status
+    assert {"type", "title", "detail"} <= body.keys()
+
+
 class Api:
     def __init__(self, base_url: str) -> None:
         self.base_url = base_url

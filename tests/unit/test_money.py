@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from fractions import Fraction
 
 import pytest
 from hypothesis import given
@@ -40,6 +41,18 @@ def test_arbitrary_strings_either_parse_exactly_or_fail_cleanly(text: str) -> No
     assert Decimal(text) * 100 == kopecks
 
 
+@given(st.decimals(allow_nan=False, allow_infinity=False, min_value=-(10**10), max_value=10**10))
+def test_arbitrary_decimals_either_parse_exactly_or_fail_cleanly(value: Decimal) -> None:
+    exact = Fraction(value) * 100
+    valid = 0 < exact <= MAX_OPERATION_KOPECKS and exact.denominator == 1
+    try:
+        kopecks = parse_amount(value)
+    except AmountError:
+        assert not valid
+        return
+    assert valid and kopecks == exact
+
+
 @pytest.mark.parametrize(
     ("value", "kopecks"),
     [
@@ -50,6 +63,8 @@ def test_arbitrary_strings_either_parse_exactly_or_fail_cleanly(text: str) -> No
         (1, 100),
         (Decimal("1.500"), 150),
         (Decimal("1E+2"), 10000),
+        (Decimal("0.001E+1"), 1),
+        (Decimal("1." + "0" * 60), 100),
         ("1000000000.00", MAX_OPERATION_KOPECKS),
         (1_000_000_000, MAX_OPERATION_KOPECKS),
     ],
@@ -88,6 +103,11 @@ def test_valid_amounts(value: object, kopecks: int) -> None:
         Decimal("-1"),
         Decimal("1E+400"),
         Decimal("1E-400"),
+        Decimal("1E-999999999"),
+        Decimal("-0.00"),
+        Decimal("1.000000000000000000000000000001"),  # more digits than the default decimal context keeps
+        Decimal("0.0100000000000000000000000000001"),
+        Decimal("123456789.0000000000000000000001"),
         0,
         -5,
         10**30,

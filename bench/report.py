@@ -1,0 +1,188 @@
+"""The benchmark's table and bench/RESULTS.md: medians, ratios to the floor, and which targets are met."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+TARGETS = {
+    "post": 0.80,  # service POST /v1/deposits rate / floor POST rate
+    "get": 0.85,  # service GET balance rate / floor GET rate
+    "p99_ms": 10.0,  # at half the maximum rate
+    "batch_ops": 50_000.0,
+    "rss_drift": 0.10,
+}
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else 0.0
+
+
+def _met(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
+def summary(results: Any) -> list[tuple[str, str, str, str, str, str]]:
+    """Rows: measure, floor, service, ratio or figure, target, met."""
+    rows = []
+    for mode, label in (("post", "POST /v1/deposits (req/s)"), ("get", "GET /v1/users/{id}/balance (req/s)")):
+        floor = _median([r.rate for r in results.rounds.get(f"floor {mode}", [])])
+        service = _median([r.rate for r in results.rounds.get(f"service {mode}", [])])
+        ratio = service / floor if floor else 0.0
+        rows.append(
+            (
+                label,
+                f"{floor:.0f}",
+                f"{service:.0f}",
+                f"{ratio:.2f}",
+                f">= {TARGETS[mode]:.2f}",
+                _met(ratio >= TARGETS[mode]),
+            )
+        )
+        floor_p = [r.p99 for r in results.rounds.get(f"floor {mode}", [])]
+        service_p = [r.p99 for r in results.rounds.get(f"service {mode}", [])]
+        rows.append(
+            (
+                f"  p50 / p99 at max rate, {mode.upper()} (ms)",
+                f"{_median([r.p50 for r in results.rounds.get(f'floor {mode}', [])]):.1f} / {_median(floor_p):.1f}",
+                f"{_median([r.p50 for r in results.rounds.get(f'service {mode}', [])]):.1f} / {_median(service_p):.1f}",
+                "",
+                "",
+                "",
+            )
+        )
+        floor_cpu = _median([r.cpu_us for r in results.rounds.get(f"floor {mode}", [])])
+        service_cpu = _median([r.cpu_us for r in results.rounds.get(f"service {mode}", [])])
+        rows.append(
+            (
+                f"  worker CPU per request, {mode.upper()} (µs; + Redis)",
+                f"{floor_cpu:.0f} + {_median([r.redis_cpu_us for r in results.rounds.get(f'floor {mode}', [])]):.0f}",
+                f"{service_cpu:.0f} + "
+                f"{_median([r.redis_cpu_us for r in results.rounds.get(f'service {mode}', [])]):.0f}",
+                f"{floor_cpu / service_cpu:.2f}" if service_cpu else "",
+                "(floor CPU / service CPU)",
+                "",
+            )
+        )
+    for mode, paced in results.paced.items():
+        rows.append(
+            (
+                f"p99 at half max rate, {mode.split()[1].upper()} ({paced.target_rate:.0f} req/s, ms)",
+                "",
+                f"p50 {paced.p50:.2f} / p99 {paced.p99:.2f}",
+                f"{paced.p99:.2f}",
+                f"< {TARGETS['p99_ms']:.0f}",
+                _met(paced.p99 < TARGETS["p99_ms"] and not paced.failures),
+            )
+        )
+    if results.batch is not None:
+        ops = results.batch.ops_per_second
+        rows.append(
+            (
+                "POST /v1/batch, 1000 deposits each (ops/s)",
+                "",
+                f"{ops:.0f}",
+                f"{ops:.0f}",
+                f">= {TARGETS['batch_ops']:.0f}",
+                _met(ops >= TARGETS["batch_ops"] and not results.batch.failures),
+            )
+        )
+    for index, (_pid, samples) in enumerate(sorted(results.rss.items())):
+        start, end, peak = samples[0], samples[-1], max(samples)
+        drift = max(abs(end - start), abs(peak - start)) / start if start else 0.0
+        rows.append(
+            (
+                f"RSS worker {index + 1} over {results.soak_seconds:.0f} s (MiB)",
+                "",
+                f"{start / 1024:.1f} -> {end / 1024:.1f} (peak {peak / 1024:.1f})",
+                f"{100 * drift:+.1f} %",
+                "within 10 %",
+                _met(drift <= TARGETS["rss_drift"]),
+            )
+        )
+    return rows
+
+
+def _extra_env(args: Any) -> str:
+    extra = getattr(args, "service_env", None)
+    return f", service environment {' '.join(extra)}" if extra else ""
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def render(results: Any, command: str) -> str:
+    args = results.args
+    rows = summary(results)
+    raw = []
+    for key, runs in results.rounds.items():
+        for number, r in enumerate(runs, 1):
+            raw.append(
+                (
+                    key,
+                    str(number),
+                    f"{r.rate:.1f}",
+                    f"{r.cpu_us:.0f}",
+                    f"{r.redis_cpu_us:.0f}",
+                    f"{r.p50:.2f}",
+                    f"{r.p99:.2f}",
+                    str(r.requests),
+                    str(r.failures),
+                )
+            )
+    paced = [
+        (
+            key,
+            f"{p.target_rate:.0f}",
+            f"{p.achieved_rate:.0f}",
+            str(p.count),
+            f"{p.p50:.2f}",
+            f"{p.p90:.2f}",
+            f"{p.p99:.2f}",
+            f"{p.p999:.2f}",
+            f"{p.max:.2f}",
+            str(p.failures),
+        )
+        for key, p in results.paced.items()
+    ]
+    machine = "\n".join(f"- {key}: {value}" for key, value in results.machine.items())
+    batch = results.batch
+    batch_line = (
+        f"{batch.operations} operations in {batch.batches} batches over {batch.seconds:.1f} s, "
+        f"{batch.failures} not 201; Redis spent {results.redis_us_per_deposit:.1f} µs per deposit script "
+        "(INFO commandstats, evalsha usec_per_call)"
+        if batch is not None
+        else "not run"
+    )
+    return f"""# Benchmark results
+
+Run {time.strftime("%Y-%m-%d %H:%M:%S %Z")} with `{command}`: {args.workers} workers each side,
+{args.connections} connections, {args.rounds} alternating floor/service rounds of {args.seconds:.0f} s (medians),
+memory run {args.soak:.0f} s{_extra_env(args)}. Load average before {results.load_before}, after {results.load_after}
+(other work shares this machine: the ratios from alternating rounds are the figures that count).
+
+{_table(("measure", "floor", "service", "ratio / figure", "target", "met"), rows)}
+
+## Machine
+{machine}
+
+## Every round (closed loop, wrk)
+{_table(("run", "round", "req/s", "worker CPU µs/req", "Redis CPU µs/req", "p50 ms", "p99 ms", "requests", "failures"), raw)}
+
+## Paced runs (fixed rate, latency from the scheduled send time)
+{_table(("run", "target req/s", "achieved", "requests", "p50", "p90", "p99", "p99.9", "max", "failures"), paced)}
+
+## Batch
+{batch_line}
+
+## Where a worker's time goes (POST /v1/deposits at the maximum rate)
+{results.profile_note}
+
+{_table(("layer (own time)", "share of samples"), [(n, f"{v:.1f} %") for n, v in results.profile_layers])}
+
+{_table(("function (own time)", "share of samples"), [(n, f"{v:.1f} %") for n, v in results.profile_functions])}
+"""

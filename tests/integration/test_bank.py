@@ -1,0 +1,287 @@
+"""A Jepsen-style bank test: concurrent clients move money over HTTP; money is conserved to the kopeck.
+
+8 clients run random deposits, transfers, withdrawals, reserves, partial recognitions and cancels (some of
+them sent twice with one Idempotency-Key, as a retrying client would) for BILLING_BANK_SECONDS (3 s by
+default). Meanwhile a reader takes atomic snapshots (MULTI) of every account and the totals hash. Then:
+- at every snapshot and at the end: sum(available + reserved) + revenue + withdrawn == deposited, nothing < 0;
+- the totals hash equals the sums of the money that the responses say moved;
+- ordered by transaction id, each user's transactions chain exactly (each *_after follows from the previous
+  one), ending at the balance the API reports: the responses are one serial history;
+- after the projector drains, MongoDB holds exactly the transactions the responses returned; each
+  reservation's status agrees with the reserved balance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from billing.context import Context
+from billing.money import format_kopecks
+from tests.support.api import Api, Response
+
+CLIENTS = 8
+USERS = 6
+SERVICES = 3
+SECONDS = float(os.environ.get("BILLING_BANK_SECONDS", "3"))
+INITIAL = 1_000_00  # kopecks each user starts with
+
+# transaction type -> (change of available, change of reserved) per kopeck of amount
+DELTAS = {
+    "deposit": (1, 0),
+    "withdrawal": (-1, 0),
+    "transfer_in": (1, 0),
+    "transfer_out": (-1, 0),
+    "reserve": (-1, 1),
+    "charge": (0, -1),
+    "release": (1, -1),
+}
+
+
+def kop(money: str) -> int:
+    """ "12.34" -> 1234 (response money always has two fractional digits)."""
+    whole, _, fraction = money.lstrip("-").partition(".")
+    value = int(whole) * 100 + int(fraction)
+    return -value if money.startswith("-") else value
+
+
+@dataclass
+class Observed:
+    """What the clients saw: money moved per the responses, every transaction returned, open reservations."""
+
+    deposited: int = 0
+    withdrawn: int = 0
+    revenue: int = 0
+    transactions: dict[int, dict[str, Any]] = field(default_factory=dict)
+    reservations: list[tuple[int, int, int, int]] = field(default_factory=list)  # user, service, order, amount
+    counts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    violations: list[str] = field(default_factory=list)
+    next_order: int = 1
+
+    def record(self, op: str, response: Response) -> dict[str, Any] | None:
+        body = response.json
+        self.counts[f"{op}:{response.status}"] += 1
+        if response.status >= 500:
+            self.violations.append(f"{op}: {response.status} {response.body!r}")
+            return None
+        if response.status >= 300:
+            return None
+        txns = [body[k] for k in ("transaction", "recipient_transaction", "release_transaction") if body.get(k)]
+        for txn in txns:
+            if int(txn["id"]) in self.transactions:
+                self.violations.append(f"transaction {txn['id']} returned twice")
+            self.transactions[int(txn["id"])] = {**txn, "user_id": _owner(op, body, txn)}
+        return body
+
+
+def _owner(op: str, body: dict[str, Any], txn: dict[str, Any]) -> int:
+    if txn is body.get("recipient_transaction"):
+        return body["recipient_balance"]["user_id"]
+    return body["balance"]["user_id"]
+
+
+class BankClient:
+    """One client: a random mix of operations until the deadline."""
+
+    def __init__(self, api: Api, seen: Observed, rng: random.Random, name: int) -> None:
+        self.api, self.seen, self.rng, self.name = api, seen, rng, name
+        self.keys = 0
+
+    async def send(self, op: str, path: str, token: str, body: dict[str, Any]) -> Response:
+        if self.rng.random() < 0.25:  # a retrying client: same key twice, the second is a pure replay
+            self.keys += 1
+            key = f"c{self.name}-{self.keys}"
+            first = await self.api.post(path, body, token=token, key=key)
+            again = await self.api.post(path, body, token=token, key=key)
+            if (again.status, again.body) != (first.status, first.body) or again.headers.get(
+                "Idempotent-Replayed"
+            ) != "true":
+                self.seen.violations.append(f"{op}: replay differs: {first.body!r} vs {again.body!r}")
+            return first
+        return await self.api.post(path, body, token=token)
+
+    def user(self) -> int:
+        return self.rng.randint(1, USERS)
+
+    def amount(self, most: int = 300_00) -> int:
+        return self.rng.randint(1, most)
+
+    async def step(self) -> None:
+        roll = self.rng.random()
+        seen = self.seen
+        if roll < 0.08:
+            amount = self.amount()
+            r = await self.send(
+                "deposit", "/v1/deposits", "tok-payments", {"user_id": self.user(), "amount": format_kopecks(amount)}
+            )
+            if seen.record("deposit", r):
+                seen.deposited += amount
+        elif roll < 0.33:
+            src, dst = self.rng.sample(range(1, USERS + 1), 2)
+            body = {"from_user_id": src, "to_user_id": dst, "amount": format_kopecks(self.amount())}
+            seen.record("transfer", await self.send("transfer", "/v1/transfers", "tok-payments", body))
+        elif roll < 0.43:
+            amount = self.amount(100_00)
+            r = await self.send(
+                "withdrawal",
+                "/v1/withdrawals",
+                "tok-payments",
+                {"user_id": self.user(), "amount": format_kopecks(amount)},
+            )
+            if seen.record("withdrawal", r):
+                seen.withdrawn += amount
+        elif roll < 0.68:
+            user, service, order, amount = (
+                self.user(),
+                self.rng.randint(1, SERVICES),
+                seen.next_order,
+                self.amount(200_00),
+            )
+            seen.next_order += 1
+            body = {"user_id": user, "service_id": service, "order_id": order, "amount": format_kopecks(amount)}
+            if seen.record("reserve", await self.send("reserve", "/v1/reservations", "tok-orders", body)):
+                seen.reservations.append((user, service, order, amount))
+        elif seen.reservations:
+            user, service, order, amount = self.rng.choice(seen.reservations)
+            ref = {"user_id": user, "service_id": service, "order_id": order}
+            if roll < 0.86:
+                charge = self.rng.randint(1, amount + amount // 10)  # sometimes above the reservation: 409
+                r = await self.send(
+                    "recognize", "/v1/reservations/recognize", "tok-orders", {**ref, "amount": format_kopecks(charge)}
+                )
+                body = seen.record("recognize", r)
+                if body and body.get("transaction"):
+                    seen.revenue += charge
+            else:
+                seen.record("cancel", await self.send("cancel", "/v1/reservations/cancel", "tok-orders", ref))
+
+    async def run(self, deadline: float) -> None:
+        loop = asyncio.get_running_loop()
+        while loop.time() < deadline:
+            await self.step()
+
+
+async def atomic_snapshot(ctx: Context) -> tuple[dict[int, tuple[int, int]], dict[str, int]]:
+    """Every account and the totals hash, read in one MULTI/EXEC: one instant of the ledger."""
+    keys = ctx.ledger.keys
+    pipe = ctx.redis.pipeline(transaction=True)
+    for user in range(1, USERS + 1):
+        pipe.hmget(keys.account(user), "available", "reserved")
+    pipe.hgetall(keys.totals)
+    answers = await pipe.execute()
+    accounts = {
+        user: (int(a), int(r or 0))
+        for user, (a, r) in zip(range(1, USERS + 1), answers[:-1], strict=True)
+        if a is not None
+    }
+    totals = {k.decode(): int(v) for k, v in answers[-1].items()}
+    return accounts, totals
+
+
+def conservation_errors(accounts: dict[int, tuple[int, int]], totals: dict[str, int]) -> list[str]:
+    errors = [f"user {u} negative: {a}, {r}" for u, (a, r) in accounts.items() if a < 0 or r < 0]
+    held = sum(a + r for a, r in accounts.values())
+    outside = totals.get("revenue", 0) + totals.get("withdrawn", 0)
+    if held + outside != totals.get("deposited", 0):
+        errors.append(
+            f"not conserved: held {held} + revenue/withdrawn {outside} != deposited {totals.get('deposited')}"
+        )
+    return errors
+
+
+async def reader(ctx: Context, deadline: float, seen: Observed) -> int:
+    loop = asyncio.get_running_loop()
+    reads = 0
+    while loop.time() < deadline:
+        accounts, totals = await atomic_snapshot(ctx)
+        seen.violations.extend(conservation_errors(accounts, totals))
+        reads += 1
+        await asyncio.sleep(0.01)
+    return reads
+
+
+def chain_errors(transactions: dict[int, dict[str, Any]], final: dict[int, tuple[int, int]]) -> list[str]:
+    """Ordered by id, every user's transactions must follow one from another and end at the final balance."""
+    errors = []
+    state: dict[int, tuple[int, int]] = {}
+    for txn_id in sorted(transactions):
+        txn = transactions[txn_id]
+        user, amount = txn["user_id"], kop(txn["amount"])
+        d_available, d_reserved = DELTAS[txn["type"]]
+        available, reserved = state.get(user, (0, 0))
+        expected = (available + d_available * amount, reserved + d_reserved * amount)
+        got = (kop(txn["available_after"]), kop(txn["reserved_after"]))
+        if got != expected:
+            errors.append(f"txn {txn_id} {txn['type']} user {user}: after {got}, expected {expected}")
+        state[user] = got
+    for user, balance in final.items():
+        if state.get(user, (0, 0)) != balance:
+            errors.append(f"user {user}: transactions end at {state.get(user)}, balance is {balance}")
+    return errors
+
+
+async def test_bank_conserves_money_under_concurrent_clients(api: Api, ctx: Context) -> None:
+    seen = Observed()
+    for user in range(1, USERS + 1):
+        r = await api.deposit(user, format_kopecks(INITIAL))
+        assert seen.record("deposit", r)
+        seen.deposited += INITIAL
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + SECONDS
+    clients = [BankClient(api, seen, random.Random(1000 + n), n) for n in range(CLIENTS)]
+    *_, reads = await asyncio.gather(*(c.run(deadline) for c in clients), reader(ctx, deadline, seen))
+    assert seen.violations == [], seen.violations[:10]
+    assert reads > 0
+
+    # Every kind of operation really happened, both succeeding and refused.
+    for name in ("deposit:201", "transfer:201", "withdrawal:201", "reserve:201", "recognize:200", "cancel:200"):
+        assert seen.counts[name] > 0, dict(seen.counts)
+    assert any(k.endswith(":409") for k in seen.counts), dict(seen.counts)
+
+    # The end state through the HTTP API.
+    final: dict[int, tuple[int, int]] = {}
+    for user in range(1, USERS + 1):
+        r = await api.balance(user)
+        assert r.status == 200
+        final[user] = (kop(r.json["available"]), kop(r.json["reserved"]))
+        assert final[user][0] >= 0 and final[user][1] >= 0
+    held = sum(a + r for a, r in final.values())
+    assert held + seen.revenue + seen.withdrawn == seen.deposited  # from the responses alone
+    totals = await ctx.ledger.totals()
+    assert totals == {"deposited": seen.deposited, "withdrawn": seen.withdrawn, "revenue": seen.revenue}
+    accounts, totals = await atomic_snapshot(ctx)
+    assert accounts == final and conservation_errors(accounts, totals) == []
+
+    # The responses form one serial history that ends at the balances.
+    assert chain_errors(seen.transactions, final) == []
+
+    # The projector carries exactly the transactions the responses returned into MongoDB (the history).
+    await ctx.projector.drain(timeout=60)
+    stored = {doc["_id"]: doc async for doc in ctx.mongo["transactions"].find({})}
+    assert stored.keys() == seen.transactions.keys()
+    for txn_id, doc in stored.items():
+        returned = seen.transactions[txn_id]
+        assert (doc["type"], doc["user_id"], doc["amount"]) == (
+            returned["type"],
+            returned["user_id"],
+            kop(returned["amount"]),
+        )
+        assert (doc["available_after"], doc["reserved_after"]) == (
+            kop(returned["available_after"]),
+            kop(returned["reserved_after"]),
+        )
+
+    # Each user's reserved balance is the sum of that user's open reservations.
+    open_amounts: dict[int, int] = defaultdict(int)
+    for user, service, order, _ in seen.reservations:
+        resv = await ctx.ledger.reservation(user, service, order)
+        assert resv is not None
+        if resv["status"] == "reserved":
+            open_amounts[user] += int(resv["amount"])
+        elif resv["status"] == "recognized":
+            assert 0 < int(resv["recognized_amount"]) <= int(resv["amount"])
+    assert {u: r for u, (_, r) in final.items() if r} == dict(open_amounts)

@@ -1,0 +1,109 @@
+"""Schemathesis against a live `billing serve` from its own /openapi.json: no 5xx, every answer as documented.
+
+Short form (default, bounded examples, fixed seed). Long form, with its figures in the README:
+`BILLING_FUZZ_EXAMPLES=300 BILLING_FUZZ_SEED=random .venv/bin/pytest -m slow -s tests/reliability/test_api_fuzz.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.support.servers import MongoWireServer, RedisServer
+from tests.support.service import BillingProcess
+
+ADMIN_TOKEN = "fuzz-admin-token"
+TOKENS = {ADMIN_TOKEN: ["admin"]}
+CONFIG = Path(__file__).with_name("schemathesis.toml")
+SHORT_EXAMPLES = 8
+SHORT_SEED = 20261126
+
+
+@pytest.fixture(scope="module")
+def fuzz_service(mongo_server: MongoWireServer) -> Iterator[BillingProcess]:
+    redis_server = RedisServer().start()
+    service = BillingProcess(
+        redis_server.url, mongo_server.url, TOKENS, workers=2, mongo_db=f"fuzz_{uuid.uuid4().hex[:8]}"
+    ).start()
+    yield service
+    service.stop()
+    redis_server.stop()
+    shutil.rmtree(redis_server.dir, ignore_errors=True)
+
+
+def run_schemathesis(service: BillingProcess, examples: int, seed: int, report_dir: Path) -> dict[str, Any]:
+    """`st run` with every check; returns its JSON report (figures and failures)."""
+    spec = requests.get(service.url + "/openapi.json", timeout=10)
+    # Not a skip: without the published spec there is nothing to hold the API to.
+    assert spec.status_code == 200, f"GET /openapi.json answered {spec.status_code}: the API publishes no spec"
+    report = report_dir / "schemathesis.json"
+    command = [
+        str(Path(sys.executable).with_name("st")),
+        "--config-file",
+        str(CONFIG),
+        "--no-color",
+        "run",
+        service.url + "/openapi.json",
+        "--header",
+        f"Authorization: Bearer {ADMIN_TOKEN}",
+        "--checks",
+        "all",
+        "--max-examples",
+        str(examples),
+        "--seed",
+        str(seed),
+        "--workers",
+        "2",
+        "--report",
+        "json",
+        "--report-json-path",
+        str(report),
+        "--output-truncate",
+        "false",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+    assert report.exists(), done.stdout[-5000:] + done.stderr[-5000:]
+    figures = json.loads(report.read_text())
+    figures["output"] = done.stdout
+    return figures
+
+
+def summary(figures: dict[str, Any]) -> str:
+    server_errors = sum(f["count"] for f in figures["failures"] if f["code"] == "ST101")
+    return (
+        f"schemathesis {figures['schemathesis_version']}, seed {figures['seed']}: "
+        f"{figures['operations']['tested']} operations, {figures['test_cases']['generated']} test cases, "
+        f"{len(figures['failures'])} kinds of failure, 5xx {server_errors}, {figures['running_time']:.0f} s"
+    )
+
+
+def check(figures: dict[str, Any]) -> None:
+    print("\n" + summary(figures))
+    assert figures["operations"]["tested"] == figures["operations"]["selected"] > 0
+    assert not figures["errors"], (figures["errors"], figures["output"][-30000:])
+    assert figures["exit_code"] == 0, figures["output"][-30000:]
+
+
+def test_api_conforms_to_its_openapi_spec(fuzz_service: BillingProcess, tmp_path: Path) -> None:
+    check(run_schemathesis(fuzz_service, SHORT_EXAMPLES, SHORT_SEED, tmp_path))
+
+
+@pytest.mark.slow
+def test_long_fuzz_run(fuzz_service: BillingProcess, tmp_path: Path) -> None:
+    examples = int(os.environ.get("BILLING_FUZZ_EXAMPLES", "0"))
+    if examples <= 0:
+        pytest.skip("long form: set BILLING_FUZZ_EXAMPLES (e.g. 300)")
+    raw_seed = os.environ.get("BILLING_FUZZ_SEED", "random")
+    seed = random.randrange(2**31) if raw_seed == "random" else int(raw_seed)
+    check(run_schemathesis(fuzz_service, examples, seed, tmp_path))

@@ -1,0 +1,63 @@
+"""A TCP proxy for fault injection: forwards to a server, and can swallow the reply to one marked request."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+
+class ReplyDroppingProxy:
+    """Forwards bytes both ways; when armed, the first request containing `marker` reaches the server
+    but its reply never reaches the client: the proxy aborts that client connection instead."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.marker: bytes | None = None
+        self.dropped = 0
+        self.server: asyncio.AbstractServer | None = None
+        self.port = 0
+
+    async def start(self) -> ReplyDroppingProxy:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def arm(self, marker: bytes) -> None:
+        self.marker = marker.lower()
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            with contextlib.suppress(Exception):
+                await self.server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        doomed = asyncio.Event()
+
+        async def to_server() -> None:
+            while data := await reader.read(65536):
+                if self.marker is not None and self.marker in data.lower():
+                    self.marker = None  # one shot
+                    doomed.set()
+                up_writer.write(data)
+                await up_writer.drain()
+            up_writer.close()
+
+        async def to_client() -> None:
+            while data := await up_reader.read(65536):
+                if doomed.is_set():
+                    # The server has run the command; its answer is lost with the connection.
+                    self.dropped += 1
+                    writer.transport.abort()
+                    up_writer.close()
+                    return
+                writer.write(data)
+                await writer.drain()
+            writer.close()
+
+        await asyncio.gather(to_server(), to_client(), return_exceptions=True)
