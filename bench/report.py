@@ -153,8 +153,9 @@ def render(results: Any, command: str) -> str:
     batch = results.batch
     batch_line = (
         f"{batch.operations} operations in {batch.batches} batches over {batch.seconds:.1f} s, "
-        f"{batch.failures} not 201; Redis spent {results.redis_us_per_deposit:.1f} µs per deposit script "
-        "(INFO commandstats, evalsha usec_per_call)"
+        f"{batch.failures} not 201. CPU per operation (from /proc): workers {results.batch_cpu_us[0]:.1f} µs, "
+        f"Redis {results.batch_cpu_us[1]:.1f} µs, SecantusDB projection {results.batch_cpu_us[2]:.1f} µs; "
+        f"Redis ran scripts for {results.redis_us_per_deposit:.1f} µs per deposit (INFO commandstats, evalsha usec)"
         if batch is not None
         else "not run"
     )

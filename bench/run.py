@@ -43,6 +43,7 @@ class Results:
     paced: dict[str, PacedResult] = field(default_factory=dict)
     batch: object = None
     redis_us_per_deposit: float = 0.0
+    batch_cpu_us: tuple[float, float, float] = (0.0, 0.0, 0.0)  # per operation: workers, Redis, SecantusDB
     rss: dict[int, list[int]] = field(default_factory=dict)  # worker pid -> KiB samples
     soak_seconds: float = 0.0
     redis_pid: int = 0
@@ -61,6 +62,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--output", type=Path, default=Path(__file__).resolve().parent / "RESULTS.md")
     parser.add_argument("--no-write", action="store_true", help="print the table only")
+    parser.add_argument(
+        "--only",
+        choices=["batch"],
+        default=None,
+        help="run one part alone and print it (no RESULTS.md): batch = POST /v1/batch throughput and CPU per op",
+    )
     parser.add_argument(
         "--service-env",
         action="append",
@@ -143,9 +150,12 @@ def paced_runs(args: argparse.Namespace, service: Served, results: Results) -> N
         )
 
 
-def batch_run(args: argparse.Namespace, redis_url: str, service: Served, results: Results) -> None:
+def batch_run(
+    args: argparse.Namespace, redis_url: str, service: Served, results: Results, mongo_pid: int = 0
+) -> None:
     client = redis.Redis.from_url(redis_url)
     client.config_resetstat()
+    before = (service.cpu_seconds(), process_cpu_seconds(results.redis_pid), process_cpu_seconds(mongo_pid))
     results.batch = run_batches(
         service.url,
         BENCH_TOKEN,
@@ -154,12 +164,19 @@ def batch_run(args: argparse.Namespace, redis_url: str, service: Served, results
         concurrency=2 * args.workers,
         users=USERS,
     )
+    after = (service.cpu_seconds(), process_cpu_seconds(results.redis_pid), process_cpu_seconds(mongo_pid))
+    ops = max(1, results.batch.operations)
+    results.batch_cpu_us = tuple(1e6 * (a - b) / ops for a, b in zip(after, before, strict=True))
     stats = client.info("commandstats").get("cmdstat_evalsha", {})
-    results.redis_us_per_deposit = float(stats.get("usec_per_call", 0.0))
+    calls = max(1, int(stats.get("calls", 0)))
+    results.redis_us_per_deposit = float(stats.get("usec", 0.0)) / max(calls, ops)
     client.close()
+    worker_us, redis_us, mongo_us = results.batch_cpu_us
     print(
         f"  batch: {results.batch.ops_per_second:.0f} ops/s ({results.batch.operations} ops, "
-        f"failures {results.batch.failures}); Redis {results.redis_us_per_deposit:.1f} us per deposit script",
+        f"failures {results.batch.failures}); CPU per op: workers {worker_us:.1f} us, Redis {redis_us:.1f} us, "
+        f"SecantusDB (projection) {mongo_us:.1f} us; scripts {results.redis_us_per_deposit:.1f} us per deposit "
+        f"({calls} EVALSHA calls)",
         flush=True,
     )
 
@@ -238,10 +255,13 @@ def main(argv: list[str] | None = None) -> int:
             started.append(service)
             floor.wait_ready(args.workers)
             service.wait_ready(args.workers)
+            if args.only == "batch":
+                batch_run(args, redis_server.url, service, results, mongo_server.proc.pid)
+                return 0
             seed(redis_server.url, service)
             closed_rounds(args, floor, service, results)
             paced_runs(args, service, results)
-            batch_run(args, redis_server.url, service, results)
+            batch_run(args, redis_server.url, service, results, mongo_server.proc.pid)
             soak(args, service, results)
     finally:
         for served in reversed(started):

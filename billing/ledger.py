@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
+
+from billing import redis_raw
 
 
 def _lua_dir() -> Path:
@@ -22,19 +23,21 @@ def _lua_dir() -> Path:
 
 LUA_DIR = _lua_dir()
 SCRIPT_NAMES = ("deposit", "withdraw", "transfer", "reserve", "recognize", "cancel", "set_service")
+BATCH = "batch"
+# Operations per batch script run: a run blocks Redis while it lasts (about 5 µs per deposit), so a
+# 1000-operation request becomes 4 runs sent in one pipeline, and other clients wait at most a few ms.
+BATCH_CHUNK = 250
 
 
-@dataclass(frozen=True)
-class Idempotency:
+class Idempotency(NamedTuple):
     """Who asked (a token's stable id) and the Idempotency-Key they sent."""
 
     scope: str
     key: str
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """What a script decided: HTTP status and either a body or an error code."""
+class Outcome(NamedTuple):
+    """What a script decided: HTTP status and either a body or an error code (a tuple: cheap to build)."""
 
     status: int
     body: dict[str, Any] | None
@@ -92,8 +95,16 @@ class RedisKeys:
 
 
 def load_script_sources() -> dict[str, str]:
+    """One script per operation (prelude + its file + one call), and the batch script running them all.
+
+    Every operation's logic lives once, in its file under lua/, as a function the prelude's entry points
+    call: the single script runs one operation, lua/_batch.lua runs many in one script run.
+    """
     prelude = (LUA_DIR / "_prelude.lua").read_text()
-    return {name: prelude + "\n" + (LUA_DIR / f"{name}.lua").read_text() for name in SCRIPT_NAMES}
+    ops = {name: (LUA_DIR / f"{name}.lua").read_text() for name in SCRIPT_NAMES}
+    sources = {name: f"{prelude}\n{ops[name]}\nreturn run_single('{name}')\n" for name in SCRIPT_NAMES}
+    sources[BATCH] = "\n".join([prelude, *ops.values(), (LUA_DIR / "_batch.lua").read_text()])
+    return sources
 
 
 class Ledger:
@@ -121,6 +132,20 @@ class Ledger:
         """(sha, keys, args) of one script call; batch pipelines reuse this."""
         common_keys, common_args = self._common(idem, fp)
         return self._shas[name], common_keys + keys, common_args + [str(a) for a in args]
+
+    def batch_command(self, calls: list[tuple[str, Idempotency | None, str, list[str], list[Any]]]) -> bytes:
+        """The EVALSHA of one batch script run (lua/_batch.lua) of (name, idem, fingerprint, keys, args)
+        operations, packed for billing/redis_raw.py to send."""
+        keys = [self.keys.outbox, self.keys.meta, self.keys.totals]
+        args = [self.idempotency_ttl]
+        idempotency = self.keys.idempotency
+        for name, idem, fp, op_keys, op_args in calls:
+            keys.append(idempotency(idem))
+            keys.extend(op_keys)
+            args.append(name)
+            args.append(fp if idem is not None else "")
+            args.extend([str(arg) for arg in op_args])
+        return redis_raw.pack(["EVALSHA", self._shas[BATCH], str(len(keys)), *keys, *args])
 
     async def run(self, name: str, idem: Idempotency | None, fp: str, keys: list[str], args: list[Any]) -> Outcome:
         sha, all_keys, all_args = self.script_call(name, idem, fp, keys, args)
@@ -187,7 +212,9 @@ class Ledger:
             return None
         return {k.decode(): v.decode() for k, v in raw.items()}
 
-    async def user_reservations(self, user_id: int, status: str | None = None, limit: int = 200) -> list[dict[str, str]]:
+    async def user_reservations(
+        self, user_id: int, status: str | None = None, limit: int = 200
+    ) -> list[dict[str, str]]:
         """A user's reservations (optionally of one status), oldest first, at most `limit`.
 
         SCAN walks the whole keyspace in steps (cost grows with the number of keys, not with this user's
@@ -214,7 +241,28 @@ class Ledger:
 
 
 def decode_reply(reply: list[bytes]) -> Outcome:
-    kind, payload = reply[0], reply[1]
+    return decode_outcome(reply[0], reply[1])
+
+
+class BatchOperationFailed(Exception):
+    """One operation of a batch script run failed inside Redis (the others ran)."""
+
+
+def decode_batch_reply(reply: list[bytes]) -> list[Outcome | Exception]:
+    """The outcomes of a batch script run, in order; an exception for an operation that did not get one."""
+    out: list[Outcome | Exception] = []
+    for index in range(0, len(reply), 2):
+        kind, payload = reply[index], reply[index + 1]
+        try:
+            out.append(decode_outcome(kind, payload))
+        except (IdempotencyKeyReused, BatchOperationFailed) as exc:
+            out.append(exc)
+    return out
+
+
+def decode_outcome(kind: bytes, payload: bytes) -> Outcome:
+    if kind == b"error":
+        raise BatchOperationFailed(payload.decode(errors="replace"))
     if kind == b"reused":
         raise IdempotencyKeyReused()
     outcome = orjson.loads(payload)

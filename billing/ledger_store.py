@@ -10,6 +10,7 @@ from typing import Any
 from bson.int64 import Int64
 from pymongo import ASCENDING
 from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.write_concern import WriteConcern
 
 DUPLICATE_KEY = 11000
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -77,8 +78,11 @@ class LedgerStore:
 
     def __init__(self, db: Any) -> None:
         self.db = db
-        self.transactions = db["transactions"]
-        self.services = db["services"]
+        # The projector acknowledges outbox entries once MongoDB confirms; a confirmation must mean
+        # "on disk" (journaled), or a MongoDB crash right after it loses history for good.
+        durable = WriteConcern(w=1, j=True)
+        self.transactions = db.get_collection("transactions", write_concern=durable)
+        self.services = db.get_collection("services", write_concern=durable)
 
     async def ensure_indexes(self) -> None:
         for name, keys in TRANSACTION_INDEXES:

@@ -85,8 +85,9 @@ class Metrics:
         self.requests.labels(*labels).inc()
         self.latency.labels(*labels).observe(seconds)
 
-    def observe_operation(self, operation: str, code: str | None, replayed: bool) -> None:
-        self.operations.labels(operation, code or "ok", "true" if replayed else "false").inc()
+    def observe_operation(self, operation: str, code: str | None, replayed: bool, count: int = 1) -> None:
+        """`count` operations with this outcome (a batch reports each distinct outcome once)."""
+        self.operations.labels(operation, code or "ok", "true" if replayed else "false").inc(count)
 
     def observe_projector_batch(self, entries: int, seconds: float) -> None:
         """For the outbox projector: call once per batch written to MongoDB (via ctx.metrics)."""

@@ -64,6 +64,9 @@ def _decimal_to_kopecks(value: Decimal) -> int:
 
 def format_kopecks(kopecks: int) -> str:
     """Kopecks to the API's money string with exactly two fractional digits."""
-    sign = "-" if kopecks < 0 else ""
-    rubles, rest = divmod(abs(kopecks), KOPECKS_PER_RUBLE)
-    return f"{sign}{rubles}.{rest:02d}"
+    if kopecks >= KOPECKS_PER_RUBLE:
+        digits = str(kopecks)  # the digits themselves: cheaper than divmod and a format (a batch calls this 6x per op)
+        return digits[:-2] + "." + digits[-2:]
+    if kopecks >= 0:
+        return f"0.{kopecks:02d}"
+    return "-" + format_kopecks(-kopecks)

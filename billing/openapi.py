@@ -14,6 +14,7 @@ from billing import schemas
 from billing.auth import ROLES
 from billing.errors import PROBLEM_CONTENT_TYPE, PROBLEMS
 from billing.operations import OPERATIONS
+from billing.report_month import MONTH_PATTERN
 
 REF = "#/components/schemas/{model}"
 ANY_ROLE = ROLES
@@ -59,8 +60,7 @@ class Op:
 ID_SCHEMA = TypeAdapter(schemas.Id).json_schema()
 USER_ID = Param("user_id", "path", "The user", schemas.Id, True)
 SERVICE_ID = Param("service_id", "path", "The service", schemas.Id, True)
-# 1970-01 … 2999-12, as billing/report_month.py accepts
-MONTH = {"type": "string", "pattern": r"^(19[7-9][0-9]|2[0-9]{3})-(0[1-9]|1[0-2])$", "examples": ["2026-11"]}
+MONTH = {"type": "string", "pattern": MONTH_PATTERN, "examples": ["2026-11"]}
 BOM_FLAG = {"type": "string", "enum": ["1", "0", "true", "false"]}
 
 # Response model of each money operation (the request model and roles come from billing.operations).

@@ -5,6 +5,7 @@ HTTP handlers and the batch endpoint both go through here, so an operation behav
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -13,8 +14,17 @@ import orjson
 from pydantic import ValidationError
 from redis.exceptions import NoScriptError
 
+from billing import redis_raw
 from billing.errors import ApiError, problem_body, validation_errors
-from billing.ledger import Idempotency, IdempotencyKeyReused, Ledger, Outcome, decode_reply, fingerprint
+from billing.ledger import (
+    BATCH_CHUNK,
+    Idempotency,
+    IdempotencyKeyReused,
+    Ledger,
+    Outcome,
+    decode_batch_reply,
+    fingerprint,
+)
 from billing.render import render_outcome_body
 from billing.schemas import (
     CancelRequest,
@@ -111,8 +121,12 @@ def validate(spec: OperationSpec, data: Any) -> Request:
 
 
 def request_fingerprint(spec: OperationSpec, request: Request) -> str:
-    """Same operation and same validated fields give the same fingerprint, whichever way they were sent."""
-    return fingerprint("POST " + spec.path, orjson.dumps(request.model_dump(), option=orjson.OPT_SORT_KEYS))
+    """Same operation and same validated fields give the same fingerprint, whichever way they were sent.
+
+    The canonical form is the sorted JSON of the validated fields. Request models are flat (ints, strings,
+    None), so their __dict__ is exactly model_dump(), without its cost (tests/unit/test_fast_paths.py).
+    """
+    return fingerprint("POST " + spec.path, orjson.dumps(request.__dict__, option=orjson.OPT_SORT_KEYS))
 
 
 def reply_from_outcome(outcome: Outcome, lang: str) -> Reply:
@@ -127,8 +141,9 @@ class MoneyOperations:
 
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
-        # observer(operation, problem code or None, replayed): metrics of script outcomes (billing/metrics.py)
-        self.observer: Callable[[str, str | None, bool], None] | None = None
+        # observer(operation, problem code or None, replayed[, count]): metrics of script outcomes
+        # (billing/metrics.py); a batch calls it once per distinct outcome with how many had it
+        self.observer: Callable[..., None] | None = None
 
     def _observe(self, spec: OperationSpec, outcome: Outcome) -> None:
         if self.observer is not None:
@@ -149,40 +164,45 @@ class MoneyOperations:
     async def execute_many(
         self, items: Sequence[tuple[OperationSpec, Request, Idempotency | None]], lang: str
     ) -> list[Reply]:
-        """Each item atomic and idempotent on its own; all sent to Redis in one pipeline."""
+        """Each item atomic and idempotent on its own, run in order by batch script runs of BATCH_CHUNK
+        operations (lua/_batch.lua), all sent to Redis in one pipeline."""
         calls = []
         for spec, request, idem in items:
             name, keys, args = spec.to_call(self.ledger, request)
             fp = request_fingerprint(spec, request) if idem else ""
-            calls.append(self.ledger.script_call(name, idem, fp, keys, args))
-        raw = await self._pipeline(calls)
-        replies = []
-        for (spec, _request, _idem), result in zip(items, raw, strict=True):
+            calls.append((name, idem, fp, keys, args))
+        chunks = [calls[start : start + BATCH_CHUNK] for start in range(0, len(calls), BATCH_CHUNK)]
+        raw = await self._pipeline(chunks)
+        outcomes: list[Outcome | Exception] = []
+        for chunk, result in zip(chunks, raw, strict=True):
             if isinstance(result, Exception):
-                if self.observer is not None:
-                    self.observer(spec.name, "internal_error", False)
-                replies.append(Reply(500, problem_body("internal_error", "The operation failed; retry it")))
-                continue
-            try:
-                outcome = decode_reply(result)
-            except IdempotencyKeyReused:
-                if self.observer is not None:
-                    self.observer(spec.name, "idempotency_key_reused", False)
+                outcomes.extend([result] * len(chunk))
+            else:
+                outcomes.extend(decode_batch_reply(result))
+        replies = []
+        observed: Counter[tuple[str, str | None, bool]] = Counter()
+        for (spec, _request, _idem), outcome in zip(items, outcomes, strict=True):
+            if isinstance(outcome, IdempotencyKeyReused):
+                observed[spec.name, "idempotency_key_reused", False] += 1
                 replies.append(Reply(422, problem_body("idempotency_key_reused")))
-                continue
-            self._observe(spec, outcome)
-            replies.append(reply_from_outcome(outcome, lang))
+            elif isinstance(outcome, Exception):
+                observed[spec.name, "internal_error", False] += 1
+                replies.append(Reply(500, problem_body("internal_error", "The operation failed; retry it")))
+            else:
+                observed[spec.name, outcome.error, outcome.replayed] += 1
+                replies.append(reply_from_outcome(outcome, lang))
+        if self.observer is not None:
+            for (name, code, replayed), count in observed.items():
+                self.observer(name, code, replayed, count)
         return replies
 
-    async def _pipeline(self, calls: list[tuple[str, list[str], list[str]]]) -> list[Any]:
-        results: list[Any] = [None] * len(calls)
-        pending = list(range(len(calls)))
+    async def _pipeline(self, chunks: list[list[Any]]) -> list[Any]:
+        """One batch script run per chunk, all in one write; runs refused with NOSCRIPT are sent again once."""
+        results: list[Any] = [None] * len(chunks)
+        pending = list(range(len(chunks)))
         for attempt in range(2):
-            pipe = self.ledger.redis.pipeline(transaction=False)
-            for index in pending:
-                sha, keys, args = calls[index]
-                pipe.evalsha(sha, len(keys), *keys, *args)
-            answers = await pipe.execute(raise_on_error=False)
+            commands = [self.ledger.batch_command(chunks[index]) for index in pending]
+            answers = await redis_raw.pipeline(self.ledger.redis, commands)
             retry = []
             for index, answer in zip(pending, answers, strict=True):
                 if isinstance(answer, NoScriptError) and attempt == 0:

@@ -79,8 +79,11 @@ _ORDER = (
 )
 
 
+_RANK = {key: rank for rank, key in enumerate(_ORDER)}
+
+
 def _key_rank(key: str) -> int:
-    return _ORDER.index(key) if key in _ORDER else len(_ORDER)
+    return _RANK.get(key, len(_ORDER))
 
 
 def render_outcome_body(body: Mapping[str, Any], lang: str) -> dict[str, Any]:

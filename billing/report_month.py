@@ -11,6 +11,8 @@ from billing.errors import ApiError
 
 FIRST_YEAR = 1970
 LAST_YEAR = 2999
+# The published form of the same rule (OpenAPI): 1970-01 … 2999-12.
+MONTH_PATTERN = r"^(19[7-9][0-9]|2[0-9]{3})-(0[1-9]|1[0-2])$"
 _MONTH_RE = re.compile(r"([0-9]{4})-([0-9]{2})", re.ASCII)
 
 

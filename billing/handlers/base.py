@@ -132,13 +132,21 @@ class BaseHandler(tornado.web.RequestHandler):
         self.finish(orjson.dumps(body))
 
     def path_id(self, raw: str, field: str) -> int:
-        if not raw.isdigit() or len(raw) > 19 or not 1 <= int(raw) <= 2**63 - 1:
+        """An id in a path or query: ASCII digits, 1 to 2^63-1; "42.0" is 42, as for ids in bodies."""
+        digits, dot, fraction = raw.partition(".")
+        integral = not dot or (fraction != "" and fraction.strip("0") == "" and len(fraction) <= 20)
+        if (
+            not integral
+            or not (digits.isascii() and digits.isdigit())
+            or len(digits) > 19
+            or not 1 <= int(digits) <= 2**63 - 1
+        ):
             raise ApiError(
                 "validation_error",
                 f"{field} must be an integer from 1 to 2^63-1",
                 [{"field": field, "message": "must be an integer from 1 to 2^63-1"}],
             )
-        return int(raw)
+        return int(digits)
 
     # ---- errors ----------------------------------------------------------------------------
 

@@ -55,8 +55,7 @@ def shots(tmp_path: Path) -> Path:
 
 def require_read_side(ctx: Context) -> None:
     missing = [name for name in ("projector", "history", "reports") if getattr(ctx, name) is None]
-    if missing:
-        pytest.skip(f"waiting for {', '.join(missing)} to land")
+    assert not missing, f"the console needs {', '.join(missing)}"
 
 
 async def seed(api: Api, ctx: Context) -> str:

@@ -220,3 +220,12 @@ async def test_request_id_is_echoed_or_generated(api: Api) -> None:
     assert r.headers["X-Request-ID"] == "abc-123"
     r = await api.get("/nowhere")
     assert len(r.headers["X-Request-ID"]) == 32
+
+
+@pytest.mark.parametrize(("raw", "status"), [("11.0", 200), ("11.00", 200), ("11.5", 400), ("١١", 400), ("11.", 400)])
+async def test_path_ids_take_integral_forms_only(api: Api, raw: str, status: int) -> None:
+    await api.deposit(11, "1.00")
+    r = await api.get(f"/v1/users/{raw}/balance", token="tok-payments")
+    assert r.status == status, r.body
+    if status == 200:
+        assert r.json["user_id"] == 11

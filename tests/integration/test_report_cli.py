@@ -17,7 +17,7 @@ import billing.stores
 from billing.cli import main
 from billing.context import Context
 from tests.support.api import Api
-from tests.support.report_ledger import Ledger
+from tests.support.report_docs import Ledger
 from tests.support.servers import MongoWireServer
 
 NOV = datetime(2025, 11, 15, 12, 0, tzinfo=UTC)

@@ -20,7 +20,7 @@ from billing.context import Context, build_context
 from billing.lifecycle import start_components
 from billing.reports import Reports
 from tests.support.api import Api, Response
-from tests.support.report_ledger import Ledger
+from tests.support.report_docs import Ledger
 from tests.support.servers import free_port
 
 pytestmark = pytest.mark.parametrize("mongo_backend", ["mongomock", "secantus"], indirect=True)

@@ -1,4 +1,4 @@
-"""Reservation stories (reserve, charge, release) written as ledger documents, for revenue report tests."""
+"""Documents of the agreed MongoDB schema (`transactions`, `services`) written straight into a test DB."""
 
 from __future__ import annotations
 
@@ -8,16 +8,24 @@ from typing import Any
 
 from bson import Int64
 
-from billing.timefmt import datetime_to_ms
-from tests.support.ledger_docs import txn
-
 _ids = itertools.count(1)
 
 
-def txn_doc(kind: str, amount: int, when: datetime, service_id: int) -> dict[str, Any]:
-    """One `transactions` document of user 1 at `when` (UTC, millisecond precision) for `service_id`."""
-    ms = datetime_to_ms(when.astimezone(UTC))
-    return txn(next(_ids), 1, kind, amount, ms, service_id=service_id, order_id=next(_ids))
+def txn_doc(kind: str, amount: int, when: datetime, service_id: int | None = None, user_id: int = 1) -> dict[str, Any]:
+    """One immutable ledger record as the projector writes it (created_at in UTC, ms precision)."""
+    doc: dict[str, Any] = {
+        "_id": Int64(next(_ids)),
+        "type": kind,
+        "user_id": Int64(user_id),
+        "amount": Int64(amount),
+        "available_after": Int64(0),
+        "reserved_after": Int64(0),
+        "created_at": when.astimezone(UTC).replace(microsecond=when.microsecond // 1000 * 1000),
+    }
+    if service_id is not None:
+        doc["service_id"] = Int64(service_id)
+        doc["order_id"] = Int64(next(_ids))
+    return doc
 
 
 class Ledger:

@@ -1,0 +1,109 @@
+"""The batch hot path's shortcuts give exactly what the general code gives."""
+
+from __future__ import annotations
+
+import random
+from decimal import Decimal
+from typing import Any
+
+import orjson
+import pytest
+from redis.connection import Connection
+
+from billing import redis_raw
+from billing.errors import ApiError
+from billing.handlers.batch import _operations
+from billing.jsonbody import _has_float, parse_json
+from billing.ledger import fingerprint
+from billing.money import format_kopecks
+from billing.operations import OPERATIONS, request_fingerprint
+from billing.schemas import BATCH_OPERATIONS, BatchRequest
+
+
+def reference_format(kopecks: int) -> str:
+    sign = "-" if kopecks < 0 else ""
+    rubles, rest = divmod(abs(kopecks), 100)
+    return f"{sign}{rubles}.{rest:02d}"
+
+
+def test_format_kopecks_matches_the_divmod_definition() -> None:
+    rng = random.Random(5)
+    values = list(range(-1001, 1002)) + [10**15, -(10**15), 2**63 - 1, -(2**63)]
+    values += [rng.randint(-(10**16), 10**16) for _ in range(2000)]
+    for kopecks in values:
+        assert format_kopecks(kopecks) == reference_format(kopecks)
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ({"a": [1, {"b": "1.5"}], "c": None}, False),
+        ({"a": [1, {"b": 1.5}]}, True),
+        ([[[[0.0]]]], True),
+        ([True, "x", {"y": [None, 2**70]}], False),
+        (1e3, True),
+    ],
+)
+def test_float_detection_looks_everywhere(value: Any, expected: bool) -> None:
+    assert _has_float(value) is expected
+
+
+def test_a_deeply_nested_body_is_still_parsed_exactly() -> None:
+    body = b"[" * 500 + b"1.10" + b"]" * 500
+    value = parse_json(body)
+    for _ in range(500):
+        value = value[0]
+    assert value == Decimal("1.10")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"operations": [{"op": "deposit"}]},
+        {"operations": [{}] * 1000},
+        {"operations": []},
+        {"operations": [{}] * 1001},
+        {"operations": {"op": "deposit"}},
+        {"operations": [1]},
+        {"operations": [[]]},
+        {"operations": [{}], "extra": 1},
+        {},
+        {"operations": None},
+    ],
+)
+def test_envelope_shortcut_agrees_with_the_model(data: dict[str, Any]) -> None:
+    try:
+        expected: Any = BatchRequest.model_validate(data).operations
+    except Exception:
+        expected = "refused"
+    try:
+        got: Any = _operations(data)
+    except ApiError as exc:
+        assert exc.code == "validation_error"
+        got = "refused"
+    assert got == expected
+
+
+def test_the_fingerprint_is_the_sorted_json_of_every_validated_field() -> None:
+    """request_fingerprint reads __dict__ for speed: it must be exactly model_dump() for every model."""
+    examples = {
+        "deposit": {"user_id": 1, "amount": "1.5", "comment": ""},
+        "withdrawal": {"user_id": 2**63 - 1, "amount": 3},
+        "transfer": {"from_user_id": 1, "to_user_id": 2, "amount": "0.01", "comment": "x"},
+        "reserve": {"user_id": 1, "service_id": 2, "order_id": 3, "amount": "4", "service_name": "S"},
+        "recognize": {"user_id": 1, "service_id": 2, "order_id": 3, "amount": "4"},
+        "cancel": {"user_id": 1, "service_id": 2, "order_id": 3},
+    }
+    assert set(examples) == set(BATCH_OPERATIONS)
+    for op, fields in examples.items():
+        spec = OPERATIONS[op]
+        request = spec.model.model_validate(fields)
+        assert request.__dict__ == request.model_dump()
+        canonical = orjson.dumps(request.model_dump(), option=orjson.OPT_SORT_KEYS)
+        assert request_fingerprint(spec, request) == fingerprint("POST " + spec.path, canonical)
+
+
+def test_pack_is_the_resp_redis_py_would_send() -> None:
+    command = ["EVALSHA", "ab" * 20, "2", "pre:{u:1}:acct", "ключ ✓", "", "comment with \r\n inside", "😀"]
+    expected = b"".join(Connection().pack_command(*command))
+    assert redis_raw.pack(command) == expected
