@@ -15,6 +15,7 @@ import pytest
 
 import billing.stores
 from billing.cli import main
+from billing.context import Context
 from tests.support.api import Api
 from tests.support.report_docs import Ledger
 from tests.support.servers import MongoWireServer
@@ -34,7 +35,9 @@ async def http_csv(api: Api, month: str) -> bytes:
     return answer.body
 
 
-async def fill(ledger: Ledger) -> None:
+async def fill(ctx: Context) -> None:
+    await ctx.projector.drain()  # the projector's indexes first (see test_reports_api.ledger)
+    ledger = Ledger(ctx.mongo)
     await ledger.name(1, "Продвижение")
     await ledger.name(2, 'Ads; "Pro"')
     await ledger.charge(1, 123_450, NOV)
@@ -59,9 +62,9 @@ def run_cli(mongo_url: str, db_name: str, tmp_path: Path, *args: str) -> subproc
 
 @pytest.mark.parametrize("mongo_backend", ["secantus"], indirect=True)
 async def test_cli_writes_the_http_csv_from_a_real_mongodb(
-    api: Api, mongo_db: Any, mongo_server: MongoWireServer, tmp_path: Path
+    api: Api, ctx: Context, mongo_db: Any, mongo_server: MongoWireServer, tmp_path: Path
 ) -> None:
-    await fill(Ledger(mongo_db))
+    await fill(ctx)
     expected = await http_csv(api, "2025-11")
     assert expected.startswith(b"service;total\r\n")
     out = tmp_path / "out" / "revenue.csv"
@@ -84,9 +87,9 @@ async def test_cli_writes_the_http_csv_from_a_real_mongodb(
 
 @pytest.mark.parametrize("mongo_backend", ["mongomock"], indirect=True)
 async def test_cli_on_the_embedded_store_writes_the_http_csv(
-    api: Api, mongo_db: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    api: Api, ctx: Context, mongo_db: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    await fill(Ledger(mongo_db))
+    await fill(ctx)
     expected = await http_csv(api, "2025-11")
     monkeypatch.setattr(billing.stores, "connect_mongo", lambda settings: mongo_db)
     monkeypatch.setenv("BILLING_MONGO_URL", "mongodb://127.0.0.1:1/")  # stands for the store patched in

@@ -37,8 +37,14 @@ def redis_backend() -> str:
 
 
 @pytest.fixture
-def ledger(mongo_db: Any) -> Ledger:
-    return Ledger(mongo_db)
+async def ledger(ctx: Context) -> Ledger:
+    """Writes ledger documents once the context's projector has made its indexes.
+
+    SecantusDB 0.7.0b3 can hang when createIndexes runs while documents are inserted into the same
+    new collection, so the tests wait for the projector's start-up work (drain) before writing.
+    """
+    await ctx.projector.drain()
+    return Ledger(ctx.mongo)
 
 
 async def link_for(api: Api, month: str, token: str = "tok-accounting", **extra: str) -> dict[str, str]:
@@ -224,6 +230,7 @@ async def second_instance(base: Context, reports_dir: Path) -> AsyncIterator[Api
     settings = base.settings.model_copy(update={"reports_dir": reports_dir})
     other = await build_context(settings, redis=base.redis, mongo=base.mongo)
     await start_components(other)
+    await other.projector.drain()  # its index creation done before the test's requests
     port = free_port()
     server = tornado.httpserver.HTTPServer(make_app(other))
     server.listen(port, "127.0.0.1")

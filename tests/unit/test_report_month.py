@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 import pytest
 
 from billing.errors import ApiError
+from billing.openapi import MONTH
 from billing.report_month import load_zone, parse_month
 
 MOSCOW = load_zone("Europe/Moscow")
@@ -66,3 +68,14 @@ def test_unknown_zone_is_refused_at_start() -> None:
         load_zone("Mars/Olympus")
     with pytest.raises(ValueError):
         load_zone("../etc/passwd")
+
+
+def test_published_month_pattern_admits_exactly_the_accepted_months() -> None:
+    pattern = re.compile(MONTH["pattern"])
+    for text in ["1970-01", "1999-12", "2026-11", "2999-12", "1969-12", "3000-01", "0000-01", "2026-00", "2026-13"]:
+        accepted = True
+        try:
+            parse_month(text, MOSCOW)
+        except ApiError:
+            accepted = False
+        assert bool(pattern.fullmatch(text)) == accepted, text
