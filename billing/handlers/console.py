@@ -32,6 +32,7 @@ from billing.errors import ApiError
 from billing.handlers.base import UNAVAILABLE_ERRORS
 from billing.money import format_kopecks
 from billing.render import render_reservation
+from billing.report_month import MONTH_PATTERN
 
 log = logging.getLogger("billing.console")
 
@@ -53,7 +54,7 @@ SECURITY_HEADERS = {
 }
 SUPPORT = frozenset({"support"})
 ACCOUNTING = frozenset({"accounting"})
-MONTH = re.compile(r"^[0-9]{4}-(0[1-9]|1[0-2])$")
+MONTH = re.compile(MONTH_PATTERN)
 
 
 class ConsoleError(Exception):
