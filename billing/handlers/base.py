@@ -52,7 +52,29 @@ class _RequestIds:
 _request_ids = _RequestIds()
 
 
-class BaseHandler(tornado.web.RequestHandler):
+class RequestHooks(tornado.web.RequestHandler):
+    """What every handler of ours shares, API or console: quiet logs for expected errors, the finish hook."""
+
+    ctx: Context
+    expected_errors: tuple[type[Exception], ...] = (ApiError,)
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, self.expected_errors):
+            return
+        if isinstance(value, tornado.web.HTTPError) and value.status_code < 500:
+            return
+        if isinstance(value, UNAVAILABLE_ERRORS):
+            log.warning("backing store unavailable: %r", value)
+            return
+        super().log_exception(typ, value, tb)
+
+    def on_finish(self) -> None:
+        hook = self.ctx.extras.get("on_request_finished")
+        if hook is not None:
+            hook(self)
+
+
+class BaseHandler(RequestHooks):
     """Every route derives from this: one error format, one access log line."""
 
     roles: frozenset[str] = frozenset()  # empty: no token needed
@@ -189,20 +211,6 @@ class BaseHandler(tornado.web.RequestHandler):
             if getattr(type(self), m.lower()) is not getattr(tornado.web.RequestHandler, m.lower())
         ]
 
-    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
-        if isinstance(value, ApiError):
-            return
-        if isinstance(value, tornado.web.HTTPError) and value.status_code < 500:
-            return
-        if isinstance(value, UNAVAILABLE_ERRORS):
-            log.warning("backing store unavailable: %r", value)
-            return
-        super().log_exception(typ, value, tb)
-
-    def on_finish(self) -> None:
-        hook = self.ctx.extras.get("on_request_finished")
-        if hook is not None:
-            hook(self)
 
 
 class NotFoundHandler(BaseHandler):

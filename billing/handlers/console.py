@@ -29,7 +29,7 @@ from billing.console.text import TEXT, other_language, pick_language
 from billing.context import Context
 from billing.descriptions import SUPPORTED_LANGUAGES
 from billing.errors import ApiError
-from billing.handlers.base import UNAVAILABLE_ERRORS
+from billing.handlers.base import UNAVAILABLE_ERRORS, RequestHooks
 from billing.money import format_kopecks
 from billing.render import render_reservation
 from billing.report_month import MONTH_PATTERN
@@ -70,12 +70,13 @@ def short_time(rfc3339: str | None) -> str:
     return rfc3339[:19].replace("T", " ") if rfc3339 else ""
 
 
-class ConsoleHandler(tornado.web.RequestHandler):
+class ConsoleHandler(RequestHooks):
     """Base of every console page: security headers, language, CSRF on POST, session and role checks."""
 
     roles: frozenset[str] = frozenset()  # any one of them (admin always); empty: any signed-in principal
     public = False  # pages anyone may see (the sign-in form)
     route_name = "/console"
+    expected_errors = (ConsoleError,)
 
     def initialize(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -183,19 +184,6 @@ class ConsoleHandler(tornado.web.RequestHandler):
             return
         title_key = "forbidden_title" if status == 403 else "error_title"
         self.render("console_error.html", title=TEXT[self.lang][title_key], message=TEXT[self.lang][key].format(**params))
-
-    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
-        if isinstance(value, ConsoleError):
-            return
-        if isinstance(value, UNAVAILABLE_ERRORS):
-            log.warning("backing store unavailable: %r", value)
-            return
-        super().log_exception(typ, value, tb)
-
-    def on_finish(self) -> None:
-        hook = self.ctx.extras.get("on_request_finished")
-        if hook is not None:
-            hook(self)
 
 
 def safe_next(raw: str | None) -> str:
