@@ -142,6 +142,17 @@ local function balance_body(user_id, available, reserved)
   return {user_id = user_id, available = int(available), reserved = int(reserved)}
 end
 
+-- Why amount cannot be taken out of an account's available money (status, code), or nil when it can.
+local function debit_problem(available, amount)
+  if not available then
+    return 404, 'account_not_found'
+  end
+  if available < tonumber(amount) then
+    return 409, 'insufficient_funds'
+  end
+  return nil
+end
+
 -- A transaction record: the outbox and the history carry exactly this.
 local function new_txn(kind, user_id, amount, available, reserved, extra)
   local txn = {
@@ -174,6 +185,12 @@ local function reservation_body(key)
     amount = h.amount, status = h.status, recognized_amount = h.recognized_amount or cjson.null,
     created_at = h.created_at, updated_at = h.updated_at,
   }
+end
+
+-- The answer when a reservation call changes nothing (the same reserve, recognize or cancel again).
+local function unchanged_reservation(key, user_id, available, reserved)
+  return finish(200, {reservation = reservation_body(key),
+    balance = balance_body(user_id, available or 0, reserved or 0)})
 end
 
 -- Entry point of a single script: one operation, laid out as described at the top.

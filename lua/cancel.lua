@@ -15,8 +15,7 @@ OPS.cancel = {nkeys = 3, nargs = 4, run = function(k, a)
   end
   local available, reserved = account(ACCOUNT)
   if status == 'cancelled' then
-    return finish(200, {reservation = reservation_body(RESERVATION),
-      balance = balance_body(user_id, available, reserved)})
+    return unchanged_reservation(RESERVATION, user_id, available, reserved)
   end
   if status ~= 'reserved' then
     return refuse(409, 'reservation_closed')

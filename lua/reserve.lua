@@ -17,14 +17,11 @@ OPS.reserve = {nkeys = 3, nargs = 6, run = function(k, a)
     if existing ~= amount then
       return refuse(409, 'reservation_conflict')
     end
-    return finish(200, {reservation = reservation_body(RESERVATION),
-      balance = balance_body(user_id, available or 0, reserved or 0)})
+    return unchanged_reservation(RESERVATION, user_id, available, reserved)
   end
-  if not available then
-    return refuse(404, 'account_not_found')
-  end
-  if available < tonumber(amount) then
-    return refuse(409, 'insufficient_funds')
+  local status, code = debit_problem(available, amount)
+  if status then
+    return refuse(status, code)
   end
   available = rcall('HINCRBY', ACCOUNT, 'available', '-' .. amount)
   reserved = rcall('HINCRBY', ACCOUNT, 'reserved', amount)

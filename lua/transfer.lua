@@ -9,11 +9,9 @@ OPS.transfer = {nkeys = 2, nargs = 4, run = function(k, a)
   local FROM, TO = KEYS[k], KEYS[k + 1]
   local from_id, to_id, amount, comment = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
   local from_available, from_reserved = account(FROM)
-  if not from_available then
-    return refuse(404, 'account_not_found')
-  end
-  if from_available < tonumber(amount) then
-    return refuse(409, 'insufficient_funds')
+  local status, code = debit_problem(from_available, amount)
+  if status then
+    return refuse(status, code)
   end
   local to_available, to_reserved = account(TO)
   if not to_available then

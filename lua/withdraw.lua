@@ -8,11 +8,9 @@ OPS.withdraw = {nkeys = 1, nargs = 3, run = function(k, a)
   local ACCOUNT = KEYS[k]
   local user_id, amount, comment = ARGV[a], ARGV[a + 1], ARGV[a + 2]
   local available, reserved = account(ACCOUNT)
-  if not available then
-    return refuse(404, 'account_not_found')
-  end
-  if available < tonumber(amount) then
-    return refuse(409, 'insufficient_funds')
+  local status, code = debit_problem(available, amount)
+  if status then
+    return refuse(status, code)
   end
   available = rcall('HINCRBY', ACCOUNT, 'available', '-' .. amount)
   add_total('withdrawn', amount)
