@@ -56,7 +56,8 @@ def batch_scope(idem: Idempotency) -> Idempotency:
 
 def batch_operation_key(idem: Idempotency, index: int) -> Idempotency:
     """The key of the index-th operation of a batch sent with Idempotency-Key (when it names none itself)."""
-    return Idempotency(scope=idem.scope + "/batch", key=f"{idem.key}#{index}")
+    # A scope of their own: a batch's own key (any visible ASCII, '#' included) can never name one of these.
+    return Idempotency(scope=idem.scope + "/batch-op", key=f"{idem.key}#{index}")
 
 
 def fingerprint(operation: str, canonical: bytes) -> str:

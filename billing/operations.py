@@ -185,6 +185,9 @@ class MoneyOperations:
             if isinstance(outcome, IdempotencyKeyReused):
                 observed[spec.name, "idempotency_key_reused", False] += 1
                 replies.append(Reply(422, problem_body("idempotency_key_reused")))
+            elif isinstance(outcome, NoScriptError):
+                observed[spec.name, "unavailable", False] += 1
+                replies.append(Reply(503, problem_body("unavailable", "The operation did not run; retry it")))
             elif isinstance(outcome, Exception):
                 observed[spec.name, "internal_error", False] += 1
                 replies.append(Reply(500, problem_body("internal_error", "The operation failed; retry it")))
@@ -203,12 +206,15 @@ class MoneyOperations:
         for attempt in range(2):
             commands = [self.ledger.batch_command(chunks[index]) for index in pending]
             answers = await redis_raw.pipeline(self.ledger.redis, commands)
-            retry = []
             for index, answer in zip(pending, answers, strict=True):
-                if isinstance(answer, NoScriptError) and attempt == 0:
-                    retry.append(index)  # the script never ran: safe to run it again once loaded
-                else:
-                    results[index] = answer
+                results[index] = answer
+            # A run refused with NOSCRIPT never ran, so it may be sent again once the scripts are loaded, but
+            # only if no later run of this batch did run (operations keep their order); the others answer 503.
+            retry = []
+            for index in reversed(pending):
+                if attempt > 0 or not isinstance(results[index], NoScriptError):
+                    break
+                retry.insert(0, index)
             if not retry:
                 break
             await self.ledger.load_scripts()

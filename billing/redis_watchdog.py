@@ -109,10 +109,12 @@ class _Watchdog:
         loop.call_later(CHECK_EVERY_SECONDS, self.check)
 
     def check(self) -> None:
-        now = time.monotonic()
-        for connection in list(self.connections):
-            connection.abort_if_stalled(now)
-        asyncio.get_running_loop().call_later(CHECK_EVERY_SECONDS, self.check)
+        try:
+            now = time.monotonic()
+            for connection in list(self.connections):
+                connection.abort_if_stalled(now)
+        finally:  # one failure must not end timeout enforcement for this loop
+            asyncio.get_running_loop().call_later(CHECK_EVERY_SECONDS, self.check)
 
 
 _watchdogs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Watchdog] = weakref.WeakKeyDictionary()

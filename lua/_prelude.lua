@@ -120,7 +120,7 @@ local function run_op(spec, idem_key, fingerprint, k, a)
     local stored = rcall('GET', IDEM_KEY)
     if stored then
       local sep = string.find(stored, '\n', 1, true)
-      if string.sub(stored, 1, sep - 1) == FINGERPRINT then
+      if sep and string.sub(stored, 1, sep - 1) == FINGERPRINT then
         return 'replay', string.sub(stored, sep + 1)
       end
       return 'reused', ''

@@ -300,3 +300,20 @@ async def test_batch_key_with_odd_but_valid_json_answers_per_operation(api: Api)
     assert statuses(r) == [400]
     again = await api.request("POST", "/v1/batch", body=body, key="odd-json")
     assert again.json == r.json
+
+
+async def test_batch_keys_never_collide_with_derived_operation_keys(api: Api) -> None:
+    first = await api.post(
+        "/v1/batch", {"operations": [{"op": "deposit", "user_id": 65, "amount": "1.00"}]}, key="abc#0"
+    )
+    second = await api.post(
+        "/v1/batch", {"operations": [{"op": "deposit", "user_id": 65, "amount": "2.00"}]}, key="abc"
+    )
+    assert statuses(first) == [201] and statuses(second) == [201]
+    third = await api.post("/v1/batch", {"operations": [{"op": "deposit", "user_id": 66, "amount": "3.00"}]}, key="xyz")
+    fourth = await api.post(
+        "/v1/batch", {"operations": [{"op": "deposit", "user_id": 66, "amount": "4.00"}]}, key="xyz#0"
+    )
+    assert statuses(third) == [201] and statuses(fourth) == [201]
+    assert (await api.balance(65)).json["available"] == "3.00"
+    assert (await api.balance(66)).json["available"] == "7.00"
