@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bson.int64 import Int64
@@ -12,9 +11,9 @@ from pymongo import ASCENDING
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 from pymongo.write_concern import WriteConcern
 
+from billing.timefmt import datetime_to_ms, ms_to_datetime
+
 DUPLICATE_KEY = 11000
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-ONE_MS = timedelta(milliseconds=1)
 
 # Stream record fields (strings) that become Int64 in MongoDB, and those kept as strings.
 INT_FIELDS = (
@@ -33,17 +32,6 @@ TRANSACTION_INDEXES: list[tuple[str, list[tuple[str, int]]]] = [
     ("user_amount", [("user_id", ASCENDING), ("amount", ASCENDING), ("_id", ASCENDING)]),
     ("type_created", [("type", ASCENDING), ("created_at", ASCENDING)]),
 ]
-
-
-def ms_to_datetime(ms: int) -> datetime:
-    """Epoch milliseconds -> aware UTC datetime, exactly (no float on the way)."""
-    return EPOCH + timedelta(milliseconds=ms)
-
-
-def datetime_to_ms(value: datetime) -> int:
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return (value - EPOCH) // ONE_MS
 
 
 def transaction_document(record: Mapping[str, Any]) -> dict[str, Any]:
