@@ -31,6 +31,7 @@ test: install services browser lint
 	$(BIN)/pytest -q -p no:cacheprovider
 
 bench: install services
+	bash scripts/ensure-wrk.sh
 	$(BIN)/python -m bench.run
 
 clean:

@@ -160,11 +160,12 @@ class Ledger:
 
     async def run(self, name: str, idem: Idempotency | None, fp: str, keys: list[str], args: list[Any]) -> Outcome:
         sha, all_keys, all_args = self.script_call(name, idem, fp, keys, args)
+        packed = redis_raw.pack(["EVALSHA", sha, str(len(all_keys)), *all_keys, *all_args])
         try:
-            reply = await self.redis.evalsha(sha, len(all_keys), *all_keys, *all_args)
-        except NoScriptError:
+            reply = await redis_raw.command(self.redis, packed)
+        except NoScriptError:  # the script did not run: safe to send again once loaded
             await self.load_scripts()
-            reply = await self.redis.evalsha(sha, len(all_keys), *all_keys, *all_args)
+            reply = await redis_raw.command(self.redis, packed)
         return decode_reply(reply)
 
     # ---- the operations -------------------------------------------------------------------

