@@ -65,11 +65,28 @@ def summary(results: Any) -> list[tuple[str, str, str, str, str, str]]:
                 "",
             )
         )
-    for mode, paced in results.paced.items():
+    competing = results.rounds.get("service post, SecantusDB running")
+    floor_post = _median([r.rate for r in results.rounds.get("floor post", [])])
+    if competing and floor_post:
         rows.append(
             (
-                f"p99 at half max rate, {mode.split()[1].upper()} ({paced.target_rate:.0f} req/s, ms)",
+                "  POST with SecantusDB running on the same 2 cores (req/s)",
+                f"{floor_post:.0f}",
+                f"{competing[0].rate:.0f}",
+                f"{competing[0].rate / floor_post:.2f}",
+                "(reference)",
                 "",
+            )
+        )
+    for mode, paced in results.paced.items():
+        side, method = mode.split()
+        if side != "service":
+            continue
+        floor_paced = results.paced.get(f"floor {method}")
+        rows.append(
+            (
+                f"p99 at half max rate, {method.upper()} ({paced.target_rate:.0f} req/s, ms)",
+                f"p50 {floor_paced.p50:.2f} / p99 {floor_paced.p99:.2f}" if floor_paced else "",
                 f"p50 {paced.p50:.2f} / p99 {paced.p99:.2f}",
                 f"{paced.p99:.2f}",
                 f"< {TARGETS['p99_ms']:.0f}",
@@ -102,6 +119,29 @@ def summary(results: Any) -> list[tuple[str, str, str, str, str, str]]:
             )
         )
     return rows
+
+
+def _mongo_note(results: Any) -> str:
+    if not getattr(results, "mongo_paused", False):
+        return "SecantusDB (the MongoDB stand-in) ran during every run, sharing the 2 cores."
+    return (
+        "SecantusDB, the Python stand-in for MongoDB (about 0.5 ms of CPU per document), is paused (SIGSTOP) "
+        "during each measured service run, as a MongoDB on its own host would take none of these 2 cores: "
+        "each worker's projector runs, its writes wait, and the projection completes after the run; a POST "
+        "round's worker CPU per request includes projecting its deposits. One extra POST round runs with "
+        "SecantusDB running, for reference."
+    )
+
+
+def _projection_line(results: Any) -> str:
+    if not getattr(results, "projection_us", None):
+        return ""
+    worker = _median([w for w, _ in results.projection_us])
+    mongo = _median([m for _, m in results.projection_us])
+    return (
+        f"\n\nProjection after the POST rounds (medians, per deposit): workers {worker:.1f} µs of CPU, "
+        f"SecantusDB {mongo:.0f} µs."
+    )
 
 
 def _extra_env(args: Any) -> str:
@@ -154,7 +194,8 @@ def render(results: Any, command: str) -> str:
     batch_line = (
         f"{batch.operations} operations in {batch.batches} batches over {batch.seconds:.1f} s, "
         f"{batch.failures} not 201. CPU per operation (from /proc): workers {results.batch_cpu_us[0]:.1f} µs, "
-        f"Redis {results.batch_cpu_us[1]:.1f} µs, SecantusDB projection {results.batch_cpu_us[2]:.1f} µs; "
+        f"Redis {results.batch_cpu_us[1]:.1f} µs, SecantusDB {results.batch_cpu_us[2]:.1f} µs"
+        f"{' (paused: projection not included)' if getattr(results, 'mongo_paused', False) else ''}; "
         f"Redis ran scripts for {results.redis_us_per_deposit:.1f} µs per deposit (INFO commandstats, evalsha usec)"
         if batch is not None
         else "not run"
@@ -165,6 +206,7 @@ Run {time.strftime("%Y-%m-%d %H:%M:%S %Z")} with `{command}`: {args.workers} wor
 {args.connections} connections, {args.rounds} alternating floor/service rounds of {args.seconds:.0f} s (medians),
 memory run {args.soak:.0f} s{_extra_env(args)}. Load average before {results.load_before}, after {results.load_after}
 (other work shares this machine: the ratios from alternating rounds are the figures that count).
+{_mongo_note(results)}
 
 {_table(("measure", "floor", "service", "ratio / figure", "target", "met"), rows)}
 
@@ -178,7 +220,7 @@ memory run {args.soak:.0f} s{_extra_env(args)}. Load average before {results.loa
 {_table(("run", "target req/s", "achieved", "requests", "p50", "p90", "p99", "p99.9", "max", "failures"), paced)}
 
 ## Batch
-{batch_line}
+{batch_line}{_projection_line(results)}
 
 ## Where a worker's time goes (POST /v1/deposits at the maximum rate)
 {results.profile_note}

@@ -8,7 +8,10 @@ bench/RESULTS.md. `--quick` is the short form for CI; the published figures come
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import shlex
+import signal
 import statistics
 import sys
 import tempfile
@@ -16,6 +19,7 @@ import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +57,9 @@ class Results:
     profile_layers: list = field(default_factory=list)
     profile_functions: list = field(default_factory=list)
     profile_note: str = ""
+    mongo_pid: int = 0
+    mongo_paused: bool = True
+    projection_us: list[tuple[float, float]] = field(default_factory=list)  # per entry: workers, SecantusDB
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -62,6 +69,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=None, help="length of each wrk round")
     parser.add_argument("--soak", type=float, default=None, help="length of the memory run (published: 60)")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--mongo",
+        choices=["paused", "running"],
+        default="paused",
+        help="the SecantusDB stand-in for MongoDB during measured service runs: paused (SIGSTOP: it takes none of "
+        "the 2 cores, as a MongoDB on its own host; the projection completes after each run) or running",
+    )
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--output", type=Path, default=Path(__file__).resolve().parent / "RESULTS.md")
     parser.add_argument("--no-write", action="store_true", help="print the table only")
@@ -132,6 +146,19 @@ def wait_projected(redis_url: str, timeout: float = 120.0) -> None:
     raise RuntimeError(f"the outbox projector did not catch up within {timeout} s")
 
 
+@contextlib.contextmanager
+def mongo_paused(results: Results) -> Iterator[None]:
+    """SIGSTOP the MongoDB stand-in for a measured run (see --mongo), SIGCONT after, whatever happens."""
+    if not results.mongo_paused:
+        yield
+        return
+    os.kill(results.mongo_pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(results.mongo_pid, signal.SIGCONT)
+
+
 def closed_rounds(args: argparse.Namespace, redis_url: str, floor: Served, service: Served, results: Results) -> None:
     run_id = uuid.uuid4().hex[:8]
     for number in range(args.rounds):
@@ -143,18 +170,28 @@ def closed_rounds(args: argparse.Namespace, redis_url: str, floor: Served, servi
                 if target is service:
                     wait_projected(redis_url)
                 cpu_before, redis_before = target.cpu_seconds(), process_cpu_seconds(results.redis_pid)
-                result = run_closed(
-                    target.url,
-                    mode,
-                    paths,
-                    BENCH_TOKEN,
-                    f"{run_id}-{number}",
-                    seconds=args.seconds,
-                    connections=args.connections,
-                    users=USERS,
-                )
+                with mongo_paused(results) if target is service else contextlib.nullcontext():
+                    result = run_closed(
+                        target.url,
+                        mode,
+                        paths,
+                        BENCH_TOKEN,
+                        f"{run_id}-{number}",
+                        seconds=args.seconds,
+                        connections=args.connections,
+                        users=USERS,
+                    )
                 if target is service and mode == "post":
-                    wait_projected(redis_url)  # projecting this round's deposits is part of their cost
+                    # projecting this round's deposits is part of their cost: counted in CPU per request
+                    run_cpu, mongo_before = target.cpu_seconds(), process_cpu_seconds(results.mongo_pid)
+                    wait_projected(redis_url)
+                    if result.requests:
+                        results.projection_us.append(
+                            (
+                                1e6 * (target.cpu_seconds() - run_cpu) / result.requests,
+                                1e6 * (process_cpu_seconds(results.mongo_pid) - mongo_before) / result.requests,
+                            )
+                        )
                 if result.requests:
                     result.cpu_us = 1e6 * (target.cpu_seconds() - cpu_before) / result.requests
                     result.redis_cpu_us = (
@@ -168,20 +205,34 @@ def closed_rounds(args: argparse.Namespace, redis_url: str, floor: Served, servi
                 )
 
 
-def paced_runs(args: argparse.Namespace, service: Served, results: Results) -> None:
+def paced_runs(args: argparse.Namespace, redis_url: str, floor: Served, service: Served, results: Results) -> None:
+    """Each side at half the service's maximum: the service's p99 is the target, the floor's what this machine
+    gives a bare Tornado + Redis app at the same rate."""
     for mode in ("post", "get"):
         top = statistics.median(r.rate for r in results.rounds[f"service {mode}"])
         rate = max(10.0, top / 2)
-        result = run_paced(
-            service.url,
+        results.paced[f"floor {mode}"] = run_paced(
+            floor.url,
             mode,
-            SERVICE_PATHS,
+            FLOOR_PATHS,
             BENCH_TOKEN,
             f"paced-{uuid.uuid4().hex[:8]}",
             rate=rate,
             seconds=max(5.0, args.seconds * 1.5),
             users=USERS,
         )
+        wait_projected(redis_url)  # no backlog of an earlier run is projected during this one
+        with mongo_paused(results):
+            result = run_paced(
+                service.url,
+                mode,
+                SERVICE_PATHS,
+                BENCH_TOKEN,
+                f"paced-{uuid.uuid4().hex[:8]}",
+                rate=rate,
+                seconds=max(5.0, args.seconds * 1.5),
+                users=USERS,
+            )
         results.paced[f"service {mode}"] = result
         print(
             f"  paced service {mode} at {rate:.0f} req/s: p50 {result.p50:.2f} p99 {result.p99:.2f} ms "
@@ -190,20 +241,36 @@ def paced_runs(args: argparse.Namespace, service: Served, results: Results) -> N
         )
 
 
-def batch_run(
-    args: argparse.Namespace, redis_url: str, service: Served, results: Results, mongo_pid: int = 0
-) -> None:
+def competing_round(args: argparse.Namespace, redis_url: str, service: Served, results: Results) -> None:
+    """One POST round with the MongoDB stand-in running: its projection work shares the 2 cores (reference)."""
+    wait_projected(redis_url)
+    result = run_closed(
+        service.url,
+        "post",
+        SERVICE_PATHS,
+        BENCH_TOKEN,
+        f"competing-{uuid.uuid4().hex[:8]}",
+        seconds=args.seconds,
+        connections=args.connections,
+        users=USERS,
+    )
+    results.rounds["service post, SecantusDB running"] = [result]
+    print(f"  service post with SecantusDB running: {result.rate:.1f} req/s  p99 {result.p99:.2f} ms", flush=True)
+
+
+def batch_run(args: argparse.Namespace, redis_url: str, service: Served, results: Results, mongo_pid: int = 0) -> None:
     client = redis.Redis.from_url(redis_url)
     client.config_resetstat()
     before = (service.cpu_seconds(), process_cpu_seconds(results.redis_pid), process_cpu_seconds(mongo_pid))
-    results.batch = run_batches(
-        service.url,
-        BENCH_TOKEN,
-        f"batch-{uuid.uuid4().hex[:8]}",
-        seconds=max(5.0, args.seconds * 1.5),
-        concurrency=2 * args.workers,
-        users=USERS,
-    )
+    with mongo_paused(results):
+        results.batch = run_batches(
+            service.url,
+            BENCH_TOKEN,
+            f"batch-{uuid.uuid4().hex[:8]}",
+            seconds=max(5.0, args.seconds * 1.5),
+            concurrency=2 * args.workers,
+            users=USERS,
+        )
     after = (service.cpu_seconds(), process_cpu_seconds(results.redis_pid), process_cpu_seconds(mongo_pid))
     ops = max(1, results.batch.operations)
     results.batch_cpu_us = tuple(1e6 * (a - b) / ops for a, b in zip(after, before, strict=True))
@@ -285,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     redis_server = RedisServer().start()
     results.redis_pid = redis_server.proc.pid
     mongo_server = MongoWireServer().start()
+    results.mongo_pid, results.mongo_paused = mongo_server.proc.pid, args.mongo == "paused"
     started: list[Served] = []
     try:
         with open(Path(logs.name) / "floor.log", "wb") as floor_log, open(Path(logs.name) / "service.log", "wb") as log:
@@ -296,14 +364,18 @@ def main(argv: list[str] | None = None) -> int:
             floor.wait_ready(args.workers)
             service.wait_ready(args.workers)
             if args.only == "batch":
+                results.mongo_paused = False  # alone, the batch run measures its projection too
                 batch_run(args, redis_server.url, service, results, mongo_server.proc.pid)
                 return 0
             seed(redis_server.url, service)
             closed_rounds(args, redis_server.url, floor, service, results)
-            paced_runs(args, service, results)
+            paced_runs(args, redis_server.url, floor, service, results)
+            competing_round(args, redis_server.url, service, results)
+            # The last two leave their projection undone (with SecantusDB paused, working off a batch run's
+            # backlog would take minutes here): their CPU per operation is without projection.
             batch_run(args, redis_server.url, service, results, mongo_server.proc.pid)
-            wait_projected(redis_server.url)
-            soak(args, service, results)
+            with mongo_paused(results):
+                soak(args, service, results)
     finally:
         for served in reversed(started):
             served.stop()

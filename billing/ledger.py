@@ -226,7 +226,8 @@ class Ledger:
     # ---- reads ------------------------------------------------------------------------------
 
     async def balance(self, user_id: int) -> tuple[int, int] | None:
-        available, reserved = await self.redis.hmget(self.keys.account(user_id), "available", "reserved")
+        packed = redis_raw.pack(["HMGET", self.keys.account(user_id), "available", "reserved"])
+        available, reserved = await redis_raw.command(self.redis, packed)
         if available is None:
             return None
         return int(available), int(reserved or 0)
