@@ -211,34 +211,25 @@ def paced_runs(args: argparse.Namespace, redis_url: str, floor: Served, service:
     for mode in ("post", "get"):
         top = statistics.median(r.rate for r in results.rounds[f"service {mode}"])
         rate = max(10.0, top / 2)
-        results.paced[f"floor {mode}"] = run_paced(
-            floor.url,
-            mode,
-            FLOOR_PATHS,
-            BENCH_TOKEN,
-            f"paced-{uuid.uuid4().hex[:8]}",
-            rate=rate,
-            seconds=max(5.0, args.seconds * 1.5),
-            users=USERS,
-        )
-        wait_projected(redis_url)  # no backlog of an earlier run is projected during this one
-        with mongo_paused(results):
-            result = run_paced(
-                service.url,
-                mode,
-                SERVICE_PATHS,
-                BENCH_TOKEN,
-                f"paced-{uuid.uuid4().hex[:8]}",
-                rate=rate,
-                seconds=max(5.0, args.seconds * 1.5),
-                users=USERS,
+        for name, target, paths in (("floor", floor, FLOOR_PATHS), ("service", service, SERVICE_PATHS)):
+            wait_projected(redis_url)  # no backlog of an earlier run is projected during this one
+            with mongo_paused(results) if target is service else contextlib.nullcontext():
+                result = run_paced(
+                    target.url,
+                    mode,
+                    paths,
+                    BENCH_TOKEN,
+                    f"paced-{uuid.uuid4().hex[:8]}",
+                    rate=rate,
+                    seconds=max(5.0, args.seconds * 1.5),
+                    users=USERS,
+                )
+            results.paced[f"{name} {mode}"] = result
+            print(
+                f"  paced {name} {mode} at {rate:.0f} req/s: p50 {result.p50:.2f} p99 {result.p99:.2f} ms "
+                f"(achieved {result.achieved_rate:.0f} req/s, failures {result.failures})",
+                flush=True,
             )
-        results.paced[f"service {mode}"] = result
-        print(
-            f"  paced service {mode} at {rate:.0f} req/s: p50 {result.p50:.2f} p99 {result.p99:.2f} ms "
-            f"(achieved {result.achieved_rate:.0f} req/s, failures {result.failures})",
-            flush=True,
-        )
 
 
 def competing_round(args: argparse.Namespace, redis_url: str, service: Served, results: Results) -> None:
@@ -254,6 +245,7 @@ def competing_round(args: argparse.Namespace, redis_url: str, service: Served, r
         connections=args.connections,
         users=USERS,
     )
+    wait_projected(redis_url)
     results.rounds["service post, SecantusDB running"] = [result]
     print(f"  service post with SecantusDB running: {result.rate:.1f} req/s  p99 {result.p99:.2f} ms", flush=True)
 

@@ -37,7 +37,9 @@ class Settings(BaseSettings):
     report_bom: bool = False
     idempotency_ttl_seconds: int = 90_000
     request_timeout_seconds: float = 5.0
-    projector_batch: int = 500
+    # Entries per projector read: reading, converting and acknowledging 100 holds the worker's event loop
+    # about 2.5 ms (500: about 13 ms, which showed in request p99); MongoDB gets one insert_many per read.
+    projector_batch: int = 100
     projector_block_ms: int = 200
     projector_claim_idle_ms: int = 10_000
     # false: `billing serve` leaves projection to a separate `billing project` process
