@@ -65,7 +65,7 @@ class Results:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short runs (CI): 3 s rounds, 10 s memory run")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating floor/service rounds (median taken)")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating floor/service rounds (median taken)")
     parser.add_argument("--seconds", type=float, default=None, help="length of each wrk round")
     parser.add_argument("--soak", type=float, default=None, help="length of the memory run (published: 60)")
     parser.add_argument("--workers", type=int, default=2)
