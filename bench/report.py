@@ -78,19 +78,21 @@ def summary(results: Any) -> list[tuple[str, str, str, str, str, str]]:
                 "",
             )
         )
-    for mode, paced in results.paced.items():
+    for mode, runs in results.paced.items():
         side, method = mode.split()
         if side != "service":
             continue
-        floor_paced = results.paced.get(f"floor {method}")
+        p50, p99 = _median([r.p50 for r in runs]), _median([r.p99 for r in runs])
+        floor_runs = results.paced.get(f"floor {method}", [])
+        floor_p50, floor_p99 = _median([r.p50 for r in floor_runs]), _median([r.p99 for r in floor_runs])
         rows.append(
             (
-                f"p99 at half max rate, {method.upper()} ({paced.target_rate:.0f} req/s, ms)",
-                f"p50 {floor_paced.p50:.2f} / p99 {floor_paced.p99:.2f}" if floor_paced else "",
-                f"p50 {paced.p50:.2f} / p99 {paced.p99:.2f}",
-                f"{paced.p99:.2f}",
+                f"p99 at half max rate, {method.upper()} ({runs[0].target_rate:.0f} req/s, ms; median of {len(runs)})",
+                f"p50 {floor_p50:.2f} / p99 {floor_p99:.2f}" if floor_runs else "",
+                f"p50 {p50:.2f} / p99 {p99:.2f}",
+                f"{p99:.2f}",
                 f"< {TARGETS['p99_ms']:.0f}",
-                _met(paced.p99 < TARGETS["p99_ms"] and not paced.failures),
+                _met(p99 < TARGETS["p99_ms"] and not any(r.failures for r in runs)),
             )
         )
     if results.batch is not None:
@@ -177,6 +179,7 @@ def render(results: Any, command: str) -> str:
     paced = [
         (
             key,
+            str(number),
             f"{p.target_rate:.0f}",
             f"{p.achieved_rate:.0f}",
             str(p.count),
@@ -187,7 +190,8 @@ def render(results: Any, command: str) -> str:
             f"{p.max:.2f}",
             str(p.failures),
         )
-        for key, p in results.paced.items()
+        for key, runs in results.paced.items()
+        for number, p in enumerate(runs, 1)
     ]
     machine = "\n".join(f"- {key}: {value}" for key, value in results.machine.items())
     batch = results.batch
@@ -217,7 +221,7 @@ memory run {args.soak:.0f} s{_extra_env(args)}. Load average before {results.loa
 {_table(("run", "round", "req/s", "worker CPU µs/req", "Redis CPU µs/req", "p50 ms", "p99 ms", "requests", "failures"), raw)}
 
 ## Paced runs (fixed rate, latency from the scheduled send time)
-{_table(("run", "target req/s", "achieved", "requests", "p50", "p90", "p99", "p99.9", "max", "failures"), paced)}
+{_table(("run", "round", "target req/s", "achieved", "requests", "p50", "p90", "p99", "p99.9", "max", "failures"), paced)}
 
 ## Batch
 {batch_line}{_projection_line(results)}

@@ -47,7 +47,7 @@ class Results:
     load_before: str = ""
     load_after: str = ""
     rounds: dict[str, list[WrkResult]] = field(default_factory=dict)  # "floor post", "service get", ...
-    paced: dict[str, PacedResult] = field(default_factory=dict)
+    paced: dict[str, list[PacedResult]] = field(default_factory=dict)  # "floor post" -> one per round
     batch: object = None
     redis_us_per_deposit: float = 0.0
     batch_cpu_us: tuple[float, float, float] = (0.0, 0.0, 0.0)  # per operation: workers, Redis, SecantusDB
@@ -68,6 +68,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=5, help="alternating floor/service rounds (median taken)")
     parser.add_argument("--seconds", type=float, default=None, help="length of each wrk round")
     parser.add_argument("--soak", type=float, default=None, help="length of the memory run (published: 60)")
+    parser.add_argument("--paced-rounds", type=int, default=3, help="alternating paced rounds (median p99 taken)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument(
         "--mongo",
@@ -208,10 +209,11 @@ def closed_rounds(args: argparse.Namespace, redis_url: str, floor: Served, servi
 def paced_runs(args: argparse.Namespace, redis_url: str, floor: Served, service: Served, results: Results) -> None:
     """Each side at half the service's maximum: the service's p99 is the target, the floor's what this machine
     gives a bare Tornado + Redis app at the same rate."""
-    for mode in ("post", "get"):
+    for number, mode in [(n, m) for n in range(args.paced_rounds) for m in ("post", "get")]:
         top = statistics.median(r.rate for r in results.rounds[f"service {mode}"])
         rate = max(10.0, top / 2)
-        for name, target, paths in (("floor", floor, FLOOR_PATHS), ("service", service, SERVICE_PATHS)):
+        order = [("floor", floor, FLOOR_PATHS), ("service", service, SERVICE_PATHS)]
+        for name, target, paths in order[:: -1 if number % 2 else 1]:
             wait_projected(redis_url)  # no backlog of an earlier run is projected during this one
             with mongo_paused(results) if target is service else contextlib.nullcontext():
                 result = run_paced(
@@ -224,7 +226,7 @@ def paced_runs(args: argparse.Namespace, redis_url: str, floor: Served, service:
                     seconds=max(5.0, args.seconds * 1.5),
                     users=USERS,
                 )
-            results.paced[f"{name} {mode}"] = result
+            results.paced.setdefault(f"{name} {mode}", []).append(result)
             print(
                 f"  paced {name} {mode} at {rate:.0f} req/s: p50 {result.p50:.2f} p99 {result.p99:.2f} ms "
                 f"(achieved {result.achieved_rate:.0f} req/s, failures {result.failures})",
