@@ -128,7 +128,7 @@ def _mongo_note(results: Any) -> str:
         return "SecantusDB (the MongoDB stand-in) ran during every run, sharing the 2 cores."
     return (
         "SecantusDB, the Python stand-in for MongoDB (about 0.5 ms of CPU per document), is paused (SIGSTOP) "
-        "during each measured service run, as a MongoDB on its own host would take none of these 2 cores: "
+        "during every measured run (floor and service alike), as a MongoDB on its own host would take none of these 2 cores: "
         "each worker's projector runs, its writes wait, and the projection completes after the run; a POST "
         "round's worker CPU per request includes projecting its deposits. One extra POST round runs with "
         "SecantusDB running, for reference."

@@ -171,7 +171,7 @@ def closed_rounds(args: argparse.Namespace, redis_url: str, floor: Served, servi
                 if target is service:
                     wait_projected(redis_url)
                 cpu_before, redis_before = target.cpu_seconds(), process_cpu_seconds(results.redis_pid)
-                with mongo_paused(results) if target is service else contextlib.nullcontext():
+                with mongo_paused(results):
                     result = run_closed(
                         target.url,
                         mode,
@@ -215,7 +215,7 @@ def paced_runs(args: argparse.Namespace, redis_url: str, floor: Served, service:
         order = [("floor", floor, FLOOR_PATHS), ("service", service, SERVICE_PATHS)]
         for name, target, paths in order[:: -1 if number % 2 else 1]:
             wait_projected(redis_url)  # no backlog of an earlier run is projected during this one
-            with mongo_paused(results) if target is service else contextlib.nullcontext():
+            with mongo_paused(results):
                 result = run_paced(
                     target.url,
                     mode,

@@ -52,7 +52,16 @@ async def run_worker(settings: Settings, sockets: list[socket.socket], ready: Ca
     await _drain(server, ctx)
     await stop_components(ctx)
     _close_mongo(ctx)
+    flush_gathered(ctx)
     log.info("worker %d stopped", os.getpid())
+
+
+def flush_gathered(ctx: Context) -> None:
+    """Write the access lines and metric updates still gathered: the worker leaves with os._exit."""
+    if ctx.metrics is not None:
+        ctx.metrics.flush()
+    for handler in logging.getLogger("billing.access").handlers:
+        handler.flush()
 
 
 async def _drain(server: tornado.httpserver.HTTPServer, ctx: Context) -> None:

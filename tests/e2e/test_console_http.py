@@ -244,6 +244,8 @@ async def test_console_requests_are_logged_without_the_token(console: ConsoleCli
     try:
         await console.sign_in("tok-support", next_url="/console/users")
         await console.get("/console/users?user=1")
+        for handler in logger.handlers:
+            handler.flush()  # lines are gathered for a few ms before they are written
     finally:
         logger.handlers[:], logger.propagate, logger.level = saved
     text = stream.getvalue()

@@ -93,9 +93,18 @@ async def test_metrics_count_operation_outcomes(api: Api) -> None:
     assert value(text, ops, operation="withdrawal", code="account_not_found", replayed="false") == 1
 
 
+class _FlushedLines(io.StringIO):
+    """The access log stream; reading it first writes the lines the handler still gathers."""
+
+    def getvalue(self) -> str:
+        for handler in logging.getLogger("billing.access").handlers:
+            handler.flush()
+        return super().getvalue()
+
+
 @pytest.fixture
 def access_lines() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
+    stream = _FlushedLines()
     logger = logging.getLogger("billing.access")
     saved = (list(logger.handlers), logger.propagate, logger.level)
     configure_access_log(stream)

@@ -108,6 +108,9 @@ async def test_serve_metrics_and_graceful_sigterm(
         # Every worker answers /metrics with the count of all workers.
         for _ in range(30):
             assert (await fetch(client, service.base + "/healthz")).code == 200
+        # Workers write their metric updates within 50 ms (billing/metrics.py): once that has passed, every
+        # scrape, whichever worker answers, counts every request.
+        await asyncio.sleep(0.2)
         for _ in range(8):
             r = await fetch(client, service.base + "/metrics")
             assert r.code == 200

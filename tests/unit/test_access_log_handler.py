@@ -1,4 +1,4 @@
-"""The access log handler: lines gathered per loop iteration, written in order, nothing lost at flush."""
+"""The access log handler: lines gathered for a short interval, written in order, nothing lost at flush."""
 
 from __future__ import annotations
 
@@ -6,20 +6,21 @@ import asyncio
 import io
 import logging
 
-from billing.observability import AccessLineHandler
+from billing.observability import LINES_AT_MOST, WRITE_EVERY_SECONDS, AccessLineHandler
 
 
 def record(message: str) -> logging.LogRecord:
     return logging.makeLogRecord({"msg": message, "levelno": logging.INFO, "levelname": "INFO"})
 
 
-async def test_lines_are_written_together_in_the_next_iteration_and_in_order() -> None:
+async def test_lines_are_written_together_after_the_interval_and_in_order() -> None:
     stream = io.StringIO()
     handler = AccessLineHandler(stream)
     handler.write_line('{"n":1}\n')
     handler.write_line('{"n":2}\n')
-    assert stream.getvalue() == ""  # gathered, not yet written
     await asyncio.sleep(0)
+    assert stream.getvalue() == ""  # gathered, not yet written
+    await asyncio.sleep(WRITE_EVERY_SECONDS + 0.05)
     assert stream.getvalue() == '{"n":1}\n{"n":2}\n'
     handler.write_line('{"n":3}\n')
     handler.emit(record("plain record"))  # a record the usual way never overtakes queued lines
@@ -32,3 +33,16 @@ def test_without_an_event_loop_a_line_is_written_at_once() -> None:
     stream = io.StringIO()
     AccessLineHandler(stream).write_line('{"n":1}\n')
     assert stream.getvalue() == '{"n":1}\n'
+
+
+async def test_a_full_buffer_is_written_at_once() -> None:
+    stream = io.StringIO()
+    handler = AccessLineHandler(stream)
+    for n in range(LINES_AT_MOST - 1):
+        handler.write_line(f'{{"n":{n}}}\n')
+    assert stream.getvalue() == ""
+    handler.write_line('{"n":"last"}\n')
+    assert len(stream.getvalue().splitlines()) == LINES_AT_MOST  # without waiting for the timer
+    handler.write_line('{"n":"after"}\n')
+    await asyncio.sleep(WRITE_EVERY_SECONDS + 0.05)
+    assert stream.getvalue().splitlines()[-1] == '{"n":"after"}'
