@@ -108,9 +108,14 @@ async def test_serve_metrics_and_graceful_sigterm(
         # Every worker answers /metrics with the count of all workers.
         for _ in range(30):
             assert (await fetch(client, service.base + "/healthz")).code == 200
-        # Workers write their metric updates within 50 ms (billing/metrics.py): once that has passed, every
-        # scrape, whichever worker answers, counts every request.
-        await asyncio.sleep(0.2)
+        # Workers write their metric updates 50 ms after a request (billing/metrics.py): once a scrape counts
+        # every request (so every worker has written), each scrape, whichever worker answers, does.
+        deadline = asyncio.get_running_loop().time() + 5
+        while asyncio.get_running_loop().time() < deadline:
+            r = await fetch(client, service.base + "/metrics")
+            if healthz_count(r.body.decode()) == 30 + probes:
+                break
+            await asyncio.sleep(0.05)
         for _ in range(8):
             r = await fetch(client, service.base + "/metrics")
             assert r.code == 200

@@ -6,6 +6,7 @@ import asyncio
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
+from billing import metrics as metrics_module
 from billing.metrics import FLUSH_EVERY_SECONDS, LATENCY_BUCKETS, Metrics, _observe_all
 
 DURATIONS = [0.0, 0.0004, 0.001, 0.0010001, 0.003, 0.0099, 0.01, 0.2, 0.7, 9.9, 10.0, 12.5, 42.0]
@@ -27,7 +28,9 @@ def test_observe_all_matches_observe_one_by_one() -> None:
     assert any(line.startswith('latency_bucket{le="0.001"} 3.0') for line in series(batched, "latency"))
 
 
-async def test_gathered_updates_are_written_after_the_interval() -> None:
+async def test_gathered_updates_are_written_after_the_interval(monkeypatch) -> None:
+    interval = max(FLUSH_EVERY_SECONDS, 0.3)  # long enough that a stalled test machine cannot pass it unseen
+    monkeypatch.setattr(metrics_module, "FLUSH_EVERY_SECONDS", interval)
     direct, gathered = Metrics(), Metrics()
     gathered.multiprocess = True  # gather as the pre-forked workers do (the values stay in memory here)
     for metrics in (direct, gathered):
@@ -43,7 +46,7 @@ async def test_gathered_updates_are_written_after_the_interval() -> None:
     assert written and all(line.endswith(" 0.0") for line in written)  # nothing written yet
     await asyncio.sleep(0)
     assert all(line.endswith(" 0.0") for line in series(gathered.registry, "billing_http_requests_total"))
-    await asyncio.sleep(FLUSH_EVERY_SECONDS + 0.05)
+    await asyncio.sleep(interval + 0.1)
     for prefix in ("billing_http_requests", "billing_http_request_duration", "billing_operations"):
         assert series(gathered.registry, prefix) == series(direct.registry, prefix)
     assert 'billing_http_requests_total{method="GET",route="(unmatched)",status="404"} 1.0' in series(
