@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import fakeredis
@@ -33,6 +35,23 @@ def redis_server() -> Iterator[RedisServer]:
 @pytest.fixture(scope="session")
 def mongo_server() -> Iterator[MongoWireServer]:
     server = MongoWireServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A Redis of this test's own (it may be killed): AOF with fsync always, restartable on its port and dir."""
+    server = RedisServer(aof=True).start()
+    yield server
+    server.kill()
+    shutil.rmtree(server.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def own_mongo(tmp_path: Path) -> Iterator[MongoWireServer]:
+    """A SecantusDB of this test's own, on disk, so it can stop and come back with its data."""
+    server = MongoWireServer(storage=str(tmp_path / "mongo")).start()
     yield server
     server.stop()
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -13,14 +12,6 @@ from billing.config import Settings
 from billing.context import Context
 from tests.support.api import Api
 from tests.support.servers import MongoWireServer
-
-
-@pytest.fixture
-def own_mongo(tmp_path: Path) -> Iterator[MongoWireServer]:
-    """A SecantusDB of this test's own, on disk, so it can stop and come back with its data."""
-    server = MongoWireServer(storage=str(tmp_path / "mongo")).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

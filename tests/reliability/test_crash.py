@@ -6,9 +6,7 @@ Short form runs by default. Long form: `BILLING_CRASH_ROUNDS=60 .venv/bin/pytest
 from __future__ import annotations
 
 import os
-import shutil
 import uuid
-from collections.abc import Iterator
 
 import pytest
 
@@ -18,17 +16,8 @@ from tests.support.servers import MongoWireServer, RedisServer
 SHORT_ROUNDS = 10  # two of each fault: service group kill, Redis kill, worker kill, Redis pause, supervisor kill
 
 
-@pytest.fixture
-def aof_redis() -> Iterator[RedisServer]:
-    """A Redis of this test's own (it gets killed): AOF with fsync always, restartable on its port and dir."""
-    server = RedisServer(aof=True).start()
-    yield server
-    server.kill()
-    shutil.rmtree(server.dir, ignore_errors=True)
-
-
-async def run_and_print(aof_redis: RedisServer, mongo_server: MongoWireServer, rounds: int, clients: int) -> None:
-    report = await crash_run(aof_redis, mongo_server.url, f"crash_{uuid.uuid4().hex[:10]}", rounds, clients)
+async def run_and_print(own_redis: RedisServer, mongo_server: MongoWireServer, rounds: int, clients: int) -> None:
+    report = await crash_run(own_redis, mongo_server.url, f"crash_{uuid.uuid4().hex[:10]}", rounds, clients)
     print("\n" + report.summary())
     assert report.lost == 0 and report.doubled == 0
     assert sum(report.faults.values()) == rounds
@@ -36,14 +25,14 @@ async def run_and_print(aof_redis: RedisServer, mongo_server: MongoWireServer, r
 
 
 async def test_no_acknowledged_operation_lost_or_doubled_across_kills(
-    aof_redis: RedisServer, mongo_server: MongoWireServer
+    own_redis: RedisServer, mongo_server: MongoWireServer
 ) -> None:
-    await run_and_print(aof_redis, mongo_server, SHORT_ROUNDS, clients=4)
+    await run_and_print(own_redis, mongo_server, SHORT_ROUNDS, clients=4)
 
 
 @pytest.mark.slow
-async def test_long_crash_run(aof_redis: RedisServer, mongo_server: MongoWireServer) -> None:
+async def test_long_crash_run(own_redis: RedisServer, mongo_server: MongoWireServer) -> None:
     rounds = int(os.environ.get("BILLING_CRASH_ROUNDS", "0"))
     if rounds <= 0:
         pytest.skip("long form: set BILLING_CRASH_ROUNDS (e.g. 60)")
-    await run_and_print(aof_redis, mongo_server, rounds, clients=int(os.environ.get("BILLING_CRASH_CLIENTS", "6")))
+    await run_and_print(own_redis, mongo_server, rounds, clients=int(os.environ.get("BILLING_CRASH_CLIENTS", "6")))

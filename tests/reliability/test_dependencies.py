@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -87,21 +86,6 @@ def assert_unavailable(answer: requests.Response) -> None:
     assert answer.headers["Content-Type"].startswith("application/problem+json")
     assert answer.json()["code"] == "unavailable"
     assert int(answer.headers["Retry-After"]) >= 1
-
-
-@pytest.fixture
-def own_redis() -> Iterator[RedisServer]:
-    server = RedisServer(aof=True).start()
-    yield server
-    server.kill()
-    shutil.rmtree(server.dir, ignore_errors=True)
-
-
-@pytest.fixture
-def own_mongo(tmp_path: Any) -> Iterator[MongoWireServer]:
-    server = MongoWireServer(storage=str(tmp_path / "mongo")).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
