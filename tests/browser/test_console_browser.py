@@ -45,7 +45,7 @@ async def browser() -> AsyncIterator[Browser]:
 
 @pytest.fixture
 def shots(tmp_path: Path) -> Path:
-    """Screenshots go to docs/screenshots when BILLING_SCREENSHOTS=1 (to refresh the README), else to tmp."""
+    """Screenshots go to docs/screenshots when BILLING_SCREENSHOTS=1 (to refresh docs/console.md), else to tmp."""
     if os.environ.get("BILLING_SCREENSHOTS") == "1":
         target = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
         target.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""The README's curl examples run as printed against `billing serve` on the embedded stores."""
+"""The README tour's curl examples run as printed against `billing serve` on the embedded stores."""
 
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ import pytest
 from tests.support.servers import free_port
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-# Expected status of each curl line in the API section, in order.
+# Expected status of each curl line of the tour, in order.
 EXPECTED = [201, 201, 200, 201, 201, 200, 201, 200, 200, 201, 200, 200, 409]
 
 
-def api_section_curls() -> list[str]:
+def tour_curls() -> list[str]:
     text = README.read_text()
-    section = text[text.index("<!-- section: api -->") : text.index("<!-- /section: api -->")]
+    section = text[text.index("<!-- section: tour -->") : text.index("<!-- /section: tour -->")]
     return [line for line in section.splitlines() if line.startswith("curl ")]
 
 
@@ -58,7 +58,7 @@ def served() -> tuple[str, str]:
 
 def test_readme_curl_examples_work_as_printed(served: tuple[str, str]) -> None:
     token, base = served
-    curls = api_section_curls()
+    curls = tour_curls()
     assert len(curls) == len(EXPECTED), "update EXPECTED when the README examples change"
     env = {**os.environ, "TOKEN": token, "BASE": base}
     for command, expected in zip(curls, EXPECTED, strict=True):

@@ -1,4 +1,4 @@
-"""The README's history examples run as printed, after the API section's examples, on `billing serve`."""
+"""The history examples of docs/api.md run as printed, after the README tour's examples, on `billing serve`."""
 
 from __future__ import annotations
 
@@ -6,12 +6,15 @@ import json
 import os
 import subprocess
 import time
+from pathlib import Path
 
-from tests.e2e.test_readme_examples import README, api_section_curls, served  # noqa: F401 (fixture)
+from tests.e2e.test_readme_examples import served, tour_curls  # noqa: F401 (fixture)
+
+API_DOC = Path(__file__).resolve().parents[2] / "docs" / "api.md"
 
 
 def history_script() -> str:
-    text = README.read_text()
+    text = API_DOC.read_text()
     section = text[text.index("<!-- section: history-api -->") : text.index("<!-- /section: history-api -->")]
     block = section[section.index("```sh\n") + len("```sh\n") :]
     return block[: block.index("```")]
@@ -31,7 +34,7 @@ def json_documents(output: str) -> list[dict]:
 def test_readme_history_examples_work_as_printed(served: tuple[str, str]) -> None:  # noqa: F811
     token, base = served
     env = {**os.environ, "TOKEN": token, "BASE": base}
-    for command in api_section_curls():
+    for command in tour_curls():
         subprocess.run(["bash", "-c", command], env=env, capture_output=True, check=True)
     script = "set -euo pipefail\n" + history_script()
     # History is eventually consistent: wait until the projector has the last operation of the examples.

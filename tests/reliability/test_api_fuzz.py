@@ -1,6 +1,6 @@
 """Schemathesis against a live `billing serve` from its own /openapi.json: no 5xx, every answer as documented.
 
-Short form (default, bounded examples, fixed seed). Long form, with its figures in the README:
+Short form (default, bounded examples, fixed seed). Long form, with its figures in docs/reliability.md:
 `BILLING_FUZZ_EXAMPLES=300 BILLING_FUZZ_SEED=random .venv/bin/pytest -m slow -s tests/reliability/test_api_fuzz.py`.
 """
 

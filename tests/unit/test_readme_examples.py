@@ -1,4 +1,4 @@
-"""Every JSON request example in README.md (curl ... -d '...') is valid for its route's request schema."""
+"""Every JSON request example in README.md and docs/*.md (curl ... -d '...') is valid for its route's request schema."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from jsonschema import Draft202012Validator
 
 from billing.openapi import ROUTES, build_spec
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+ROOT = Path(__file__).resolve().parents[2]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.S | re.M)
 
 
@@ -35,8 +36,8 @@ def curl_examples(text: str) -> list[tuple[str, str, str]]:
                     body = args[i + 1]
                 elif arg.startswith("http://") or arg.startswith("https://") or arg.startswith("$"):
                     url = arg
-            assert url and body is not None, f"cannot read this README example: {line}"
-            url = re.sub(r"^\$\{?\w+\}?", "http://host", url)  # $BASE/v1/... as the README writes it
+            assert url and body is not None, f"cannot read this example: {line}"
+            url = re.sub(r"^\$\{?\w+\}?", "http://host", url)  # $BASE/v1/... as the docs write it
             found.append((method or "POST", urlsplit(url).path, body))
     return found
 
@@ -46,14 +47,16 @@ def route_of(method: str, path: str) -> tuple[str, str]:
         pattern = "^" + re.sub(r"\\\{[^}]*\\\}", "[^/]+", re.escape(template)) + "$"
         if m == method and re.match(pattern, path):
             return m, template
-    raise AssertionError(f"README example for {method} {path}: no such route in the API")
+    raise AssertionError(f"example for {method} {path}: no such route in the API")
 
 
-EXAMPLES = curl_examples(README.read_text(encoding="utf-8"))
+EXAMPLES = [example for doc in DOCS for example in curl_examples(doc.read_text(encoding="utf-8"))]
 
 
-def test_readme_has_request_examples() -> None:
-    assert EXAMPLES, "README.md has no `curl ... -d '...'` examples in fenced blocks"
+def test_docs_have_request_examples() -> None:
+    readme = curl_examples(DOCS[0].read_text(encoding="utf-8"))
+    assert readme, "README.md has no `curl ... -d '...'` examples in fenced blocks"
+    assert len(EXAMPLES) > len(readme), "docs/*.md have no `curl ... -d '...'` examples in fenced blocks"
 
 
 @pytest.mark.parametrize(("method", "path", "body"), EXAMPLES, ids=[f"{m} {p}" for m, p, _ in EXAMPLES])
