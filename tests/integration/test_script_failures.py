@@ -12,12 +12,19 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+import tornado.httpserver
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from billing import redis_raw
+from billing.app import make_app
+from billing.config import Settings
+from billing.context import build_context
+from billing.lifecycle import start_components, stop_components
 from billing.ledger import Idempotency, Ledger
 from billing.operations import OPERATIONS, MoneyOperations
+from tests.support.api import Api
+from tests.support.servers import RedisServer, free_port
 
 TTL = 90_000
 FP = "f" * 64
@@ -294,3 +301,37 @@ async def test_a_corrupt_ledger_refuses_the_whole_batch_run_before_any_write(red
     replies = await operations.execute_many(items, "en")
     assert [(reply.status, reply.body["code"]) for reply in replies] == [(500, "internal_error")] * 2
     assert await snapshot(redis_client, prefix) == before
+
+
+async def test_redis_refusing_writes_for_memory_answers_503_and_changes_nothing(
+    own_redis: RedisServer, settings: Settings, mongo_db: Any
+) -> None:
+    """Redis out of memory refuses a script's first write: the operation did not happen, retry it (503),
+    alone and in a batch; once memory is back the same request runs."""
+    client = Redis.from_url(own_redis.url)
+    ctx = await build_context(settings, redis=client, mongo=mongo_db)
+    await start_components(ctx)
+    port = free_port()
+    server = tornado.httpserver.HTTPServer(make_app(ctx))
+    server.listen(port, "127.0.0.1")
+    api = Api(f"http://127.0.0.1:{port}")
+    try:
+        await ctx.ledger.load_scripts()
+        before = await snapshot(client, settings.redis_prefix)
+        await client.config_set("maxmemory", 1)
+        deposit = {"user_id": 1, "amount": "1.00"}
+        alone = await api.post("/v1/deposits", deposit, token="tok-payments", headers={"Idempotency-Key": "d1"})
+        assert (alone.status, alone.json["code"]) == (503, "unavailable")
+        batch = await api.post("/v1/batch", {"operations": [{"op": "deposit", **deposit}] * 2}, token="tok-payments")
+        assert batch.status == 200
+        assert [(r["status"], r["body"]["code"]) for r in batch.json["results"]] == [(503, "unavailable")] * 2
+        await client.config_set("maxmemory", 0)
+        assert await snapshot(client, settings.redis_prefix) == before
+        again = await api.post("/v1/deposits", deposit, token="tok-payments", headers={"Idempotency-Key": "d1"})
+        assert again.status == 201 and "Idempotent-Replayed" not in again.headers
+    finally:
+        api.close()
+        server.stop()
+        await server.close_all_connections()
+        await stop_components(ctx)
+        await client.aclose()
