@@ -20,8 +20,8 @@ from billing import redis_raw
 from billing.app import make_app
 from billing.config import Settings
 from billing.context import build_context
-from billing.lifecycle import start_components, stop_components
 from billing.ledger import Idempotency, Ledger
+from billing.lifecycle import start_components, stop_components
 from billing.operations import OPERATIONS, MoneyOperations
 from tests.support.api import Api
 from tests.support.servers import RedisServer, free_port
