@@ -271,7 +271,12 @@ def decode_reply(reply: list[bytes]) -> Outcome:
 
 
 class BatchOperationFailed(Exception):
-    """One operation of a batch script run failed inside Redis (the others ran)."""
+    """One operation of a batch script run failed inside Redis: it changed nothing, and stopped the run
+    (the operations before it are complete, the ones after it did not run)."""
+
+
+class BatchOperationSkipped(Exception):
+    """An operation of a batch script run that did not run: one before it in the run failed."""
 
 
 def decode_batch_reply(reply: list[bytes]) -> list[Outcome | Exception]:
@@ -281,7 +286,7 @@ def decode_batch_reply(reply: list[bytes]) -> list[Outcome | Exception]:
         kind, payload = reply[index], reply[index + 1]
         try:
             out.append(decode_outcome(kind, payload))
-        except (IdempotencyKeyReused, BatchOperationFailed) as exc:
+        except (IdempotencyKeyReused, BatchOperationFailed, BatchOperationSkipped) as exc:
             out.append(exc)
     return out
 
@@ -289,6 +294,8 @@ def decode_batch_reply(reply: list[bytes]) -> list[Outcome | Exception]:
 def decode_outcome(kind: bytes, payload: bytes) -> Outcome:
     if kind == b"error":
         raise BatchOperationFailed(payload.decode(errors="replace"))
+    if kind == b"skipped":
+        raise BatchOperationSkipped()
     if kind == b"reused":
         raise IdempotencyKeyReused()
     outcome = orjson.loads(payload)

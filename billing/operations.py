@@ -5,6 +5,7 @@ HTTP handlers and the batch endpoint both go through here, so an operation behav
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -12,12 +13,14 @@ from typing import Any
 
 import orjson
 from pydantic import ValidationError
-from redis.exceptions import NoScriptError
+from redis.exceptions import MasterDownError, NoScriptError, OutOfMemoryError, ReadOnlyError
 
 from billing import redis_raw
 from billing.errors import ApiError, problem_body, validation_errors
 from billing.ledger import (
     BATCH_CHUNK,
+    BatchOperationFailed,
+    BatchOperationSkipped,
     Idempotency,
     IdempotencyKeyReused,
     Ledger,
@@ -36,7 +39,14 @@ from billing.schemas import (
     WithdrawalRequest,
 )
 
+log = logging.getLogger("billing.operations")
+
 PAYMENTS = frozenset({"payments"})
+# Redis refusing a script's first write (out of memory, a replica, no master): the run changed nothing and a
+# retry may succeed, so 503. As error replies these are redis-py's exception classes; inside a batch run
+# (caught there) the message keeps Redis's error code as its first word.
+STORE_REFUSALS = (OutOfMemoryError, ReadOnlyError, MasterDownError)
+STORE_REFUSAL_CODES = ("OOM", "READONLY", "MASTERDOWN", "NOREPLICAS")
 ORDERS = frozenset({"orders"})
 
 ScriptCall = tuple[str, list[str], list[Any]]
@@ -136,6 +146,16 @@ def reply_from_outcome(outcome: Outcome, lang: str) -> Reply:
     return Reply(outcome.status, render_outcome_body(outcome.body, lang), outcome.replayed)
 
 
+def failure_reply(exc: Exception) -> Reply:
+    """The reply of a batch operation that got no outcome. Each one changed nothing (lua/_batch.lua):
+    503 when it did not run or Redis refused its writes for now, else 500 (the ledger needs a look)."""
+    if isinstance(exc, (NoScriptError, BatchOperationSkipped, *STORE_REFUSALS)) or (
+        isinstance(exc, BatchOperationFailed) and str(exc).startswith(STORE_REFUSAL_CODES)
+    ):
+        return Reply(503, problem_body("unavailable", "The operation did not run; retry it"))
+    return Reply(500, problem_body("internal_error", "The operation failed and changed nothing; it is logged"))
+
+
 class MoneyOperations:
     """Runs money operations on the ledger, one at a time or many in one pipeline."""
 
@@ -176,6 +196,8 @@ class MoneyOperations:
         outcomes: list[Outcome | Exception] = []
         for chunk, result in zip(chunks, raw, strict=True):
             if isinstance(result, Exception):
+                if not isinstance(result, NoScriptError):
+                    log.error("batch script run of %d operations refused, nothing changed: %s", len(chunk), result)
                 outcomes.extend([result] * len(chunk))
             else:
                 outcomes.extend(decode_batch_reply(result))
@@ -185,12 +207,14 @@ class MoneyOperations:
             if isinstance(outcome, IdempotencyKeyReused):
                 observed[spec.name, "idempotency_key_reused", False] += 1
                 replies.append(Reply(422, problem_body("idempotency_key_reused")))
-            elif isinstance(outcome, NoScriptError):
-                observed[spec.name, "unavailable", False] += 1
-                replies.append(Reply(503, problem_body("unavailable", "The operation did not run; retry it")))
             elif isinstance(outcome, Exception):
-                observed[spec.name, "internal_error", False] += 1
-                replies.append(Reply(500, problem_body("internal_error", "The operation failed; retry it")))
+                if isinstance(outcome, BatchOperationFailed):
+                    log.error(
+                        "batch operation %s failed and stopped its run, it changed nothing: %s", spec.name, outcome
+                    )
+                reply = failure_reply(outcome)
+                observed[spec.name, reply.body["code"], False] += 1
+                replies.append(reply)
             else:
                 observed[spec.name, outcome.error, outcome.replayed] += 1
                 replies.append(reply_from_outcome(outcome, lang))

@@ -18,6 +18,7 @@ from typing import Any
 from bson.decimal128 import Decimal128
 
 from billing.config import Settings
+from billing.csv_cells import text_cell
 from billing.money import format_kopecks
 from billing.report_links import LinkSigner
 from billing.report_month import Month, load_zone, parse_month
@@ -30,6 +31,9 @@ LINE_END = "\r\n"  # RFC 4180; Excel and LibreOffice read it, and so does every 
 # A month is closed for caching only this long after its end, so that charges still on their way
 # through the outbox (history lags by up to ~1 s, more if MongoDB was down) are never frozen out.
 CACHE_GRACE = timedelta(minutes=10)
+# In the cache file's name: raised whenever the same ledger gives other bytes (v2: formula-like names
+# neutralized), so a file cached by an older build is never served again.
+CACHE_FORMAT = "v2"
 
 LagProbe = Callable[[], Awaitable[dict[str, Any] | None]]
 
@@ -86,14 +90,14 @@ class Reports:
         writer = csv.writer(buffer, delimiter=";", quotechar='"', quoting=csv.QUOTE_MINIMAL, lineterminator=LINE_END)
         writer.writerow(HEADER)
         for name, total in await self.totals(month):
-            writer.writerow((name, format_kopecks(total)))
+            writer.writerow((text_cell(name), format_kopecks(total)))
         return buffer.getvalue().encode("utf-8")
 
     # ---- the cache ---------------------------------------------------------------------------
 
     def cache_path(self, period: Month) -> Path:
         zone = self.settings.report_tz.replace("/", "_")
-        return self.reports_dir / f"revenue-{period.label}-{zone}.csv"
+        return self.reports_dir / f"revenue-{period.label}-{zone}-{CACHE_FORMAT}.csv"
 
     def is_closed(self, period: Month) -> bool:
         """True once the month (plus CACHE_GRACE) is over: only then may a file stand for the ledger."""

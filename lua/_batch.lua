@@ -5,8 +5,17 @@
     then for each operation: its idempotency record key, then its keys (OPS[op].nkeys of them)
     ARGV[1] idempotency record TTL in seconds
     then for each operation: its name (a key of OPS), its fingerprint ('' = no key), then its arguments
-  Returns a flat array: kind1, outcome1, kind2, outcome2, ... (kinds as in the prelude, or 'error' with
-  the message when an operation failed inside Redis: the operations before and after it still run).
+  Returns a flat array: kind1, outcome1, kind2, outcome2, ... with the kinds of the prelude and
+    'error', <message>  the operation failed (an error of the prelude, or Redis's) and changed nothing;
+    'skipped', ''       the operation did not run because one before it in this run failed.
+  Error replies (nothing changed): 'batch: ...' for a call whose keys and arguments do not match its
+  operations, and the prelude's errors about what the whole run writes (meta, totals, outbox, TTL).
+
+  An error stops the run. Every check of an operation comes before its first write (see the prelude), so
+  the failing operation wrote nothing; each operation before it is whole (its writes, idempotency record
+  and outbox entry), and end_run still writes the ids, clock and totals they counted; the operations after
+  it do not run, since the error means the ledger is not what the checks expect. A caller retries those
+  (with their Idempotency-Keys the completed ones replay).
   Every key is declared in KEYS, but the keys of many users hash to many cluster slots: this script is
   for a single Redis (or must be split per slot under Redis Cluster).
 ]]
@@ -23,13 +32,20 @@ end
 if k ~= #KEYS + 1 or a ~= #ARGV + 1 then
   return redis.error_reply('batch: keys and arguments do not match the operations')
 end
+begin_run()
 local out = {}
+local failed = false
 k, a = 4, 2
 while a <= #ARGV do
   local spec = OPS[ARGV[a]]
-  local ok, kind, payload = pcall(run_op, spec, KEYS[k], ARGV[a + 1], k + 1, a + 2)
-  if not ok then
-    kind, payload = 'error', type(kind) == 'table' and tostring(kind.err) or tostring(kind)
+  local kind, payload = 'skipped', ''
+  if not failed then
+    local ok
+    ok, kind, payload = pcall(run_op, spec, KEYS[k], ARGV[a + 1], k + 1, a + 2)
+    if not ok then
+      failed = true
+      kind, payload = 'error', type(kind) == 'table' and tostring(kind.err) or tostring(kind)
+    end
   end
   out[#out + 1] = kind
   out[#out + 1] = payload

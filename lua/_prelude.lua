@@ -23,6 +23,19 @@
     {'reused', ''}       the key was used with another fingerprint: nothing changed
   outcome is JSON: {"status": <http status>, "body": {...}} or {"status": <4xx>, "error": "<code>"}.
   Ids and money travel as decimal strings: Lua numbers are doubles, and cjson prints 14 digits only.
+
+  Errors (a script error reply, 'ledger: ...' or Redis's own, e.g. WRONGTYPE or OOM): an argument that is
+  not what billing/ledger.py sends, a key of the wrong type, a stored value this ledger never writes
+  (a balance or amount that is not a canonical integer within its bound, a reservation whose account
+  cannot hold it, an idempotency record that is not "<fingerprint>\n<outcome json>").
+
+  Redis does not undo a script's writes when it fails, so every operation is two phases: first every
+  read and check (anything that can refuse or raise), then its writes, which cannot fail on what the
+  checks let through. begin_run checks what the whole run writes (meta, totals, outbox, the TTL) before
+  the first operation. An error therefore always comes before the failing operation's first write.
+  What the write phase does beyond the checked values cannot fail: cjson.encode of strings, XADD '*'
+  (only at the largest stream id), SET (any type), and Redis refuses for memory (OOM) only a script's
+  first write. A single script's error changes nothing; for a batch run see lua/_batch.lua.
 ]]
 local rcall = redis.call
 -- available + reserved of one account never exceeds this (10 000 000 000 000.00 rubles < 2^53 kopecks)
@@ -40,43 +53,108 @@ local function int(n)
   return string.format('%d', n)
 end
 
+-- An error of the script: a broken ledger or a bad call, raised before the operation's first write.
+local function fail(message)
+  error('ledger: ' .. message, 0)
+end
+
+-- A decimal integer as this ledger writes it (no sign unless negative, no leading zero), within
+-- -limit .. limit, as a number; nil for nil. Redis's HINCRBY reads exactly these.
+local function checked_int(value, limit, what)
+  if not value then
+    return nil
+  end
+  if type(value) ~= 'string' or not (value == '0' or string.match(value, '^%-?[1-9]%d*$'))
+      or #value > 20 or math.abs(tonumber(value)) > limit then
+    fail(what .. ' is not an integer within +-' .. int(limit) .. ': ' .. tostring(value))
+  end
+  return tonumber(value)
+end
+
+-- An amount argument (kopecks): 1 .. MAX_BALANCE.
+local function amount_arg(value, what)
+  local n = checked_int(value, MAX_BALANCE, what)
+  if not n or n < 1 then
+    fail(what .. ' must be a positive amount: ' .. tostring(value))
+  end
+  return n
+end
+
+-- An id argument (user, service, order): 1 .. 2^63-1 as decimal digits; kept as a string.
+local function id_arg(value, what)
+  if type(value) ~= 'string' or not string.match(value, '^[1-9]%d*$') or #value > 19
+      or (#value == 19 and value > '9223372036854775807') then
+    fail(what .. ' is not an id: ' .. tostring(value))
+  end
+  return value
+end
+
+-- A key must hold one of these types (or not exist).
+local function check_type(key, wanted)
+  local kind = rcall('TYPE', key)
+  kind = type(kind) == 'table' and kind.ok or kind
+  if kind ~= 'none' and kind ~= wanted then
+    fail(key .. ' holds a ' .. tostring(kind) .. ', not a ' .. wanted)
+  end
+end
+
+-- The run's state, read and checked by begin_run; ids, clock and totals are counted here and written by
+-- end_run, so a batch run pays no Redis call per operation for them, and an operation's writes never
+-- include a call that could fail on them.
+local last_id, stored_id, stored_clock, now_ms = nil, nil, nil, nil
+local stored_totals, totals_added = {}, {}
+local TOTAL_FIELDS = {'deposited', 'withdrawn', 'revenue'}
+-- Ids stay exact doubles; totals stay far inside HINCRBY's int64.
+local MAX_ID, MAX_TOTAL = 2 ^ 53 - 1, 2 ^ 62
+
+local function begin_run()
+  id_arg(IDEM_TTL, 'idempotency TTL')
+  check_type(OUTBOX_KEY, 'stream')
+  check_type(META_KEY, 'hash')
+  local meta = rcall('HMGET', META_KEY, 'seq', 'clock')
+  stored_id = checked_int(meta[1], MAX_ID, META_KEY .. ' seq') or 0
+  stored_clock = checked_int(meta[2], MAX_ID, META_KEY .. ' clock') or 0
+  last_id = stored_id
+  check_type(TOTALS_KEY, 'hash')
+  local totals = rcall('HMGET', TOTALS_KEY, unpack(TOTAL_FIELDS))
+  for i, field in ipairs(TOTAL_FIELDS) do
+    stored_totals[field] = checked_int(totals[i], MAX_TOTAL, TOTALS_KEY .. ' ' .. field) or 0
+  end
+end
+
 -- One timestamp per script run (a run is one atomic step), never behind the last one used.
-local now_ms = nil
 local function clock()
   if not now_ms then
     local t = rcall('TIME')
-    local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-    local last = tonumber(rcall('HGET', META_KEY, 'clock') or '0')
-    if ms < last then
-      ms = last
-    end
-    rcall('HSET', META_KEY, 'clock', int(ms))
-    now_ms = ms
+    now_ms = math.max(tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), stored_clock)
   end
   return now_ms
 end
 
--- Transaction ids and totals: one HINCRBY for the run's first id, then counted here and written when the
--- run ends (end_run), so a batch run does not pay two Redis calls per operation for them.
-local last_id, ids_counted = nil, false
 local function next_id()
-  if last_id then
-    last_id = last_id + 1
-    ids_counted = true
-  else
-    last_id = rcall('HINCRBY', META_KEY, 'seq', 1)
-  end
+  last_id = last_id + 1
   return last_id
 end
 
-local totals_added = {}
-local function add_total(field, amount)
-  totals_added[field] = (totals_added[field] or 0) + tonumber(amount) -- exact: a run adds far below 2^53
+-- Check phase: the totals can take amount more (else an error: they are a conservation check).
+local function check_total(field, amount)
+  if stored_totals[field] + (totals_added[field] or 0) + amount > MAX_TOTAL then
+    fail(TOTALS_KEY .. ' ' .. field .. ' would pass ' .. int(MAX_TOTAL))
+  end
 end
 
+-- Write phase.
+local function add_total(field, amount)
+  totals_added[field] = (totals_added[field] or 0) + amount -- exact: far below 2^53
+end
+
+-- Writes what the run counted; nothing here can fail on what begin_run checked.
 local function end_run()
-  if ids_counted then
+  if last_id ~= stored_id then
     rcall('HSET', META_KEY, 'seq', int(last_id))
+  end
+  if now_ms and now_ms ~= stored_clock then
+    rcall('HSET', META_KEY, 'clock', int(now_ms))
   end
   for field, amount in pairs(totals_added) do
     rcall('HINCRBY', TOTALS_KEY, field, int(amount))
@@ -117,25 +195,44 @@ end
 local function run_op(spec, idem_key, fingerprint, k, a)
   IDEM_KEY, FINGERPRINT = idem_key, fingerprint
   if FINGERPRINT ~= '' then
+    if string.find(FINGERPRINT, '\n', 1, true) then
+      fail('a fingerprint has no line break')
+    end
     local stored = rcall('GET', IDEM_KEY)
     if stored then
       local sep = string.find(stored, '\n', 1, true)
-      if sep and string.sub(stored, 1, sep - 1) == FINGERPRINT then
-        return 'replay', string.sub(stored, sep + 1)
+      if not sep then
+        fail('idempotency record ' .. IDEM_KEY .. ' has no fingerprint')
       end
-      return 'reused', ''
+      if string.sub(stored, 1, sep - 1) ~= FINGERPRINT then
+        return 'reused', ''
+      end
+      local payload = string.sub(stored, sep + 1)
+      local ok, outcome = pcall(cjson.decode, payload)
+      if not ok or type(outcome) ~= 'table' or type(outcome.status) ~= 'number' then
+        fail('idempotency record ' .. IDEM_KEY .. ' holds no outcome')
+      end
+      return 'replay', payload
     end
   end
   return spec.run(k, a)
 end
 
--- available, reserved of an account, or nil when the account does not exist yet
+-- available, reserved of an account (each 0 .. MAX_BALANCE), or nil when the account does not exist yet
 local function account(key)
   local v = rcall('HMGET', key, 'available', 'reserved')
   if not v[1] then
+    if v[2] or rcall('EXISTS', key) == 1 then
+      fail(key .. ' has no available balance')
+    end
     return nil, nil
   end
-  return tonumber(v[1]), tonumber(v[2] or '0')
+  local available = checked_int(v[1], MAX_BALANCE, key .. ' available')
+  local reserved = checked_int(v[2] or '0', MAX_BALANCE, key .. ' reserved')
+  if available < 0 or reserved < 0 then
+    fail(key .. ' holds a negative balance')
+  end
+  return available, reserved
 end
 
 local function balance_body(user_id, available, reserved)
@@ -147,7 +244,7 @@ local function debit_problem(available, amount)
   if not available then
     return 404, 'account_not_found'
   end
-  if available < tonumber(amount) then
+  if available < amount then
     return 409, 'insufficient_funds'
   end
   return nil
@@ -174,12 +271,37 @@ local function new_txn(kind, user_id, amount, available, reserved, extra)
   return txn
 end
 
-local function reservation_body(key)
+local RESERVATION_STATUSES = {reserved = true, recognized = true, cancelled = true}
+
+-- A reservation's fields (amount as a number in h.kopecks), or nil when there is none.
+local function reservation(key)
   local r = rcall('HGETALL', key)
+  if #r == 0 then
+    return nil
+  end
   local h = {}
   for i = 1, #r, 2 do
     h[r[i]] = r[i + 1]
   end
+  h.kopecks = amount_arg(h.amount, key .. ' amount')
+  if not RESERVATION_STATUSES[h.status] then
+    fail(key .. ' has an unknown status: ' .. tostring(h.status))
+  end
+  if h.recognized_amount then
+    amount_arg(h.recognized_amount, key .. ' recognized_amount')
+  end
+  return h
+end
+
+-- A reservation's account must hold its money while it is reserved.
+local function check_holds(key, reserved, h)
+  if h.status == 'reserved' and (not reserved or reserved < h.kopecks) then
+    fail(key .. ' does not hold the reserved ' .. h.amount)
+  end
+end
+
+-- The reservation as the API shows it, from its fields (h from reservation(), with any changes).
+local function reservation_body(h)
   return {
     user_id = h.user_id, service_id = h.service_id, order_id = h.order_id,
     amount = h.amount, status = h.status, recognized_amount = h.recognized_amount or cjson.null,
@@ -188,14 +310,15 @@ local function reservation_body(key)
 end
 
 -- The answer when a reservation call changes nothing (the same reserve, recognize or cancel again).
-local function unchanged_reservation(key, user_id, available, reserved)
-  return finish(200, {reservation = reservation_body(key),
+local function unchanged_reservation(h, user_id, available, reserved)
+  return finish(200, {reservation = reservation_body(h),
     balance = balance_body(user_id, available or 0, reserved or 0)})
 end
 
 -- Entry point of a single script: one operation, laid out as described at the top.
 local function run_single(name)
   OUTBOX_KEY, META_KEY, TOTALS_KEY, IDEM_TTL = KEYS[2], KEYS[3], KEYS[4], ARGV[2]
+  begin_run()
   local kind, payload = run_op(OPS[name], KEYS[1], ARGV[1], 5, 3)
   end_run()
   return {kind, payload}

@@ -1,31 +1,36 @@
 --[[
   cancel: return the whole reserved amount of a reservation to available.
-    keys: account hash, reservation hash, services catalog hash
-    args: user_id, service_id, order_id, comment ('' = none)
+    KEYS[k]    account hash;  KEYS[k + 1] reservation hash;  KEYS[k + 2] services catalog hash
+    ARGV[a]    user_id;  ARGV[a + 1] service_id;  ARGV[a + 2] order_id;  ARGV[a + 3] comment ('' = none)
   Outcomes: 200 {reservation, balance, transaction (release)}; 200 {reservation, balance} when already
             cancelled; 404 reservation_not_found; 409 reservation_closed (recognized).
+  Errors (see the prelude): a bad argument, a broken account or reservation hash (or a reserved one
+  whose account does not hold it), a catalog key that is not a hash.
 ]]
 OPS.cancel = {nkeys = 3, nargs = 4, run = function(k, a)
   local ACCOUNT, RESERVATION, SERVICES = KEYS[k], KEYS[k + 1], KEYS[k + 2]
-  local user_id, service_id, order_id, comment = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
-  local r = rcall('HMGET', RESERVATION, 'amount', 'status')
-  local amount, status = r[1], r[2]
-  if not amount then
+  local user_id, service_id = id_arg(ARGV[a], 'user_id'), id_arg(ARGV[a + 1], 'service_id')
+  local order_id, comment = id_arg(ARGV[a + 2], 'order_id'), ARGV[a + 3]
+  local h = reservation(RESERVATION)
+  if not h then
     return refuse(404, 'reservation_not_found')
   end
   local available, reserved = account(ACCOUNT)
-  if status == 'cancelled' then
-    return unchanged_reservation(RESERVATION, user_id, available, reserved)
+  check_holds(RESERVATION, reserved, h)
+  if h.status == 'cancelled' then
+    return unchanged_reservation(h, user_id, available, reserved)
   end
-  if status ~= 'reserved' then
+  if h.status ~= 'reserved' then
     return refuse(409, 'reservation_closed')
   end
-  reserved = rcall('HINCRBY', ACCOUNT, 'reserved', '-' .. amount)
-  available = rcall('HINCRBY', ACCOUNT, 'available', amount)
-  rcall('HSET', RESERVATION, 'status', 'cancelled', 'updated_at', int(clock()))
-  local release = new_txn('release', user_id, amount, available, reserved, {
-    comment = comment, service_id = service_id, order_id = order_id,
-    service_name = rcall('HGET', SERVICES, service_id) or ''})
-  return finish(200, {reservation = reservation_body(RESERVATION),
+  local name = rcall('HGET', SERVICES, service_id) or ''
+  -- writes
+  reserved = rcall('HINCRBY', ACCOUNT, 'reserved', '-' .. h.amount)
+  available = rcall('HINCRBY', ACCOUNT, 'available', h.amount)
+  h.status, h.updated_at = 'cancelled', int(clock())
+  rcall('HSET', RESERVATION, 'status', h.status, 'updated_at', h.updated_at)
+  local release = new_txn('release', user_id, h.amount, available, reserved, {
+    comment = comment, service_id = service_id, order_id = order_id, service_name = name})
+  return finish(200, {reservation = reservation_body(h),
     balance = balance_body(user_id, available, reserved), transaction = release}, {release})
 end}

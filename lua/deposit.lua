@@ -1,22 +1,29 @@
 --[[
   deposit: credit a user's available balance; creates the account on its first credit.
-    keys: account hash of the user (available, reserved)
-    args: user_id, amount in kopecks, comment ('' = none)
+    KEYS[k]    account hash of the user (available, reserved)
+    ARGV[a]    user_id;  ARGV[a + 1] amount in kopecks (1 .. MAX_BALANCE);  ARGV[a + 2] comment ('' = none)
   Outcomes: 201 {balance, transaction}; 409 balance_limit_exceeded.
+  Errors (see the prelude): a bad argument, a broken account hash, totals.deposited at its bound.
 ]]
 OPS.deposit = {nkeys = 1, nargs = 3, run = function(k, a)
   local ACCOUNT = KEYS[k]
-  local user_id, amount, comment = ARGV[a], ARGV[a + 1], ARGV[a + 2]
+  local user_id, amount, comment = id_arg(ARGV[a], 'user_id'), ARGV[a + 1], ARGV[a + 2]
+  local kopecks = amount_arg(amount, 'amount')
   local available, reserved = account(ACCOUNT)
-  if not available then
+  local new = not available
+  if new then
     available, reserved = 0, 0
-    rcall('HSET', ACCOUNT, 'reserved', '0')
   end
-  if available + reserved + tonumber(amount) > MAX_BALANCE then
+  if available + reserved + kopecks > MAX_BALANCE then
     return refuse(409, 'balance_limit_exceeded')
   end
+  check_total('deposited', kopecks)
+  -- writes
+  if new then
+    rcall('HSET', ACCOUNT, 'reserved', '0')
+  end
   available = rcall('HINCRBY', ACCOUNT, 'available', amount)
-  add_total('deposited', amount)
+  add_total('deposited', kopecks)
   local txn = new_txn('deposit', user_id, amount, available, reserved, {comment = comment})
   return finish(201, {balance = balance_body(user_id, available, reserved), transaction = txn}, {txn})
 end}

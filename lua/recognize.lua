@@ -1,35 +1,42 @@
 --[[
   recognize: take amount (<= the reservation) out of reserved as the service's revenue; return the
   remainder of the reservation to available (partial capture).
-    keys: account hash, reservation hash, services catalog hash
-    args: user_id, service_id, order_id, amount in kopecks
+    KEYS[k]    account hash;  KEYS[k + 1] reservation hash;  KEYS[k + 2] services catalog hash
+    ARGV[a]    user_id;  ARGV[a + 1] service_id;  ARGV[a + 2] order_id;
+    ARGV[a + 3] amount in kopecks (1 .. MAX_BALANCE)
   Outcomes: 200 {reservation, balance, transaction (charge), release_transaction (when a remainder)};
             200 {reservation, balance} when already recognized with the same amount;
             404 reservation_not_found; 409 reservation_closed (cancelled, or recognized with another
             amount); 409 amount_exceeds_reservation.
+  Errors (see the prelude): a bad argument, a broken account or reservation hash (or a reserved one
+  whose account does not hold it), a catalog key that is not a hash, totals.revenue at its bound.
 ]]
 OPS.recognize = {nkeys = 3, nargs = 4, run = function(k, a)
   local ACCOUNT, RESERVATION, SERVICES = KEYS[k], KEYS[k + 1], KEYS[k + 2]
-  local user_id, service_id, order_id, amount = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
-  local r = rcall('HMGET', RESERVATION, 'amount', 'status', 'recognized_amount')
-  local reserved_amount, status, recognized = r[1], r[2], r[3]
-  if not reserved_amount then
+  local user_id, service_id = id_arg(ARGV[a], 'user_id'), id_arg(ARGV[a + 1], 'service_id')
+  local order_id, amount = id_arg(ARGV[a + 2], 'order_id'), ARGV[a + 3]
+  local kopecks = amount_arg(amount, 'amount')
+  local h = reservation(RESERVATION)
+  if not h then
     return refuse(404, 'reservation_not_found')
   end
   local available, reserved = account(ACCOUNT)
-  if status == 'recognized' and recognized == amount then
-    return unchanged_reservation(RESERVATION, user_id, available, reserved)
+  check_holds(RESERVATION, reserved, h)
+  if h.status == 'recognized' and h.recognized_amount == amount then
+    return unchanged_reservation(h, user_id, available, reserved)
   end
-  if status ~= 'reserved' then
+  if h.status ~= 'reserved' then
     return refuse(409, 'reservation_closed')
   end
-  if tonumber(amount) > tonumber(reserved_amount) then
+  if kopecks > h.kopecks then
     return refuse(409, 'amount_exceeds_reservation')
   end
-  local remainder = tonumber(reserved_amount) - tonumber(amount)
-  reserved = rcall('HINCRBY', ACCOUNT, 'reserved', '-' .. amount)
-  add_total('revenue', amount)
+  check_total('revenue', kopecks)
   local name = rcall('HGET', SERVICES, service_id) or ''
+  -- writes
+  local remainder = h.kopecks - kopecks
+  reserved = rcall('HINCRBY', ACCOUNT, 'reserved', '-' .. amount)
+  add_total('revenue', kopecks)
   local refs = {service_id = service_id, order_id = order_id, service_name = name}
   local charge = new_txn('charge', user_id, amount, available, reserved, refs)
   local txns = {charge}
@@ -40,8 +47,9 @@ OPS.recognize = {nkeys = 3, nargs = 4, run = function(k, a)
     release = new_txn('release', user_id, int(remainder), available, reserved, refs)
     txns[2] = release
   end
-  rcall('HSET', RESERVATION, 'status', 'recognized', 'recognized_amount', amount, 'updated_at', int(clock()))
-  local body = {reservation = reservation_body(RESERVATION),
+  h.status, h.recognized_amount, h.updated_at = 'recognized', amount, int(clock())
+  rcall('HSET', RESERVATION, 'status', h.status, 'recognized_amount', amount, 'updated_at', h.updated_at)
+  local body = {reservation = reservation_body(h),
     balance = balance_body(user_id, available, reserved), transaction = charge}
   if release then
     body.release_transaction = release

