@@ -16,6 +16,7 @@ from billing.ledger import Ledger
 from billing.render import render_transaction
 from billing.schemas import TRANSACTION_TYPES
 from billing.timefmt import datetime_to_ms, ms_to_datetime, parse_rfc3339
+from billing.watermark import ProjectionWatermark
 
 SORTS = ("created_at", "amount")
 ORDERS = ("desc", "asc")
@@ -102,13 +103,23 @@ def parse_history_query(user_id: int, query: Mapping[str, str]) -> HistoryQuery:
     )
 
 
-def find_specs(q: HistoryQuery, after: tuple[int, int] | None) -> list[FindSpec]:
+def find_specs(q: HistoryQuery, after: tuple[int, int] | None, upto: int | None = None) -> list[FindSpec]:
     """The find() calls that read one page, in order; each matches an index prefix and its sort.
 
     Without a cursor: one query. After a cursor (value, id): first the rows that tie on the sort value
     with an id beyond the cursor's, then the rows strictly beyond the value. Two simple range queries
     instead of one $or keep every query a plain index range scan on any MongoDB-compatible server.
+    `upto` (the projection watermark, billing/watermark.py) keeps out ids that may still have older
+    neighbours missing from MongoDB: a page never puts its cursor past a transaction yet to land.
     """
+    specs = _find_specs(q, after)
+    if upto is not None:
+        for filter_, _sort in specs:
+            filter_["_id"] = {**filter_.get("_id", {}), "$lte": upto}
+    return specs
+
+
+def _find_specs(q: HistoryQuery, after: tuple[int, int] | None) -> list[FindSpec]:
     direction = -1 if q.order == "desc" else 1
     field = q.sort
     sort = [(field, direction), ("_id", direction)]
@@ -156,6 +167,7 @@ class History:
         self._transactions = mongo["transactions"]
         self._services = mongo["services"]
         self._ledger = ledger
+        self._watermark = ProjectionWatermark(ledger.redis, ledger.keys)
         self._cursors = CursorCodec(secret)
         self._warned: set[str] = set()
 
@@ -167,8 +179,9 @@ class History:
         after = self.cursor_after(q)
         if await self._ledger.balance(user_id) is None:
             raise ApiError("account_not_found", f"User {user_id} has no account")
+        upto = await self._watermark.read()
         docs: list[dict[str, Any]] = []
-        for filter_, sort in find_specs(q, after):
+        for filter_, sort in find_specs(q, after, upto):
             wanted = q.limit + 1 - len(docs)  # one more than a page tells whether another page exists
             if wanted <= 0:
                 break

@@ -71,6 +71,9 @@ class RedisKeys:
         self.prefix = prefix
         self.outbox = f"{prefix}outbox"
         self.outbox_dead = f"{prefix}outbox:dead"  # entries the projector could not read, kept for a human
+        # transactions whose id MongoDB already holds with other content (an id used twice), kept for a human
+        self.outbox_conflicts = f"{prefix}outbox:conflicts"
+        self.projected = f"{prefix}projected"  # the history's watermark (billing/watermark.py)
         self.meta = f"{prefix}meta"
         self.totals = f"{prefix}totals"
         self.services = f"{prefix}services"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from bson.int64 import Int64
@@ -52,6 +53,11 @@ def transaction_document(record: Mapping[str, Any]) -> dict[str, Any]:
     return doc
 
 
+def _comparable(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """A document's content as plain values (MongoDB may answer Int64 as int, dates with or without tz)."""
+    return {k: datetime_to_ms(v) if isinstance(v, datetime) else v for k, v in doc.items()}
+
+
 @dataclass(frozen=True)
 class ServiceName:
     """A catalog change: the name of a service as of stream position `seq`."""
@@ -94,6 +100,18 @@ class LedgerStore:
             if details.get("writeConcernErrors") or any(e.get("code") != DUPLICATE_KEY for e in errors):
                 raise
             return int(details.get("nInserted", len(docs) - len(errors))), len(errors)
+
+    async def conflicting(self, docs: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """(document, the stored one) for each document whose id MongoDB holds with other content."""
+        stored = {
+            int(d["_id"]): d async for d in self.transactions.find({"_id": {"$in": [doc["_id"] for doc in docs]}})
+        }
+        out = []
+        for doc in docs:
+            there = stored.get(int(doc["_id"]))
+            if there is not None and _comparable(there) != _comparable(doc):
+                out.append((doc, there))
+        return out
 
     async def upsert_service_names(self, changes: Iterable[ServiceName]) -> int:
         """Set each service's name unless the stored one comes from a later stream position."""
@@ -158,6 +176,11 @@ class LedgerStore:
         """Ledger documents with an id above txn_id (recent ones), in id order."""
         cursor = self.transactions.find({"_id": {"$gt": Int64(txn_id)}}).sort("_id", ASCENDING)
         return await cursor.to_list(None)
+
+    async def max_transaction_id(self) -> int:
+        """The highest transaction id in the ledger (0 when empty): one step down the _id index."""
+        doc = await self.transactions.find_one({}, {"_id": 1}, sort=[("_id", -1)])
+        return int(doc["_id"]) if doc is not None else 0
 
     async def last_transaction(self) -> tuple[int, int]:
         """(highest transaction id, latest created_at in ms); (0, 0) for an empty ledger."""

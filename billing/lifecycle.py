@@ -6,10 +6,12 @@ import secrets
 
 from billing.context import Context
 from billing.history import History
+from billing.ledger_store import LedgerStore
 from billing.metrics import Metrics
 from billing.observability import RequestObserver
 from billing.outbox import Projector
 from billing.reports import Reports
+from billing.seq_guard import SequenceGuard
 
 
 def start_observability(ctx: Context) -> None:
@@ -31,14 +33,26 @@ async def start_components(ctx: Context) -> None:
     # The projector makes the MongoDB indexes before its first batch (retrying while MongoDB is down).
     ctx.projector = Projector.from_context(ctx)
     ctx.projector.on_batch = ctx.metrics.observe_projector_batch
-    ctx.extras["readiness"] = ctx.projector.readiness
+    ctx.projector.on_conflict = ctx.metrics.observe_projector_conflicts
+    guard = SequenceGuard(ctx.redis, ctx.ledger.keys, LedgerStore(ctx.mongo))
+    ctx.extras["sequence_guard"] = guard
+    ctx.operations.write_gate = guard.ensure_writable
+    await guard.start()
+    ctx.extras["readiness"] = lambda: _readiness(ctx.projector, guard)
     if ctx.settings.projector_enabled:
         await ctx.projector.start()
     ctx.reports = Reports(ctx.mongo, ctx.settings, lag_probe=lambda: _projector_lag(ctx))
 
 
+async def _readiness(projector: Projector, guard: SequenceGuard) -> dict:
+    return {**await projector.readiness(), **await guard.readiness()}
+
+
 async def stop_components(ctx: Context) -> None:
     """Stop them in reverse order, letting each finish the work in hand."""
+    guard = ctx.extras.get("sequence_guard")
+    if guard is not None:
+        await guard.stop()
     if ctx.projector is not None:
         await ctx.projector.stop()
     await ctx.redis.aclose()

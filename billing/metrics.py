@@ -79,6 +79,11 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.projector_conflicts = Counter(
+            "billing_projector_conflicts",
+            "Transactions whose id MongoDB already held with other content (kept in the outbox:conflicts stream)",
+            registry=self.registry,
+        )
         # Label children by their label values. Bounded: routes are templates, methods and statuses few.
         self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._operation_children: dict[tuple[str, str | None, bool], Any] = {}
@@ -155,6 +160,10 @@ class Metrics:
         self.projector_batches.inc()
         self.projector_entries.inc(entries)
         self.projector_seconds.observe(seconds)
+
+    def observe_projector_conflicts(self, count: int) -> None:
+        """For the outbox projector: transactions dead-lettered because their id was taken (via ctx.metrics)."""
+        self.projector_conflicts.inc(count)
 
     # ---- exposition ---------------------------------------------------------------------------------
 

@@ -164,12 +164,16 @@ class MoneyOperations:
         # observer(operation, problem code or None, replayed[, count]): metrics of script outcomes
         # (billing/metrics.py); a batch calls it once per distinct outcome with how many had it
         self.observer: Callable[..., None] | None = None
+        # Raises ApiError when money writes must be refused now (billing/seq_guard.py); None: never.
+        self.write_gate: Callable[[], None] | None = None
 
     def _observe(self, spec: OperationSpec, outcome: Outcome) -> None:
         if self.observer is not None:
             self.observer(spec.name, outcome.error, outcome.replayed)
 
     async def execute(self, spec: OperationSpec, request: Request, idem: Idempotency | None, lang: str) -> Reply:
+        if self.write_gate is not None:
+            self.write_gate()
         name, keys, args = spec.to_call(self.ledger, request)
         fp = request_fingerprint(spec, request) if idem else ""
         try:
@@ -186,6 +190,8 @@ class MoneyOperations:
     ) -> list[Reply]:
         """Each item atomic and idempotent on its own, run in order by batch script runs of BATCH_CHUNK
         operations (lua/_batch.lua), all sent to Redis in one pipeline."""
+        if self.write_gate is not None and items:
+            self.write_gate()
         calls = []
         for spec, request, idem in items:
             name, keys, args = spec.to_call(self.ledger, request)

@@ -19,6 +19,7 @@ from redis.exceptions import ResponseError
 
 from billing.ledger import RedisKeys
 from billing.ledger_store import LedgerStore, ServiceName, transaction_document
+from billing.watermark import ProjectionWatermark
 
 log = logging.getLogger("billing.outbox")
 
@@ -97,6 +98,8 @@ class Projector:
         self.redis = redis
         self.stream = keys.outbox
         self.dead_stream = keys.outbox_dead
+        self.conflict_stream = keys.outbox_conflicts
+        self.watermark = ProjectionWatermark(redis, keys, GROUP)
         self.store = store
         self.batch = batch
         self.block_ms = block_ms
@@ -112,8 +115,11 @@ class Projector:
         self.entries_trimmed = 0
         self.failures = 0
         self.poisoned = 0
+        self.conflicts = 0
         # Called once per batch projected (entries, seconds): the metrics hook.
         self.on_batch: Callable[[int, float], None] | None = None
+        # Called with the number of conflicting transactions found in a batch (the metrics hook).
+        self.on_conflict: Callable[[int], None] | None = None
         # Fault injection for tests: awaited after MongoDB confirmed a batch, before its XACK.
         self.before_ack: Callable[[list[str]], Awaitable[None]] | None = None
         self._lock = asyncio.Lock()
@@ -121,6 +127,7 @@ class Projector:
         self._task: asyncio.Task[None] | None = None
         self._group_ready = False
         self._indexes_ready = False
+        self._watermark_ready = False
         self._own_pending = False
         self._last_claim = 0.0
         self._last_trim = 0.0
@@ -178,6 +185,7 @@ class Projector:
                         handled = await self._step(block=False, claim=True)
                         if handled == 0 and (await self.lag())["entries"] == 0:
                             await self._trim()
+                            await self.watermark.advance()
                             return
             except Exception as exc:  # MongoDB or Redis down, or out of time: retry until the deadline
                 last_error = exc
@@ -233,6 +241,7 @@ class Projector:
             "entries_trimmed",
             "failures",
             "poisoned",
+            "conflicts",
         )
         return {name: getattr(self, name) for name in names}
 
@@ -248,6 +257,8 @@ class Projector:
                     handled = await self._step(block=True, claim=self._due("_last_claim", CLAIM_EVERY_SECONDS))
                     if self._due("_last_trim", TRIM_EVERY_SECONDS):
                         await self._trim()
+                        # also after a consumer that crashed between its XACK and its publish
+                        await self.watermark.advance()
                     if self._due("_last_prune", PRUNE_EVERY_SECONDS):
                         await self.prune_consumers()
                 delay = BACKOFF_FIRST
@@ -285,6 +296,10 @@ class Projector:
         if not self._indexes_ready:
             await self.store.ensure_indexes()
             self._indexes_ready = True
+        if not self._watermark_ready:
+            # Before the first batch: once the key exists, history is bounded by it from the first insert on.
+            await self.watermark.advance()
+            self._watermark_ready = True
 
     async def _step(self, block: bool, claim: bool) -> int:
         """Project one batch: this consumer's unacked entries, else idle ones of others, else new ones."""
@@ -329,16 +344,35 @@ class Projector:
         batch = to_batch(entries)
         try:
             inserted, duplicates = await self.store.insert_transactions(batch.docs)
+            # A duplicate is a replay of the same transaction (a lost XACK, a claim), unless its content
+            # differs: then one id was given to two transactions (Redis lost its sequence), never skip that.
+            conflicts = await self.store.conflicting(batch.docs) if duplicates else []
             services = await self.store.upsert_service_names(batch.services.values())
             if self.before_ack is not None:
                 await self.before_ack(batch.ids)
             for entry_id, fields, error in batch.poison:
                 log.error("outbox entry %s unreadable (%s): moved to %s", entry_id, error, self.dead_stream)
                 await self.redis.xadd(self.dead_stream, {**fields, "id": entry_id, "error": error})
+            for new, stored in conflicts:
+                log.error(
+                    "transaction id %d is in MongoDB with other content: the new one is kept in %s, not in the "
+                    "ledger (Redis reused ids; see `billing rebuild`). new=%s stored=%s",
+                    int(new["_id"]),
+                    self.conflict_stream,
+                    _json(new),
+                    _json(stored),
+                )
+                await self.redis.xadd(
+                    self.conflict_stream, {"id": str(int(new["_id"])), "txn": _json(new), "stored": _json(stored)}
+                )
             await self.redis.xack(self.stream, GROUP, *batch.ids)
         except BaseException:
             self._own_pending = True  # read them again before anything new
             raise
+        if conflicts:
+            self.conflicts += len(conflicts)
+            if self.on_conflict is not None:
+                self.on_conflict(len(conflicts))
         self.batches += 1
         self.transactions_written += inserted
         self.duplicates_skipped += duplicates
@@ -347,6 +381,7 @@ class Projector:
         self.poisoned += len(batch.poison)
         if self.on_batch is not None:
             self.on_batch(len(batch.ids), time.perf_counter() - started)
+        await self.watermark.advance()
 
     async def _trim(self) -> None:
         """Delete acknowledged entries: everything below the oldest pending entry or the last delivered one."""
@@ -396,6 +431,10 @@ class Projector:
         )
         if not mine:
             await self.redis.xgroup_delconsumer(self.stream, GROUP, self.consumer)
+
+
+def _json(doc: dict[str, Any]) -> str:
+    return orjson.dumps(doc, default=str).decode()
 
 
 def _entries(raw: list[Any]) -> list[Entry]:

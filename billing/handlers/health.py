@@ -27,11 +27,14 @@ class ReadyHandler(BaseHandler):
         extra = self.ctx.extras.get("readiness")
         if extra is not None:
             checks.update(await extra())
-        if checks["redis"] == "ok" and checks["mongodb"] == "ok":
+        if checks["redis"] == "ok" and checks["mongodb"] == "ok" and checks.get("ledger_sequence", "ok") == "ok":
             self.write_json(200, {"status": "ok", "checks": checks})
             return
+        detail = "Redis or MongoDB does not answer"
+        if checks.get("ledger_sequence", "ok") != "ok":
+            detail = "Redis's ledger sequence is behind MongoDB: money writes are refused until `billing rebuild`"
         self.set_header("Retry-After", "1")
-        self.write_json(503, {**problem_body("unavailable", "Redis or MongoDB does not answer"), "checks": checks})
+        self.write_json(503, {**problem_body("unavailable", detail), "checks": checks})
 
 
 async def _probe(awaitable: Any) -> str:

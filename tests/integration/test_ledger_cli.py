@@ -94,11 +94,16 @@ async def test_project_reconcile_rebuild_commands(ctx: Context, env: dict[str, s
     code, out, err = await billing(env, "rebuild")
     assert code == 2 and "refused" in err
 
+    largest = int((await ctx.mongo.transactions.find_one({}, sort=[("_id", -1)]))["_id"])
     await wipe(ctx)
+    guard = ctx.extras["sequence_guard"]
+    assert await guard.check() is not None  # an emptied Redis would reuse ids: money writes refused
     code, out, err = await billing(env, "rebuild")
     assert code == 0 and out.startswith("rebuild: "), (out, err)
+    assert await guard.check() is None  # the sequence is restored: writes resume
     code, out, err = await billing(env, "reconcile")
     assert code == 0, (out, err)
+    assert int((await deposit(ctx.ledger, 2, 1)).body["transaction"]["id"]) == largest + 1
 
 
 async def test_a_killed_projector_process_loses_and_doubles_nothing(ctx: Context, env: dict[str, str]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,6 +15,7 @@ from pymongo.errors import BulkWriteError
 from billing.config import Settings
 from billing.context import Context
 from billing.ledger_store import LedgerStore, ServiceName
+from billing.metrics import Metrics
 from billing.outbox import GROUP, Projector, stream_seq
 from tests.support.api import Api
 from tests.support.workload import deposit, run
@@ -318,3 +320,44 @@ async def test_readiness_stays_ok_while_history_lags_and_reports_it(api: Api, ct
     await ctx.projector.drain()
     ready = await api.get("/readyz", token=None)
     assert ready.json["checks"]["outbox"] == {"entries": 0, "oldest_age_seconds": 0.0}
+
+
+async def test_an_id_reused_with_other_content_goes_to_the_conflict_stream(
+    ctx: Context, caplog: pytest.LogCaptureFixture
+) -> None:
+    await deposit(ctx.ledger, 5, 100)
+    p = projector(ctx)
+    await p.drain()
+    metrics = Metrics()
+    p.on_conflict = metrics.observe_projector_conflicts
+    # Redis lost its sequence: the same id now names another transaction.
+    await ctx.redis.hset(ctx.ledger.keys.meta, "seq", "0")
+    await deposit(ctx.ledger, 6, 777)
+    with caplog.at_level(logging.ERROR, logger="billing.outbox"):
+        await p.drain()
+    docs = await all_docs(ctx)
+    assert [(int(d["_id"]), int(d["user_id"]), int(d["amount"])) for d in docs] == [(1, 5, 100)]  # kept as it was
+    conflicts = await ctx.redis.xrange(ctx.ledger.keys.outbox_conflicts)
+    assert len(conflicts) == 1
+    kept = orjson.loads(conflicts[0][1][b"txn"])
+    assert conflicts[0][1][b"id"] == b"1" and kept["user_id"] == 6 and kept["amount"] == 777
+    assert orjson.loads(conflicts[0][1][b"stored"])["user_id"] == 5
+    assert p.conflicts == 1 and metrics.registry.get_sample_value("billing_projector_conflicts_total") == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any("transaction id 1" in message and "other content" in message for message in errors)
+    assert (await p.lag())["entries"] == 0  # acknowledged: kept for a human, not retried forever
+
+
+async def test_an_identical_duplicate_stays_silent(ctx: Context, caplog: pytest.LogCaptureFixture) -> None:
+    await deposit(ctx.ledger, 5, 100)
+    await deposit(ctx.ledger, 5, 200)
+    raw = await ctx.redis.xrange(ctx.ledger.keys.outbox)
+    p = projector(ctx)
+    await p.drain()
+    for _entry_id, entry in raw:  # a replay of the same entries (a lost XACK)
+        await ctx.redis.xadd(ctx.ledger.keys.outbox, entry)
+    with caplog.at_level(logging.WARNING):
+        await p.drain()
+    assert p.duplicates_skipped == 2 and p.conflicts == 0
+    assert await ctx.redis.xlen(ctx.ledger.keys.outbox_conflicts) == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

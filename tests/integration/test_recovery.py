@@ -43,11 +43,12 @@ async def check(ctx: Context):
 
 
 async def redis_state(ctx: Context) -> dict[str, Any]:
-    """Every key of the test's prefix but the stream, idempotency records and meta: name -> hash."""
+    """Every key of the test's prefix but the stream, idempotency records, meta and the history watermark:
+    name -> hash."""
     state = {}
     async for key in ctx.redis.scan_iter(match=f"{ctx.settings.redis_prefix}*"):
         name = key.decode()
-        if name.endswith(":outbox") or ":idem:" in name or name.endswith(":meta"):
+        if name.endswith(":outbox") or ":idem:" in name or name in (ctx.ledger.keys.meta, ctx.ledger.keys.projected):
             continue
         state[name] = await ctx.redis.hgetall(name)
     return state

@@ -124,6 +124,16 @@ def test_find_specs_first_page_and_after_a_cursor() -> None:
     assert rest[0] == {"user_id": 5, "type": "charge", "amount": {"$gt": 250}}
 
 
+def test_find_specs_stop_at_the_projection_watermark() -> None:
+    desc = HistoryQuery(5)
+    [(first, _sort)] = find_specs(desc, None, upto=40)
+    assert first == {"user_id": 5, "_id": {"$lte": 40}}
+    ties, rest = find_specs(desc, (4000, 30), upto=40)
+    assert ties[0]["_id"] == {"$lt": 30, "$lte": 40} and rest[0]["_id"] == {"$lte": 40}
+    ties, rest = find_specs(HistoryQuery(5, sort="amount", order="asc"), (250, 9), upto=40)
+    assert ties[0]["_id"] == {"$gt": 9, "$lte": 40} and rest[0]["_id"] == {"$lte": 40}
+
+
 # ---- the cursor ---------------------------------------------------------------------------------
 
 

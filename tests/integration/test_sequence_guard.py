@@ -1,0 +1,111 @@
+"""A Redis whose ledger sequence is behind MongoDB (emptied, or restored from an old snapshot) refuses money
+writes until `billing rebuild` restores the sequence; then writes resume with fresh ids."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from billing.config import Settings
+from billing.context import Context
+from billing.ledger_store import LedgerStore
+from billing.outbox import Projector
+from billing.recovery import rebuild
+from billing.seq_guard import SequenceGuard
+from tests.support.api import Api, problem
+
+pytestmark = pytest.mark.parametrize("mongo_backend", ["mongomock", "secantus"], indirect=True)
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return settings.model_copy(update={"projector_enabled": False})
+
+
+def guard(ctx: Context) -> SequenceGuard:
+    return ctx.extras["sequence_guard"]
+
+
+async def seed(api: Api, ctx: Context) -> int:
+    """Three deposits projected into MongoDB; the largest transaction id."""
+    ids = []
+    for amount in ("1.00", "2.00", "3.00"):
+        r = await api.deposit(1, amount)
+        assert r.status == 201
+        ids.append(int(r.json["transaction"]["id"]))
+    await Projector.from_context(ctx).drain()
+    assert await LedgerStore(ctx.mongo).max_transaction_id() == max(ids)
+    return max(ids)
+
+
+async def assert_writes_refused(api: Api, ctx: Context) -> None:
+    seq_before = await ctx.redis.hget(ctx.ledger.keys.meta, "seq")
+    outbox_before = await ctx.redis.xlen(ctx.ledger.keys.outbox)
+    r = await api.deposit(2, "5.00", key="during-outage")
+    problem(r, 503, "unavailable")
+    assert "billing rebuild" in r.json["detail"] and r.headers.get("Retry-After")
+    batch = await api.post(
+        "/v1/batch", {"operations": [{"op": "deposit", "user_id": 2, "amount": "1.00"}]}, token="tok-payments"
+    )
+    problem(batch, 503, "unavailable")
+    ready = await api.get("/readyz", token=None)
+    assert ready.status == 503 and ready.json["checks"]["ledger_sequence"] != "ok"
+    assert "billing rebuild" in ready.json["detail"]
+    # a refusal changes nothing
+    assert await ctx.redis.hget(ctx.ledger.keys.meta, "seq") == seq_before
+    assert await ctx.redis.xlen(ctx.ledger.keys.outbox) == outbox_before
+    assert await ctx.ledger.balance(2) is None
+
+
+async def test_a_healthy_ledger_is_not_refused(api: Api, ctx: Context) -> None:
+    await seed(api, ctx)
+    assert await guard(ctx).check() is None
+    assert (await api.deposit(1, "1.00")).status == 201
+    assert (await api.get("/readyz", token=None)).json["checks"]["ledger_sequence"] == "ok"
+
+
+async def test_emptied_redis_refuses_writes_until_rebuild_then_ids_go_on(
+    api: Api, ctx: Context, caplog: pytest.LogCaptureFixture
+) -> None:
+    largest = await seed(api, ctx)
+    async for key in ctx.redis.scan_iter(match=f"{ctx.settings.redis_prefix}*"):
+        await ctx.redis.delete(key)  # Redis lost everything; MongoDB still holds the ledger
+    with caplog.at_level(logging.ERROR, logger="billing.ledger"):
+        assert await guard(ctx).check() is not None
+    assert any("billing rebuild" in rec.getMessage() for rec in caplog.records if rec.levelno >= logging.ERROR)
+    await assert_writes_refused(api, ctx)
+
+    await rebuild(ctx.redis, ctx.ledger.keys, LedgerStore(ctx.mongo))
+    assert await guard(ctx).check() is None  # what the guard's background loop runs every second
+    r = await api.deposit(1, "5.00", key="during-outage")
+    assert r.status == 201 and int(r.json["transaction"]["id"]) == largest + 1
+    assert r.json["balance"]["available"] == "11.00"
+    assert (await api.get("/readyz", token=None)).status == 200
+
+
+async def test_redis_restored_from_an_old_snapshot_refuses_writes_until_forced_rebuild(api: Api, ctx: Context) -> None:
+    largest = await seed(api, ctx)
+    # The snapshot was taken after the first deposit: its seq is 1, its accounts still exist.
+    await ctx.redis.hset(ctx.ledger.keys.meta, "seq", "1")
+    await ctx.redis.hset(ctx.ledger.keys.account(1), mapping={"available": "100", "reserved": "0"})
+    assert await guard(ctx).check() is not None
+    await assert_writes_refused(api, ctx)
+
+    await rebuild(ctx.redis, ctx.ledger.keys, LedgerStore(ctx.mongo), force=True)
+    assert await guard(ctx).check() is None
+    r = await api.deposit(1, "1.00")
+    assert r.status == 201 and int(r.json["transaction"]["id"]) == largest + 1
+    assert r.json["balance"]["available"] == "7.00"
+    await Projector.from_context(ctx).drain()
+    assert await ctx.mongo.transactions.count_documents({}) == 4
+
+
+async def test_the_check_at_start_refuses_before_the_first_request(ctx: Context) -> None:
+    await ctx.mongo.transactions.insert_one({"_id": 10, "user_id": 1, "type": "deposit", "amount": 1})
+    fresh = SequenceGuard(ctx.redis, ctx.ledger.keys, LedgerStore(ctx.mongo))
+    await fresh.start()
+    try:
+        assert fresh.refusal is not None and "billing rebuild" in fresh.refusal
+    finally:
+        await fresh.stop()

@@ -1,0 +1,145 @@
+"""History pages stop at the projection watermark, so a batch projected late is never skipped by a walk."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+
+from billing.config import Settings
+from billing.context import Context
+from billing.ledger_store import LedgerStore
+from billing.outbox import Projector
+from tests.support.api import Api
+from tests.support.ledger_docs import SORTS
+from tests.support.workload import deposit
+
+pytestmark = pytest.mark.parametrize("mongo_backend", ["mongomock", "secantus"], indirect=True)
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """These tests drive their own projectors (several consumers of the group)."""
+    return settings.model_copy(update={"projector_enabled": False})
+
+
+class HeldStore(LedgerStore):
+    """A consumer whose batch is read but not yet in MongoDB until the test lets it go."""
+
+    def __init__(self, db: Any) -> None:
+        super().__init__(db)
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def insert_transactions(self, docs: list[dict[str, Any]]) -> tuple[int, int]:
+        self.entered.set()
+        await self.release.wait()
+        return await super().insert_transactions(docs)
+
+
+def projector(ctx: Context, store: LedgerStore | None = None, **kwargs: Any) -> Projector:
+    options = {"batch": 3, "block_ms": 50, "claim_idle_ms": 10_000, **kwargs}
+    return Projector(ctx.redis, ctx.ledger.keys, store or LedgerStore(ctx.mongo), **options)
+
+
+async def page(api: Api, user_id: int, **params: str) -> dict[str, Any]:
+    r = await api.get(f"/v1/users/{user_id}/transactions?{urlencode(params)}", token="tok-support")
+    assert r.status == 200, r.body
+    return r.json
+
+
+async def projected_ids(ctx: Context) -> list[int]:
+    return [int(d["_id"]) for d in await ctx.mongo.transactions.find({}, {"_id": 1}).sort("_id", 1).to_list(None)]
+
+
+async def hold_a_batch(ctx: Context) -> tuple[HeldStore, asyncio.Task[None]]:
+    """A consumer takes the next 3 entries and holds them; another projects everything after them."""
+    held = HeldStore(ctx.mongo)
+    task = asyncio.create_task(projector(ctx, held).drain(timeout=60))
+    await asyncio.wait_for(held.entered.wait(), 10)
+    with pytest.raises(TimeoutError):  # it cannot finish: the held entries are another consumer's
+        await projector(ctx).drain(timeout=0.5)
+    return held, task
+
+
+@pytest.mark.parametrize(("sort", "order"), SORTS)
+async def test_a_walk_never_skips_a_batch_projected_late(api: Api, ctx: Context, sort: str, order: str) -> None:
+    # Amounts rise with ids, so both sorts order the transactions as their ids.
+    for n in range(1, 6):
+        await deposit(ctx.ledger, 1, n * 100)
+    await projector(ctx).drain()
+    for n in range(6, 12):
+        await deposit(ctx.ledger, 1, n * 100)
+    held, task = await hold_a_batch(ctx)
+    assert await projected_ids(ctx) == [1, 2, 3, 4, 5, 9, 10, 11]  # 6..8 are late
+
+    # A client walks while 6..8 are missing from MongoDB: two pages, then they land, then it goes on.
+    walk, cursor = await follow(api, sort, order, None, pages=2)
+    held.release.set()
+    await task  # 6..8 land now, behind ids the walk may already have passed
+    assert await projected_ids(ctx) == list(range(1, 12))
+    if cursor:
+        walk += (await follow(api, sort, order, cursor))[0]
+
+    everything = list(range(1, 12)) if order == "asc" else list(range(11, 0, -1))
+    low, high = sorted((walk[0], walk[-1]))
+    assert walk == [i for i in everything if low <= i <= high], "an item was skipped or repeated"
+    assert (await follow(api, sort, order, None))[0] == everything  # a walk begun now sees the late ones too
+
+
+async def follow(api: Api, sort: str, order: str, cursor: str | None, pages: int = 100) -> tuple[list[int], str | None]:
+    """Up to `pages` pages of 4 following next_cursor: the ids seen and the cursor left to follow."""
+    ids: list[int] = []
+    for _ in range(pages):
+        extra = {"cursor": cursor} if cursor else {}
+        answer = await page(api, 1, sort=sort, order=order, limit="4", **extra)
+        ids += [item["id"] for item in answer["items"]]
+        cursor = answer["next_cursor"]
+        if not cursor:
+            break
+    return ids, cursor
+
+
+async def test_the_watermark_passes_ids_that_never_arrive(api: Api, ctx: Context) -> None:
+    keys = ctx.ledger.keys
+    await deposit(ctx.ledger, 1, 100)  # id 1
+    await ctx.redis.hincrby(keys.meta, "seq", 1)  # id 2: taken by a script that failed before its XADD
+    await ctx.redis.hincrby(keys.meta, "seq", 1)  # id 3: in an entry nobody can read (dead-lettered)
+    await ctx.redis.xadd(keys.outbox, {"txns": '[{"id": "3"}]'})
+    await deposit(ctx.ledger, 1, 400)  # id 4
+    p = projector(ctx)
+    await p.drain()
+    assert p.poisoned == 1
+    assert await p.watermark.read() == 4
+    assert [item["id"] for item in (await page(api, 1))["items"]] == [4, 1]
+    await ctx.redis.hincrby(keys.meta, "seq", 1)  # a gap with nothing after it
+    await p.drain()
+    assert await p.watermark.read() == 5
+
+
+async def test_a_crashed_consumer_holds_the_watermark_until_its_batch_is_claimed(api: Api, ctx: Context) -> None:
+    for n in range(1, 7):
+        await deposit(ctx.ledger, 1, n * 100)
+    held, task = await hold_a_batch(ctx)  # holds 1..3; 4..6 are in MongoDB
+    task.cancel()  # the consumer dies with its batch unacknowledged
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    watching = projector(ctx)
+    assert await watching.watermark.advance() == 0
+    assert (await page(api, 1))["items"] == []  # 4..6 wait for 1..3 rather than run ahead of them
+    rescuer = projector(ctx, claim_idle_ms=0)
+    await rescuer.drain()
+    assert rescuer.entries_claimed == 3
+    assert await rescuer.watermark.read() == 6
+    assert [item["id"] for item in (await page(api, 1))["items"]] == [6, 5, 4, 3, 2, 1]
+
+
+async def test_watermark_is_monotonic(ctx: Context) -> None:
+    w = projector(ctx).watermark
+    assert await w.read() is None
+    assert await w.publish(7) == 7
+    assert await w.publish(3) == 7  # a stale, lower computation never lowers it
+    assert await w.publish(12) == 12
