@@ -29,7 +29,7 @@ from billing.console.text import TEXT, other_language, pick_language
 from billing.context import Context
 from billing.descriptions import SUPPORTED_LANGUAGES
 from billing.errors import ApiError
-from billing.handlers.base import UNAVAILABLE_ERRORS, RequestHooks
+from billing.handlers.base import UNAVAILABLE_ERRORS, OriginAware, RequestHooks
 from billing.money import format_kopecks
 from billing.render import render_reservation
 from billing.report_month import MONTH_PATTERN
@@ -99,9 +99,11 @@ class ConsoleHandler(RequestHooks):
 
     @property
     def secure(self) -> bool:
-        return self.request.protocol == "https"
+        """HTTPS directly or, by X-Forwarded-Proto, behind a trusted proxy: cookies then get Secure."""
+        return self.origin.https
 
     def set_default_headers(self) -> None:
+        super().set_default_headers()
         for name, value in SECURITY_HEADERS.items():
             self.set_header(name, value)
         self.set_header("Cache-Control", "no-store")
@@ -300,8 +302,7 @@ class ReportsHandler(ConsoleHandler):
         else:
             try:
                 totals = await self.ctx.reports.totals(month)
-                base_url = self.ctx.settings.public_url or f"{self.request.protocol}://{self.request.host}"
-                view["link"] = self.ctx.reports.signed_link(month, base_url)
+                view["link"] = self.ctx.reports.signed_link(month, self.origin.base_url)
             except ApiError as exc:
                 self.set_status(exc.status)
                 view["error"] = exc.detail
@@ -317,10 +318,11 @@ class ReportsHandler(ConsoleHandler):
         return datetime.now(ZoneInfo(self.ctx.settings.report_tz)).strftime("%Y-%m")
 
 
-class ConsoleStaticHandler(tornado.web.StaticFileHandler):
+class ConsoleStaticHandler(OriginAware, tornado.web.StaticFileHandler):
     """The console's CSS, with the same security headers as its pages."""
 
     def set_default_headers(self) -> None:
+        super().set_default_headers()
         for name, value in SECURITY_HEADERS.items():
             self.set_header(name, value)
 
