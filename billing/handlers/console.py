@@ -21,10 +21,10 @@ from billing.console.session import (
     SESSION_COOKIE,
     SESSION_MAX_AGE_DAYS,
     XSRF_COOKIE,
+    Sessions,
     cookie_flags,
     session_value,
 )
-from billing.console.session import resolve as resolve_session
 from billing.console.text import TEXT, other_language, pick_language
 from billing.context import Context
 from billing.descriptions import SUPPORTED_LANGUAGES
@@ -113,11 +113,15 @@ class ConsoleHandler(RequestHooks):
     def get_template_path(self) -> str:
         return str(TEMPLATE_DIR)
 
-    def get_current_user(self) -> Principal | None:
-        value = self.get_signed_cookie(SESSION_COOKIE, max_age_days=SESSION_MAX_AGE_DAYS)
-        return resolve_session(value, self.ctx.auth)
+    @property
+    def sessions(self) -> Sessions:
+        return Sessions(self.ctx.redis, self.ctx.ledger.keys)
 
-    def prepare(self) -> None:
+    def session_id(self) -> bytes | None:
+        """The session id from the signed cookie (None if absent, tampered with or older than a day)."""
+        return self.get_signed_cookie(SESSION_COOKIE, max_age_days=SESSION_MAX_AGE_DAYS)
+
+    async def prepare(self) -> None:
         started = self.ctx.extras.get("on_request_started")  # the access log and metrics, as for the API
         if started is not None:
             started(self)
@@ -130,7 +134,7 @@ class ConsoleHandler(RequestHooks):
                 self.check_xsrf_cookie()
             except tornado.web.HTTPError as exc:
                 raise ConsoleError(403, "csrf") from exc
-        self.principal = self.current_user
+        self.principal = self.current_user = await self.sessions.principal(self.session_id(), self.ctx.auth)
         if self.public:
             return
         if self.principal is None:
@@ -205,7 +209,7 @@ class LoginHandler(ConsoleHandler):
             return
         self.render("console_login.html", error=None, next_url=safe_next(self.get_query_argument("next", None)))
 
-    def post(self) -> None:
+    async def post(self) -> None:
         next_url = safe_next(self.get_body_argument("next", None))
         found = session_value(self.get_body_argument("token", ""), self.ctx.auth)
         if found is None:
@@ -214,7 +218,9 @@ class LoginHandler(ConsoleHandler):
             return
         value, principal = found
         self.principal = principal
-        self.set_signed_cookie(SESSION_COOKIE, value, expires_days=None, **cookie_flags(self.secure))
+        await self.sessions.end(self.session_id())  # signing in again replaces the session, never adds one
+        session_id = await self.sessions.start(value)
+        self.set_signed_cookie(SESSION_COOKIE, session_id, expires_days=None, **cookie_flags(self.secure))
         log.info("console sign-in: %s", principal.name)
         self.redirect(next_url, status=303)
 
@@ -223,7 +229,8 @@ class LogoutHandler(ConsoleHandler):
     public = True
     route_name = "/console/logout"
 
-    def post(self) -> None:
+    async def post(self) -> None:
+        await self.sessions.end(self.session_id())  # a copy of the cookie stops working too
         self.clear_cookie(SESSION_COOKIE, path="/console")
         self.redirect("/console/login", status=303)
 
