@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo
 import tornado.web
 
 from billing.auth import Principal
+from billing.console.display import shown
 from billing.console.history_view import TYPES, BadState, HistoryState
 from billing.console.session import (
     LANG_COOKIE,
@@ -156,6 +157,7 @@ class ConsoleHandler(RequestHooks):
             switch_url=self.url_with(lang=other_language(self.lang)),
             css_url=CSS_URL,
             short_time=short_time,
+            shown=shown,  # every user-provided text on a page goes through it
             active=self.route_name,
         )
         return namespace
