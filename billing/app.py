@@ -8,6 +8,7 @@ import tornado.web
 
 from billing.console.session import cookie_secret
 from billing.context import Context
+from billing.forwarding import TRUSTED_PROXIES_SETTING
 from billing.handlers.accounts import BalanceHandler
 from billing.handlers.base import NotFoundHandler
 from billing.handlers.batch import BatchHandler
@@ -54,6 +55,7 @@ def make_app(ctx: Context, **settings: Any) -> tornado.web.Application:
     settings.setdefault("log_function", _no_tornado_access_log)
     if ctx is not None:  # (route-table tests build the app without a context)
         settings.setdefault("cookie_secret", cookie_secret(ctx.settings))  # the console's signed session cookie
+        settings.setdefault(TRUSTED_PROXIES_SETTING, ctx.settings.trusted_proxies)
     return tornado.web.Application(
         routes(ctx),
         default_handler_class=NotFoundHandler,

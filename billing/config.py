@@ -8,6 +8,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from billing.forwarding import TrustedProxies
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -31,6 +33,8 @@ class Settings(BaseSettings):
     tokens: dict[str, list[str]] = Field(default_factory=dict)
     secret: str | None = None
     public_url: str | None = None
+    # X-Forwarded-For/-Proto/-Host count only from these peers (addresses and CIDR networks, comma-separated)
+    trusted_proxies: TrustedProxies = ()
     report_tz: str = "Europe/Moscow"
     reports_dir: Path = PROJECT_ROOT / "reports"
     report_link_ttl_seconds: int = 3600

@@ -94,6 +94,10 @@ class RedisKeys:
         digest = hashlib.sha256(idem.key.encode()).hexdigest()
         return f"{self.prefix}idem:{idem.scope}:{digest}"
 
+    def console_session(self, session_digest: str) -> str:
+        """A console sign-in (billing/console/session.py): named by the SHA-256 of its id, never the id itself."""
+        return f"{self.prefix}console:session:{session_digest}"
+
     def account_pattern(self) -> str:
         return f"{self.prefix}{{u:*}}:acct"
 

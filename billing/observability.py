@@ -69,6 +69,7 @@ def access_line(handler: Any, route: str, status: int, seconds: float) -> str:
     """The JSON access-log record, newline-terminated: never the token, only the caller's token name."""
     request = handler.request
     principal = getattr(handler, "principal", None)
+    origin = getattr(handler, "origin", None)  # X-Forwarded-For believed from trusted proxies only
     record: dict[str, Any] = {
         "time": format_ms(time.time_ns() // 1_000_000),
         "method": request.method,
@@ -78,7 +79,7 @@ def access_line(handler: Any, route: str, status: int, seconds: float) -> str:
         "duration_ms": round(seconds * 1000, 3),
         "request_id": getattr(handler, "request_id", "") or None,
         "token": principal.name if principal is not None else None,
-        "remote_ip": request.remote_ip,
+        "remote_ip": origin.remote_ip if origin is not None else request.remote_ip,
         "pid": _Pid.value,
     }
     code = getattr(handler, "error_code", None)

@@ -1,4 +1,8 @@
-"""Console sessions: a signed cookie holding a token's SHA-256 digest, resolved to roles on every request."""
+"""Console sessions: a random id in a signed cookie, a Redis key with a TTL behind it, roles resolved per request.
+
+The key holds the token's SHA-256 digest (never the token), so every request re-reads the principal's roles
+from the configured tokens; signing out deletes the key, so a copied cookie stops working at once.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +11,18 @@ import hmac
 import secrets
 from typing import Any
 
+from redis.asyncio import Redis
+
 from billing.auth import Authenticator, Principal, token_digest
 from billing.config import Settings
+from billing.ledger import RedisKeys
 
 SESSION_COOKIE = "console_session"
 XSRF_COOKIE = "console_xsrf"
 LANG_COOKIE = "console_lang"
 SESSION_MAX_AGE_DAYS = 1  # a signed value older than this is refused even if the browser kept it
+SESSION_TTL_SECONDS = SESSION_MAX_AGE_DAYS * 86_400  # and its Redis key lives exactly as long
+SESSION_ID_BYTES = 32  # 256 random bits
 
 
 def cookie_secret(settings: Settings) -> str:
@@ -28,7 +37,7 @@ def cookie_flags(secure: bool) -> dict[str, Any]:
 
 
 def session_value(token: str, auth: Authenticator) -> tuple[str, Principal] | None:
-    """What the session cookie holds for a valid token (its digest in hex, never the token), or None."""
+    """What a session stores for a valid token (its digest in hex, never the token) and its principal, or None."""
     digest = token_digest(token.strip())
     principal = auth.principal_for_digest(digest)
     if principal is None:
@@ -36,14 +45,42 @@ def session_value(token: str, auth: Authenticator) -> tuple[str, Principal] | No
     return digest.hex(), principal
 
 
-def resolve(value: bytes | None, auth: Authenticator) -> Principal | None:
-    """The principal a verified cookie value refers to now (roles re-read from the configured tokens)."""
+def resolve(value: bytes | str | None, auth: Authenticator) -> Principal | None:
+    """The principal a stored token digest refers to now (roles re-read from the configured tokens)."""
     if not value:
         return None
     try:
-        digest = bytes.fromhex(value.decode("ascii"))
+        digest = bytes.fromhex(value.decode("ascii") if isinstance(value, bytes) else value)
     except (UnicodeDecodeError, ValueError):
         return None
     if len(digest) != hashlib.sha256().digest_size:
         return None
     return auth.principal_for_digest(digest)
+
+
+class Sessions:
+    """Signed-in console sessions in Redis, one key per session with SESSION_TTL_SECONDS to live."""
+
+    def __init__(self, redis: Redis, keys: RedisKeys) -> None:
+        self.redis = redis
+        self.keys = keys
+
+    def _key(self, session_id: bytes | str) -> str:
+        raw = session_id.encode() if isinstance(session_id, str) else session_id
+        return self.keys.console_session(hashlib.sha256(raw).hexdigest())
+
+    async def start(self, token_digest_hex: str) -> str:
+        """A new session for this token; returns its id (what the cookie carries)."""
+        session_id = secrets.token_urlsafe(SESSION_ID_BYTES)
+        await self.redis.set(self._key(session_id), token_digest_hex, ex=SESSION_TTL_SECONDS)
+        return session_id
+
+    async def principal(self, session_id: bytes | None, auth: Authenticator) -> Principal | None:
+        """Who this session is signed in as now; None once it was ended, expired or never existed."""
+        if not session_id:
+            return None
+        return resolve(await self.redis.get(self._key(session_id)), auth)
+
+    async def end(self, session_id: bytes | None) -> None:
+        if session_id:
+            await self.redis.delete(self._key(session_id))

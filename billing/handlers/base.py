@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
@@ -21,6 +22,7 @@ from billing.auth import Principal
 from billing.context import Context
 from billing.descriptions import negotiate_language
 from billing.errors import PROBLEM_CONTENT_TYPE, ApiError, problem_body
+from billing.forwarding import HSTS_VALUE, TRUSTED_PROXIES_SETTING, Origin, request_origin
 from billing.jsonbody import parse_json_object
 from billing.ledger import Idempotency
 from billing.operations import STORE_REFUSALS
@@ -81,7 +83,20 @@ _http_date = _HttpDate()
 _SERVER = f"TornadoServer/{tornado.version}"
 
 
-class RequestHooks(tornado.web.RequestHandler):
+class OriginAware(tornado.web.RequestHandler):
+    """Every handler of ours, pages and files too: the believed origin, and HSTS on HTTPS answers."""
+
+    @functools.cached_property
+    def origin(self) -> Origin:
+        """Client address, scheme and host, X-Forwarded-* believed from trusted proxies only."""
+        return request_origin(self.request, self.application.settings.get(TRUSTED_PROXIES_SETTING, ()))
+
+    def set_default_headers(self) -> None:
+        if self.origin.https:
+            self.set_header("Strict-Transport-Security", HSTS_VALUE)
+
+
+class RequestHooks(OriginAware):
     """What every handler of ours shares, API or console: quiet logs for expected errors, the finish hook."""
 
     ctx: Context

@@ -15,21 +15,22 @@ from zoneinfo import ZoneInfo
 import tornado.web
 
 from billing.auth import Principal
+from billing.console.display import shown
 from billing.console.history_view import TYPES, BadState, HistoryState
 from billing.console.session import (
     LANG_COOKIE,
     SESSION_COOKIE,
     SESSION_MAX_AGE_DAYS,
     XSRF_COOKIE,
+    Sessions,
     cookie_flags,
     session_value,
 )
-from billing.console.session import resolve as resolve_session
 from billing.console.text import TEXT, other_language, pick_language
 from billing.context import Context
 from billing.descriptions import SUPPORTED_LANGUAGES
 from billing.errors import ApiError
-from billing.handlers.base import UNAVAILABLE_ERRORS, RequestHooks
+from billing.handlers.base import UNAVAILABLE_ERRORS, OriginAware, RequestHooks
 from billing.money import format_kopecks
 from billing.render import render_reservation
 from billing.report_month import MONTH_PATTERN
@@ -99,9 +100,11 @@ class ConsoleHandler(RequestHooks):
 
     @property
     def secure(self) -> bool:
-        return self.request.protocol == "https"
+        """HTTPS directly or, by X-Forwarded-Proto, behind a trusted proxy: cookies then get Secure."""
+        return self.origin.https
 
     def set_default_headers(self) -> None:
+        super().set_default_headers()
         for name, value in SECURITY_HEADERS.items():
             self.set_header(name, value)
         self.set_header("Cache-Control", "no-store")
@@ -111,11 +114,15 @@ class ConsoleHandler(RequestHooks):
     def get_template_path(self) -> str:
         return str(TEMPLATE_DIR)
 
-    def get_current_user(self) -> Principal | None:
-        value = self.get_signed_cookie(SESSION_COOKIE, max_age_days=SESSION_MAX_AGE_DAYS)
-        return resolve_session(value, self.ctx.auth)
+    @property
+    def sessions(self) -> Sessions:
+        return Sessions(self.ctx.redis, self.ctx.ledger.keys)
 
-    def prepare(self) -> None:
+    def session_id(self) -> bytes | None:
+        """The session id from the signed cookie (None if absent, tampered with or older than a day)."""
+        return self.get_signed_cookie(SESSION_COOKIE, max_age_days=SESSION_MAX_AGE_DAYS)
+
+    async def prepare(self) -> None:
         started = self.ctx.extras.get("on_request_started")  # the access log and metrics, as for the API
         if started is not None:
             started(self)
@@ -128,7 +135,7 @@ class ConsoleHandler(RequestHooks):
                 self.check_xsrf_cookie()
             except tornado.web.HTTPError as exc:
                 raise ConsoleError(403, "csrf") from exc
-        self.principal = self.current_user
+        self.principal = self.current_user = await self.sessions.principal(self.session_id(), self.ctx.auth)
         if self.public:
             return
         if self.principal is None:
@@ -150,6 +157,7 @@ class ConsoleHandler(RequestHooks):
             switch_url=self.url_with(lang=other_language(self.lang)),
             css_url=CSS_URL,
             short_time=short_time,
+            shown=shown,  # every user-provided text on a page goes through it
             active=self.route_name,
         )
         return namespace
@@ -203,7 +211,7 @@ class LoginHandler(ConsoleHandler):
             return
         self.render("console_login.html", error=None, next_url=safe_next(self.get_query_argument("next", None)))
 
-    def post(self) -> None:
+    async def post(self) -> None:
         next_url = safe_next(self.get_body_argument("next", None))
         found = session_value(self.get_body_argument("token", ""), self.ctx.auth)
         if found is None:
@@ -212,7 +220,9 @@ class LoginHandler(ConsoleHandler):
             return
         value, principal = found
         self.principal = principal
-        self.set_signed_cookie(SESSION_COOKIE, value, expires_days=None, **cookie_flags(self.secure))
+        await self.sessions.end(self.session_id())  # signing in again replaces the session, never adds one
+        session_id = await self.sessions.start(value)
+        self.set_signed_cookie(SESSION_COOKIE, session_id, expires_days=None, **cookie_flags(self.secure))
         log.info("console sign-in: %s", principal.name)
         self.redirect(next_url, status=303)
 
@@ -221,7 +231,8 @@ class LogoutHandler(ConsoleHandler):
     public = True
     route_name = "/console/logout"
 
-    def post(self) -> None:
+    async def post(self) -> None:
+        await self.sessions.end(self.session_id())  # a copy of the cookie stops working too
         self.clear_cookie(SESSION_COOKIE, path="/console")
         self.redirect("/console/login", status=303)
 
@@ -300,8 +311,7 @@ class ReportsHandler(ConsoleHandler):
         else:
             try:
                 totals = await self.ctx.reports.totals(month)
-                base_url = self.ctx.settings.public_url or f"{self.request.protocol}://{self.request.host}"
-                view["link"] = self.ctx.reports.signed_link(month, base_url)
+                view["link"] = self.ctx.reports.signed_link(month, self.origin.base_url)
             except ApiError as exc:
                 self.set_status(exc.status)
                 view["error"] = exc.detail
@@ -317,10 +327,11 @@ class ReportsHandler(ConsoleHandler):
         return datetime.now(ZoneInfo(self.ctx.settings.report_tz)).strftime("%Y-%m")
 
 
-class ConsoleStaticHandler(tornado.web.StaticFileHandler):
+class ConsoleStaticHandler(OriginAware, tornado.web.StaticFileHandler):
     """The console's CSS, with the same security headers as its pages."""
 
     def set_default_headers(self) -> None:
+        super().set_default_headers()
         for name, value in SECURITY_HEADERS.items():
             self.set_header(name, value)
 

@@ -8,7 +8,7 @@ import orjson
 import tornado.web
 from swagger_ui.core import ApplicationDocument
 
-from billing.handlers.base import BaseHandler
+from billing.handlers.base import BaseHandler, OriginAware
 from billing.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from billing.openapi import build_spec
 
@@ -52,7 +52,7 @@ class DocsHandler(BaseHandler):
         self.finish(SWAGGER.doc_html)
 
 
-class DocsAssetHandler(tornado.web.StaticFileHandler):
+class DocsAssetHandler(OriginAware, tornado.web.StaticFileHandler):
     """Swagger UI's JS/CSS, served from the installed package (no CDN, works offline)."""
 
     route_name = "/docs/static/{file}"

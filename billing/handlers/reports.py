@@ -25,8 +25,7 @@ class RevenueReportHandler(BaseHandler):
     def get(self) -> None:
         month = self.get_query_argument("month", None)
         bom = bom_flag(self.get_query_argument("bom", None))
-        base_url = f"{self.request.protocol}://{self.request.host}"
-        self.write_json(200, self.ctx.reports.signed_link(month, base_url, bom))
+        self.write_json(200, self.ctx.reports.signed_link(month, self.origin.base_url, bom))
 
 
 class RevenueCsvHandler(BaseHandler):

@@ -233,3 +233,29 @@ async def test_unknown_user_and_wrong_token_states(browser: Browser, api: Api, c
     await expect(page.get_by_role("alert")).to_have_text("User 777 has no account.")
     await page.screenshot(path=str(shots / "unknown-user.png"))
     await context.close()
+
+
+async def test_a_bidi_override_in_a_comment_is_shown_as_a_visible_mark(browser: Browser, api: Api, ctx: Context) -> None:
+    require_read_side(ctx)
+    comment = "refund \u202eexe.txt"  # obeyed, the agent would read "refund txt.exe"
+    r = await api.post("/v1/deposits", {"user_id": USER, "amount": "1.00", "comment": comment}, token="tok-payments")
+    assert r.status == 201, r.body
+    await ctx.projector.drain()
+    context = await browser.new_context(viewport=LAPTOP, locale="ru-RU")
+    page = await context.new_page()
+    await sign_in(page, api.base_url, f"/console/users?user={USER}", "tok-support")
+    cell = page.locator("#history td.comment bdi", has_text="refund")
+    mark = cell.locator(".cc")
+    await expect(mark).to_be_visible()
+    await expect(mark).to_have_text("⟨U+202E⟩")
+    await expect(cell).to_have_text("refund ⟨U+202E⟩exe.txt")
+    assert "\u202e" not in await cell.inner_text()
+    first, last = await cell.evaluate(
+        """bdi => [0, 6].map(i => {  // where "exe.txt"'s first and last letters are drawn
+            const range = document.createRange();
+            range.setStart(bdi.lastChild, i); range.setEnd(bdi.lastChild, i + 1);
+            return range.getBoundingClientRect().left;
+        })"""
+    )
+    assert first < last  # left to right, as typed: an obeyed U+202E would draw "txt.exe"
+    await context.close()

@@ -159,7 +159,7 @@ async def test_user_lookup_states(console: ConsoleClient, api: Api) -> None:
     page = await console.get("/console/users?user=7")
     assert page.status == 200
     assert '<dd id="available">40.00 ₽</dd>' in page.text and '<dd id="reserved">30.00 ₽</dd>' in page.text
-    assert "3 · Продвижение" in page.text and "30.00 ₽" in page.text
+    assert "3 · <bdi>Продвижение</bdi>" in page.text and "30.00 ₽" in page.text
     table = page.text.split('id="reservations"')[1].split("</table>")[0]
     assert table.count("<tr>") == 2  # the header and the open reservation; the cancelled one is not listed
 
