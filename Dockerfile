@@ -11,12 +11,12 @@ RUN groupadd --system --gid 10001 billing \
  && useradd --system --uid 10001 --gid billing --home-dir /app --shell /usr/sbin/nologin billing
 
 WORKDIR /app
-COPY setup.py pyproject.toml README.md ./
+COPY setup.py pyproject.toml README.md constraints.txt ./
 COPY billing ./billing
 COPY lua ./lua
-COPY config ./config
+# Runtime dependencies only, at the versions the tests pass with (constraints.txt, `make lock`).
 # lua/ installs with the package as billing.lua (see setup.py).
-RUN pip install --no-cache-dir . \
+RUN pip install --no-cache-dir -c constraints.txt . \
  && mkdir -p /var/lib/billing/reports \
  && chown -R billing:billing /var/lib/billing
 

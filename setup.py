@@ -36,7 +36,9 @@ setup(
             "schemathesis>=4,<5",
             "SecantusDB>=0.7.0b3,<0.8",
             "playwright>=1.45,<2",
-            "ruff>=0.5,<1",
+            "ruff>=0.5,<1",  # ruff check (make lint) and ruff format (make fmt)
+            "mypy>=1.10,<2",  # make typecheck
+            "pip-tools>=7.4,<8",  # make lock: pip-compile writes constraints.txt from this file
             "py-spy>=0.3.14,<1",
             "PyYAML>=6,<7",
             "openapi-spec-validator>=0.7,<0.10",
