@@ -26,7 +26,21 @@ ASCII_DIGITS = "0123456789"
 WHITESPACE = [" ", "\t", "\n", "\r", "\x0b", "\x0c", "\x1c", "\x85", "\xa0", "\u2003", "\u2028", "\u3000", "\ufeff"]
 # Characters int(), Decimal() or str.isdigit() take for digits: Arabic-Indic, Persian, full-width, NKo,
 # Devanagari, mathematical bold; superscripts, subscripts and circled digits (isdigit() is True for these).
-UNICODE_DIGITS = ["\u0661", "\u06f3", "\uff11", "\uff19", "\u07c0", "\u0967", "\U0001d7cf", "²", "³", "¹", "⁴", "₁", "①"]
+UNICODE_DIGITS = [
+    "\u0661",
+    "\u06f3",
+    "\uff11",
+    "\uff19",
+    "\u07c0",
+    "\u0967",
+    "\U0001d7cf",
+    "²",
+    "³",
+    "¹",
+    "⁴",
+    "₁",
+    "①",
+]
 SIGNS = ["+", "-", "_", "e", "E", ","]
 HOSTILE = WHITESPACE + UNICODE_DIGITS + SIGNS
 ALPHABET = list(ASCII_DIGITS) + [".", "-", ":", "T", "Z"] + HOSTILE
