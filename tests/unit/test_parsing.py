@@ -8,6 +8,7 @@ refused; (3) an accepted string and the canonical spelling of its value parse to
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -20,7 +21,9 @@ from hypothesis import strategies as st
 from billing import parsing
 from billing.descriptions import negotiate_language
 from billing.money import AMOUNT_PATTERN, AmountError, format_kopecks, parse_amount
+from billing.openapi import build_spec
 from billing.parsing import ParseError
+from billing.schemas import TRANSACTION_TYPES
 
 ASCII_DIGITS = "0123456789"
 WHITESPACE = [" ", "\t", "\n", "\r", "\x0b", "\x0c", "\x1c", "\x85", "\xa0", "\u2003", "\u2028", "\u3000", "\ufeff"]
@@ -380,7 +383,8 @@ def test_accept_language(header: str | None, language: str) -> None:
 
 
 qvalues = st.sampled_from(["0", "0.0", "0.5", "0.25", "0.999", "1", "1.0", "1.000"])
-bad_qvalues = st.sampled_from(["2", "1.5", " 1", "0.5 ", "\uff11", "abc", "", "0.0001", "-0", "1.001", "0,5"])
+# Not weights at all ("0.5 " is fine: whitespace before a list's comma is the list's; "0,5" is two elements).
+bad_qvalues = st.sampled_from(["2", "1.5", " 1", "\uff11", "abc", "", "0.0001", "-0", "1.001", ".5", "0.5;x=1"])
 languages = st.sampled_from(["en", "ru", "en-GB", "RU-ru", "EN"])
 
 
@@ -410,3 +414,48 @@ def test_accept_language_takes_the_best_acceptable_and_ignores_malformed_element
     for position, tag, q in bad:
         noisy.insert(min(position, len(noisy)), element(tag, q))
     assert negotiate_language(", ".join(noisy)) == chosen
+
+
+# ---- the OpenAPI spec publishes the same grammars ----------------------------------------------------
+
+
+def published_parameters() -> dict[str, dict[str, Any]]:
+    spec = build_spec()
+    out: dict[str, dict[str, Any]] = {}
+    for methods in spec["paths"].values():
+        for operation in methods.values():
+            for param in operation.get("parameters", []):
+                if "name" in param:
+                    out[param["name"]] = param["schema"]
+    out["Idempotency-Key"] = spec["components"]["parameters"]["IdempotencyKey"]["schema"]
+    return out
+
+
+PUBLISHED = published_parameters()
+PUBLISHED_GRAMMARS: list[tuple[str, Callable[[str], Any]]] = [
+    ("month", parsing.month),
+    ("expires", parsing.epoch_seconds),
+    ("signature", parsing.hex_sha256),
+    ("cursor", parsing.cursor_parts),
+    ("type", lambda t: parsing.choices(t, TRANSACTION_TYPES)),
+    ("Idempotency-Key", parsing.idempotency_key),
+]
+
+
+def published_accepts(schema: dict[str, Any], text: str) -> bool:
+    """JSON Schema's reading: the pattern as ECMA-262 reads `^...$` (no newline before the end), and maxLength."""
+    return re.fullmatch(schema["pattern"], text) is not None and len(text) <= schema.get("maxLength", len(text))
+
+
+@pytest.mark.parametrize(("name", "parse"), PUBLISHED_GRAMMARS, ids=[name for name, _ in PUBLISHED_GRAMMARS])
+@given(data=st.data())
+def test_published_patterns_agree_with_the_parsers(name: str, parse: Callable[[str], Any], data: st.DataObject) -> None:
+    schema = PUBLISHED[name]
+    text = data.draw(st.one_of(st.from_regex(schema["pattern"], fullmatch=True), noise, st.text(max_size=12)))
+    assert published_accepts(schema, text) == (not refused(parse, text)), (name, text)
+
+
+def test_ids_and_limits_are_published_as_integers_in_range() -> None:
+    for name in ("user_id", "service_id", "order_id"):
+        assert PUBLISHED[name] == {"type": "integer", "minimum": 1, "maximum": parsing.MAX_ID, "examples": [42]}
+    assert PUBLISHED["limit"]["type"] == "integer" and PUBLISHED["limit"]["maximum"] == 100
