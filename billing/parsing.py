@@ -275,4 +275,3 @@ def accept_language(header: str | None, supported: Sequence[str], default: str) 
 def _thousandths(qvalue: str) -> int:
     whole, _, fraction = qvalue.partition(".")
     return int(whole) * 1000 + int(fraction.ljust(3, "0"))
-

@@ -1,7 +1,7 @@
 """Schemathesis hooks for tests/reliability/test_api_fuzz.py (loaded by file path through SCHEMATHESIS_HOOKS).
 
-Generation: besides what the spec allows, about half of the generated bodies, query strings, path parameters
-and Idempotency-Key headers get one value made hostile: whitespace or a newline before or after it, or an
+Generation: besides what the spec allows, a share (a quarter to a third) of the generated bodies, query
+strings, path parameters and Idempotency-Key headers get one value made hostile: whitespace or a newline before or after it, or an
 ASCII digit swapped for a look-alike (Arabic-Indic, Persian, full-width, superscript) that int() and
 Decimal() would read as that digit.
 

@@ -1,5 +1,5 @@
 """Schemathesis against a live `billing serve` from its own /openapi.json: no 5xx, every answer as documented,
-and no value that is not exactly its grammar accepted (tests/reliability/fuzz_hooks.py spoils about half the
+and no value that is not exactly its grammar accepted (tests/reliability/fuzz_hooks.py spoils a share of the
 generated values with whitespace, newlines and look-alike digits, and checks the answers).
 
 Short form (default, bounded examples, fixed seed). Long form, with its figures in the README:
