@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from billing.money import format_kopecks
+from billing.parsing import accept_language
 
 SUPPORTED_LANGUAGES = ("ru", "en")
 DEFAULT_LANGUAGE = "ru"
@@ -35,27 +36,9 @@ _TEMPLATES = {
 }
 
 
-def negotiate_language(accept_language: str | None) -> str:
-    """Pick ru or en from an Accept-Language header by quality; Russian when nothing matches."""
-    if not accept_language:
-        return DEFAULT_LANGUAGE
-    best, best_q = DEFAULT_LANGUAGE, -1.0
-    for position, part in enumerate(accept_language.split(",")[:20]):
-        tag, _, params = part.strip().partition(";")
-        primary = tag.strip().lower().split("-")[0]
-        if primary not in SUPPORTED_LANGUAGES:
-            continue
-        q = 1.0
-        params = params.strip()
-        if params.startswith("q="):
-            try:
-                q = float(params[2:])
-            except ValueError:
-                continue
-        q -= position * 1e-6  # earlier wins among equals
-        if q > best_q:
-            best, best_q = primary, q
-    return best
+def negotiate_language(header: str | None) -> str:
+    """Pick ru or en from an Accept-Language header by quality (q=0: not that one); Russian by default."""
+    return accept_language(header, SUPPORTED_LANGUAGES, DEFAULT_LANGUAGE)
 
 
 def describe(txn_type: str, amount: int, lang: str, refs: dict[str, Any]) -> str:

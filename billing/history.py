@@ -13,9 +13,10 @@ from pymongo.errors import OperationFailure
 from billing.cursor import CursorCodec, query_fingerprint
 from billing.errors import ApiError
 from billing.ledger import Ledger
+from billing.parsing import ParseError, choice, choices, small_number, timestamp
 from billing.render import render_transaction
 from billing.schemas import TRANSACTION_TYPES
-from billing.timefmt import datetime_to_ms, ms_to_datetime, parse_rfc3339
+from billing.timefmt import datetime_to_ms, ms_to_datetime
 from billing.watermark import ProjectionWatermark
 
 SORTS = ("created_at", "amount")
@@ -61,42 +62,39 @@ def parse_history_query(user_id: int, query: Mapping[str, str]) -> HistoryQuery:
 
     for name in sorted(set(query) - set(PARAMETERS)):
         bad(name, f"unknown query parameter; allowed: {', '.join(PARAMETERS)}")
-    sort = query.get("sort", "created_at")
-    if sort not in SORTS:
-        bad("sort", "must be created_at or amount")
-    order = query.get("order", "desc")
-    if order not in ORDERS:
-        bad("order", "must be desc or asc")
-    raw_limit = query.get("limit", str(DEFAULT_LIMIT))
-    limit = int(raw_limit) if raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) <= 3 else 0
-    if not 1 <= limit <= MAX_LIMIT:
-        bad("limit", f"must be an integer from 1 to {MAX_LIMIT}")
-    types: tuple[str, ...] = ()
-    if "type" in query:
-        wanted = query["type"].split(",")
-        unknown = [t for t in wanted if t not in TRANSACTION_TYPES]
-        if unknown:
-            bad("type", f"unknown type {unknown[0]!r}; use a comma-separated list of: {', '.join(TRANSACTION_TYPES)}")
-        types = tuple(t for t in TRANSACTION_TYPES if t in wanted)
-    bounds: dict[str, int] = {}
-    for name in ("from", "to"):
+    values: dict[str, Any] = {"sort": "created_at", "order": "desc", "limit": DEFAULT_LIMIT, "type": ()}
+    parsers = {
+        "sort": lambda text: choice(text, SORTS),
+        "order": lambda text: choice(text, ORDERS),
+        "limit": lambda text: small_number(text, MAX_LIMIT),
+        "type": lambda text: choices(text, TRANSACTION_TYPES),
+        "from": timestamp,
+        "to": timestamp,
+    }
+    for name, parse in parsers.items():
         if name in query:
             try:
-                moment = parse_rfc3339(query[name])
-                bounds[name] = _ceil_ms(moment)
+                values[name] = parse(query[name])
+            except ParseError as exc:
+                bad(name, str(exc))
+    bounds: dict[str, int] = {}
+    for name in ("from", "to"):
+        if name in values:
+            bounds[name] = _ceil_ms(values[name])
+            try:
                 ms_to_datetime(bounds[name])  # representable as a date (not past 9999-12-31)
-            except (ValueError, OverflowError) as exc:
-                bad(name, str(exc) if isinstance(exc, ValueError) else "is out of range")
+            except OverflowError:
+                bad(name, "is out of range")
     if "from" in bounds and "to" in bounds and bounds["from"] > bounds["to"]:
         bad("to", "must not be earlier than from")
     if errors:
         raise ApiError("validation_error", "Query parameters are not valid", errors)
     return HistoryQuery(
         user_id=user_id,
-        sort=sort,
-        order=order,
-        limit=limit,
-        types=types,
+        sort=values["sort"],
+        order=values["order"],
+        limit=values["limit"],
+        types=values["type"],
         start_ms=bounds.get("from"),
         end_ms=bounds.get("to"),
         cursor=query.get("cursor"),

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import re
 from decimal import Decimal
+
+from billing.parsing import AMOUNT_GRAMMAR, ParseError, amount_kopecks
 
 KOPECKS_PER_RUBLE = 100
 MAX_OPERATION_KOPECKS = 1_000_000_000 * KOPECKS_PER_RUBLE
 MAX_BALANCE_KOPECKS = 10_000_000_000_000 * KOPECKS_PER_RUBLE
-AMOUNT_PATTERN = r"^[0-9]+(\.[0-9]{1,2})?$"
-_AMOUNT_RE = re.compile(AMOUNT_PATTERN)
+AMOUNT_PATTERN = f"^{AMOUNT_GRAMMAR}$"  # for tests and generators; parsing.amount_kopecks is the check
 # What the OpenAPI spec publishes: exactly the strings parse_amount accepts (> 0, <= 1000000000.00,
-# at most 40 characters); tests/unit/test_amount_schema.py holds the two together.
+# at most parsing.MAX_AMOUNT_STRING characters); tests/unit/test_published_schemas.py holds the two together.
 PUBLISHED_AMOUNT_PATTERN = r"^(0*([1-9][0-9]{0,8}(\.[0-9]{1,2})?|1000000000(\.0{1,2})?)|0+\.(0[1-9]|[1-9][0-9]?))$"
-MAX_AMOUNT_STRING = 40
 _MAX_OPERATION_RUBLES = Decimal(MAX_OPERATION_KOPECKS) / KOPECKS_PER_RUBLE
 
 
@@ -24,10 +23,10 @@ class AmountError(ValueError):
 def parse_amount(value: object) -> int:
     """Turn a request amount (decimal string, int or exact Decimal) into kopecks, within bounds."""
     if isinstance(value, str):
-        if not _AMOUNT_RE.match(value) or len(value) > MAX_AMOUNT_STRING:
-            raise AmountError('must be a decimal string like "100.50": digits, optional 1-2 decimals')
-        rubles, _, fraction = value.partition(".")
-        kopecks = int(rubles) * KOPECKS_PER_RUBLE + int(fraction.ljust(2, "0") or 0)
+        try:
+            kopecks = amount_kopecks(value)
+        except ParseError as exc:
+            raise AmountError(str(exc)) from None
     elif isinstance(value, bool):
         raise AmountError("must be a decimal string or a number, not a boolean")
     elif isinstance(value, int):

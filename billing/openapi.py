@@ -14,6 +14,7 @@ from billing import schemas
 from billing.auth import ROLES
 from billing.errors import PROBLEM_CONTENT_TYPE, PROBLEMS
 from billing.operations import OPERATIONS
+from billing.parsing import MAX_CURSOR_LENGTH
 from billing.report_month import MONTH_PATTERN
 
 REF = "#/components/schemas/{model}"
@@ -61,6 +62,10 @@ ID_SCHEMA = TypeAdapter(schemas.Id).json_schema()
 USER_ID = Param("user_id", "path", "The user", schemas.Id, True)
 SERVICE_ID = Param("service_id", "path", "The service", schemas.Id, True)
 MONTH = {"type": "string", "pattern": MONTH_PATTERN, "examples": ["2026-11"]}
+# The published forms of parsing.epoch_seconds, hex_sha256 and cursor_parts (tests/unit/test_parsing.py).
+EXPIRES = {"type": "string", "pattern": "^[0-9]{1,12}$"}
+SIGNATURE = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
+CURSOR = {"type": "string", "pattern": "^[A-Za-z0-9_-]+\\.[A-Za-z0-9_-]+$", "maxLength": MAX_CURSOR_LENGTH}
 BOM_FLAG = {"type": "string", "enum": ["1", "0", "true", "false"]}
 
 # Response model of each money operation (the request model and roles come from billing.operations).
@@ -153,7 +158,7 @@ ROUTES: dict[tuple[str, str], Op] = {
             Param("sort", "query", "Sort key; ties by id", {"type": "string", "enum": ["created_at", "amount"]}),
             Param("order", "query", "Sort order", {"type": "string", "enum": ["desc", "asc"]}),
             Param("limit", "query", "Page size", {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}),
-            Param("cursor", "query", "next_cursor of the previous page (opaque)", {"type": "string"}),
+            Param("cursor", "query", "next_cursor of the previous page (opaque)", CURSOR),
             Param(
                 "type",
                 "query",
@@ -187,8 +192,8 @@ ROUTES: dict[tuple[str, str], Op] = {
         {200: "text/csv"},
         params=(
             Param("month", "path", "The month, YYYY-MM", MONTH, True),
-            Param("expires", "query", "Expiry of the link, epoch seconds (signed)", {"type": "string"}, True),
-            Param("signature", "query", "HMAC-SHA256 of month and expiry (hex)", {"type": "string"}, True),
+            Param("expires", "query", "Expiry of the link, epoch seconds (signed)", EXPIRES, True),
+            Param("signature", "query", "HMAC-SHA256 of month and expiry (hex)", SIGNATURE, True),
             Param("bom", "query", "1: start with a UTF-8 BOM (Excel); not signed", BOM_FLAG),
         ),
         errors=("invalid_signature",),

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from urllib.parse import urlencode
 
 from billing.errors import ApiError
+from billing.parsing import ParseError, epoch_seconds, hex_sha256
 from billing.timefmt import format_ms
 
 LINK_PATH = "/v1/reports/revenue/{month}.csv"
@@ -38,11 +39,13 @@ class LinkSigner:
 
     def verify(self, month: str, expires: str | None, signature: str | None) -> None:
         """Raise 403 invalid_signature unless the link was signed here for this month and is still valid."""
-        if not expires or not signature or not expires.isascii() or not expires.isdigit() or len(expires) > 12:
-            raise ApiError("invalid_signature", "The link lacks a valid expires/signature pair")
-        expected = self.signature(month, int(expires)) if month.isascii() else ""
-        given = signature.encode("utf-8", "replace")
-        if not hmac.compare_digest(expected.encode("ascii"), given):
+        try:
+            expiry = epoch_seconds(expires or "")
+            given = hex_sha256(signature or "")
+        except ParseError:
+            raise ApiError("invalid_signature", "The link lacks a valid expires/signature pair") from None
+        expected = self.signature(month, expiry) if month.isascii() else ""
+        if not hmac.compare_digest(expected, given):
             raise ApiError("invalid_signature", "The link's signature does not match; ask for a new link")
-        if int(expires) <= self.clock():
-            raise ApiError("invalid_signature", f"The link expired at {format_ms(int(expires) * 1000)}")
+        if expiry <= self.clock():
+            raise ApiError("invalid_signature", f"The link expired at {format_ms(expiry * 1000)}")

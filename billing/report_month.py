@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from billing.errors import ApiError
+from billing.parsing import ParseError, field_error
+from billing.parsing import month as parse_month_text
 
-FIRST_YEAR = 1970
-LAST_YEAR = 2999
-# The published form of the same rule (OpenAPI): 1970-01 … 2999-12.
+# The published form of parsing.month's rule (OpenAPI): 1970-01 … 2999-12.
 MONTH_PATTERN = r"^(19[7-9][0-9]|2[0-9]{3})-(0[1-9]|1[0-2])$"
-_MONTH_RE = re.compile(r"([0-9]{4})-([0-9]{2})", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -34,15 +31,11 @@ def load_zone(name: str) -> ZoneInfo:
 
 
 def parse_month(text: str | None, zone: ZoneInfo) -> Month:
-    """Parse "YYYY-MM" (1970-01 … 2999-12); anything else is a 400 validation_error."""
-    match = _MONTH_RE.fullmatch(text) if isinstance(text, str) else None
-    year, month = (int(match.group(1)), int(match.group(2))) if match else (0, 0)
-    if not match or not FIRST_YEAR <= year <= LAST_YEAR or not 1 <= month <= 12:
-        raise ApiError(
-            "validation_error",
-            f"month must be YYYY-MM, from {FIRST_YEAR}-01 to {LAST_YEAR}-12",
-            [{"field": "month", "message": f"must be YYYY-MM, from {FIRST_YEAR}-01 to {LAST_YEAR}-12"}],
-        )
+    """Parse "YYYY-MM" exactly (1970-01 … 2999-12); anything else is a 400 validation_error."""
+    try:
+        year, month = parse_month_text(text if isinstance(text, str) else "")
+    except ParseError as exc:
+        raise field_error("month", exc) from None
     next_year, next_month = (year + 1, 1) if month == 12 else (year, month + 1)
     start = datetime(year, month, 1, tzinfo=zone).astimezone(UTC)
     end = datetime(next_year, next_month, 1, tzinfo=zone).astimezone(UTC)

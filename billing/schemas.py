@@ -6,13 +6,11 @@ Request models validate input; response models document output (OpenAPI) and are
 from __future__ import annotations
 
 import re
-from decimal import Decimal
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     PlainValidator,
@@ -20,25 +18,15 @@ from pydantic import (
     model_validator,
 )
 
-from billing.money import MAX_AMOUNT_STRING, PUBLISHED_AMOUNT_PATTERN, parse_amount
+from billing.money import PUBLISHED_AMOUNT_PATTERN, parse_amount
+from billing.parsing import MAX_AMOUNT_STRING, MAX_ID, json_id
 
-MAX_ID = 2**63 - 1
-
-
-def _integral_number(value: Any) -> Any:
-    """A JSON number with an integral exact value (42.0, 4.2E+1) is that integer, as JSON Schema reads it."""
-    # Size first, without arithmetic: int() of 1E+999999999 would build a billion-digit number.
-    if (
-        isinstance(value, Decimal)
-        and value.is_finite()
-        and value.adjusted() <= 18
-        and value == value.to_integral_value()
-    ):
-        return int(value)
-    return value
-
-
-Id = Annotated[int, Field(strict=True, ge=1, le=MAX_ID, examples=[42]), BeforeValidator(_integral_number)]
+# Ids in bodies: JSON integers (or integral numbers such as 42.0, as JSON Schema reads them), never strings.
+Id = Annotated[
+    int,
+    PlainValidator(json_id),
+    WithJsonSchema({"type": "integer", "minimum": 1, "maximum": MAX_ID, "examples": [42]}),
+]
 
 Amount = Annotated[
     int,

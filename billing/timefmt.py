@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-
-# RFC 3339 section 5.6 date-time (a space may stand for "T", as its note allows); ASCII digits only.
-_RFC3339 = re.compile(
-    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})", re.ASCII
-)
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
@@ -35,13 +29,3 @@ def datetime_to_ms(moment: datetime) -> int:
         moment = moment.replace(tzinfo=UTC)
     return (moment - EPOCH) // _MS  # floor, also before 1970
 
-
-def parse_rfc3339(text: str) -> datetime:
-    """Parse an RFC 3339 timestamp with an explicit offset ("Z" or ±hh:mm); raise ValueError otherwise."""
-    if _RFC3339.fullmatch(text) is None:
-        raise ValueError("must be an RFC 3339 timestamp with an offset, like 2026-11-26T04:16:01.123Z")
-    normalized = text[:-1] + "+00:00" if text[-1] in "Zz" else text
-    try:
-        return datetime.fromisoformat(normalized).astimezone(UTC)
-    except OverflowError:
-        raise ValueError("is out of the supported range of years") from None

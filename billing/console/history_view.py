@@ -6,11 +6,12 @@ from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 from urllib.parse import urlencode
 
+from billing.parsing import ParseError, calendar_date, id_text
+
 TYPES = ("deposit", "withdrawal", "transfer_in", "transfer_out", "reserve", "charge", "release")
 SORTS = ("created_at", "amount")
 ORDERS = ("desc", "asc")
 PAGE_SIZE = 20
-MAX_ID = 2**63 - 1
 
 
 class BadState(ValueError):
@@ -22,19 +23,19 @@ class BadState(ValueError):
 
 
 def parse_user_id(raw: str) -> int:
-    raw = raw.strip()
-    if not raw.isdigit() or len(raw) > 19 or not 1 <= int(raw) <= MAX_ID:
-        raise BadState("bad_user_id")
-    return int(raw)
+    try:
+        return id_text(raw)
+    except ParseError:
+        raise BadState("bad_user_id") from None
 
 
 def _parse_date(raw: str) -> date | None:
     if not raw:
         return None
     try:
-        return date.fromisoformat(raw)
-    except ValueError as exc:
-        raise BadState("bad_dates") from exc
+        return calendar_date(raw)
+    except ParseError:
+        raise BadState("bad_dates") from None
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ class HistoryState:
     def from_query(cls, args: dict[str, list[str]]) -> HistoryState:
         def one(name: str) -> str:
             values = args.get(name) or [""]
-            return values[-1].strip()
+            return values[-1]
 
         sort = one("sort") or "created_at"
         order = one("order") or "desc"

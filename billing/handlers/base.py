@@ -26,6 +26,7 @@ from billing.forwarding import HSTS_VALUE, TRUSTED_PROXIES_SETTING, Origin, requ
 from billing.jsonbody import parse_json_object
 from billing.ledger import Idempotency
 from billing.operations import STORE_REFUSALS
+from billing.parsing import ParseError, field_error, id_text, idempotency_key, query_value, visible_ascii
 
 log = logging.getLogger("billing.http")
 access_log = logging.getLogger("billing.access")
@@ -40,11 +41,6 @@ UNAVAILABLE_ERRORS = (
     *STORE_REFUSALS,
 )
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 400: "validation_error"}
-
-
-def visible_ascii(value: str, longest: int) -> bool:
-    """1..longest characters, each from "!" to "~" (printable ASCII without the space)."""
-    return 1 <= len(value) <= longest and value.isascii() and value.isprintable() and " " not in value
 
 
 class _RequestIds:
@@ -194,15 +190,14 @@ class BaseHandler(RequestHooks):
         return parse_json_object(self.request.body)
 
     def idempotency(self) -> Idempotency | None:
+        # The header's value as HTTP defines it: the optional whitespace around it is not part of it.
         key = self.request.headers.get("Idempotency-Key")
         if key is None:
             return None
-        if not visible_ascii(key, 255):
-            raise ApiError(
-                "validation_error",
-                "Idempotency-Key must be 1-255 visible ASCII characters",
-                [{"field": "Idempotency-Key", "message": "1-255 visible ASCII characters"}],
-            )
+        try:
+            idempotency_key(key)
+        except ParseError as exc:
+            raise field_error("Idempotency-Key", exc) from None
         assert self.principal is not None
         return Idempotency(scope=self.principal.name, key=key)
 
@@ -218,21 +213,18 @@ class BaseHandler(RequestHooks):
         self.finish(orjson.dumps(body))
 
     def path_id(self, raw: str, field: str) -> int:
-        """An id in a path or query: ASCII digits, 1 to 2^63-1; "42.0" is 42, as for ids in bodies."""
-        digits, dot, fraction = raw.partition(".")
-        integral = not dot or (fraction != "" and fraction.strip("0") == "" and len(fraction) <= 20)
-        if (
-            not integral
-            or not (digits.isascii() and digits.isdigit())
-            or len(digits) > 19
-            or not 1 <= int(digits) <= 2**63 - 1
-        ):
-            raise ApiError(
-                "validation_error",
-                f"{field} must be an integer from 1 to 2^63-1",
-                [{"field": field, "message": "must be an integer from 1 to 2^63-1"}],
-            )
-        return int(digits)
+        """An id in a path or query, exactly as sent: ASCII digits, 1 to 2^63-1 (parsing.id_text)."""
+        try:
+            return id_text(raw)
+        except ParseError as exc:
+            raise field_error(field, exc) from None
+
+    def query_id(self, name: str) -> int:
+        """A required id in the query string, exactly as sent (no stripping, given once)."""
+        try:
+            return id_text(query_value(self.request.query_arguments, name) or "")
+        except ParseError as exc:
+            raise field_error(name, exc) from None
 
     # ---- errors ----------------------------------------------------------------------------
 

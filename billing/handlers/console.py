@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import uuid
 from datetime import datetime
 from pathlib import Path
@@ -32,8 +31,9 @@ from billing.descriptions import SUPPORTED_LANGUAGES
 from billing.errors import ApiError
 from billing.handlers.base import UNAVAILABLE_ERRORS, OriginAware, RequestHooks
 from billing.money import format_kopecks
+from billing.parsing import ParseError, form_value, query_lists
+from billing.parsing import month as parse_month
 from billing.render import render_reservation
-from billing.report_month import MONTH_PATTERN
 
 log = logging.getLogger("billing.console")
 
@@ -55,7 +55,6 @@ SECURITY_HEADERS = {
 }
 SUPPORT = frozenset({"support"})
 ACCOUNTING = frozenset({"accounting"})
-MONTH = re.compile(MONTH_PATTERN)
 
 
 class ConsoleError(Exception):
@@ -126,7 +125,7 @@ class ConsoleHandler(RequestHooks):
         started = self.ctx.extras.get("on_request_started")  # the access log and metrics, as for the API
         if started is not None:
             started(self)
-        wanted = self.get_query_argument("lang", None)
+        wanted = form_value(self.request.query_arguments, "lang") or None
         self.lang = pick_language(wanted, self.get_cookie(LANG_COOKIE), self.request.headers.get("Accept-Language"))
         if wanted in SUPPORTED_LANGUAGES and wanted != self.get_cookie(LANG_COOKIE):
             self.set_cookie(LANG_COOKIE, wanted, expires_days=365, **cookie_flags(self.secure))
@@ -252,10 +251,10 @@ class UserHandler(ConsoleHandler):
 
     async def get(self) -> None:
         view: dict[str, Any] = {"state": None, "error": None, "balance": None, "reservations": [], "history": None}
-        view.update(history_error=None, lag=None, types=TYPES, raw_user=self.get_query_argument("user", ""))
-        if view["raw_user"].strip():
+        view.update(history_error=None, lag=None, types=TYPES, raw_user=form_value(self.request.query_arguments, "user"))
+        if view["raw_user"]:
             try:
-                state = HistoryState.from_query({name: self.get_query_arguments(name) for name in self.request.query_arguments})
+                state = HistoryState.from_query(query_lists(self.request.query_arguments))
             except BadState as exc:
                 self.set_status(400)
                 view["error"] = TEXT[self.lang][exc.key]
@@ -301,9 +300,9 @@ class ReportsHandler(ConsoleHandler):
     route_name = "/console/reports"
 
     async def get(self) -> None:
-        month = self.get_query_argument("month", "").strip() or self._this_month()
+        month = form_value(self.request.query_arguments, "month") or self._this_month()
         view: dict[str, Any] = {"month": month, "error": None, "rows": None, "total": None, "link": None}
-        if not MONTH.match(month):
+        if not _is_month(month):
             self.set_status(400)
             view["error"] = TEXT[self.lang]["bad_month"]
         elif self.ctx.reports is None:
@@ -325,6 +324,14 @@ class ReportsHandler(ConsoleHandler):
 
     def _this_month(self) -> str:
         return datetime.now(ZoneInfo(self.ctx.settings.report_tz)).strftime("%Y-%m")
+
+
+def _is_month(text: str) -> bool:
+    try:
+        parse_month(text)
+    except ParseError:
+        return False
+    return True
 
 
 class ConsoleStaticHandler(OriginAware, tornado.web.StaticFileHandler):

@@ -14,10 +14,7 @@ class ReservationsHandler(OperationHandler):
         return LOOKUP_ROLES if method == "GET" else self.roles
 
     async def get(self) -> None:
-        ids = {
-            name: self.path_id(self.get_query_argument(name, ""), name)
-            for name in ("user_id", "service_id", "order_id")
-        }
+        ids = {name: self.query_id(name) for name in ("user_id", "service_id", "order_id")}
         reservation = await self.ctx.ledger.reservation(ids["user_id"], ids["service_id"], ids["order_id"])
         if reservation is None:
             raise ApiError("reservation_not_found", "No reservation for this user, service and order")

@@ -10,7 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from billing.jsonbody import parse_json
-from billing.money import AMOUNT_PATTERN, MAX_AMOUNT_STRING, PUBLISHED_AMOUNT_PATTERN, AmountError, parse_amount
+from billing.money import AMOUNT_PATTERN, PUBLISHED_AMOUNT_PATTERN, AmountError, parse_amount
+from billing.parsing import MAX_AMOUNT_STRING
 from billing.schemas import DepositRequest
 
 PUBLISHED = re.compile(PUBLISHED_AMOUNT_PATTERN)
