@@ -106,11 +106,13 @@ OPERATIONS: dict[str, OperationSpec] = {
 
 @dataclass(frozen=True)
 class Reply:
-    """What to answer: status, JSON body, and whether it is a replay of an earlier outcome."""
+    """What to answer: status, JSON body, whether it is a replay of an earlier outcome, and whether it came
+    from the ledger (the operation reached the money, now or when first run) rather than being refused before."""
 
     status: int
     body: dict[str, Any]
     replayed: bool = False
+    from_ledger: bool = False
 
 
 def validate(spec: OperationSpec, data: Any) -> Request:
@@ -131,9 +133,9 @@ def request_fingerprint(spec: OperationSpec, request: Request) -> str:
 
 def reply_from_outcome(outcome: Outcome, lang: str) -> Reply:
     if outcome.error is not None:
-        return Reply(outcome.status, problem_body(outcome.error), outcome.replayed)
+        return Reply(outcome.status, problem_body(outcome.error), outcome.replayed, True)
     assert outcome.body is not None
-    return Reply(outcome.status, render_outcome_body(outcome.body, lang), outcome.replayed)
+    return Reply(outcome.status, render_outcome_body(outcome.body, lang), outcome.replayed, True)
 
 
 class MoneyOperations:
