@@ -48,6 +48,7 @@ class Outcome(NamedTuple):
     body: dict[str, Any] | None
     error: str | None
     replayed: bool = False
+    lang: str | None = None  # the language the first answer was rendered in, kept with the idempotency record
 
 
 class IdempotencyKeyReused(Exception):
@@ -79,6 +80,12 @@ def batch_operation_key(idem: Idempotency, index: int) -> Idempotency:
 
 def fingerprint(operation: str, canonical: bytes) -> str:
     return hashlib.sha256(operation.encode() + b"\n" + canonical).hexdigest()
+
+
+def recorded_fingerprint(fp: str, lang: str) -> str:
+    """A script's fingerprint argument: the request's fingerprint, then the language of the answer, which the
+    script records with the outcome so that a replay renders exactly as the first answer did (lua/_prelude.lua)."""
+    return f"{fp} {lang}"
 
 
 _PENDING = "pending:"
@@ -348,6 +355,7 @@ def decode_outcome(kind: bytes, payload: bytes) -> Outcome:
         body=outcome.get("body"),
         error=outcome.get("error"),
         replayed=kind == b"replay",
+        lang=outcome.get("lang"),
     )
 
 

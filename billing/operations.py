@@ -24,6 +24,7 @@ from billing.ledger import (
     Outcome,
     decode_batch_reply,
     fingerprint,
+    recorded_fingerprint,
 )
 from billing.render import render_outcome_body
 from billing.schemas import (
@@ -132,10 +133,11 @@ def request_fingerprint(spec: OperationSpec, request: Request) -> str:
 
 
 def reply_from_outcome(outcome: Outcome, lang: str) -> Reply:
+    """The answer to a script's outcome; a replay is rendered in the language its first answer was."""
     if outcome.error is not None:
         return Reply(outcome.status, problem_body(outcome.error), outcome.replayed, True)
     assert outcome.body is not None
-    return Reply(outcome.status, render_outcome_body(outcome.body, lang), outcome.replayed, True)
+    return Reply(outcome.status, render_outcome_body(outcome.body, outcome.lang or lang), outcome.replayed, True)
 
 
 class MoneyOperations:
@@ -153,7 +155,7 @@ class MoneyOperations:
 
     async def execute(self, spec: OperationSpec, request: Request, idem: Idempotency | None, lang: str) -> Reply:
         name, keys, args = spec.to_call(self.ledger, request)
-        fp = request_fingerprint(spec, request) if idem else ""
+        fp = recorded_fingerprint(request_fingerprint(spec, request), lang) if idem else ""
         try:
             outcome = await self.ledger.run(name, idem, fp, keys, args)
         except IdempotencyKeyReused:
@@ -171,7 +173,7 @@ class MoneyOperations:
         calls = []
         for spec, request, idem in items:
             name, keys, args = spec.to_call(self.ledger, request)
-            fp = request_fingerprint(spec, request) if idem else ""
+            fp = recorded_fingerprint(request_fingerprint(spec, request), lang) if idem else ""
             calls.append((name, idem, fp, keys, args))
         chunks = [calls[start : start + BATCH_CHUNK] for start in range(0, len(calls), BATCH_CHUNK)]
         raw = await self._pipeline(chunks)

@@ -4,7 +4,8 @@
     KEYS[1] outbox stream   KEYS[2] meta hash   KEYS[3] totals hash
     then for each operation: its idempotency record key, then its keys (OPS[op].nkeys of them)
     ARGV[1] idempotency record TTL in seconds
-    then for each operation: its name (a key of OPS), its fingerprint ('' = no key), then its arguments
+    then for each operation: its name (a key of OPS), its '<fingerprint> <lang>' ('' = no key; as ARGV[1]
+    of a single script), then its arguments
   Returns a flat array: kind1, outcome1, kind2, outcome2, ... (kinds as in the prelude, or 'error' with
   the message when an operation failed inside Redis: the operations before and after it still run).
   Every key is declared in KEYS, but the keys of many users hash to many cluster slots: this script is
