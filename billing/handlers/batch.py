@@ -64,15 +64,12 @@ class BatchHandler(BaseHandler):
             replies = await self.ctx.operations.execute_many([item[1:] for item in runnable], self.lang)
         except BaseException:
             if claim is not None:
-                await _release_quietly(self.ctx.ledger, claim)
+                await _settle(self.ctx.ledger, claim, reached_money=False)
             raise
         for (index, *_), reply in zip(runnable, replies, strict=True):
             results[index] = reply
         if claim is not None:
-            if any(reply.from_ledger for reply in replies):
-                await self.ctx.ledger.complete_batch_key(claim)
-            else:  # refused before the money, as a whole request would be: nothing kept under the key
-                await self.ctx.ledger.release_batch_key(claim)
+            await _settle(self.ctx.ledger, claim, any(reply.from_ledger for reply in replies))
         # A batch retried under its Idempotency-Key answers exactly as the first time, marked by the header.
         replayed = bool(derived) and all(results[i].replayed for i in derived)  # type: ignore[union-attr]
         body = [_result(reply, i not in derived) for i, reply in enumerate(results) if reply is not None]
@@ -135,10 +132,16 @@ def _canonical(
     return orjson.dumps(parts, option=orjson.OPT_SORT_KEYS)
 
 
-async def _release_quietly(ledger: Ledger, claim: BatchClaim) -> None:
-    """Give the key back after a failed run; if Redis cannot be reached, the claim runs out by itself."""
+async def _settle(ledger: Ledger, claim: BatchClaim, reached_money: bool) -> None:
+    """Let go of the batch's key after its run. Some operation reached the money: the key now means this batch.
+    None did (each refused before it, or the run failed with 503): nothing stays under the key, as for a whole
+    request refused so. The answer stands either way: if Redis cannot be reached now, the claim runs out by
+    itself, and each operation's own record still keeps a retry from applying it twice."""
     with contextlib.suppress(UNAVAILABLE_ERRORS):
-        await ledger.release_batch_key(claim)
+        if reached_money:
+            await ledger.complete_batch_key(claim)
+        else:
+            await ledger.release_batch_key(claim)
 
 
 def _result(reply: Reply, mark_replay: bool = True) -> dict[str, Any]:

@@ -127,6 +127,20 @@ async def test_batch_that_partly_ran_keeps_its_fingerprint(api: Api, ctx: Contex
     assert ttl >= 24 * 3600, ttl
 
 
+async def test_batch_that_ran_answers_its_results_even_if_its_key_cannot_be_marked_done(
+    api: Api, ctx: Context, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def unreachable(*args: Any) -> None:
+        raise RedisConnectionError("Redis went away")
+
+    monkeypatch.setattr(ctx.ledger, "complete_batch_key", unreachable)
+    ops = {"operations": [{"op": "deposit", "user_id": 9, "amount": "1.00"}]}
+    r = await api.post("/v1/batch", ops, key="unmarked")
+    assert statuses(r) == [201]
+    assert 0 < await ctx.redis.ttl(batch_record(ctx, "unmarked")) <= BATCH_CLAIM_TTL_SECONDS  # runs out by itself
+    assert (await api.balance(9)).json["available"] == "1.00"
+
+
 class Gate:
     """Holds the first batch run after it claimed its key, before (or, then_hang: after) its operations run,
     until released; later batches pass straight through."""
