@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import secrets
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -27,6 +28,10 @@ BATCH = "batch"
 # Operations per batch script run: a run blocks Redis while it lasts (about 5 µs per deposit), so a
 # 1000-operation request becomes 4 runs sent in one pipeline, and other clients wait at most a few ms.
 BATCH_CHUNK = 250
+# How long a batch's Idempotency-Key stays claimed while the batch runs. A batch takes milliseconds, at worst a
+# few Redis timeouts; a worker that died mid-batch leaves its claim to run out, and until then the key answers
+# 409 idempotency_key_in_use. Its operations' own records, not this claim, keep a retry from applying twice.
+BATCH_CLAIM_TTL_SECONDS = 30
 
 
 class Idempotency(NamedTuple):
@@ -43,10 +48,23 @@ class Outcome(NamedTuple):
     body: dict[str, Any] | None
     error: str | None
     replayed: bool = False
+    lang: str | None = None  # the language the first answer was rendered in, kept with the idempotency record
 
 
 class IdempotencyKeyReused(Exception):
     """The Idempotency-Key was used before with another request."""
+
+
+class IdempotencyKeyInUse(Exception):
+    """A request with this Idempotency-Key is still running."""
+
+
+class BatchClaim(NamedTuple):
+    """A batch's hold on its Idempotency-Key while it runs: the record's name and this run's claim value."""
+
+    key: str
+    value: str
+    fingerprint: str
 
 
 def batch_scope(idem: Idempotency) -> Idempotency:
@@ -62,6 +80,27 @@ def batch_operation_key(idem: Idempotency, index: int) -> Idempotency:
 
 def fingerprint(operation: str, canonical: bytes) -> str:
     return hashlib.sha256(operation.encode() + b"\n" + canonical).hexdigest()
+
+
+def recorded_fingerprint(fp: str, lang: str) -> str:
+    """A script's fingerprint argument: the request's fingerprint, then the language of the answer, which the
+    script records with the outcome so that a replay renders exactly as the first answer did (lua/_prelude.lua)."""
+    return f"{fp} {lang}"
+
+
+_PENDING = "pending:"
+# Done: the batch's fingerprint alone. Ours: the claim this run wrote, or none left (it ran out).
+_COMPLETE_BATCH = """
+local v = redis.call('GET', KEYS[1])
+if v == ARGV[1] or not v then
+  redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+end
+"""
+_RELEASE_BATCH = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+end
+"""
 
 
 class RedisKeys:
@@ -214,18 +253,37 @@ class Ledger:
         keys = self._reservation_keys(user_id, service_id, order_id)
         return "cancel", keys, [user_id, service_id, order_id, comment or ""]
 
-    async def claim_batch_key(self, idem: Idempotency, fp: str) -> None:
-        """Bind a batch's Idempotency-Key to the batch's fingerprint before any of its operations runs.
+    async def claim_batch_key(self, idem: Idempotency, fp: str) -> BatchClaim | None:
+        """Hold a batch's Idempotency-Key for this run before any of its operations runs.
 
-        Each operation then runs under a key derived from it (batch_operation_key), so a retried batch
-        replays operation by operation; this record only refuses the same key with another batch.
+        Each operation runs under its own key (its idempotency_key, or one derived from the batch's:
+        batch_operation_key), recorded atomically with its money, so a retried batch replays operation by
+        operation. The batch's record only answers for the batch as a whole: while a run holds it, 409
+        (IdempotencyKeyInUse); once some operation of the batch reached the money, its fingerprint, and
+        another batch with the key is 422 (IdempotencyKeyReused). None: that batch is done; run it again,
+        its operations replay.
         """
         key = self.keys.idempotency(batch_scope(idem))
-        if await self.redis.set(key, fp, nx=True, ex=int(self.idempotency_ttl)):
-            return
-        stored = await self.redis.get(key)
-        if stored is not None and stored.decode() != fp:
-            raise IdempotencyKeyReused()
+        claim = BatchClaim(key, f"{_PENDING}{secrets.token_hex(8)}", fp)
+        while not await self.redis.set(key, claim.value, nx=True, ex=BATCH_CLAIM_TTL_SECONDS):
+            stored = await self.redis.get(key)
+            if stored is None:
+                continue  # ran out between the two commands: claim it again
+            if stored.startswith(_PENDING.encode()):
+                raise IdempotencyKeyInUse()
+            if stored.decode() != fp:
+                raise IdempotencyKeyReused()
+            return None
+        return claim
+
+    async def complete_batch_key(self, claim: BatchClaim) -> None:
+        """Some operation of the batch reached the money: the key now means this batch (kept as long as the
+        operations' records), unless another run claimed it after this run's claim ran out."""
+        await self.redis.eval(_COMPLETE_BATCH, 1, claim.key, claim.value, claim.fingerprint, self.idempotency_ttl)
+
+    async def release_batch_key(self, claim: BatchClaim) -> None:
+        """No operation of the batch reached the money: leave nothing under the key (if the claim is still ours)."""
+        await self.redis.eval(_RELEASE_BATCH, 1, claim.key, claim.value)
 
     async def set_service(self, service_id: int, name: str) -> Outcome:
         return await self.run("set_service", None, "", [self.keys.services], [service_id, name])
@@ -311,6 +369,7 @@ def decode_outcome(kind: bytes, payload: bytes) -> Outcome:
         body=outcome.get("body"),
         error=outcome.get("error"),
         replayed=kind == b"replay",
+        lang=outcome.get("lang"),
     )
 
 

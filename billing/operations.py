@@ -27,6 +27,7 @@ from billing.ledger import (
     Outcome,
     decode_batch_reply,
     fingerprint,
+    recorded_fingerprint,
 )
 from billing.render import render_outcome_body
 from billing.schemas import (
@@ -116,11 +117,13 @@ OPERATIONS: dict[str, OperationSpec] = {
 
 @dataclass(frozen=True)
 class Reply:
-    """What to answer: status, JSON body, and whether it is a replay of an earlier outcome."""
+    """What to answer: status, JSON body, whether it is a replay of an earlier outcome, and whether it came
+    from the ledger (the operation reached the money, now or when first run) rather than being refused before."""
 
     status: int
     body: dict[str, Any]
     replayed: bool = False
+    from_ledger: bool = False
 
 
 def validate(spec: OperationSpec, data: Any) -> Request:
@@ -140,10 +143,11 @@ def request_fingerprint(spec: OperationSpec, request: Request) -> str:
 
 
 def reply_from_outcome(outcome: Outcome, lang: str) -> Reply:
+    """The answer to a script's outcome; a replay is rendered in the language its first answer was."""
     if outcome.error is not None:
-        return Reply(outcome.status, problem_body(outcome.error), outcome.replayed)
+        return Reply(outcome.status, problem_body(outcome.error), outcome.replayed, True)
     assert outcome.body is not None
-    return Reply(outcome.status, render_outcome_body(outcome.body, lang), outcome.replayed)
+    return Reply(outcome.status, render_outcome_body(outcome.body, outcome.lang or lang), outcome.replayed, True)
 
 
 def failure_reply(exc: Exception) -> Reply:
@@ -175,7 +179,7 @@ class MoneyOperations:
         if self.write_gate is not None:
             self.write_gate()
         name, keys, args = spec.to_call(self.ledger, request)
-        fp = request_fingerprint(spec, request) if idem else ""
+        fp = recorded_fingerprint(request_fingerprint(spec, request), lang) if idem else ""
         try:
             outcome = await self.ledger.run(name, idem, fp, keys, args)
         except IdempotencyKeyReused:
@@ -195,7 +199,7 @@ class MoneyOperations:
         calls = []
         for spec, request, idem in items:
             name, keys, args = spec.to_call(self.ledger, request)
-            fp = request_fingerprint(spec, request) if idem else ""
+            fp = recorded_fingerprint(request_fingerprint(spec, request), lang) if idem else ""
             calls.append((name, idem, fp, keys, args))
         chunks = [calls[start : start + BATCH_CHUNK] for start in range(0, len(calls), BATCH_CHUNK)]
         raw = await self._pipeline(chunks)

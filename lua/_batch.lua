@@ -4,7 +4,8 @@
     KEYS[1] outbox stream   KEYS[2] meta hash   KEYS[3] totals hash
     then for each operation: its idempotency record key, then its keys (OPS[op].nkeys of them)
     ARGV[1] idempotency record TTL in seconds
-    then for each operation: its name (a key of OPS), its fingerprint ('' = no key), then its arguments
+    then for each operation: its name (a key of OPS), its '<fingerprint> <lang>' ('' = no key; as ARGV[1]
+    of a single script), then its arguments
   Returns a flat array: kind1, outcome1, kind2, outcome2, ... with the kinds of the prelude and
     'error', <message>  the operation failed (an error of the prelude, or Redis's) and changed nothing;
     'skipped', ''       the operation did not run because one before it in this run failed.

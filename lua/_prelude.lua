@@ -13,7 +13,9 @@
     KEYS[3] meta hash            (seq: last transaction id; clock: last timestamp in ms, kept monotonic)
     KEYS[4] totals hash          (deposited, withdrawn, revenue: kopecks, for conservation checks)
     KEYS[5..] the operation's keys (see its file)
-    ARGV[1] request fingerprint  ('' = the request carries no Idempotency-Key)
+    ARGV[1] request fingerprint and the answer's language, '<fingerprint> <lang>' ('' = the request
+            carries no Idempotency-Key); the language is recorded with the outcome (as "lang") so that a
+            replay renders exactly as the first answer did
     ARGV[2] idempotency record TTL in seconds
     ARGV[3..] the operation's arguments (see its file)
 
@@ -43,8 +45,8 @@ local MAX_BALANCE = 1000000000000000
 
 -- Set by the entry point for the whole run.
 local OUTBOX_KEY, META_KEY, TOTALS_KEY, IDEM_TTL
--- Set for each operation: its idempotency record key and request fingerprint.
-local IDEM_KEY, FINGERPRINT
+-- Set for each operation: its idempotency record key, request fingerprint and the answer's language.
+local IDEM_KEY, FINGERPRINT, LANG
 -- The operations: OPS[name] = {nkeys = <its keys>, nargs = <its arguments>, run = function(k, a)},
 -- run reads its keys from KEYS[k], KEYS[k + 1], ... and its arguments from ARGV[a], ARGV[a + 1], ...
 local OPS = {}
@@ -162,6 +164,9 @@ local function end_run()
 end
 
 local function record(outcome)
+  if LANG ~= '' then
+    outcome.lang = LANG
+  end
   local payload = cjson.encode(outcome)
   if FINGERPRINT ~= '' then
     rcall('SET', IDEM_KEY, FINGERPRINT .. '\n' .. payload, 'EX', IDEM_TTL)
@@ -193,7 +198,8 @@ end
 
 -- One operation with its idempotency check: returns kind ('new', 'replay', 'reused') and outcome JSON.
 local function run_op(spec, idem_key, fingerprint, k, a)
-  IDEM_KEY, FINGERPRINT = idem_key, fingerprint
+  IDEM_KEY = idem_key
+  FINGERPRINT, LANG = string.match(fingerprint, '^(%S*) ?(.*)$')
   if FINGERPRINT ~= '' then
     if string.find(FINGERPRINT, '\n', 1, true) then
       fail('a fingerprint has no line break')

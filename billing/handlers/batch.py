@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
-import json
+import contextlib
 from typing import Any
 
+import orjson
 from pydantic import ValidationError
 
 from billing.auth import ROLES
 from billing.errors import ApiError, validation_errors
-from billing.handlers.base import BaseHandler, visible_ascii
-from billing.ledger import Idempotency, IdempotencyKeyReused, batch_operation_key, fingerprint
+from billing.handlers.base import UNAVAILABLE_ERRORS, BaseHandler, visible_ascii
+from billing.ledger import (
+    BatchClaim,
+    Idempotency,
+    IdempotencyKeyInUse,
+    IdempotencyKeyReused,
+    Ledger,
+    batch_operation_key,
+    fingerprint,
+)
 from billing.operations import OPERATIONS, OperationSpec, Reply, validate
 from billing.schemas import BatchRequest
 
@@ -38,15 +47,29 @@ class BatchHandler(BaseHandler):
                 idem = batch_operation_key(batch_key, index)
                 derived.add(index)
             runnable.append((index, spec, request, idem))
-        if batch_key is not None:
-            fp = fingerprint("POST /v1/batch", _canonical(operations))
+        claim = None
+        if batch_key is not None and runnable:
+            fp = fingerprint("POST /v1/batch", _canonical(results, runnable, derived))
             try:
-                await self.ctx.ledger.claim_batch_key(batch_key, fp)
+                claim = await self.ctx.ledger.claim_batch_key(batch_key, fp)
             except IdempotencyKeyReused:
                 raise ApiError("idempotency_key_reused", "This Idempotency-Key was used with another batch") from None
-        replies = await self.ctx.operations.execute_many([item[1:] for item in runnable], self.lang)
+            except IdempotencyKeyInUse:
+                raise ApiError(
+                    "idempotency_key_in_use",
+                    "A batch with this Idempotency-Key is running",
+                    headers={"Retry-After": "1"},
+                ) from None
+        try:
+            replies = await self.ctx.operations.execute_many([item[1:] for item in runnable], self.lang)
+        except BaseException:
+            if claim is not None:
+                await _settle(self.ctx.ledger, claim, reached_money=False)
+            raise
         for (index, *_), reply in zip(runnable, replies, strict=True):
             results[index] = reply
+        if claim is not None:
+            await _settle(self.ctx.ledger, claim, any(reply.from_ledger for reply in replies))
         # A batch retried under its Idempotency-Key answers exactly as the first time, marked by the header.
         replayed = bool(derived) and all(results[i].replayed for i in derived)  # type: ignore[union-attr]
         body = [_result(reply, i not in derived) for i, reply in enumerate(results) if reply is not None]
@@ -95,10 +118,30 @@ def _operations(data: dict[str, Any]) -> list[dict[str, Any]]:
         raise ApiError("validation_error", "Batch envelope is not valid", validation_errors(exc)) from None
 
 
-def _canonical(operations: list[dict[str, Any]]) -> bytes:
-    """The batch as bytes for its fingerprint: any JSON the envelope admits (huge integers, Decimals, lone
-    surrogates in ignored fields), keys sorted."""
-    return json.dumps(operations, sort_keys=True, default=str).encode()
+def _canonical(
+    refused: list[Reply | None], runnable: list[tuple[int, OperationSpec, Any, Idempotency | None]], derived: set[int]
+) -> bytes:
+    """The batch as bytes for its fingerprint: what each operation means, as a single request's fingerprint is
+    its validated fields. A valid operation: its name, its own key, its validated fields (flat: see
+    request_fingerprint); a refused one: its answer, which depends on nothing but the operation. So a batch
+    written another way is the same batch, and nothing the client nests, however deep, is walked here."""
+    parts: list[Any] = [[reply.status, reply.body] if reply is not None else None for reply in refused]
+    for index, spec, request, idem in runnable:
+        own_key = idem.key if idem is not None and index not in derived else None
+        parts[index] = [spec.name, own_key, request.__dict__]
+    return orjson.dumps(parts, option=orjson.OPT_SORT_KEYS)
+
+
+async def _settle(ledger: Ledger, claim: BatchClaim, reached_money: bool) -> None:
+    """Let go of the batch's key after its run. Some operation reached the money: the key now means this batch.
+    None did (each refused before it, or the run failed with 503): nothing stays under the key, as for a whole
+    request refused so. The answer stands either way: if Redis cannot be reached now, the claim runs out by
+    itself, and each operation's own record still keeps a retry from applying it twice."""
+    with contextlib.suppress(UNAVAILABLE_ERRORS):
+        if reached_money:
+            await ledger.complete_batch_key(claim)
+        else:
+            await ledger.release_batch_key(claim)
 
 
 def _result(reply: Reply, mark_replay: bool = True) -> dict[str, Any]:
