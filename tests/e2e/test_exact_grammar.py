@@ -103,10 +103,12 @@ async def test_console_user_lookup_takes_its_fields_exactly(
 
 @pytest.mark.parametrize("month", ["%202026-11", "2026-11%0A", "2026-11%20", "%EF%BC%92026-11"])
 async def test_console_report_month_is_taken_exactly(console: ConsoleClient, ctx: Context, month: str) -> None:
-    before = await redis_state(ctx.redis, ctx.settings.redis_prefix)
-    await console.sign_in("tok-accounting")
+    await console.sign_in("tok-accounting")  # signing in writes its session key: the snapshot comes after
     assert (await console.get("/console/reports?month=2026-11")).status == 200
+    before = await redis_state(ctx.redis, ctx.settings.redis_prefix)
     page = await console.get(f"/console/reports?month={month}")
     assert page.status == 400 and "ГГГГ-ММ" in page.text
     assert 'id="download"' not in page.text
-    assert changed_keys(before, await redis_state(ctx.redis, ctx.settings.redis_prefix)) == []
+    after = await redis_state(ctx.redis, ctx.settings.redis_prefix)
+    # The projector publishes its watermark on its own schedule: bookkeeping, not something the request did.
+    assert [key for key in changed_keys(before, after) if not key.endswith(b":projected")] == []
