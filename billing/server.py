@@ -20,12 +20,12 @@ import tornado.netutil
 from billing.app import make_app
 from billing.config import Settings
 from billing.context import Context, build_context
+from billing.handlers.base import MAX_BODY_BYTES
 from billing.lifecycle import start_components, stop_components
 from billing.metrics import mark_process_dead
 
 log = logging.getLogger("billing.server")
 
-MAX_BODY_BYTES = 8 * 1024 * 1024  # route limits (64 KiB, 1 MiB) answer 413 below this
 SHUTDOWN_GRACE_SECONDS = 10.0
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
