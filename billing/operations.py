@@ -35,6 +35,7 @@ from billing.schemas import (
     TransferRequest,
     WithdrawalRequest,
 )
+from billing.unavailable import store_unavailable
 
 PAYMENTS = frozenset({"payments"})
 ORDERS = frozenset({"orders"})
@@ -185,7 +186,7 @@ class MoneyOperations:
             if isinstance(outcome, IdempotencyKeyReused):
                 observed[spec.name, "idempotency_key_reused", False] += 1
                 replies.append(Reply(422, problem_body("idempotency_key_reused")))
-            elif isinstance(outcome, NoScriptError):
+            elif isinstance(outcome, NoScriptError) or store_unavailable(outcome):
                 observed[spec.name, "unavailable", False] += 1
                 replies.append(Reply(503, problem_body("unavailable", "The operation did not run; retry it")))
             elif isinstance(outcome, Exception):

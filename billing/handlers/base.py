@@ -12,9 +12,6 @@ from typing import Any
 import orjson
 import tornado
 import tornado.web
-from pymongo.errors import PyMongoError
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from tornado import httputil
 from tornado.http1connection import HTTP1Connection
 
@@ -24,13 +21,14 @@ from billing.descriptions import negotiate_language
 from billing.errors import PROBLEM_CONTENT_TYPE, ApiError, problem_body
 from billing.jsonbody import parse_json_object
 from billing.ledger import Idempotency
+from billing.unavailable import UNAVAILABLE_ERRORS as UNAVAILABLE_ERRORS  # (the console catches them too)
+from billing.unavailable import store_unavailable
 
 log = logging.getLogger("billing.http")
 access_log = logging.getLogger("billing.access")
 
 BODY_LIMIT = 64 * 1024
 MAX_BODY_BYTES = 8 * 1024 * 1024  # the server's own limit; see refuse_declared_length() for the routes' ones
-UNAVAILABLE_ERRORS = (RedisConnectionError, RedisTimeoutError, PyMongoError, ConnectionError, TimeoutError)
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 400: "validation_error"}
 
 
@@ -86,8 +84,8 @@ class RequestHooks(tornado.web.RequestHandler):
             return
         if isinstance(value, tornado.web.HTTPError) and value.status_code < 500:
             return
-        if isinstance(value, UNAVAILABLE_ERRORS):
-            log.warning("backing store unavailable: %r", value)
+        if store_unavailable(value):
+            log.warning("backing store unavailable: %s: %s", type(value).__name__, value)
             return
         super().log_exception(typ, value, tb)
 
@@ -301,7 +299,7 @@ class BaseHandler(RequestHooks):
         if isinstance(exc, ApiError):
             body = exc.to_problem()
             headers = exc.headers
-        elif isinstance(exc, UNAVAILABLE_ERRORS):
+        elif store_unavailable(exc):
             body = problem_body("unavailable", "A backing store is unreachable; retry with the same Idempotency-Key")
             headers = {"Retry-After": "1"}
         elif status_code in _HTTP_CODES:
