@@ -9,7 +9,7 @@ import secrets
 import sys
 
 from billing.auth import generate_admin_token
-from billing.config import Settings
+from billing.config import ConfigError, Settings, check_settings, describe_validation_error
 
 log = logging.getLogger("billing")
 
@@ -47,11 +47,29 @@ def prepare_serving_settings(settings: Settings, workers: int) -> Settings:
     return settings.model_copy(update=updates)
 
 
+def load_serving_settings() -> Settings:
+    """The whole configuration, checked: any error exits with one line on stderr before a socket or a fork."""
+    from pydantic import ValidationError
+    from pydantic_settings import SettingsError
+
+    try:
+        settings = Settings()
+        check_settings(settings)
+    except ValidationError as exc:
+        raise SystemExit(f"billing: configuration error: {describe_validation_error(exc)}") from None
+    except (SettingsError, ConfigError) as exc:
+        message = " ".join(str(exc).split())
+        raise SystemExit(f"billing: configuration error: {message}") from None
+    return settings
+
+
 def _serve(args: argparse.Namespace) -> int:
     from billing import metrics_dir
 
+    if args.workers is not None and args.workers < 1:
+        raise SystemExit("billing: configuration error: --workers must be at least 1")
     workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
-    settings = Settings()
+    settings = load_serving_settings()
     if settings.embedded and args.workers is None:
         workers = 1
     settings = prepare_serving_settings(settings, workers)

@@ -22,6 +22,7 @@ def start_observability(ctx: Context) -> None:
     ctx.extras["request_observer"] = observer
     ctx.extras["on_request_started"] = observer.started
     ctx.extras["on_request_finished"] = observer.finished
+    ctx.extras["on_request_abandoned"] = observer.abandoned
     ctx.operations.observer = ctx.metrics.observe_operation
 
 

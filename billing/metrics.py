@@ -20,6 +20,10 @@ log = logging.getLogger("billing.metrics")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 UNMATCHED = "(unmatched)"
+# The method label's values: any other method (Tornado answers it 405) is counted as OTHER_METHOD, so a client
+# inventing method names cannot add series without bound.
+METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"))
+OTHER_METHOD = "other"
 FLUSH_EVERY_SECONDS = 0.05
 
 
@@ -95,6 +99,8 @@ class Metrics:
     # ---- recording ----------------------------------------------------------------------------------
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        if method not in METHODS:
+            method = OTHER_METHOD
         key = (route, method, status)
         children = self._request_children.get(key)
         if children is None:  # .labels() costs more than the update itself: look each series up once

@@ -33,7 +33,12 @@ os.register_at_fork(after_in_child=_Pid.refresh)
 
 
 class RequestObserver:
-    """Installed as ctx.extras["on_request_started"/"on_request_finished"] by start_components."""
+    """Installed as ctx.extras["on_request_started"/"on_request_finished"/"on_request_abandoned"] by
+    start_components.
+
+    Only a request counted by started() is uncounted, once, by finished() or abandoned(): one refused before
+    it started (Tornado's 405 for an invented method) or ended twice cannot move another request's count.
+    """
 
     def __init__(self, metrics: Metrics | None, log_requests: bool = True) -> None:
         self.metrics = metrics
@@ -41,15 +46,24 @@ class RequestObserver:
         self.in_flight = 0
 
     def started(self, handler: Any) -> None:
+        handler.counted_in_flight = True
         self.in_flight += 1
         if self.metrics is not None:
             self.metrics.set_in_flight(self.in_flight)
 
-    def finished(self, handler: Any) -> None:
-        if self.in_flight > 0:
+    def _uncount(self, handler: Any) -> None:
+        if getattr(handler, "counted_in_flight", False):
+            handler.counted_in_flight = False
             self.in_flight -= 1
             if self.metrics is not None:
                 self.metrics.set_in_flight(self.in_flight)
+
+    def abandoned(self, handler: Any) -> None:
+        """The client closed the connection before the answer was finished (no status to count or log)."""
+        self._uncount(handler)
+
+    def finished(self, handler: Any) -> None:
+        self._uncount(handler)
         request = handler.request
         status = handler.get_status()
         seconds = request.request_time()

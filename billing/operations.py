@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 from pydantic import ValidationError
-from redis.exceptions import MasterDownError, NoScriptError, OutOfMemoryError, ReadOnlyError
+from redis.exceptions import NoScriptError
 
 from billing import redis_raw
 from billing.errors import ApiError, problem_body, validation_errors
@@ -39,15 +39,11 @@ from billing.schemas import (
     TransferRequest,
     WithdrawalRequest,
 )
+from billing.unavailable import store_unavailable
 
 log = logging.getLogger("billing.operations")
 
 PAYMENTS = frozenset({"payments"})
-# Redis refusing a script's first write (out of memory, a replica, no master): the run changed nothing and a
-# retry may succeed, so 503. As error replies these are redis-py's exception classes; inside a batch run
-# (caught there) the message keeps Redis's error code as its first word.
-STORE_REFUSALS = (OutOfMemoryError, ReadOnlyError, MasterDownError)
-STORE_REFUSAL_CODES = ("OOM", "READONLY", "MASTERDOWN", "NOREPLICAS")
 ORDERS = frozenset({"orders"})
 
 ScriptCall = tuple[str, list[str], list[Any]]
@@ -153,9 +149,7 @@ def reply_from_outcome(outcome: Outcome, lang: str) -> Reply:
 def failure_reply(exc: Exception) -> Reply:
     """The reply of a batch operation that got no outcome. Each one changed nothing (lua/_batch.lua):
     503 when it did not run or Redis refused its writes for now, else 500 (the ledger needs a look)."""
-    if isinstance(exc, (NoScriptError, BatchOperationSkipped, *STORE_REFUSALS)) or (
-        isinstance(exc, BatchOperationFailed) and str(exc).startswith(STORE_REFUSAL_CODES)
-    ):
+    if isinstance(exc, (NoScriptError, BatchOperationSkipped)) or store_unavailable(exc):
         return Reply(503, problem_body("unavailable", "The operation did not run; retry it"))
     return Reply(500, problem_body("internal_error", "The operation failed and changed nothing; it is logged"))
 
@@ -218,7 +212,7 @@ class MoneyOperations:
                 observed[spec.name, "idempotency_key_reused", False] += 1
                 replies.append(Reply(422, problem_body("idempotency_key_reused")))
             elif isinstance(outcome, Exception):
-                if isinstance(outcome, BatchOperationFailed):
+                if isinstance(outcome, BatchOperationFailed) and not store_unavailable(outcome):
                     log.error(
                         "batch operation %s failed and stopped its run, it changed nothing: %s", spec.name, outcome
                     )

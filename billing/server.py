@@ -20,13 +20,16 @@ import tornado.netutil
 from billing.app import make_app
 from billing.config import Settings
 from billing.context import Context, build_context
+from billing.handlers.base import MAX_BODY_BYTES
 from billing.lifecycle import start_components, stop_components
 from billing.metrics import mark_process_dead
 
 log = logging.getLogger("billing.server")
 
-MAX_BODY_BYTES = 8 * 1024 * 1024  # route limits (64 KiB, 1 MiB) answer 413 below this
 SHUTDOWN_GRACE_SECONDS = 10.0
+# Workers that die before they serve, this many in a row: the supervisor stops (exit 1) instead of restarting
+# them forever while its socket takes connections nobody answers.
+START_FAILURES_LIMIT = 5
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
@@ -127,14 +130,21 @@ def exit_with_supervisor(supervisor: int) -> None:
 
 
 def _supervise(settings: Settings, slots: list[list[socket.socket]], workers: int) -> None:
-    """Fork one worker per socket slot; forward SIGTERM/SIGINT; restart crashed workers on their slot."""
-    children: dict[int, int] = {}
+    """Fork one worker per socket slot; forward SIGTERM/SIGINT; restart crashed workers on their slot.
+
+    Each worker reports through a pipe that it is ready to serve; START_FAILURES_LIMIT workers in a row dying
+    before that make the supervisor give up, stopping the others, with exit status 1.
+    """
+    children: dict[int, tuple[int, int]] = {}  # pid -> (slot, read end of its readiness pipe)
     stopping = False
+    failed_starts = 0
 
     def spawn(slot: int) -> None:
         supervisor = os.getpid()
+        ready_read, ready_write = os.pipe()
         pid = os.fork()
         if pid == 0:
+            os.close(ready_read)
             exit_with_supervisor(supervisor)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -142,14 +152,31 @@ def _supervise(settings: Settings, slots: list[list[socket.socket]], workers: in
             mine = slots[slot]
             for other in {id(s): s for group in slots for s in group if s not in mine}.values():
                 other.close()  # a socket no process accepts on would strand the connections hashed to it
+            for _pid, (_slot, fd) in children.items():
+                os.close(fd)
+
+            def ready() -> None:
+                os.write(ready_write, b"r")
+                os.close(ready_write)
+
             try:
-                asyncio.run(run_worker(settings, mine))
+                asyncio.run(run_worker(settings, mine, ready))
                 code = 0
             except Exception:
                 log.exception("worker crashed")
                 code = 1
             os._exit(code)
-        children[pid] = slot
+        os.close(ready_write)
+        children[pid] = (slot, ready_read)
+
+    def was_ready(fd: int) -> bool:
+        os.set_blocking(fd, False)
+        try:
+            return os.read(fd, 1) == b"r"
+        except BlockingIOError:
+            return False
+        finally:
+            os.close(fd)
 
     def forward(signum: int, _frame: object) -> None:
         nonlocal stopping
@@ -169,6 +196,7 @@ def _supervise(settings: Settings, slots: list[list[socket.socket]], workers: in
     signal.signal(signal.SIGINT, forward)
     for slot in range(workers):
         spawn(slot)
+    gave_up = False
     while children:
         try:
             pid, status = os.wait()
@@ -176,12 +204,20 @@ def _supervise(settings: Settings, slots: list[list[socket.socket]], workers: in
             break
         except InterruptedError:
             continue
-        slot = children.pop(pid, None)
-        if slot is None:
+        child = children.pop(pid, None)
+        if child is None:
             continue
+        slot, ready_fd = child
         mark_process_dead(pid)
-        if not stopping:
-            log.error("worker %d exited with status %d; starting a new one", pid, status)
-            time.sleep(0.2)
-            spawn(slot)
-    sys.exit(0)
+        failed_starts = 0 if was_ready(ready_fd) else failed_starts + 1
+        if stopping:
+            continue
+        if failed_starts >= START_FAILURES_LIMIT:
+            log.error("%d workers in a row exited before serving; giving up (see their errors above)", failed_starts)
+            gave_up = True
+            forward(signal.SIGTERM, None)
+            continue
+        log.error("worker %d exited with status %d; starting a new one", pid, status)
+        time.sleep(0.2)
+        spawn(slot)
+    sys.exit(1 if gave_up else 0)

@@ -13,10 +13,8 @@ from typing import Any
 import orjson
 import tornado
 import tornado.web
-from pymongo.errors import PyMongoError
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from tornado import httputil
+from tornado.http1connection import HTTP1Connection
 
 from billing.auth import Principal
 from billing.context import Context
@@ -25,21 +23,15 @@ from billing.errors import PROBLEM_CONTENT_TYPE, ApiError, problem_body
 from billing.forwarding import HSTS_VALUE, TRUSTED_PROXIES_SETTING, Origin, request_origin
 from billing.jsonbody import parse_json_object
 from billing.ledger import Idempotency
-from billing.operations import STORE_REFUSALS
 from billing.parsing import ParseError, field_error, id_text, idempotency_key, query_value, visible_ascii
+from billing.unavailable import UNAVAILABLE_ERRORS as UNAVAILABLE_ERRORS  # (the console catches them too)
+from billing.unavailable import store_unavailable
 
 log = logging.getLogger("billing.http")
 access_log = logging.getLogger("billing.access")
 
 BODY_LIMIT = 64 * 1024
-UNAVAILABLE_ERRORS = (
-    RedisConnectionError,
-    RedisTimeoutError,
-    PyMongoError,
-    ConnectionError,
-    TimeoutError,
-    *STORE_REFUSALS,
-)
+MAX_BODY_BYTES = 8 * 1024 * 1024  # the server's own limit; see refuse_declared_length() for the routes' ones
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 400: "validation_error"}
 
 
@@ -103,8 +95,8 @@ class RequestHooks(OriginAware):
             return
         if isinstance(value, tornado.web.HTTPError) and value.status_code < 500:
             return
-        if isinstance(value, UNAVAILABLE_ERRORS):
-            log.warning("backing store unavailable: %r", value)
+        if store_unavailable(value):
+            log.warning("backing store unavailable: %s: %s", type(value).__name__, value)
             return
         super().log_exception(typ, value, tb)
 
@@ -114,6 +106,7 @@ class RequestHooks(OriginAware):
             hook(self)
 
 
+@tornado.web.stream_request_body  # prepare() runs on the headers: an oversized body is refused unread
 class BaseHandler(RequestHooks):
     """Every route derives from this: one error format, one access log line."""
 
@@ -126,6 +119,9 @@ class BaseHandler(RequestHooks):
         self.principal: Principal | None = None
         self.error_code: str | None = None
         self.request_id = ""
+        self.body_chunks: list[bytes] = []
+        self.body_size = 0
+        self.deferred_error: Exception | None = None
         for key, value in kwargs.items():
             setattr(self, key, value)
 
@@ -154,6 +150,14 @@ class BaseHandler(RequestHooks):
 
     def prepare(self) -> None:
         self.begin_request()
+        try:
+            self.check_request()
+        except Exception as exc:
+            if not self.drain_before(exc):
+                raise
+
+    def check_request(self) -> None:
+        """What the headers alone decide: method, token, media type, declared length (the body is not read yet)."""
         method = self.request.method or "GET"
         if getattr(type(self), method.lower(), None) is getattr(tornado.web.RequestHandler, method.lower(), None):
             raise tornado.web.HTTPError(405)
@@ -164,14 +168,82 @@ class BaseHandler(RequestHooks):
             media_type = self.request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
             if media_type != "application/json":
                 raise ApiError("unsupported_media_type", "Send the body as Content-Type: application/json")
-            if len(self.request.body) > self.body_limit:
-                raise ApiError("payload_too_large", f"Body is over {self.body_limit} bytes")
+        declared = self.declared_length()
+        if declared is not None and declared > self.body_limit:
+            raise self.too_large()
+
+    def declared_length(self) -> int | None:
+        declared = self.request.headers.get("Content-Length", "")
+        return int(declared) if declared.isascii() and declared.isdigit() else None
+
+    def drain_before(self, error: Exception) -> bool:
+        """Whether to read (and drop) the declared body before answering this refusal: True, and data_received()
+        answers at its last byte.
+
+        Answered at once, the connection closes with the body unread, and a client that sent the body with
+        its headers (most do) may get a TCP reset instead of the answer. So a body up to MAX_BODY_BYTES is
+        drained first; a longer one, or one the client holds back for "100 Continue", is answered at once.
+        """
+        declared = self.declared_length()
+        if (
+            not declared
+            or declared > MAX_BODY_BYTES
+            or self.request.headers.get("Expect", "").lower() == "100-continue"
+        ):
+            return False
+        self.deferred_error = error
+        return True
+
+    def drop_unread_body(self) -> None:
+        """Before an answer that may come ahead of the body (any error in prepare()): Tornado then skips the body
+        and closes the connection once the answer is written; but for a length over its own limit it would
+        write a bare 400 behind our answer, unless its limit for this one request is that length."""
+        declared = self.declared_length()
+        connection = self.request.connection
+        if declared is not None and isinstance(connection, HTTP1Connection):
+            connection.set_max_body_size(declared)
+
+    def too_large(self) -> ApiError:
+        return ApiError("payload_too_large", f"Body is over {self.body_limit} bytes")
+
+    def data_received(self, chunk: bytes) -> None:
+        """Body bytes as they arrive (after prepare()): kept up to the route's limit, never beyond."""
+        self.body_size += len(chunk)
+        if self.deferred_error is not None:  # refused from the headers: drop the body, answer at its end
+            if self.body_size >= (self.declared_length() or 0):
+                self.answer(self.deferred_error)
+            return
+        if self.body_size > self.body_limit:  # chunked: no length to check beforehand; refused as it passes
+            self.body_chunks.clear()
+            self.answer(self.too_large())
+            return
+        self.body_chunks.append(chunk)
+
+    def answer(self, error: Exception) -> None:
+        """Answer a refusal from data_received(); Tornado drops the rest of the body and closes the connection."""
+        self.log_exception(type(error), error, None)
+        status = error.status if isinstance(error, ApiError) else getattr(error, "status_code", 500)
+        self.send_error(status, exc_info=(type(error), error, None))
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(self.body_chunks)
+
+    def on_connection_close(self) -> None:
+        """The client left before the answer (mid-body, or while it was being computed)."""
+        super().on_connection_close()
+        abandoned = self.ctx.extras.get("on_request_abandoned")
+        if abandoned is not None:
+            abandoned(self)
 
     def begin_request(self) -> None:
         """What every request does first, routed or not: the started hook and its request id."""
         started = self.ctx.extras.get("on_request_started")
         if started is not None:
             started(self)
+        self.assign_request_id()
+
+    def assign_request_id(self) -> None:
         incoming = self.request.headers.get("X-Request-ID", "")
         self.request_id = incoming if visible_ascii(incoming, 200) else _request_ids.next()
         self.set_header("X-Request-ID", self.request_id)
@@ -187,7 +259,7 @@ class BaseHandler(RequestHooks):
         return negotiate_language(self.request.headers.get("Accept-Language"))
 
     def json_body(self) -> dict[str, Any]:
-        return parse_json_object(self.request.body)
+        return parse_json_object(self.body)
 
     def idempotency(self) -> Idempotency | None:
         # The header's value as HTTP defines it: the optional whitespace around it is not part of it.
@@ -234,7 +306,7 @@ class BaseHandler(RequestHooks):
         if isinstance(exc, ApiError):
             body = exc.to_problem()
             headers = exc.headers
-        elif isinstance(exc, UNAVAILABLE_ERRORS):
+        elif store_unavailable(exc):
             body = problem_body("unavailable", "A backing store is unreachable; retry with the same Idempotency-Key")
             headers = {"Retry-After": "1"}
         elif status_code in _HTTP_CODES:
@@ -247,6 +319,9 @@ class BaseHandler(RequestHooks):
         self.set_status(body["status"])
         if self.request_id:
             self.set_header("X-Request-ID", self.request_id)
+        else:  # refused before prepare() (an invented method): still traceable
+            self.assign_request_id()
+        self.drop_unread_body()
         for name, value in headers.items():
             self.set_header(name, value)
         self.set_header("Content-Type", PROBLEM_CONTENT_TYPE)

@@ -61,3 +61,52 @@ class ReplyDroppingProxy:
             writer.close()
 
         await asyncio.gather(to_server(), to_client(), return_exceptions=True)
+
+
+class ErrorReplyProxy:
+    """Forwards bytes both ways; while `error` is set, a client write holding `marker` is not forwarded and
+    gets that error reply instead, once per marker in it (the errors Redis sends only in states a test cannot
+    easily reach: LOADING, TRYAGAIN, CLUSTERDOWN)."""
+
+    def __init__(self, upstream_port: int, marker: bytes = b"EVALSHA") -> None:
+        self.upstream_port = upstream_port
+        self.marker = marker
+        self.error: bytes | None = None
+        self.server: asyncio.AbstractServer | None = None
+        self.port = 0
+
+    async def start(self) -> ErrorReplyProxy:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            with contextlib.suppress(Exception):
+                await self.server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+
+        async def to_server() -> None:
+            while data := await reader.read(65536):
+                if self.error is not None and self.marker in data:
+                    writer.write((b"-" + self.error + b"\r\n") * data.count(self.marker))
+                    await writer.drain()
+                    continue
+                up_writer.write(data)
+                await up_writer.drain()
+            up_writer.close()
+
+        async def to_client() -> None:
+            while data := await up_reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+            writer.close()
+
+        await asyncio.gather(to_server(), to_client(), return_exceptions=True)
