@@ -200,7 +200,9 @@ class MoneyOperations:
         outcomes: list[Outcome | Exception] = []
         for chunk, result in zip(chunks, raw, strict=True):
             if isinstance(result, Exception):
-                if not isinstance(result, NoScriptError):
+                if store_unavailable(result):
+                    log.warning("batch script run of %d operations refused for now: %s", len(chunk), result)
+                elif not isinstance(result, NoScriptError):
                     log.error("batch script run of %d operations refused, nothing changed: %s", len(chunk), result)
                 outcomes.extend([result] * len(chunk))
             else:

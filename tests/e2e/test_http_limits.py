@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 import orjson
 import pytest
 
+from billing.config import Settings
 from billing.context import Context
 from billing.handlers.base import BODY_LIMIT
 from billing.handlers.batch import BATCH_BODY_LIMIT
@@ -23,6 +24,12 @@ MIB = 1024 * 1024
 @pytest.fixture
 def redis_backend() -> str:
     return "fakeredis"  # HTTP framing only: one Redis flavour is enough
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """No background projector here: the outbox keeps every entry, so a snapshot shows any write at all."""
+    return settings.model_copy(update={"projector_enabled": False})
 
 
 async def exchange(api: Api, head: bytes, body: bytes = b"") -> Response:

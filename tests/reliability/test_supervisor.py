@@ -25,12 +25,14 @@ def deposit(service: BillingProcess, user_id: int) -> int:
 
 @pytest.fixture
 def service(redis_server: RedisServer, mongo_server: MongoWireServer) -> Iterator[BillingProcess]:
+    run = uuid.uuid4().hex[:8]
     process = BillingProcess(
         redis_server.url,
         mongo_server.url,
         TOKENS,
         workers=2,
-        extra_env={"BILLING_REDIS_PREFIX": f"sup:{uuid.uuid4().hex[:8]}:"},
+        mongo_db=f"sup_{run}",  # a ledger of its own: a Redis prefix without its transactions is a Redis that lost data
+        extra_env={"BILLING_REDIS_PREFIX": f"sup:{run}:"},
     ).start()
     yield process
     process.stop()
