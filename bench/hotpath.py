@@ -89,10 +89,10 @@ async def _service_app(redis_url: str, access_stream: Any) -> Any:
     import logging
 
     from billing.app import make_app
-    from billing.config import Settings
-    from billing.context import build_context
+    from billing.bootstrap import build_context
+    from billing.core.config import Settings
+    from billing.infra.observability import configure_access_log
     from billing.lifecycle import start_observability
-    from billing.observability import configure_access_log
 
     settings = Settings(
         redis_url=redis_url, mongo_url="mongodb://127.0.0.1:1", tokens={TOKEN: ["payments"]}, projector_enabled=False

@@ -15,9 +15,9 @@ from typing import Any
 
 from bson import Int64
 
-from billing.config import Settings
-from billing.ledger_store import LedgerStore
-from billing.reports import Reports
+from billing.core.config import Settings
+from billing.projection.store import LedgerStore
+from billing.views.reports import Reports
 
 MONTH = "2025-11"
 MONTH_START = datetime(2025, 10, 31, 21, 0, tzinfo=UTC)  # 1 November 00:00 in Moscow

@@ -6,21 +6,21 @@ from typing import Any
 
 import tornado.web
 
+from billing.api.handlers.accounts import BalanceHandler
+from billing.api.handlers.base import NotFoundHandler
+from billing.api.handlers.batch import BatchHandler
+from billing.api.handlers.health import HealthHandler, ReadyHandler
+from billing.api.handlers.history import TransactionsHandler
+from billing.api.handlers.operations import OperationHandler
+from billing.api.handlers.ops import ops_routes
+from billing.api.handlers.reports import RevenueCsvHandler, RevenueReportHandler
+from billing.api.handlers.reservations import ReservationsHandler
+from billing.api.handlers.services import ServiceHandler, ServicesHandler
+from billing.bootstrap import Context
+from billing.console.pages import console_routes
 from billing.console.session import cookie_secret
-from billing.context import Context
-from billing.forwarding import TRUSTED_PROXIES_SETTING
-from billing.handlers.accounts import BalanceHandler
-from billing.handlers.base import NotFoundHandler
-from billing.handlers.batch import BatchHandler
-from billing.handlers.console import console_routes
-from billing.handlers.health import HealthHandler, ReadyHandler
-from billing.handlers.history import TransactionsHandler
-from billing.handlers.operations import OperationHandler
-from billing.handlers.ops import ops_routes
-from billing.handlers.reports import RevenueCsvHandler, RevenueReportHandler
-from billing.handlers.reservations import ReservationsHandler
-from billing.handlers.services import ServiceHandler, ServicesHandler
-from billing.operations import OPERATIONS
+from billing.core.forwarding import TRUSTED_PROXIES_SETTING
+from billing.ledger.service import OPERATIONS
 
 ID = r"([^/]+)"
 
@@ -42,13 +42,13 @@ def routes(ctx: Context) -> list[Any]:
         (r"/healthz", HealthHandler, args),
         (r"/readyz", ReadyHandler, args),
     ]
-    table += ops_routes(ctx)  # /openapi.json, /docs, /metrics (each route needs an entry in billing/openapi.py)
+    table += ops_routes(ctx)  # /openapi.json, /docs, /metrics (each route needs an entry in billing/api/openapi.py)
     table += console_routes(ctx)  # HTML pages under /console (not part of the JSON API)
     return table
 
 
 def _no_tornado_access_log(handler: tornado.web.RequestHandler) -> None:
-    """billing.access writes one JSON line per request (billing/observability.py); tornado's would duplicate it."""
+    """billing.access writes one JSON line per request (billing/infra/observability.py); tornado's would duplicate it."""
 
 
 def make_app(ctx: Context, **settings: Any) -> tornado.web.Application:

@@ -8,8 +8,8 @@ import os
 import secrets
 import sys
 
-from billing.auth import generate_admin_token
-from billing.config import ConfigError, Settings, check_settings, describe_validation_error
+from billing.api.auth import generate_admin_token
+from billing.core.config import ConfigError, Settings, check_settings, describe_validation_error
 
 log = logging.getLogger("billing")
 
@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple] = {}
 
 
 def configure_logging() -> None:
-    from billing.observability import configure_access_log
+    from billing.infra.observability import configure_access_log
 
     logging.basicConfig(
         level=os.environ.get("BILLING_LOG_LEVEL", "INFO"),
@@ -64,7 +64,7 @@ def load_serving_settings() -> Settings:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from billing import metrics_dir
+    from billing.infra import metrics_dir
 
     if args.workers is not None and args.workers < 1:
         raise SystemExit("billing: configuration error: --workers must be at least 1")
@@ -91,7 +91,7 @@ def _report_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _report(settings: Settings, args: argparse.Namespace) -> int:
-    from billing.reports import run_cli
+    from billing.views.reports import run_cli
 
     return run_cli(settings, args.month, args.output, args.bom)
 
@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--workers", type=int, default=None, help="worker processes (default: CPUs)")
     serve.set_defaults(run=_serve)
-    from billing.ledger_cli import COMMANDS as LEDGER_COMMANDS
+    from billing.commands import COMMANDS as LEDGER_COMMANDS
 
     for name, (configure, run) in {**COMMANDS, **LEDGER_COMMANDS}.items():
         command = sub.add_parser(name)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import secrets
 
-from billing.context import Context
-from billing.history import History
-from billing.ledger_store import LedgerStore
-from billing.metrics import Metrics
-from billing.observability import RequestObserver
-from billing.outbox import Projector
-from billing.reports import Reports
-from billing.seq_guard import SequenceGuard
+from billing.bootstrap import Context
+from billing.infra.metrics import Metrics
+from billing.infra.observability import RequestObserver
+from billing.projection.projector import Projector
+from billing.projection.seq_guard import SequenceGuard
+from billing.projection.store import LedgerStore
+from billing.views.history import History
+from billing.views.reports import Reports
 
 
 def start_observability(ctx: Context) -> None:

@@ -17,12 +17,12 @@ from collections.abc import Callable
 import tornado.httpserver
 import tornado.netutil
 
+from billing.api.handlers.base import MAX_BODY_BYTES
 from billing.app import make_app
-from billing.config import Settings
-from billing.context import Context, build_context
-from billing.handlers.base import MAX_BODY_BYTES
+from billing.bootstrap import Context, build_context
+from billing.core.config import Settings
+from billing.infra.metrics import mark_process_dead
 from billing.lifecycle import start_components, stop_components
-from billing.metrics import mark_process_dead
 
 log = logging.getLogger("billing.server")
 

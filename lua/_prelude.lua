@@ -1,5 +1,5 @@
 --[[
-  Shared prelude: billing/ledger.py builds every script as this prelude + operation files + an entry point.
+  Shared prelude: billing/ledger/scripts.py builds every script as this prelude + operation files + an entry point.
   Each operation file adds one function to OPS; the entry point decides how many operations one script
   run executes:
     single script (one per operation, lua/<op>.lua + `return run_single('<op>')`): ONE operation,
@@ -27,7 +27,7 @@
   Ids and money travel as decimal strings: Lua numbers are doubles, and cjson prints 14 digits only.
 
   Errors (a script error reply, 'ledger: ...' or Redis's own, e.g. WRONGTYPE or OOM): an argument that is
-  not what billing/ledger.py sends, a key of the wrong type, a stored value this ledger never writes
+  not what billing/ledger/scripts.py sends, a key of the wrong type, a stored value this ledger never writes
   (a balance or amount that is not a canonical integer within its bound, a reservation whose account
   cannot hold it, an idempotency record that is not "<fingerprint>\n<outcome json>").
 

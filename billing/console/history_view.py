@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 from urllib.parse import urlencode
 
-from billing.parsing import ParseError, calendar_date, id_text
+from billing.core.parsing import ParseError, calendar_date, id_text
 
 TYPES = ("deposit", "withdrawal", "transfer_in", "transfer_out", "reserve", "charge", "release")
 SORTS = ("created_at", "amount")

@@ -13,9 +13,9 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from billing.auth import Authenticator, Principal, token_digest
-from billing.config import Settings
-from billing.ledger import RedisKeys
+from billing.api.auth import Authenticator, Principal, token_digest
+from billing.core.config import Settings
+from billing.ledger.scripts import RedisKeys
 
 SESSION_COOKIE = "console_session"
 XSRF_COOKIE = "console_xsrf"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from billing.descriptions import DEFAULT_LANGUAGE, SUPPORTED_LANGUAGES, negotiate_language
+from billing.views.descriptions import DEFAULT_LANGUAGE, SUPPORTED_LANGUAGES, negotiate_language
 
 TEXT: dict[str, dict[str, str]] = {
     "ru": {

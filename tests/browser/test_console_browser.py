@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
-from billing.context import Context
+from billing.bootstrap import Context
 from tests.support.api import Api
 
 pytestmark = [pytest.mark.browser, pytest.mark.parametrize("redis_backend", ["redis"], indirect=True)]

@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 
-from billing.context import Context
+from billing.bootstrap import Context
 from tests.support.api import Api, Response
 
 

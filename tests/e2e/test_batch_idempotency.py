@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from billing import operations as operations_module
-from billing.context import Context
-from billing.ledger import BATCH_CLAIM_TTL_SECONDS, Idempotency, batch_scope
+from billing.bootstrap import Context
+from billing.ledger import service as operations_module
+from billing.ledger.scripts import BATCH_CLAIM_TTL_SECONDS, Idempotency, batch_scope
 from tests.support.api import Api, Response, problem
 
 REPLAYED = "Idempotent-Replayed"

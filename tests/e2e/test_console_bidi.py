@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from billing.context import Context
+from billing.bootstrap import Context
 from tests.support.api import Api
 from tests.support.console import ConsoleClient
 

@@ -14,10 +14,10 @@ import pytest
 import tornado.httpserver
 from pymongo.errors import ServerSelectionTimeoutError
 
+from billing.api.auth import Authenticator, token_digest
 from billing.app import make_app
-from billing.auth import Authenticator, token_digest
-from billing.context import Context
-from billing.observability import configure_access_log
+from billing.bootstrap import Context
+from billing.infra.observability import configure_access_log
 from tests.support.api import TEST_TOKENS, Api
 from tests.support.console import ConsoleClient
 from tests.support.servers import free_port

@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from billing.auth import token_digest
-from billing.context import Context
+from billing.api.auth import token_digest
+from billing.bootstrap import Context
 from tests.support.api import Api
 from tests.support.console import ConsoleClient
 

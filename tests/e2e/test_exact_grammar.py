@@ -8,7 +8,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
 
-from billing.context import Context
+from billing.bootstrap import Context
 from tests.support.api import Api, problem
 from tests.support.console import ConsoleClient
 from tests.support.state import changed_keys, redis_state

@@ -16,9 +16,9 @@ import tornado.httpserver
 from pydantic import ValidationError
 
 from billing.app import make_app
-from billing.config import Settings
-from billing.context import Context
-from billing.observability import configure_access_log
+from billing.bootstrap import Context
+from billing.core.config import Settings
+from billing.infra.observability import configure_access_log
 from tests.support.api import Api
 from tests.support.console import ConsoleClient, Page
 from tests.support.servers import free_port

@@ -7,7 +7,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from billing.context import Context
+from billing.bootstrap import Context
 from tests.support.api import Api
 
 pytestmark = pytest.mark.parametrize("mongo_backend", ["mongomock", "secantus"], indirect=True)

@@ -9,10 +9,10 @@ from urllib.parse import urlsplit
 import orjson
 import pytest
 
-from billing.config import Settings
-from billing.context import Context
-from billing.handlers.base import BODY_LIMIT
-from billing.handlers.batch import BATCH_BODY_LIMIT
+from billing.api.handlers.base import BODY_LIMIT
+from billing.api.handlers.batch import BATCH_BODY_LIMIT
+from billing.bootstrap import Context
+from billing.core.config import Settings
 from billing.server import MAX_BODY_BYTES
 from tests.support.api import Api, Response, problem
 from tests.support.state import changed_keys, redis_state
@@ -204,7 +204,7 @@ def test_the_in_flight_count_moves_only_for_requests_it_counted() -> None:
     """A request refused before it started (an invented method) or ended twice cannot uncount another one."""
     from types import SimpleNamespace
 
-    from billing.observability import RequestObserver
+    from billing.infra.observability import RequestObserver
 
     observer = RequestObserver(None, log_requests=False)
     request = SimpleNamespace(method="ZZQ", path="/healthz", request_time=lambda: 0.0, remote_ip="127.0.0.1")

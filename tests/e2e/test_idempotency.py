@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from billing.config import Settings
-from billing.context import Context
-from billing.ledger import Idempotency
+from billing.bootstrap import Context
+from billing.core.config import Settings
+from billing.ledger.scripts import Idempotency
 from tests.support.api import Api, Response, problem
 from tests.support.state import changed_keys, redis_state
 

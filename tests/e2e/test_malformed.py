@@ -9,8 +9,8 @@ import orjson
 import pytest
 from tornado.simple_httpclient import HTTPStreamClosedError
 
-from billing.config import Settings
-from billing.context import Context
+from billing.bootstrap import Context
+from billing.core.config import Settings
 from tests.support.api import Api, problem
 from tests.support.state import changed_keys, redis_state
 

@@ -11,8 +11,8 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from billing.auth import token_digest
-from billing.observability import configure_access_log
+from billing.api.auth import token_digest
+from billing.infra.observability import configure_access_log
 from tests.support.api import Api
 
 

@@ -20,8 +20,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from billing.context import Context
-from billing.money import format_kopecks
+from billing.bootstrap import Context
+from billing.core.money import format_kopecks
 from tests.support.api import Api, Response
 
 CLIENTS = 8

@@ -11,8 +11,8 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from billing.ledger import BATCH, BATCH_CHUNK, Idempotency, Ledger
-from billing.operations import OPERATIONS, MoneyOperations, Reply
+from billing.ledger.scripts import BATCH, BATCH_CHUNK, Idempotency, Ledger
+from billing.ledger.service import OPERATIONS, MoneyOperations, Reply
 
 TTL = 90_000
 _MS = re.compile(r'"(created_at|updated_at)":"\d+"')

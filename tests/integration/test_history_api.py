@@ -13,11 +13,11 @@ from urllib.parse import urlencode
 import pytest
 from bson import Int64
 
-from billing.config import Settings
-from billing.context import Context
-from billing.cursor import CursorCodec
-from billing.history import HistoryQuery
-from billing.timefmt import datetime_to_ms, format_ms
+from billing.bootstrap import Context
+from billing.core.config import Settings
+from billing.core.timefmt import datetime_to_ms, format_ms
+from billing.views.cursor import CursorCodec
+from billing.views.history import HistoryQuery
 from tests.support.api import Api
 from tests.support.ledger_docs import BASE_MS, SORTS, create_history_indexes, insert, ledger, txn
 

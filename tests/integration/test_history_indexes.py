@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from billing.config import Settings
-from billing.context import Context
-from billing.history import HistoryQuery, find_specs, index_for
+from billing.bootstrap import Context
+from billing.core.config import Settings
+from billing.views.history import HistoryQuery, find_specs, index_for
 from tests.support.ledger_docs import BASE_MS, SORTS, create_history_indexes, insert, ledger
 
 pytestmark = [

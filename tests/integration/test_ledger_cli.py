@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from billing.config import Settings
-from billing.context import Context
-from billing.outbox import GROUP
+from billing.bootstrap import Context
+from billing.core.config import Settings
+from billing.projection.projector import GROUP
 from tests.support.servers import MongoWireServer, RedisServer
 from tests.support.workload import deposit, mixed_workload
 

@@ -2,7 +2,7 @@
 
 Hypothesis drives random sequences of deposits, withdrawals, transfers, reserves, recognitions (partial and
 full), cancels, replays with the same Idempotency-Key, key reuse, and invalid requests through
-billing.operations.MoneyOperations (the layer the HTTP handlers and the batch endpoint share), on fakeredis
+billing.ledger.service.MoneyOperations (the layer the HTTP handlers and the batch endpoint share), on fakeredis
 and on a real redis-server, each example under a fresh key prefix. After every step the replies, every
 balance, every reservation, the totals hash and the outbox length must agree with the model.
 
@@ -25,11 +25,11 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 from redis.asyncio import Redis
 
-from billing.errors import ApiError
-from billing.jsonbody import parse_json_object
-from billing.ledger import Idempotency, Ledger
-from billing.money import MAX_BALANCE_KOPECKS, format_kopecks
-from billing.operations import OPERATIONS, MoneyOperations, Reply, validate
+from billing.api.jsonbody import parse_json_object
+from billing.core.errors import ApiError
+from billing.core.money import MAX_BALANCE_KOPECKS, format_kopecks
+from billing.ledger.scripts import Idempotency, Ledger
+from billing.ledger.service import OPERATIONS, MoneyOperations, Reply, validate
 
 EXAMPLES = int(os.environ.get("BILLING_MODEL_EXAMPLES", "50"))
 STEPS = int(os.environ.get("BILLING_MODEL_STEPS", "30"))

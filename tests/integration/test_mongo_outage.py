@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from motor.motor_asyncio import AsyncIOMotorClient
 
-from billing.config import Settings
-from billing.context import Context
+from billing.bootstrap import Context
+from billing.core.config import Settings
 from tests.support.api import Api
 from tests.support.servers import MongoWireServer
 

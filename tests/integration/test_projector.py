@@ -12,11 +12,11 @@ import pytest
 from bson.int64 import Int64
 from pymongo.errors import BulkWriteError
 
-from billing.config import Settings
-from billing.context import Context
-from billing.ledger_store import LedgerStore, ServiceName
-from billing.metrics import Metrics
-from billing.outbox import GROUP, Projector, stream_seq
+from billing.bootstrap import Context
+from billing.core.config import Settings
+from billing.infra.metrics import Metrics
+from billing.projection.projector import GROUP, Projector, stream_seq
+from billing.projection.store import LedgerStore, ServiceName
 from tests.support.api import Api
 from tests.support.workload import deposit, run
 
@@ -333,7 +333,7 @@ async def test_an_id_reused_with_other_content_goes_to_the_conflict_stream(
     # Redis lost its sequence: the same id now names another transaction.
     await ctx.redis.hset(ctx.ledger.keys.meta, "seq", "0")
     await deposit(ctx.ledger, 6, 777)
-    with caplog.at_level(logging.ERROR, logger="billing.outbox"):
+    with caplog.at_level(logging.ERROR, logger="billing.projection.projector"):
         await p.drain()
     docs = await all_docs(ctx)
     assert [(int(d["_id"]), int(d["user_id"]), int(d["amount"])) for d in docs] == [(1, 5, 100)]  # kept as it was

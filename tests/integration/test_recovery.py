@@ -8,16 +8,16 @@ from typing import Any
 
 import pytest
 
-from billing.config import Settings
-from billing.context import Context
-from billing.ledger_store import LedgerStore
-from billing.outbox import Projector
-from billing.recovery import RedisNotEmpty, rebuild, reconcile
+from billing.bootstrap import Context
+from billing.core.config import Settings
+from billing.projection.projector import Projector
+from billing.projection.recovery import RedisNotEmpty, rebuild, reconcile
+from billing.projection.store import LedgerStore
 from tests.support.workload import deposit, mixed_workload, run
 
 pytestmark = pytest.mark.parametrize("mongo_backend", ["mongomock", "secantus"], indirect=True)
 
-SIGN = {  # written out independently of billing.recovery: how each type moves (available, reserved)
+SIGN = {  # written out independently of billing.projection.recovery: how each type moves (available, reserved)
     "deposit": (1, 0),
     "transfer_in": (1, 0),
     "withdrawal": (-1, 0),

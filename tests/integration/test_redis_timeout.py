@@ -11,9 +11,9 @@ from collections.abc import Iterator
 import pytest
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from billing.config import Settings
-from billing.redis_watchdog import CHECK_EVERY_SECONDS, WatchedConnection
-from billing.stores import connect_redis
+from billing.core.config import Settings
+from billing.infra.redis_watchdog import CHECK_EVERY_SECONDS, WatchedConnection
+from billing.infra.stores import connect_redis
 from tests.support.servers import RedisServer
 
 TIMEOUT = 0.5

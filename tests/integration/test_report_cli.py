@@ -13,9 +13,9 @@ from urllib.parse import urlencode
 
 import pytest
 
-import billing.stores
+import billing.infra.stores
+from billing.bootstrap import Context
 from billing.cli import main
-from billing.context import Context
 from tests.support.api import Api
 from tests.support.report_docs import Ledger
 from tests.support.servers import MongoWireServer
@@ -91,7 +91,7 @@ async def test_cli_on_the_embedded_store_writes_the_http_csv(
 ) -> None:
     await fill(ctx)
     expected = await http_csv(api, "2025-11")
-    monkeypatch.setattr(billing.stores, "connect_mongo", lambda settings: mongo_db)
+    monkeypatch.setattr(billing.infra.stores, "connect_mongo", lambda settings: mongo_db)
     monkeypatch.setenv("BILLING_MONGO_URL", "mongodb://127.0.0.1:1/")  # stands for the store patched in
     monkeypatch.setenv("BILLING_REPORTS_DIR", str(tmp_path / "cli-reports"))
     out = tmp_path / "revenue.csv"

@@ -15,10 +15,10 @@ import pytest
 import tornado.httpserver
 
 from billing.app import make_app
-from billing.config import Settings
-from billing.context import Context, build_context
+from billing.bootstrap import Context, build_context
+from billing.core.config import Settings
 from billing.lifecycle import start_components
-from billing.reports import Reports
+from billing.views.reports import Reports
 from tests.support.api import Api, Response
 from tests.support.report_docs import Ledger
 from tests.support.servers import free_port

@@ -16,13 +16,13 @@ import tornado.httpserver
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from billing import redis_raw
 from billing.app import make_app
-from billing.config import Settings
-from billing.context import build_context
-from billing.ledger import Idempotency, Ledger
+from billing.bootstrap import build_context
+from billing.core.config import Settings
+from billing.infra import redis_raw
+from billing.ledger.scripts import Idempotency, Ledger
+from billing.ledger.service import OPERATIONS, MoneyOperations
 from billing.lifecycle import start_components, stop_components
-from billing.operations import OPERATIONS, MoneyOperations
 from tests.support.api import Api
 from tests.support.servers import RedisServer, free_port
 

@@ -7,12 +7,12 @@ import logging
 
 import pytest
 
-from billing.config import Settings
-from billing.context import Context
-from billing.ledger_store import LedgerStore
-from billing.outbox import Projector
-from billing.recovery import rebuild
-from billing.seq_guard import SequenceGuard
+from billing.bootstrap import Context
+from billing.core.config import Settings
+from billing.projection.projector import Projector
+from billing.projection.recovery import rebuild
+from billing.projection.seq_guard import SequenceGuard
+from billing.projection.store import LedgerStore
 from tests.support.api import Api, problem
 
 pytestmark = pytest.mark.parametrize("mongo_backend", ["mongomock", "secantus"], indirect=True)
@@ -71,7 +71,7 @@ async def test_emptied_redis_refuses_writes_until_rebuild_then_ids_go_on(
     largest = await seed(api, ctx)
     async for key in ctx.redis.scan_iter(match=f"{ctx.settings.redis_prefix}*"):
         await ctx.redis.delete(key)  # Redis lost everything; MongoDB still holds the ledger
-    with caplog.at_level(logging.ERROR, logger="billing.ledger"):
+    with caplog.at_level(logging.ERROR, logger="billing.ledger.scripts"):
         assert await guard(ctx).check() is not None
     assert any("billing rebuild" in rec.getMessage() for rec in caplog.records if rec.levelno >= logging.ERROR)
     await assert_writes_refused(api, ctx)

@@ -18,7 +18,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
-from billing.ledger import RedisKeys
+from billing.ledger.scripts import RedisKeys
 from tests.support.api import TEST_TOKENS
 from tests.support.servers import MongoWireServer, RedisServer, free_port
 
@@ -108,7 +108,7 @@ async def test_serve_metrics_and_graceful_sigterm(
         # Every worker answers /metrics with the count of all workers.
         for _ in range(30):
             assert (await fetch(client, service.base + "/healthz")).code == 200
-        # Workers write their metric updates 50 ms after a request (billing/metrics.py): once a scrape counts
+        # Workers write their metric updates 50 ms after a request (billing/infra/metrics.py): once a scrape counts
         # every request (so every worker has written), each scrape, whichever worker answers, does.
         deadline = asyncio.get_running_loop().time() + 5
         while asyncio.get_running_loop().time() < deadline:

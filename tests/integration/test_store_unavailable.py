@@ -16,8 +16,8 @@ import tornado.httpserver
 from redis.asyncio import Redis
 
 from billing.app import make_app
-from billing.config import Settings
-from billing.context import Context, build_context
+from billing.bootstrap import Context, build_context
+from billing.core.config import Settings
 from billing.lifecycle import start_components, stop_components
 from tests.support.api import Api, problem
 from tests.support.proxy import ErrorReplyProxy

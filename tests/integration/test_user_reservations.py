@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from billing.context import Context
+from billing.bootstrap import Context
 from tests.support.api import Api
 
 

@@ -9,10 +9,10 @@ from urllib.parse import urlencode
 
 import pytest
 
-from billing.config import Settings
-from billing.context import Context
-from billing.ledger_store import LedgerStore
-from billing.outbox import Projector
+from billing.bootstrap import Context
+from billing.core.config import Settings
+from billing.projection.projector import Projector
+from billing.projection.store import LedgerStore
 from tests.support.api import Api
 from tests.support.ledger_docs import SORTS
 from tests.support.workload import deposit

@@ -6,7 +6,7 @@ ASCII digit swapped for a look-alike (Arabic-Indic, Persian, full-width, supersc
 Decimal() would read as that digit.
 
 Checks: `exact_grammar` fails a case whose request holds a value that is not exactly its grammar (judged
-here, independently of billing/parsing.py) and was answered 2xx (in a batch: an operation answered 2xx).
+here, independently of billing/core/parsing.py) and was answered 2xx (in a batch: an operation answered 2xx).
 Such refusals are expected, so the positive-data check's complaint about them is dropped, and only then.
 `route_counts` writes the number of test cases per route to $BILLING_FUZZ_COUNTS.
 """

@@ -76,7 +76,7 @@ def test_a_supervisor_whose_workers_die_before_serving_gives_up() -> None:
     script = textwrap.dedent(
         f"""
         import sys
-        from billing import metrics_dir
+        from billing.infra import metrics_dir
         metrics_dir.prepare(2)  # (as billing serve does, before prometheus_client is imported)
         import billing.server
 

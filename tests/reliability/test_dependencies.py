@@ -15,9 +15,9 @@ import tornado.httpserver
 from redis.asyncio import Redis
 
 from billing.app import make_app
-from billing.config import Settings
-from billing.context import build_context
-from billing.stores import connect_redis
+from billing.bootstrap import build_context
+from billing.core.config import Settings
+from billing.infra.stores import connect_redis
 from tests.reliability.crash import TOKENS
 from tests.support.api import TEST_TOKENS, Api
 from tests.support.proxy import ReplyDroppingProxy
@@ -78,7 +78,7 @@ def until(predicate: Any, timeout: float = 20.0) -> bool:
 
 
 def projector_exists() -> bool:
-    return importlib.util.find_spec("billing.outbox") is not None
+    return importlib.util.find_spec("billing.projection.projector") is not None
 
 
 def assert_unavailable(answer: requests.Response) -> None:
@@ -177,7 +177,7 @@ def test_mongodb_down_money_keeps_moving_and_history_catches_up(
     own_mongo.proc = restarted.proc  # the fixture stops whichever process runs now
     assert until(lambda: requests.get(service.url + "/readyz", timeout=10).status_code == 200, timeout=30)
     if not projector_exists():
-        return  # history projection lands with billing/outbox.py; from then on the check below runs
+        return  # history projection lands with billing/projection/projector.py; from then on the check below runs
     client = pymongo.MongoClient(own_mongo.url, serverSelectionTimeoutMS=5000)
     try:
         collection = client[service.env["BILLING_MONGO_DB"]]["transactions"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from billing.ledger import Ledger, Outcome
+from billing.ledger.scripts import Ledger, Outcome
 
 
 async def run(ledger: Ledger, call: tuple[str, list[str], list[Any]]) -> Outcome:

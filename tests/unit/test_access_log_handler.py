@@ -6,8 +6,8 @@ import asyncio
 import io
 import logging
 
-from billing import observability
-from billing.observability import LINES_AT_MOST, WRITE_EVERY_SECONDS, AccessLineHandler
+from billing.infra import observability
+from billing.infra.observability import LINES_AT_MOST, WRITE_EVERY_SECONDS, AccessLineHandler
 
 
 def record(message: str) -> logging.LogRecord:

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from redis.exceptions import NoScriptError
 
-from billing import operations as ops_module
-from billing.operations import MoneyOperations
+from billing.ledger import service as ops_module
+from billing.ledger.service import MoneyOperations
 
 
 class FakeLedger:

@@ -7,10 +7,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from billing.auth import Authenticator
+from billing.api.auth import Authenticator
 from billing.console.history_view import BadState, HistoryState
 from billing.console.session import resolve, session_value
-from billing.ledger import RedisKeys, glob_escape
+from billing.ledger.scripts import RedisKeys, glob_escape
 
 
 def parse(url: str) -> HistoryState:

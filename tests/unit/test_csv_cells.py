@@ -1,4 +1,4 @@
-"""billing.csv_cells.text_cell: caller text that a spreadsheet would run as a formula gets a leading '."""
+"""billing.views.csv_cells.text_cell: caller text that a spreadsheet would run as a formula gets a leading '."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import io
 
 import pytest
 
-from billing.csv_cells import text_cell
-from billing.money import format_kopecks
+from billing.core.money import format_kopecks
+from billing.views.csv_cells import text_cell
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ import redis
 import yaml
 from packaging.requirements import Requirement
 
-from billing.config import Settings
+from billing.core.config import Settings
 from tests.support.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -130,7 +130,7 @@ def test_every_variable_the_deploy_files_name_is_a_setting() -> None:
 
 
 def test_deploy_files_restate_no_default(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A default lives once, in billing/config.py: compose and the example set only what differs from it."""
+    """A default lives once, in billing/core/config.py: compose and the example set only what differs from it."""
     text = (ROOT / "docker-compose.yml").read_text()
     assert re.findall(r"\$\{BILLING_[A-Z_]+:-", text) == []
     assigned = {**env_example(), **compose()["services"]["app"]["environment"]}

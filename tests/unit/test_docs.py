@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from billing.errors import PROBLEMS
-from billing.openapi import build_spec, is_html_route, normalize
+from billing.api.openapi import build_spec, is_html_route, normalize
+from billing.core.errors import PROBLEMS
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"

@@ -10,14 +10,14 @@ import orjson
 import pytest
 from redis.connection import Connection
 
-from billing import redis_raw
-from billing.errors import ApiError
-from billing.handlers.batch import _operations
-from billing.jsonbody import _has_float, parse_json
-from billing.ledger import fingerprint
-from billing.money import format_kopecks
-from billing.operations import OPERATIONS, request_fingerprint
-from billing.schemas import BATCH_OPERATIONS, BatchRequest
+from billing.api.handlers.batch import _operations
+from billing.api.jsonbody import _has_float, parse_json
+from billing.core.errors import ApiError
+from billing.core.money import format_kopecks
+from billing.core.schemas import BATCH_OPERATIONS, BatchRequest
+from billing.infra import redis_raw
+from billing.ledger.scripts import fingerprint
+from billing.ledger.service import OPERATIONS, request_fingerprint
 
 
 def reference_format(kopecks: int) -> str:

@@ -7,10 +7,10 @@ import base64
 import orjson
 import pytest
 
-from billing.cursor import CursorCodec
-from billing.errors import ApiError
-from billing.history import HistoryQuery, find_specs, parse_history_query
-from billing.timefmt import ms_to_datetime
+from billing.core.errors import ApiError
+from billing.core.timefmt import ms_to_datetime
+from billing.views.cursor import CursorCodec
+from billing.views.history import HistoryQuery, find_specs, parse_history_query
 
 
 def fields_of(exc: pytest.ExceptionInfo[ApiError]) -> list[str]:

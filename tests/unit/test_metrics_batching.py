@@ -6,8 +6,8 @@ import asyncio
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from billing import metrics as metrics_module
-from billing.metrics import FLUSH_EVERY_SECONDS, LATENCY_BUCKETS, Metrics, _observe_all
+from billing.infra import metrics as metrics_module
+from billing.infra.metrics import FLUSH_EVERY_SECONDS, LATENCY_BUCKETS, Metrics, _observe_all
 
 DURATIONS = [0.0, 0.0004, 0.001, 0.0010001, 0.003, 0.0099, 0.01, 0.2, 0.7, 9.9, 10.0, 12.5, 42.0]
 

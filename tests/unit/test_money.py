@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from billing.money import MAX_OPERATION_KOPECKS, AmountError, format_kopecks, parse_amount
+from billing.core.money import MAX_OPERATION_KOPECKS, AmountError, format_kopecks, parse_amount
 
 valid_kopecks = st.integers(min_value=1, max_value=MAX_OPERATION_KOPECKS)
 

@@ -8,11 +8,11 @@ import pytest
 import tornado.web
 from openapi_spec_validator import validate
 
+from billing.api.handlers.base import BaseHandler
+from billing.api.openapi import ROUTES, app_routes, build_spec, is_html_route, normalize, undocumented_routes
 from billing.app import make_app
-from billing.errors import PROBLEM_CONTENT_TYPE, PROBLEMS
-from billing.handlers.base import BaseHandler
-from billing.openapi import ROUTES, app_routes, build_spec, is_html_route, normalize, undocumented_routes
-from billing.operations import OPERATIONS
+from billing.core.errors import PROBLEM_CONTENT_TYPE, PROBLEMS
+from billing.ledger.service import OPERATIONS
 
 # Spec entries for routes other branches are adding; their route must appear in make_app once they land.
 PENDING = {

@@ -1,4 +1,4 @@
-"""billing/parsing.py: every parser takes its grammar exactly or refuses, and what it takes round-trips.
+"""billing/core/parsing.py: every parser takes its grammar exactly or refuses, and what it takes round-trips.
 
 For each parser: (1) strings built from a hostile alphabet (whitespace, newlines, Unicode and full-width
 digits, superscripts, signs) are accepted exactly when an independent description of the grammar says so;
@@ -18,12 +18,12 @@ import pytest
 from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
-from billing import parsing
-from billing.descriptions import negotiate_language
-from billing.money import AMOUNT_PATTERN, AmountError, format_kopecks, parse_amount
-from billing.openapi import build_spec
-from billing.parsing import ParseError
-from billing.schemas import TRANSACTION_TYPES
+from billing.api.openapi import build_spec
+from billing.core import parsing
+from billing.core.money import AMOUNT_PATTERN, AmountError, format_kopecks, parse_amount
+from billing.core.parsing import ParseError
+from billing.core.schemas import TRANSACTION_TYPES
+from billing.views.descriptions import negotiate_language
 
 ASCII_DIGITS = "0123456789"
 WHITESPACE = [" ", "\t", "\n", "\r", "\x0b", "\x0c", "\x1c", "\x85", "\xa0", "\u2003", "\u2028", "\u3000", "\ufeff"]

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from billing.jsonbody import parse_json
-from billing.money import AMOUNT_PATTERN, PUBLISHED_AMOUNT_PATTERN, AmountError, parse_amount
-from billing.parsing import MAX_AMOUNT_STRING
-from billing.schemas import DepositRequest
+from billing.api.jsonbody import parse_json
+from billing.core.money import AMOUNT_PATTERN, PUBLISHED_AMOUNT_PATTERN, AmountError, parse_amount
+from billing.core.parsing import MAX_AMOUNT_STRING
+from billing.core.schemas import DepositRequest
 
 PUBLISHED = re.compile(PUBLISHED_AMOUNT_PATTERN)
 

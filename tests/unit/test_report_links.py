@@ -7,8 +7,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from billing.errors import ApiError
-from billing.report_links import LinkSigner
+from billing.core.errors import ApiError
+from billing.views.report_links import LinkSigner
 
 NOW = datetime(2026, 11, 26, 4, 16, 1, 500000, tzinfo=UTC).timestamp()
 

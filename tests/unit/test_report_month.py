@@ -7,9 +7,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from billing.errors import ApiError
-from billing.openapi import MONTH
-from billing.report_month import load_zone, parse_month
+from billing.api.openapi import MONTH
+from billing.core.errors import ApiError
+from billing.core.timefmt import load_zone
+from billing.views.report_month import parse_month
 
 MOSCOW = load_zone("Europe/Moscow")
 

@@ -1,0 +1,45 @@
+"""Liveness and readiness probes."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from billing.api.handlers.base import BaseHandler
+from billing.core.errors import problem_body
+
+
+class HealthHandler(BaseHandler):
+    route_name = "/healthz"
+
+    def get(self) -> None:
+        self.write_json(200, {"status": "ok"})
+
+
+class ReadyHandler(BaseHandler):
+    route_name = "/readyz"
+
+    async def get(self) -> None:
+        checks: dict[str, Any] = {
+            "redis": await _probe(self.ctx.redis.ping()),
+            "mongodb": await _probe(self.ctx.mongo.command("ping")),
+        }
+        extra = self.ctx.extras.get("readiness")
+        if extra is not None:
+            checks.update(await extra())
+        if checks["redis"] == "ok" and checks["mongodb"] == "ok" and checks.get("ledger_sequence", "ok") == "ok":
+            self.write_json(200, {"status": "ok", "checks": checks})
+            return
+        detail = "Redis or MongoDB does not answer"
+        if checks.get("ledger_sequence", "ok") != "ok":
+            detail = "Redis's ledger sequence is behind MongoDB: money writes are refused until `billing rebuild`"
+        self.set_header("Retry-After", "1")
+        self.write_json(503, {**problem_body("unavailable", detail), "checks": checks})
+
+
+async def _probe(awaitable: Any) -> str:
+    try:
+        await asyncio.wait_for(awaitable, timeout=1.0)
+        return "ok"
+    except Exception as exc:  # readiness reports, never raises
+        return f"error: {type(exc).__name__}"

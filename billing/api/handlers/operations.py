@@ -1,0 +1,21 @@
+"""POST endpoints that move money: deposits, withdrawals, transfers, reserve, recognize, cancel."""
+
+from __future__ import annotations
+
+from billing.api.handlers.base import BaseHandler
+from billing.ledger.service import OperationSpec, validate
+
+
+class OperationHandler(BaseHandler):
+    """One money operation per route; the route table says which (see app.py)."""
+
+    spec: OperationSpec
+
+    def initialize(self, ctx, spec: OperationSpec) -> None:  # type: ignore[override]
+        super().initialize(ctx, spec=spec, roles=spec.roles, route_name=spec.path)
+
+    async def post(self) -> None:
+        idem = self.idempotency()
+        request = validate(self.spec, self.json_body())
+        reply = await self.ctx.operations.execute(self.spec, request, idem, self.lang)
+        self.write_json(reply.status, reply.body, reply.replayed)

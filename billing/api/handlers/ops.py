@@ -1,0 +1,83 @@
+"""Operations endpoints: /openapi.json, /docs (Swagger UI from the swagger-ui-py package), /metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import tornado.web
+from swagger_ui.core import ApplicationDocument
+
+from billing.api.handlers.base import BaseHandler, OriginAware
+from billing.api.openapi import build_spec
+from billing.infra.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+
+DOCS_PREFIX = "/docs"
+SPEC_URL = "/openapi.json"
+
+
+class OpenAPIHandler(BaseHandler):
+    route_name = "/openapi.json"
+    compute_etag = tornado.web.RequestHandler.compute_etag  # cacheable, unlike the API: keep ETag / 304
+    check_etag_header = tornado.web.RequestHandler.check_etag_header
+    _cache: dict[str | None, bytes] = {}  # by BILLING_PUBLIC_URL (the document's servers entry)
+
+    def get(self) -> None:
+        public_url = self.ctx.settings.public_url
+        if public_url not in self._cache:
+            self._cache[public_url] = orjson.dumps(build_spec(public_url))
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "public, max-age=60")
+        self.finish(self._cache[public_url])
+
+
+def _swagger_document() -> ApplicationDocument:
+    """swagger-ui-py's page template and bundled assets (Swagger UI 5: OpenAPI 3.1), pointed at /openapi.json."""
+    doc = ApplicationDocument(app=None, config_rel_url=SPEC_URL, url_prefix=DOCS_PREFIX, title="billing API")
+    doc.parameters["url"] = orjson.dumps(SPEC_URL).decode()
+    return doc
+
+
+SWAGGER = _swagger_document()
+
+
+class DocsHandler(BaseHandler):
+    route_name = "/docs"
+    compute_etag = tornado.web.RequestHandler.compute_etag
+    check_etag_header = tornado.web.RequestHandler.check_etag_header
+
+    def get(self) -> None:
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.set_header("Cache-Control", "no-cache")
+        self.finish(SWAGGER.doc_html)
+
+
+class DocsAssetHandler(OriginAware, tornado.web.StaticFileHandler):
+    """Swagger UI's JS/CSS, served from the installed package (no CDN, works offline)."""
+
+    route_name = "/docs/static/{file}"
+
+    def initialize(self, ctx: Any = None, **kwargs: Any) -> None:  # type: ignore[override]
+        super().initialize(path=SWAGGER.static_dir)
+
+
+class MetricsHandler(BaseHandler):
+    route_name = "/metrics"
+
+    async def get(self) -> None:
+        metrics = self.ctx.metrics
+        if metrics is None:
+            raise tornado.web.HTTPError(404)
+        body = await metrics.render(self.ctx.projector)
+        self.set_header("Content-Type", METRICS_CONTENT_TYPE)
+        self.finish(body)
+
+
+def ops_routes(ctx: Any) -> list[Any]:
+    args = {"ctx": ctx}
+    return [
+        (r"/openapi.json", OpenAPIHandler, args),
+        (r"/docs/?", DocsHandler, args),
+        (r"/docs/static/(.+)", DocsAssetHandler, args),
+        (r"/metrics", MetricsHandler, args),
+    ]

@@ -1,0 +1,35 @@
+"""The services catalog: names shown in history and in the revenue report."""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+from billing.api.handlers.base import BaseHandler
+from billing.core.errors import ApiError, validation_errors
+from billing.core.roles import ROLES
+from billing.core.schemas import ServiceNameRequest
+
+
+class ServiceHandler(BaseHandler):
+    roles = frozenset({"orders"})
+    route_name = "/v1/services/{service_id}"
+
+    async def put(self, raw_service_id: str) -> None:
+        service_id = self.path_id(raw_service_id, "service_id")
+        try:
+            request = ServiceNameRequest.model_validate(self.json_body())
+        except ValidationError as exc:
+            raise ApiError("validation_error", "Request is not valid", validation_errors(exc)) from None
+        outcome = await self.ctx.ledger.set_service(service_id, request.name)
+        assert outcome.body is not None
+        self.write_json(200, {"service_id": service_id, "name": outcome.body["name"]})
+
+
+class ServicesHandler(BaseHandler):
+    roles = ROLES
+    route_name = "/v1/services"
+
+    async def get(self) -> None:
+        names = await self.ctx.ledger.services()
+        items = [{"service_id": sid, "name": name} for sid, name in sorted(names.items())]
+        self.write_json(200, {"items": items})

@@ -1,0 +1,355 @@
+"""The console's pages under /console: sign in and out, user lookup (support), monthly revenue (accounting)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import uuid
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
+
+import tornado.web
+
+from billing.api.auth import Principal
+from billing.api.handlers.base import UNAVAILABLE_ERRORS, OriginAware, RequestHooks
+from billing.bootstrap import Context
+from billing.console.display import shown
+from billing.console.history_view import TYPES, BadState, HistoryState
+from billing.console.session import (
+    LANG_COOKIE,
+    SESSION_COOKIE,
+    SESSION_MAX_AGE_DAYS,
+    XSRF_COOKIE,
+    Sessions,
+    cookie_flags,
+    session_value,
+)
+from billing.console.text import TEXT, other_language, pick_language
+from billing.core.errors import ApiError
+from billing.core.money import format_kopecks
+from billing.core.parsing import ParseError, form_value, query_lists
+from billing.core.parsing import month as parse_month
+from billing.views.descriptions import SUPPORTED_LANGUAGES
+from billing.views.render import render_reservation
+
+log = logging.getLogger("billing.console")
+
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
+TEMPLATE_DIR = PACKAGE_DIR / "templates"
+STATIC_DIR = PACKAGE_DIR / "static"
+CSS_URL = "/console/static/console.css?v=" + hashlib.sha256((STATIC_DIR / "console.css").read_bytes()).hexdigest()[:12]
+
+# No script may run on a console page at all: the pages are plain HTML forms and links.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'none'; object-src 'none'; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+}
+SUPPORT = frozenset({"support"})
+ACCOUNTING = frozenset({"accounting"})
+
+
+class ConsoleError(Exception):
+    """Stops a console request with an HTML page: 401 shows the sign-in form, others an error page."""
+
+    def __init__(self, status: int, key: str, **params: Any) -> None:
+        super().__init__(key)
+        self.status, self.key, self.params = status, key, params
+
+
+def short_time(rfc3339: str | None) -> str:
+    """2026-11-26T04:16:01.123Z -> 2026-11-26 04:16:01 (the page says the zone is UTC)."""
+    return rfc3339[:19].replace("T", " ") if rfc3339 else ""
+
+
+class ConsoleHandler(RequestHooks):
+    """Base of every console page: security headers, language, CSRF on POST, session and role checks."""
+
+    roles: frozenset[str] = frozenset()  # any one of them (admin always); empty: any signed-in principal
+    public = False  # pages anyone may see (the sign-in form)
+    route_name = "/console"
+    expected_errors = (ConsoleError,)
+
+    def initialize(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.principal: Principal | None = None
+        self.error_code: str | None = None
+        self.request_id = uuid.uuid4().hex
+        self.lang = "ru"
+
+    @property
+    def settings(self) -> dict[str, Any]:  # type: ignore[override]
+        """The application's settings plus this console's CSRF cookie (own name, flags, Secure over HTTPS).
+
+        CSRF is checked by the console's handlers only (see prepare); the JSON API authenticates with a
+        bearer header, which a browser never sends on its own, so it needs no CSRF token.
+        """
+        merged = dict(self.application.settings)
+        merged["xsrf_cookie_name"] = XSRF_COOKIE
+        merged["xsrf_cookie_kwargs"] = cookie_flags(self.secure)
+        return merged
+
+    @property
+    def secure(self) -> bool:
+        """HTTPS directly or, by X-Forwarded-Proto, behind a trusted proxy: cookies then get Secure."""
+        return self.origin.https
+
+    def set_default_headers(self) -> None:
+        super().set_default_headers()
+        for name, value in SECURITY_HEADERS.items():
+            self.set_header(name, value)
+        self.set_header("Cache-Control", "no-store")
+        if getattr(self, "request_id", None):  # also after send_error() cleared the headers
+            self.set_header("X-Request-ID", self.request_id)
+
+    def get_template_path(self) -> str:
+        return str(TEMPLATE_DIR)
+
+    @property
+    def sessions(self) -> Sessions:
+        return Sessions(self.ctx.redis, self.ctx.ledger.keys)
+
+    def session_id(self) -> bytes | None:
+        """The session id from the signed cookie (None if absent, tampered with or older than a day)."""
+        return self.get_signed_cookie(SESSION_COOKIE, max_age_days=SESSION_MAX_AGE_DAYS)
+
+    async def prepare(self) -> None:
+        started = self.ctx.extras.get("on_request_started")  # the access log and metrics, as for the API
+        if started is not None:
+            started(self)
+        wanted = form_value(self.request.query_arguments, "lang") or None
+        self.lang = pick_language(wanted, self.get_cookie(LANG_COOKIE), self.request.headers.get("Accept-Language"))
+        if wanted in SUPPORTED_LANGUAGES and wanted != self.get_cookie(LANG_COOKIE):
+            self.set_cookie(LANG_COOKIE, wanted, expires_days=365, **cookie_flags(self.secure))
+        if self.request.method == "POST":
+            try:
+                self.check_xsrf_cookie()
+            except tornado.web.HTTPError as exc:
+                raise ConsoleError(403, "csrf") from exc
+        self.principal = self.current_user = await self.sessions.principal(self.session_id(), self.ctx.auth)
+        if self.public:
+            return
+        if self.principal is None:
+            raise ConsoleError(401, "sign_in_needed")
+        if self.roles and not self.principal.has_any(self.roles):
+            raise ConsoleError(403, "forbidden", roles=", ".join(sorted(self.roles)))
+
+    # ---- rendering ----------------------------------------------------------------------------
+
+    def get_template_namespace(self) -> dict[str, Any]:
+        namespace = super().get_template_namespace()
+        principal = self.principal
+        namespace.update(
+            t=TEXT[self.lang],
+            lang=self.lang,
+            principal=principal,
+            can_users=principal is not None and principal.has_any(SUPPORT),
+            can_reports=principal is not None and principal.has_any(ACCOUNTING),
+            switch_url=self.url_with(lang=other_language(self.lang)),
+            css_url=CSS_URL,
+            short_time=short_time,
+            shown=shown,  # every user-provided text on a page goes through it
+            active=self.route_name,
+        )
+        return namespace
+
+    def url_with(self, **changes: str) -> str:
+        """This page's URL (GET) with some query parameters replaced."""
+        pairs = [
+            (name, value.decode("utf-8", "replace"))
+            for name, values in self.request.query_arguments.items()
+            if name not in changes
+            for value in values
+        ]
+        pairs += list(changes.items())
+        return self.request.path + "?" + urlencode(pairs)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        params: dict[str, Any] = {}
+        if isinstance(exc, ConsoleError):
+            status, key, params = exc.status, exc.key, exc.params
+        elif isinstance(exc, UNAVAILABLE_ERRORS):
+            status, key = 503, "store_down"
+            self.set_header("Retry-After", "1")
+        elif status_code in (404, 405):
+            status, key = 404 if status_code == 404 else 405, "not_found"
+        else:
+            status, key, params = 500, "internal", {"request_id": self.request_id}
+        self.error_code = key
+        self.set_status(status)
+        if status == 401:
+            self.render("console_login.html", error=TEXT[self.lang][key], next_url=self.request.uri or "/console")
+            return
+        title_key = "forbidden_title" if status == 403 else "error_title"
+        self.render("console_error.html", title=TEXT[self.lang][title_key], message=TEXT[self.lang][key].format(**params))
+
+
+def safe_next(raw: str | None) -> str:
+    """Where to go after signing in: a console path on this site only (no open redirect)."""
+    if raw and raw.startswith("/console") and not raw.startswith("//") and "\\" not in raw:
+        return raw
+    return "/console"
+
+
+class LoginHandler(ConsoleHandler):
+    public = True
+    route_name = "/console/login"
+
+    def get(self) -> None:
+        if self.principal is not None:
+            self.redirect(safe_next(self.get_query_argument("next", None)))
+            return
+        self.render("console_login.html", error=None, next_url=safe_next(self.get_query_argument("next", None)))
+
+    async def post(self) -> None:
+        next_url = safe_next(self.get_body_argument("next", None))
+        found = session_value(self.get_body_argument("token", ""), self.ctx.auth)
+        if found is None:
+            self.set_status(401)
+            self.render("console_login.html", error=TEXT[self.lang]["bad_token"], next_url=next_url)
+            return
+        value, principal = found
+        self.principal = principal
+        await self.sessions.end(self.session_id())  # signing in again replaces the session, never adds one
+        session_id = await self.sessions.start(value)
+        self.set_signed_cookie(SESSION_COOKIE, session_id, expires_days=None, **cookie_flags(self.secure))
+        log.info("console sign-in: %s", principal.name)
+        self.redirect(next_url, status=303)
+
+
+class LogoutHandler(ConsoleHandler):
+    public = True
+    route_name = "/console/logout"
+
+    async def post(self) -> None:
+        await self.sessions.end(self.session_id())  # a copy of the cookie stops working too
+        self.clear_cookie(SESSION_COOKIE, path="/console")
+        self.redirect("/console/login", status=303)
+
+
+class HomeHandler(ConsoleHandler):
+    route_name = "/console"
+
+    def get(self) -> None:
+        self.render("console_home.html")
+
+
+class UserHandler(ConsoleHandler):
+    """Support's user lookup: balance, open reservations and the history table."""
+
+    roles = SUPPORT
+    route_name = "/console/users"
+
+    async def get(self) -> None:
+        view: dict[str, Any] = {"state": None, "error": None, "balance": None, "reservations": [], "history": None}
+        view.update(history_error=None, lag=None, types=TYPES, raw_user=form_value(self.request.query_arguments, "user"))
+        if view["raw_user"]:
+            try:
+                state = HistoryState.from_query(query_lists(self.request.query_arguments))
+            except BadState as exc:
+                self.set_status(400)
+                view["error"] = TEXT[self.lang][exc.key]
+            else:
+                await self._fill(state, view)
+        self.render("console_user.html", **view)
+
+    async def _fill(self, state: HistoryState, view: dict[str, Any]) -> None:
+        view["state"] = state
+        balance = await self.ctx.ledger.balance(state.user_id)
+        if balance is None:
+            self.set_status(404)
+            view["error"] = TEXT[self.lang]["unknown_user"].format(user_id=state.user_id)
+            return
+        view["balance"] = tuple(format_kopecks(k) for k in balance)
+        names = await self.ctx.ledger.services()
+        view["reservations"] = [
+            {**render_reservation(r), "service_name": names.get(int(r["service_id"]))}
+            for r in await self.ctx.ledger.user_reservations(state.user_id, status="reserved")
+        ]
+        if self.ctx.projector is not None:
+            try:
+                lag = await self.ctx.projector.lag()
+            except UNAVAILABLE_ERRORS:
+                lag = None
+            if lag and lag.get("entries"):
+                view["lag"] = lag
+        if self.ctx.history is None:
+            view["history_error"] = TEXT[self.lang]["history_unavailable"]
+            return
+        try:
+            view["history"] = await self.ctx.history.page(state.user_id, state.api_query(), self.lang)
+        except ApiError as exc:
+            view["history_error"] = TEXT[self.lang]["history_error"].format(detail=exc.detail)
+        except UNAVAILABLE_ERRORS:
+            view["history_error"] = TEXT[self.lang]["store_down"]
+
+
+class ReportsHandler(ConsoleHandler):
+    """Accounting's monthly revenue: totals per service on the page and a signed CSV link."""
+
+    roles = ACCOUNTING
+    route_name = "/console/reports"
+
+    async def get(self) -> None:
+        month = form_value(self.request.query_arguments, "month") or self._this_month()
+        view: dict[str, Any] = {"month": month, "error": None, "rows": None, "total": None, "link": None}
+        if not _is_month(month):
+            self.set_status(400)
+            view["error"] = TEXT[self.lang]["bad_month"]
+        elif self.ctx.reports is None:
+            view["error"] = TEXT[self.lang]["reports_unavailable"]
+        else:
+            try:
+                totals = await self.ctx.reports.totals(month)
+                view["link"] = self.ctx.reports.signed_link(month, self.origin.base_url)
+            except ApiError as exc:
+                self.set_status(exc.status)
+                view["error"] = exc.detail
+            except UNAVAILABLE_ERRORS:
+                self.set_status(503)
+                view["error"] = TEXT[self.lang]["store_down"]
+            else:
+                view["rows"] = [(name, format_kopecks(kopecks)) for name, kopecks in totals]
+                view["total"] = format_kopecks(sum(kopecks for _, kopecks in totals))
+        self.render("console_reports.html", **view)
+
+    def _this_month(self) -> str:
+        return datetime.now(ZoneInfo(self.ctx.settings.report_tz)).strftime("%Y-%m")
+
+
+def _is_month(text: str) -> bool:
+    try:
+        parse_month(text)
+    except ParseError:
+        return False
+    return True
+
+
+class ConsoleStaticHandler(OriginAware, tornado.web.StaticFileHandler):
+    """The console's CSS, with the same security headers as its pages."""
+
+    def set_default_headers(self) -> None:
+        super().set_default_headers()
+        for name, value in SECURITY_HEADERS.items():
+            self.set_header(name, value)
+
+
+def console_routes(ctx: Context) -> list[Any]:
+    args = {"ctx": ctx}
+    return [
+        (r"/console/?", HomeHandler, args),
+        (r"/console/login", LoginHandler, args),
+        (r"/console/logout", LogoutHandler, args),
+        (r"/console/users", UserHandler, args),
+        (r"/console/reports", ReportsHandler, args),
+        (r"/console/static/(.*)", ConsoleStaticHandler, {"path": str(STATIC_DIR)}),
+    ]

@@ -1,0 +1,257 @@
+"""Pydantic models: what every request must look like and what every response looks like.
+
+Request models validate input; response models document output (OpenAPI) and are checked by tests.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    WithJsonSchema,
+    model_validator,
+)
+
+from billing.core.money import PUBLISHED_AMOUNT_PATTERN, parse_amount
+from billing.core.parsing import MAX_AMOUNT_STRING, MAX_ID, json_id
+
+# Ids in bodies: JSON integers (or integral numbers such as 42.0, as JSON Schema reads them), never strings.
+Id = Annotated[
+    int,
+    PlainValidator(json_id),
+    WithJsonSchema({"type": "integer", "minimum": 1, "maximum": MAX_ID, "examples": [42]}),
+]
+
+Amount = Annotated[
+    int,
+    PlainValidator(parse_amount),
+    WithJsonSchema(
+        {
+            "description": 'Rubles: a decimal string like "100.50" or a JSON number with at most 2 decimals;'
+            " > 0 and <= 1000000000.00.",
+            "anyOf": [
+                {"type": "string", "pattern": PUBLISHED_AMOUNT_PATTERN, "maxLength": MAX_AMOUNT_STRING},
+                {"type": "number", "exclusiveMinimum": 0, "maximum": 1_000_000_000, "multipleOf": 0.01},
+            ],
+            "examples": ["100.50"],
+        }
+    ),
+]
+
+Money = Annotated[str, Field(pattern=r"^-?[0-9]+\.[0-9]{2}$", examples=["100.50"])]
+Timestamp = Annotated[str, Field(description="RFC 3339 UTC with milliseconds", examples=["2026-11-26T04:16:01.123Z"])]
+
+
+# Exactly the code points of Unicode categories Cc (C0, DEL, C1) and Cs (surrogates): both are fixed sets.
+_CONTROL_OR_SURROGATE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _printable_text(value: str) -> str:
+    # isprintable() is False for every Cc and Cs character (and for some allowed ones, e.g. U+2028),
+    # so a True answer settles the usual case in one C call; otherwise the exact set decides.
+    if not value.isprintable() and _CONTROL_OR_SURROGATE.search(value):
+        raise ValueError("must not contain control characters or lone surrogates")
+    return value
+
+
+def _comment(value: str | None) -> str | None:
+    """Control characters and lone surrogates refused; empty means none."""
+    return _printable_text(value) if value else None
+
+
+# For the spec only (the validator above is the check): no C0/C1 control characters.
+PRINTABLE_TEXT = {"pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"}
+
+Comment = Annotated[
+    str | None,
+    Field(
+        max_length=500,
+        description="Free text shown in the user's history; empty means none",
+        json_schema_extra=PRINTABLE_TEXT,
+    ),
+    AfterValidator(_comment),
+]
+ServiceName = Annotated[
+    str, Field(min_length=1, max_length=200, json_schema_extra=PRINTABLE_TEXT), AfterValidator(_printable_text)
+]
+
+
+class Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DepositRequest(Request):
+    user_id: Id
+    amount: Amount
+    comment: Comment = None
+
+
+class WithdrawalRequest(DepositRequest):
+    pass
+
+
+class TransferRequest(Request):
+    from_user_id: Id
+    to_user_id: Id
+    amount: Amount
+    comment: Comment = None
+
+    @model_validator(mode="after")
+    def _distinct_users(self) -> TransferRequest:
+        if self.from_user_id == self.to_user_id:
+            raise ValueError("from_user_id and to_user_id must differ")
+        return self
+
+
+class ReservationRef(Request):
+    user_id: Id
+    service_id: Id
+    order_id: Id
+
+
+class ReserveRequest(ReservationRef):
+    amount: Amount
+    service_name: ServiceName | None = None
+    comment: Comment = None
+
+
+class RecognizeRequest(ReservationRef):
+    amount: Amount
+
+
+class CancelRequest(ReservationRef):
+    comment: Comment = None
+
+
+class ServiceNameRequest(Request):
+    name: ServiceName
+
+
+# ---- responses -------------------------------------------------------------------------------
+
+TransactionType = Literal["deposit", "withdrawal", "transfer_in", "transfer_out", "reserve", "charge", "release"]
+TRANSACTION_TYPES: tuple[str, ...] = TransactionType.__args__  # type: ignore[attr-defined]
+
+
+class Balance(BaseModel):
+    user_id: int
+    available: Money
+    reserved: Money
+
+
+class Transaction(BaseModel):
+    id: int
+    type: TransactionType
+    amount: Money
+    available_after: Money
+    reserved_after: Money
+    created_at: Timestamp
+    comment: str | None
+    description: str
+    service_id: int | None = None
+    service_name: str | None = None
+    order_id: int | None = None
+    counterparty_user_id: int | None = None
+
+
+class MoneyMovement(BaseModel):
+    balance: Balance
+    transaction: Transaction
+
+
+class TransferResult(MoneyMovement):
+    recipient_balance: Balance
+    recipient_transaction: Transaction
+
+
+class Reservation(BaseModel):
+    user_id: int
+    service_id: int
+    order_id: int
+    amount: Money
+    status: Literal["reserved", "recognized", "cancelled"]
+    recognized_amount: Money | None
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
+class ReservationResult(BaseModel):
+    reservation: Reservation
+    balance: Balance
+    transaction: Transaction | None = None
+    release_transaction: Transaction | None = None
+
+
+class Service(BaseModel):
+    service_id: int
+    name: str
+
+
+class ServiceList(BaseModel):
+    items: list[Service]
+
+
+class HistoryPage(BaseModel):
+    items: list[Transaction]
+    next_cursor: str | None
+
+
+class ReportLink(BaseModel):
+    month: str
+    url: str
+    expires_at: Timestamp
+
+
+class FieldError(BaseModel):
+    field: str
+    message: str
+
+
+class Problem(BaseModel):
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+    errors: list[FieldError] | None = None
+
+
+class Health(BaseModel):
+    status: str
+    checks: dict[str, Any] = {}
+
+
+# ---- batch -----------------------------------------------------------------------------------
+
+BATCH_OPERATIONS: dict[str, type[Request]] = {
+    "deposit": DepositRequest,
+    "withdrawal": WithdrawalRequest,
+    "transfer": TransferRequest,
+    "reserve": ReserveRequest,
+    "recognize": RecognizeRequest,
+    "cancel": CancelRequest,
+}
+
+
+class BatchRequest(Request):
+    MAX_OPERATIONS: ClassVar[int] = 1000
+    operations: list[dict[str, Any]] = Field(
+        min_length=1,
+        max_length=MAX_OPERATIONS,
+        description="Each: {op, idempotency_key?, ...the fields of the op's endpoint}",
+    )
+
+
+class BatchResult(BaseModel):
+    status: int
+    body: dict[str, Any]
+
+
+class BatchResponse(BaseModel):
+    results: list[BatchResult]

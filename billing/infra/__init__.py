@@ -1,0 +1,5 @@
+"""Infrastructure: connections to Redis and MongoDB (real servers or the embedded fakes), pre-encoded RESP for
+the hot paths, Prometheus metrics and the access log.
+
+Owns: how the service talks to its stores and reports on itself. May import: billing.core.
+"""

@@ -1,0 +1,52 @@
+"""Connections to Redis and MongoDB: real servers from URLs, or embedded in-process fakes."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from billing.core.config import Settings
+from billing.infra.redis_watchdog import WatchedConnection
+
+log = logging.getLogger("billing.infra.stores")
+
+EMBEDDED_WARNING = (
+    "BILLING_REDIS_URL/BILLING_MONGO_URL not set: using embedded in-memory stores. "
+    "Data lives only in this process and is lost when it exits."
+)
+
+
+def connect_redis(settings: Settings) -> Redis:
+    if settings.redis_url:
+        # No automatic retries: a script re-sent after a lost reply could move money twice.
+        # Callers retry with their Idempotency-Key instead.
+        return Redis.from_url(
+            settings.redis_url,
+            retry=Retry(NoBackoff(), 0),
+            socket_timeout=settings.request_timeout_seconds,
+            socket_connect_timeout=min(settings.request_timeout_seconds, 2.0),
+            max_connections=256,
+            connection_class=WatchedConnection,  # socket_timeout without a timer per command
+        )
+    import fakeredis
+
+    return fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
+
+
+def connect_mongo(settings: Settings) -> Any:
+    """The MongoDB database object (motor, or mongomock-motor when embedded)."""
+    if settings.mongo_url:
+        from motor.motor_asyncio import AsyncIOMotorClient
+
+        client = AsyncIOMotorClient(
+            settings.mongo_url, tz_aware=True, serverSelectionTimeoutMS=2000, connectTimeoutMS=2000
+        )
+    else:
+        from mongomock_motor import AsyncMongoMockClient
+
+        client = AsyncMongoMockClient(tz_aware=True)
+    return client[settings.mongo_db]

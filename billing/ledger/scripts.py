@@ -1,0 +1,378 @@
+"""The write side: runs the Lua scripts in lua/ against Redis. The only module that knows Redis keys."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import orjson
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
+
+from billing.infra import redis_raw
+
+
+def _lua_dir() -> Path:
+    """The checkout's lua/ (editable installs), else the copy installed as the data package billing.lua."""
+    checkout = Path(__file__).resolve().parents[2] / "lua"
+    if (checkout / "_prelude.lua").exists():
+        return checkout
+    return Path(__file__).resolve().parents[1] / "lua"
+
+
+LUA_DIR = _lua_dir()
+SCRIPT_NAMES = ("deposit", "withdraw", "transfer", "reserve", "recognize", "cancel", "set_service")
+BATCH = "batch"
+# Operations per batch script run: a run blocks Redis while it lasts (about 5 µs per deposit), so a
+# 1000-operation request becomes 4 runs sent in one pipeline, and other clients wait at most a few ms.
+BATCH_CHUNK = 250
+# How long a batch's Idempotency-Key stays claimed while the batch runs. A batch takes milliseconds, at worst a
+# few Redis timeouts; a worker that died mid-batch leaves its claim to run out, and until then the key answers
+# 409 idempotency_key_in_use. Its operations' own records, not this claim, keep a retry from applying twice.
+BATCH_CLAIM_TTL_SECONDS = 30
+
+
+class Idempotency(NamedTuple):
+    """Who asked (a token's stable id) and the Idempotency-Key they sent."""
+
+    scope: str
+    key: str
+
+
+class Outcome(NamedTuple):
+    """What a script decided: HTTP status and either a body or an error code (a tuple: cheap to build)."""
+
+    status: int
+    body: dict[str, Any] | None
+    error: str | None
+    replayed: bool = False
+    lang: str | None = None  # the language the first answer was rendered in, kept with the idempotency record
+
+
+class IdempotencyKeyReused(Exception):
+    """The Idempotency-Key was used before with another request."""
+
+
+class IdempotencyKeyInUse(Exception):
+    """A request with this Idempotency-Key is still running."""
+
+
+class BatchClaim(NamedTuple):
+    """A batch's hold on its Idempotency-Key while it runs: the record's name and this run's claim value."""
+
+    key: str
+    value: str
+    fingerprint: str
+
+
+def batch_scope(idem: Idempotency) -> Idempotency:
+    """The batch-level record lives apart from the endpoint keys of the same token."""
+    return Idempotency(scope=idem.scope + "/batch", key=idem.key)
+
+
+def batch_operation_key(idem: Idempotency, index: int) -> Idempotency:
+    """The key of the index-th operation of a batch sent with Idempotency-Key (when it names none itself)."""
+    # A scope of their own: a batch's own key (any visible ASCII, '#' included) can never name one of these.
+    return Idempotency(scope=idem.scope + "/batch-op", key=f"{idem.key}#{index}")
+
+
+def fingerprint(operation: str, canonical: bytes) -> str:
+    return hashlib.sha256(operation.encode() + b"\n" + canonical).hexdigest()
+
+
+def recorded_fingerprint(fp: str, lang: str) -> str:
+    """A script's fingerprint argument: the request's fingerprint, then the language of the answer, which the
+    script records with the outcome so that a replay renders exactly as the first answer did (lua/_prelude.lua)."""
+    return f"{fp} {lang}"
+
+
+_PENDING = "pending:"
+# Done: the batch's fingerprint alone. Ours: the claim this run wrote, or none left (it ran out).
+_COMPLETE_BATCH = """
+local v = redis.call('GET', KEYS[1])
+if v == ARGV[1] or not v then
+  redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+end
+"""
+_RELEASE_BATCH = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+end
+"""
+
+
+class RedisKeys:
+    """Key names. Keys of one user share the hash tag {u:<id>} so a cluster could keep them together."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.outbox = f"{prefix}outbox"
+        self.outbox_dead = f"{prefix}outbox:dead"  # entries the projector could not read, kept for a human
+        # transactions whose id MongoDB already holds with other content (an id used twice), kept for a human
+        self.outbox_conflicts = f"{prefix}outbox:conflicts"
+        self.projected = f"{prefix}projected"  # the history's watermark (billing/projection/watermark.py)
+        self.meta = f"{prefix}meta"
+        self.totals = f"{prefix}totals"
+        self.services = f"{prefix}services"
+
+    def account(self, user_id: int) -> str:
+        return f"{self.prefix}{{u:{user_id}}}:acct"
+
+    def reservation(self, user_id: int, service_id: int, order_id: int) -> str:
+        return f"{self.prefix}{{u:{user_id}}}:resv:{service_id}:{order_id}"
+
+    def user_reservation_pattern(self, user_id: int) -> str:
+        """SCAN pattern for every reservation key of one user (glob characters of the prefix escaped)."""
+        return f"{glob_escape(self.prefix)}{{u:{user_id}}}:resv:*"
+
+    def idempotency(self, idem: Idempotency | None) -> str:
+        if idem is None:
+            return f"{self.prefix}idem:-"
+        digest = hashlib.sha256(idem.key.encode()).hexdigest()
+        return f"{self.prefix}idem:{idem.scope}:{digest}"
+
+    def console_session(self, session_digest: str) -> str:
+        """A console sign-in (billing/console/session.py): named by the SHA-256 of its id, never the id itself."""
+        return f"{self.prefix}console:session:{session_digest}"
+
+    def account_pattern(self) -> str:
+        return f"{self.prefix}{{u:*}}:acct"
+
+    def reservation_pattern(self) -> str:
+        return f"{self.prefix}{{u:*}}:resv:*"
+
+    def account_user_id(self, key: str) -> int:
+        """The user id in an account key (the inverse of account())."""
+        head, tail = f"{self.prefix}{{u:", "}:acct"
+        if not (key.startswith(head) and key.endswith(tail)):
+            raise ValueError(f"not an account key: {key!r}")
+        return int(key[len(head) : -len(tail)])
+
+
+def load_script_sources() -> dict[str, str]:
+    """One script per operation (prelude + its file + one call), and the batch script running them all.
+
+    Every operation's logic lives once, in its file under lua/, as a function the prelude's entry points
+    call: the single script runs one operation, lua/_batch.lua runs many in one script run.
+    """
+    prelude = (LUA_DIR / "_prelude.lua").read_text()
+    ops = {name: (LUA_DIR / f"{name}.lua").read_text() for name in SCRIPT_NAMES}
+    sources = {name: f"{prelude}\n{ops[name]}\nreturn run_single('{name}')\n" for name in SCRIPT_NAMES}
+    sources[BATCH] = "\n".join([prelude, *ops.values(), (LUA_DIR / "_batch.lua").read_text()])
+    return sources
+
+
+class Ledger:
+    """Money operations, each one atomic Lua script and one Redis round trip."""
+
+    def __init__(self, redis: Redis, prefix: str, idempotency_ttl_seconds: int) -> None:
+        self.redis = redis
+        self.keys = RedisKeys(prefix)
+        self.idempotency_ttl = str(idempotency_ttl_seconds)
+        self._sources = load_script_sources()
+        self._shas = {name: hashlib.sha1(src.encode()).hexdigest() for name, src in self._sources.items()}
+
+    async def load_scripts(self) -> None:
+        for name, source in self._sources.items():
+            self._shas[name] = await self.redis.script_load(source)
+
+    def _common(self, idem: Idempotency | None, fp: str) -> tuple[list[str], list[str]]:
+        keys = [self.keys.idempotency(idem), self.keys.outbox, self.keys.meta, self.keys.totals]
+        args = [fp if idem is not None else "", self.idempotency_ttl]
+        return keys, args
+
+    def script_call(
+        self, name: str, idem: Idempotency | None, fp: str, keys: list[str], args: list[Any]
+    ) -> tuple[str, list[str], list[str]]:
+        """(sha, keys, args) of one script call; batch pipelines reuse this."""
+        common_keys, common_args = self._common(idem, fp)
+        return self._shas[name], common_keys + keys, common_args + [str(a) for a in args]
+
+    def batch_command(self, calls: list[tuple[str, Idempotency | None, str, list[str], list[Any]]]) -> bytes:
+        """The EVALSHA of one batch script run (lua/_batch.lua) of (name, idem, fingerprint, keys, args)
+        operations, packed for billing/infra/redis_raw.py to send."""
+        keys = [self.keys.outbox, self.keys.meta, self.keys.totals]
+        args = [self.idempotency_ttl]
+        idempotency = self.keys.idempotency
+        for name, idem, fp, op_keys, op_args in calls:
+            keys.append(idempotency(idem))
+            keys.extend(op_keys)
+            args.append(name)
+            args.append(fp if idem is not None else "")
+            args.extend([str(arg) for arg in op_args])
+        return redis_raw.pack(["EVALSHA", self._shas[BATCH], str(len(keys)), *keys, *args])
+
+    async def run(self, name: str, idem: Idempotency | None, fp: str, keys: list[str], args: list[Any]) -> Outcome:
+        sha, all_keys, all_args = self.script_call(name, idem, fp, keys, args)
+        packed = redis_raw.pack(["EVALSHA", sha, str(len(all_keys)), *all_keys, *all_args])
+        try:
+            reply = await redis_raw.command(self.redis, packed)
+        except NoScriptError:  # the script did not run: safe to send again once loaded
+            await self.load_scripts()
+            reply = await redis_raw.command(self.redis, packed)
+        return decode_reply(reply)
+
+    # ---- the operations -------------------------------------------------------------------
+
+    def deposit_call(self, user_id: int, amount: int, comment: str | None) -> tuple[str, list[str], list[Any]]:
+        return "deposit", [self.keys.account(user_id)], [user_id, amount, comment or ""]
+
+    def withdraw_call(self, user_id: int, amount: int, comment: str | None) -> tuple[str, list[str], list[Any]]:
+        return "withdraw", [self.keys.account(user_id)], [user_id, amount, comment or ""]
+
+    def transfer_call(
+        self, from_user_id: int, to_user_id: int, amount: int, comment: str | None
+    ) -> tuple[str, list[str], list[Any]]:
+        keys = [self.keys.account(from_user_id), self.keys.account(to_user_id)]
+        return "transfer", keys, [from_user_id, to_user_id, amount, comment or ""]
+
+    def _reservation_keys(self, user_id: int, service_id: int, order_id: int) -> list[str]:
+        return [
+            self.keys.account(user_id),
+            self.keys.reservation(user_id, service_id, order_id),
+            self.keys.services,
+        ]
+
+    def reserve_call(
+        self, user_id: int, service_id: int, order_id: int, amount: int, service_name: str | None, comment: str | None
+    ) -> tuple[str, list[str], list[Any]]:
+        keys = self._reservation_keys(user_id, service_id, order_id)
+        return "reserve", keys, [user_id, service_id, order_id, amount, service_name or "", comment or ""]
+
+    def recognize_call(
+        self, user_id: int, service_id: int, order_id: int, amount: int
+    ) -> tuple[str, list[str], list[Any]]:
+        keys = self._reservation_keys(user_id, service_id, order_id)
+        return "recognize", keys, [user_id, service_id, order_id, amount]
+
+    def cancel_call(
+        self, user_id: int, service_id: int, order_id: int, comment: str | None
+    ) -> tuple[str, list[str], list[Any]]:
+        keys = self._reservation_keys(user_id, service_id, order_id)
+        return "cancel", keys, [user_id, service_id, order_id, comment or ""]
+
+    async def claim_batch_key(self, idem: Idempotency, fp: str) -> BatchClaim | None:
+        """Hold a batch's Idempotency-Key for this run before any of its operations runs.
+
+        Each operation runs under its own key (its idempotency_key, or one derived from the batch's:
+        batch_operation_key), recorded atomically with its money, so a retried batch replays operation by
+        operation. The batch's record only answers for the batch as a whole: while a run holds it, 409
+        (IdempotencyKeyInUse); once some operation of the batch reached the money, its fingerprint, and
+        another batch with the key is 422 (IdempotencyKeyReused). None: that batch is done; run it again,
+        its operations replay.
+        """
+        key = self.keys.idempotency(batch_scope(idem))
+        claim = BatchClaim(key, f"{_PENDING}{secrets.token_hex(8)}", fp)
+        while not await self.redis.set(key, claim.value, nx=True, ex=BATCH_CLAIM_TTL_SECONDS):
+            stored = await self.redis.get(key)
+            if stored is None:
+                continue  # ran out between the two commands: claim it again
+            if stored.startswith(_PENDING.encode()):
+                raise IdempotencyKeyInUse()
+            if stored.decode() != fp:
+                raise IdempotencyKeyReused()
+            return None
+        return claim
+
+    async def complete_batch_key(self, claim: BatchClaim) -> None:
+        """Some operation of the batch reached the money: the key now means this batch (kept as long as the
+        operations' records), unless another run claimed it after this run's claim ran out."""
+        await self.redis.eval(_COMPLETE_BATCH, 1, claim.key, claim.value, claim.fingerprint, self.idempotency_ttl)
+
+    async def release_batch_key(self, claim: BatchClaim) -> None:
+        """No operation of the batch reached the money: leave nothing under the key (if the claim is still ours)."""
+        await self.redis.eval(_RELEASE_BATCH, 1, claim.key, claim.value)
+
+    async def set_service(self, service_id: int, name: str) -> Outcome:
+        return await self.run("set_service", None, "", [self.keys.services], [service_id, name])
+
+    # ---- reads ------------------------------------------------------------------------------
+
+    async def balance(self, user_id: int) -> tuple[int, int] | None:
+        packed = redis_raw.pack(["HMGET", self.keys.account(user_id), "available", "reserved"])
+        available, reserved = await redis_raw.command(self.redis, packed)
+        if available is None:
+            return None
+        return int(available), int(reserved or 0)
+
+    async def reservation(self, user_id: int, service_id: int, order_id: int) -> dict[str, str] | None:
+        raw = await self.redis.hgetall(self.keys.reservation(user_id, service_id, order_id))
+        if not raw:
+            return None
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    async def user_reservations(
+        self, user_id: int, status: str | None = None, limit: int = 200
+    ) -> list[dict[str, str]]:
+        """A user's reservations (optionally of one status), oldest first, at most `limit`.
+
+        SCAN walks the whole keyspace in steps (cost grows with the number of keys, not with this user's
+        reservations); it never blocks Redis, and support looks users up one at a time.
+        """
+        found: list[dict[str, str]] = []
+        async for key in self.redis.scan_iter(match=self.keys.user_reservation_pattern(user_id), count=1000):
+            raw = await self.redis.hgetall(key)
+            if not raw:
+                continue  # removed between SCAN and HGETALL
+            record = {k.decode(): v.decode() for k, v in raw.items()}
+            if status is None or record.get("status") == status:
+                found.append(record)
+        found.sort(key=lambda r: (int(r.get("created_at", 0)), int(r["service_id"]), int(r["order_id"])))
+        return found[:limit]
+
+    async def services(self) -> dict[int, str]:
+        raw = await self.redis.hgetall(self.keys.services)
+        return {int(k): v.decode() for k, v in raw.items()}
+
+    async def totals(self) -> dict[str, int]:
+        raw = await self.redis.hgetall(self.keys.totals)
+        return {k.decode(): int(v) for k, v in raw.items()}
+
+
+def decode_reply(reply: list[bytes]) -> Outcome:
+    return decode_outcome(reply[0], reply[1])
+
+
+class BatchOperationFailed(Exception):
+    """One operation of a batch script run failed inside Redis: it changed nothing, and stopped the run
+    (the operations before it are complete, the ones after it did not run)."""
+
+
+class BatchOperationSkipped(Exception):
+    """An operation of a batch script run that did not run: one before it in the run failed."""
+
+
+def decode_batch_reply(reply: list[bytes]) -> list[Outcome | Exception]:
+    """The outcomes of a batch script run, in order; an exception for an operation that did not get one."""
+    out: list[Outcome | Exception] = []
+    for index in range(0, len(reply), 2):
+        kind, payload = reply[index], reply[index + 1]
+        try:
+            out.append(decode_outcome(kind, payload))
+        except (IdempotencyKeyReused, BatchOperationFailed, BatchOperationSkipped) as exc:
+            out.append(exc)
+    return out
+
+
+def decode_outcome(kind: bytes, payload: bytes) -> Outcome:
+    if kind == b"error":
+        raise BatchOperationFailed(payload.decode(errors="replace"))
+    if kind == b"skipped":
+        raise BatchOperationSkipped()
+    if kind == b"reused":
+        raise IdempotencyKeyReused()
+    outcome = orjson.loads(payload)
+    return Outcome(
+        status=outcome["status"],
+        body=outcome.get("body"),
+        error=outcome.get("error"),
+        replayed=kind == b"replay",
+        lang=outcome.get("lang"),
+    )
+
+
+def glob_escape(text: str) -> str:
+    """Escape Redis glob metacharacters so a literal prefix matches only itself."""
+    return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)

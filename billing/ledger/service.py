@@ -1,0 +1,252 @@
+"""The service layer for money movements: validated request -> one ledger script -> rendered reply.
+
+HTTP handlers and the batch endpoint both go through here, so an operation behaves the same either way.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+from redis.exceptions import NoScriptError
+
+from billing.core.errors import ApiError, problem_body, validation_errors
+from billing.core.schemas import (
+    CancelRequest,
+    DepositRequest,
+    RecognizeRequest,
+    Request,
+    ReserveRequest,
+    TransferRequest,
+    WithdrawalRequest,
+)
+from billing.infra import redis_raw
+from billing.ledger.scripts import (
+    BATCH_CHUNK,
+    BatchOperationFailed,
+    BatchOperationSkipped,
+    Idempotency,
+    IdempotencyKeyReused,
+    Ledger,
+    Outcome,
+    decode_batch_reply,
+    fingerprint,
+    recorded_fingerprint,
+)
+from billing.ledger.unavailable import store_unavailable
+from billing.views.render import render_outcome_body
+
+log = logging.getLogger("billing.ledger.service")
+
+PAYMENTS = frozenset({"payments"})
+ORDERS = frozenset({"orders"})
+
+ScriptCall = tuple[str, list[str], list[Any]]
+
+
+@dataclass(frozen=True)
+class OperationSpec:
+    """One money operation: its request model, who may call it, and how it becomes a script call."""
+
+    name: str
+    path: str
+    model: type[Request]
+    roles: frozenset[str]
+    to_call: Callable[[Ledger, Any], ScriptCall]
+
+
+OPERATIONS: dict[str, OperationSpec] = {
+    spec.name: spec
+    for spec in (
+        OperationSpec(
+            "deposit",
+            "/v1/deposits",
+            DepositRequest,
+            PAYMENTS,
+            lambda ledger, r: ledger.deposit_call(r.user_id, r.amount, r.comment),
+        ),
+        OperationSpec(
+            "withdrawal",
+            "/v1/withdrawals",
+            WithdrawalRequest,
+            PAYMENTS,
+            lambda ledger, r: ledger.withdraw_call(r.user_id, r.amount, r.comment),
+        ),
+        OperationSpec(
+            "transfer",
+            "/v1/transfers",
+            TransferRequest,
+            PAYMENTS,
+            lambda ledger, r: ledger.transfer_call(r.from_user_id, r.to_user_id, r.amount, r.comment),
+        ),
+        OperationSpec(
+            "reserve",
+            "/v1/reservations",
+            ReserveRequest,
+            ORDERS,
+            lambda ledger, r: ledger.reserve_call(
+                r.user_id, r.service_id, r.order_id, r.amount, r.service_name, r.comment
+            ),
+        ),
+        OperationSpec(
+            "recognize",
+            "/v1/reservations/recognize",
+            RecognizeRequest,
+            ORDERS,
+            lambda ledger, r: ledger.recognize_call(r.user_id, r.service_id, r.order_id, r.amount),
+        ),
+        OperationSpec(
+            "cancel",
+            "/v1/reservations/cancel",
+            CancelRequest,
+            ORDERS,
+            lambda ledger, r: ledger.cancel_call(r.user_id, r.service_id, r.order_id, r.comment),
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What to answer: status, JSON body, whether it is a replay of an earlier outcome, and whether it came
+    from the ledger (the operation reached the money, now or when first run) rather than being refused before."""
+
+    status: int
+    body: dict[str, Any]
+    replayed: bool = False
+    from_ledger: bool = False
+
+
+def validate(spec: OperationSpec, data: Any) -> Request:
+    try:
+        return spec.model.model_validate(data)
+    except ValidationError as exc:
+        raise ApiError("validation_error", "Request is not valid", validation_errors(exc)) from None
+
+
+def request_fingerprint(spec: OperationSpec, request: Request) -> str:
+    """Same operation and same validated fields give the same fingerprint, whichever way they were sent.
+
+    The canonical form is the sorted JSON of the validated fields. Request models are flat (ints, strings,
+    None), so their __dict__ is exactly model_dump(), without its cost (tests/unit/test_fast_paths.py).
+    """
+    return fingerprint("POST " + spec.path, orjson.dumps(request.__dict__, option=orjson.OPT_SORT_KEYS))
+
+
+def reply_from_outcome(outcome: Outcome, lang: str) -> Reply:
+    """The answer to a script's outcome; a replay is rendered in the language its first answer was."""
+    if outcome.error is not None:
+        return Reply(outcome.status, problem_body(outcome.error), outcome.replayed, True)
+    assert outcome.body is not None
+    return Reply(outcome.status, render_outcome_body(outcome.body, outcome.lang or lang), outcome.replayed, True)
+
+
+def failure_reply(exc: Exception) -> Reply:
+    """The reply of a batch operation that got no outcome. Each one changed nothing (lua/_batch.lua):
+    503 when it did not run or Redis refused its writes for now, else 500 (the ledger needs a look)."""
+    if isinstance(exc, (NoScriptError, BatchOperationSkipped)) or store_unavailable(exc):
+        return Reply(503, problem_body("unavailable", "The operation did not run; retry it"))
+    return Reply(500, problem_body("internal_error", "The operation failed and changed nothing; it is logged"))
+
+
+class MoneyOperations:
+    """Runs money operations on the ledger, one at a time or many in one pipeline."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+        # observer(operation, problem code or None, replayed[, count]): metrics of script outcomes
+        # (billing/infra/metrics.py); a batch calls it once per distinct outcome with how many had it
+        self.observer: Callable[..., None] | None = None
+        # Raises ApiError when money writes must be refused now (billing/projection/seq_guard.py); None: never.
+        self.write_gate: Callable[[], None] | None = None
+
+    def _observe(self, spec: OperationSpec, outcome: Outcome) -> None:
+        if self.observer is not None:
+            self.observer(spec.name, outcome.error, outcome.replayed)
+
+    async def execute(self, spec: OperationSpec, request: Request, idem: Idempotency | None, lang: str) -> Reply:
+        if self.write_gate is not None:
+            self.write_gate()
+        name, keys, args = spec.to_call(self.ledger, request)
+        fp = recorded_fingerprint(request_fingerprint(spec, request), lang) if idem else ""
+        try:
+            outcome = await self.ledger.run(name, idem, fp, keys, args)
+        except IdempotencyKeyReused:
+            if self.observer is not None:
+                self.observer(spec.name, "idempotency_key_reused", False)
+            raise ApiError("idempotency_key_reused", "This Idempotency-Key was used with another request") from None
+        self._observe(spec, outcome)
+        return reply_from_outcome(outcome, lang)
+
+    async def execute_many(
+        self, items: Sequence[tuple[OperationSpec, Request, Idempotency | None]], lang: str
+    ) -> list[Reply]:
+        """Each item atomic and idempotent on its own, run in order by batch script runs of BATCH_CHUNK
+        operations (lua/_batch.lua), all sent to Redis in one pipeline."""
+        if self.write_gate is not None and items:
+            self.write_gate()
+        calls = []
+        for spec, request, idem in items:
+            name, keys, args = spec.to_call(self.ledger, request)
+            fp = recorded_fingerprint(request_fingerprint(spec, request), lang) if idem else ""
+            calls.append((name, idem, fp, keys, args))
+        chunks = [calls[start : start + BATCH_CHUNK] for start in range(0, len(calls), BATCH_CHUNK)]
+        raw = await self._pipeline(chunks)
+        outcomes: list[Outcome | Exception] = []
+        for chunk, result in zip(chunks, raw, strict=True):
+            if isinstance(result, Exception):
+                if store_unavailable(result):
+                    log.warning("batch script run of %d operations refused for now: %s", len(chunk), result)
+                elif not isinstance(result, NoScriptError):
+                    log.error("batch script run of %d operations refused, nothing changed: %s", len(chunk), result)
+                outcomes.extend([result] * len(chunk))
+            else:
+                outcomes.extend(decode_batch_reply(result))
+        replies = []
+        observed: Counter[tuple[str, str | None, bool]] = Counter()
+        for (spec, _request, _idem), outcome in zip(items, outcomes, strict=True):
+            if isinstance(outcome, IdempotencyKeyReused):
+                observed[spec.name, "idempotency_key_reused", False] += 1
+                replies.append(Reply(422, problem_body("idempotency_key_reused")))
+            elif isinstance(outcome, Exception):
+                if isinstance(outcome, BatchOperationFailed) and not store_unavailable(outcome):
+                    log.error(
+                        "batch operation %s failed and stopped its run, it changed nothing: %s", spec.name, outcome
+                    )
+                reply = failure_reply(outcome)
+                observed[spec.name, reply.body["code"], False] += 1
+                replies.append(reply)
+            else:
+                observed[spec.name, outcome.error, outcome.replayed] += 1
+                replies.append(reply_from_outcome(outcome, lang))
+        if self.observer is not None:
+            for (name, code, replayed), count in observed.items():
+                self.observer(name, code, replayed, count)
+        return replies
+
+    async def _pipeline(self, chunks: list[list[Any]]) -> list[Any]:
+        """One batch script run per chunk, all in one write; runs refused with NOSCRIPT are sent again once."""
+        results: list[Any] = [None] * len(chunks)
+        pending = list(range(len(chunks)))
+        for attempt in range(2):
+            commands = [self.ledger.batch_command(chunks[index]) for index in pending]
+            answers = await redis_raw.pipeline(self.ledger.redis, commands)
+            for index, answer in zip(pending, answers, strict=True):
+                results[index] = answer
+            # A run refused with NOSCRIPT never ran, so it may be sent again once the scripts are loaded, but
+            # only if no later run of this batch did run (operations keep their order); the others answer 503.
+            retry = []
+            for index in reversed(pending):
+                if attempt > 0 or not isinstance(results[index], NoScriptError):
+                    break
+                retry.insert(0, index)
+            if not retry:
+                break
+            await self.ledger.load_scripts()
+            pending = retry
+        return results

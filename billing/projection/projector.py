@@ -1,0 +1,446 @@
+"""The outbox projector: Redis outbox stream -> MongoDB ledger through a consumer group, acked after the write."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from billing.ledger.scripts import RedisKeys
+from billing.projection.store import LedgerStore, ServiceName, transaction_document
+from billing.projection.watermark import ProjectionWatermark
+
+log = logging.getLogger("billing.projection.projector")
+
+GROUP = "ledger-projector"
+SEQ_SPAN = 1_000_000  # stream ids ms-seq map to the integer ms * SEQ_SPAN + seq (seq stays far below it)
+CLAIM_EVERY_SECONDS = 1.0
+TRIM_EVERY_SECONDS = 1.0
+PRUNE_EVERY_SECONDS = 60.0
+PRUNE_IDLE_MS = 3_600_000  # a consumer silent this long with nothing pending is gone (a crashed process)
+BACKOFF_FIRST, BACKOFF_MAX = 0.1, 5.0
+
+Entry = tuple[str, dict[str, str]]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def parse_id(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def stream_seq(entry_id: str) -> int:
+    """A stream id as one integer that keeps the stream's order (the `seq` of a services document)."""
+    ms, seq = parse_id(entry_id)
+    return ms * SEQ_SPAN + seq
+
+
+def next_id(entry_id: str) -> str:
+    ms, seq = parse_id(entry_id)
+    return f"{ms}-{seq + 1}"
+
+
+@dataclass
+class Batch:
+    """Stream entries turned into what MongoDB gets."""
+
+    ids: list[str] = field(default_factory=list)
+    docs: list[dict[str, Any]] = field(default_factory=list)
+    services: dict[int, ServiceName] = field(default_factory=dict)
+    poison: list[tuple[str, dict[str, str], str]] = field(default_factory=list)
+
+
+def to_batch(entries: list[Entry]) -> Batch:
+    batch = Batch()
+    for entry_id, fields in entries:
+        batch.ids.append(entry_id)
+        try:
+            docs = [transaction_document(record) for record in orjson.loads(fields.get("txns", "[]"))]
+            names = orjson.loads(fields.get("services", "{}"))
+            changes = [ServiceName(int(sid), str(name), stream_seq(entry_id)) for sid, name in names.items()]
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            batch.poison.append((entry_id, fields, f"{type(exc).__name__}: {exc}"))
+            continue
+        batch.docs.extend(docs)
+        for change in changes:
+            batch.services[change.service_id] = change  # a later entry of the batch wins
+    return batch
+
+
+class Projector:
+    """Projects the outbox into MongoDB: at least once delivery, exactly once in the ledger (ids are keys)."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        keys: RedisKeys,
+        store: LedgerStore,
+        *,
+        batch: int = 500,
+        block_ms: int = 200,
+        claim_idle_ms: int = 10_000,
+        consumer: str | None = None,
+    ) -> None:
+        self.redis = redis
+        self.stream = keys.outbox
+        self.dead_stream = keys.outbox_dead
+        self.conflict_stream = keys.outbox_conflicts
+        self.watermark = ProjectionWatermark(redis, keys, GROUP)
+        self.store = store
+        self.batch = batch
+        self.block_ms = block_ms
+        self.claim_idle_ms = claim_idle_ms
+        self.consumer = consumer or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        # counters for metrics
+        self.batches = 0
+        self.transactions_written = 0
+        self.duplicates_skipped = 0
+        self.services_written = 0
+        self.entries_acked = 0
+        self.entries_claimed = 0
+        self.entries_trimmed = 0
+        self.failures = 0
+        self.poisoned = 0
+        self.conflicts = 0
+        # Called once per batch projected (entries, seconds): the metrics hook.
+        self.on_batch: Callable[[int, float], None] | None = None
+        # Called with the number of conflicting transactions found in a batch (the metrics hook).
+        self.on_conflict: Callable[[int], None] | None = None
+        # Fault injection for tests: awaited after MongoDB confirmed a batch, before its XACK.
+        self.before_ack: Callable[[list[str]], Awaitable[None]] | None = None
+        self._lock = asyncio.Lock()
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._group_ready = False
+        self._indexes_ready = False
+        self._watermark_ready = False
+        self._own_pending = False
+        self._last_claim = 0.0
+        self._last_trim = 0.0
+        self._last_prune = 0.0
+
+    @classmethod
+    def from_context(cls, ctx: Any) -> Projector:
+        s = ctx.settings
+        return cls(
+            ctx.redis,
+            ctx.ledger.keys,
+            LedgerStore(ctx.mongo),
+            batch=s.projector_batch,
+            block_ms=s.projector_block_ms,
+            claim_idle_ms=s.projector_claim_idle_ms,
+        )
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.running:
+            return
+        self._stopping.clear()
+        self._task = asyncio.create_task(self._run(), name=f"outbox-projector {self.consumer}")
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Stop after the batch in hand; entries not acked stay pending for the next consumer."""
+        self._stopping.set()
+        task, self._task = self._task, None
+        if task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(task), timeout)
+            except TimeoutError:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        with contextlib.suppress(Exception):
+            await self._forget_consumer()
+
+    async def drain(self, timeout: float = 5.0) -> None:
+        """Project everything in the stream now; TimeoutError when it cannot within `timeout` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        last_error: Exception | None = None
+        while True:
+            handled = 0
+            try:
+                async with asyncio.timeout(max(0.05, deadline - loop.time())):
+                    async with self._lock:
+                        await self._prepare()
+                        handled = await self._step(block=False, claim=True)
+                        if handled == 0 and (await self.lag())["entries"] == 0:
+                            await self._trim()
+                            await self.watermark.advance()
+                            return
+            except Exception as exc:  # MongoDB or Redis down, or out of time: retry until the deadline
+                last_error = exc
+            if loop.time() >= deadline:
+                lag = await self.lag()
+                raise TimeoutError(f"outbox not drained in {timeout} s: {lag}") from last_error
+            if handled == 0:
+                await asyncio.sleep(0.05 if last_error is None else 0.2)
+
+    async def lag(self) -> dict[str, Any]:
+        """Entries not yet projected (pending + not yet delivered) and the age of the oldest one."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.xinfo_groups(self.stream)
+        pipe.xpending(self.stream, GROUP)
+        pipe.time()
+        groups, pending, now = await pipe.execute(raise_on_error=False)
+        if isinstance(now, Exception):
+            raise now
+        now_ms = int(now[0]) * 1000 + int(now[1]) // 1000
+        if isinstance(groups, Exception):  # no stream yet
+            return {"entries": 0, "oldest_age_seconds": 0.0}
+        group = next((g for g in groups if _text(g["name"]) == GROUP), None)
+        if group is None or isinstance(pending, Exception):
+            entries = int(await self.redis.xlen(self.stream))
+            oldest = await self._first_after("0-0") if entries else None
+        else:
+            delivered = _text(group["last-delivered-id"])
+            waiting = group.get("lag")
+            undelivered = int(waiting) if waiting is not None else await self._count_after(delivered)
+            entries = int(pending["pending"]) + undelivered
+            if pending["pending"]:
+                oldest = _text(pending["min"])
+            else:
+                oldest = await self._first_after(delivered) if undelivered else None
+        age = max(0, now_ms - parse_id(oldest)[0]) / 1000 if oldest else 0.0
+        return {"entries": entries, "oldest_age_seconds": age}
+
+    async def readiness(self) -> dict[str, Any]:
+        """The /readyz contribution: the lag, or why it is unknown (never raises)."""
+        try:
+            return {"outbox": await asyncio.wait_for(self.lag(), 1.0)}
+        except Exception as exc:
+            return {"outbox": {"error": type(exc).__name__}}
+
+    def stats(self) -> dict[str, int]:
+        names = (
+            "batches",
+            "transactions_written",
+            "duplicates_skipped",
+            "services_written",
+            "entries_acked",
+            "entries_claimed",
+            "entries_trimmed",
+            "failures",
+            "poisoned",
+            "conflicts",
+        )
+        return {name: getattr(self, name) for name in names}
+
+    # ---- the loop --------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        delay = BACKOFF_FIRST
+        while not self._stopping.is_set():
+            started = time.monotonic()
+            try:
+                async with self._lock:
+                    await self._prepare()
+                    handled = await self._step(block=True, claim=self._due("_last_claim", CLAIM_EVERY_SECONDS))
+                    if self._due("_last_trim", TRIM_EVERY_SECONDS):
+                        await self._trim()
+                        # also after a consumer that crashed between its XACK and its publish
+                        await self.watermark.advance()
+                    if self._due("_last_prune", PRUNE_EVERY_SECONDS):
+                        await self.prune_consumers()
+                delay = BACKOFF_FIRST
+            except Exception as exc:
+                self.failures += 1
+                log.warning("outbox projection failed (retrying in %.1f s, nothing acked): %r", delay, exc)
+                await self._pause(delay)
+                delay = min(delay * 2, BACKOFF_MAX)
+                continue
+            if handled == 0:
+                # fakeredis answers a blocking read at once: wait out the block time here instead
+                rest = self.block_ms / 1000 - (time.monotonic() - started)
+                if rest > 0.01:
+                    await self._pause(rest)
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    def _due(self, attr: str, every: float) -> bool:
+        now = time.monotonic()
+        if now - getattr(self, attr) >= every:
+            setattr(self, attr, now)
+            return True
+        return False
+
+    async def _prepare(self) -> None:
+        if not self._group_ready:
+            try:
+                await self.redis.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+            self._group_ready = True
+        if not self._indexes_ready:
+            await self.store.ensure_indexes()
+            self._indexes_ready = True
+        if not self._watermark_ready:
+            # Before the first batch: once the key exists, history is bounded by it from the first insert on.
+            await self.watermark.advance()
+            self._watermark_ready = True
+
+    async def _step(self, block: bool, claim: bool) -> int:
+        """Project one batch: this consumer's unacked entries, else idle ones of others, else new ones."""
+        entries: list[Entry] = []
+        if self._own_pending:
+            entries = await self._read("0", None)
+            self._own_pending = bool(entries)
+        if not entries and claim:
+            entries = await self._claim()
+        if not entries:
+            entries = await self._read(">", self.block_ms if block else None)
+        if entries:
+            await self._project(entries)
+        return len(entries)
+
+    async def _read(self, start: str, block_ms: int | None) -> list[Entry]:
+        try:
+            reply = await self.redis.xreadgroup(
+                GROUP, self.consumer, {self.stream: start}, count=self.batch, block=block_ms
+            )
+        except ResponseError as exc:
+            if "NOGROUP" in str(exc):  # the stream was deleted (e.g. Redis wiped): make the group again
+                self._group_ready = False
+            raise
+        if not reply:
+            return []
+        _name, raw = reply[0]
+        return _entries(raw)
+
+    async def _claim(self) -> list[Entry]:
+        reply = await self.redis.xautoclaim(
+            self.stream, GROUP, self.consumer, min_idle_time=self.claim_idle_ms, start_id="0-0", count=self.batch
+        )
+        entries = _entries(reply[1])
+        if entries:
+            self.entries_claimed += len(entries)
+            log.info("claimed %d outbox entries idle over %d ms", len(entries), self.claim_idle_ms)
+        return entries
+
+    async def _project(self, entries: list[Entry]) -> None:
+        started = time.perf_counter()
+        batch = to_batch(entries)
+        try:
+            inserted, duplicates = await self.store.insert_transactions(batch.docs)
+            # A duplicate is a replay of the same transaction (a lost XACK, a claim), unless its content
+            # differs: then one id was given to two transactions (Redis lost its sequence), never skip that.
+            conflicts = await self.store.conflicting(batch.docs) if duplicates else []
+            services = await self.store.upsert_service_names(batch.services.values())
+            if self.before_ack is not None:
+                await self.before_ack(batch.ids)
+            for entry_id, fields, error in batch.poison:
+                log.error("outbox entry %s unreadable (%s): moved to %s", entry_id, error, self.dead_stream)
+                await self.redis.xadd(self.dead_stream, {**fields, "id": entry_id, "error": error})
+            for new, stored in conflicts:
+                log.error(
+                    "transaction id %d is in MongoDB with other content: the new one is kept in %s, not in the "
+                    "ledger (Redis reused ids; see `billing rebuild`). new=%s stored=%s",
+                    int(new["_id"]),
+                    self.conflict_stream,
+                    _json(new),
+                    _json(stored),
+                )
+                await self.redis.xadd(
+                    self.conflict_stream, {"id": str(int(new["_id"])), "txn": _json(new), "stored": _json(stored)}
+                )
+            await self.redis.xack(self.stream, GROUP, *batch.ids)
+        except BaseException:
+            self._own_pending = True  # read them again before anything new
+            raise
+        if conflicts:
+            self.conflicts += len(conflicts)
+            if self.on_conflict is not None:
+                self.on_conflict(len(conflicts))
+        self.batches += 1
+        self.transactions_written += inserted
+        self.duplicates_skipped += duplicates
+        self.services_written += services
+        self.entries_acked += len(batch.ids)
+        self.poisoned += len(batch.poison)
+        if self.on_batch is not None:
+            self.on_batch(len(batch.ids), time.perf_counter() - started)
+        await self.watermark.advance()
+
+    async def _trim(self) -> None:
+        """Delete acknowledged entries: everything below the oldest pending entry or the last delivered one."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.xinfo_groups(self.stream)
+        pipe.xpending(self.stream, GROUP)
+        groups, pending = await pipe.execute()
+        group = next((g for g in groups if _text(g["name"]) == GROUP), None)
+        if group is None:
+            return
+        if pending["pending"]:
+            boundary = _text(pending["min"])
+        else:
+            delivered = _text(group["last-delivered-id"])
+            if delivered == "0-0":
+                return
+            boundary = next_id(delivered)
+        self.entries_trimmed += int(await self.redis.xtrim(self.stream, minid=boundary, approximate=False))
+
+    async def _first_after(self, entry_id: str) -> str | None:
+        rows = await self.redis.xrange(self.stream, min=next_id(entry_id), max="+", count=1)
+        return _text(rows[0][0]) if rows else None
+
+    async def _count_after(self, entry_id: str) -> int:
+        count, start = 0, next_id(entry_id)
+        while True:
+            rows = await self.redis.xrange(self.stream, min=start, max="+", count=1000)
+            count += len(rows)
+            if len(rows) < 1000:
+                return count
+            start = next_id(_text(rows[-1][0]))
+
+    async def prune_consumers(self, idle_ms: int = PRUNE_IDLE_MS) -> int:
+        """Remove consumers of crashed processes: nothing pending (claimed away) and silent for idle_ms."""
+        removed = 0
+        for consumer in await self.redis.xinfo_consumers(self.stream, GROUP):
+            name = _text(consumer["name"])
+            if name != self.consumer and not consumer["pending"] and int(consumer["idle"]) >= idle_ms:
+                await self.redis.xgroup_delconsumer(self.stream, GROUP, name)  # answers its pending count: 0
+                removed += 1
+        return removed
+
+    async def _forget_consumer(self) -> None:
+        """Leave the group when nothing is pending for this consumer (else a later one claims it)."""
+        mine = await self.redis.xpending_range(
+            self.stream, GROUP, min="-", max="+", count=1, consumername=self.consumer
+        )
+        if not mine:
+            await self.redis.xgroup_delconsumer(self.stream, GROUP, self.consumer)
+
+
+def _json(doc: dict[str, Any]) -> str:
+    return orjson.dumps(doc, default=str).decode()
+
+
+def _entries(raw: list[Any]) -> list[Entry]:
+    entries = []
+    for entry_id, fields in raw:
+        if fields is None:  # deleted while pending (Redis < 7 reports these)
+            continue
+        entries.append((_text(entry_id), {_text(k): _text(v) for k, v in fields.items()}))
+    return entries

@@ -1,0 +1,345 @@
+"""Recovery: reconcile Redis balances and reservations with the MongoDB ledger, and rebuild Redis from it."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.asyncio import Redis
+
+from billing.ledger.scripts import RedisKeys
+from billing.projection.store import LedgerStore
+
+# How each transaction type moves an account: (change of available, change of reserved) per kopeck.
+EFFECTS: dict[str, tuple[int, int]] = {
+    "deposit": (1, 0),
+    "transfer_in": (1, 0),
+    "withdrawal": (-1, 0),
+    "transfer_out": (-1, 0),
+    "reserve": (-1, 1),
+    "charge": (0, -1),
+    "release": (1, -1),
+}
+TOTALS = {"deposited": "deposit", "withdrawn": "withdrawal", "revenue": "charge"}
+CHUNK = 500
+
+ResvKey = tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """One disagreement between Redis and the ledger."""
+
+    kind: str
+    subject: str
+    redis: Any
+    ledger: Any
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.subject}: redis={self.redis} ledger={self.ledger}"
+
+
+@dataclass
+class ReconcileReport:
+    accounts: int = 0
+    reservations: int = 0
+    transactions: int = 0
+    mismatches: list[Mismatch] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.mismatches
+
+    def summary(self) -> str:
+        verdict = "OK" if self.ok else f"{len(self.mismatches)} MISMATCH(ES)"
+        return (
+            f"reconcile: {self.accounts} accounts, {self.reservations} reservations, "
+            f"{self.transactions} ledger transactions: {verdict}"
+        )
+
+
+@dataclass
+class RebuildReport:
+    accounts: int = 0
+    reservations: int = 0
+    open_reservations: int = 0
+    services: int = 0
+    seq: int = 0
+    clock: int = 0
+
+    def summary(self) -> str:
+        return (
+            f"rebuild: {self.accounts} accounts, {self.reservations} reservations "
+            f"({self.open_reservations} open), {self.services} services, seq {self.seq}, clock {self.clock}"
+        )
+
+
+class RedisNotEmpty(Exception):
+    """rebuild refuses to write over accounts that are already in Redis."""
+
+
+# ---- the ledger side -------------------------------------------------------------------------
+
+
+@dataclass
+class LedgerView:
+    """Sums of the ledger, with the transactions after a cut-off kept apart so any cut-off can be applied."""
+
+    by_user: dict[int, dict[str, tuple[int, int]]]  # user -> type -> (sum, count)
+    by_resv: dict[ResvKey, dict[str, dict[str, int]]]  # (u, s, o) -> type -> {total, n, first, last}
+    recent: list[dict[str, Any]]  # documents with an id above the earliest cut-off, in id order
+    transactions: int
+    recent_by_user: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    recent_by_resv: dict[ResvKey, list[dict[str, Any]]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for doc in self.recent:
+            self.recent_by_user.setdefault(int(doc["user_id"]), []).append(doc)
+            if "order_id" in doc and "service_id" in doc:
+                self.recent_by_resv.setdefault(_resv_key(doc), []).append(doc)
+
+    def account(self, user_id: int, upto: int) -> tuple[int, int, int]:
+        """(available, reserved, count) of a user counting transactions with id <= upto."""
+        available = reserved = count = 0
+        for kind, (total, n) in self.by_user.get(user_id, {}).items():
+            da, dr = EFFECTS.get(kind, (0, 0))
+            available, reserved, count = available + da * total, reserved + dr * total, count + n
+        for doc in self.recent_by_user.get(user_id, []):
+            if int(doc["_id"]) > upto:
+                da, dr = EFFECTS.get(doc["type"], (0, 0))
+                amount = int(doc["amount"])
+                available, reserved, count = available - da * amount, reserved - dr * amount, count - 1
+        return available, reserved, count
+
+    def reservation(self, key: ResvKey, upto: int) -> dict[str, int]:
+        """reserve / charge / release sums (and the number of reserves) of one order, ids <= upto."""
+        rows = self.by_resv.get(key, {})
+        sums = {kind: rows.get(kind, {}).get("total", 0) for kind in ("reserve", "charge", "release")}
+        sums["reserves"] = rows.get("reserve", {}).get("n", 0)
+        for doc in self.recent_by_resv.get(key, []):
+            if int(doc["_id"]) > upto and doc["type"] in sums:
+                sums[doc["type"]] -= int(doc["amount"])
+                sums["reserves"] -= doc["type"] == "reserve"
+        return sums
+
+    def total(self, kind: str, upto: int) -> int:
+        value = sum(per_type.get(kind, (0, 0))[0] for per_type in self.by_user.values())
+        return value - sum(int(d["amount"]) for d in self.recent if d["type"] == kind and int(d["_id"]) > upto)
+
+
+def _resv_key(doc: dict[str, Any]) -> ResvKey:
+    return int(doc["user_id"]), int(doc["service_id"]), int(doc["order_id"])
+
+
+async def load_ledger(store: LedgerStore, after: int) -> LedgerView:
+    by_user: dict[int, dict[str, tuple[int, int]]] = defaultdict(dict)
+    transactions = 0
+    for user_id, kind, total, n in await store.sums_by_user():
+        by_user[user_id][kind] = (total, n)
+        transactions += n
+    by_resv: dict[ResvKey, dict[str, dict[str, int]]] = defaultdict(dict)
+    for row in await store.sums_by_reservation():
+        key = (int(row["user_id"]), int(row["service_id"]), int(row["order_id"]))
+        by_resv[key][str(row["type"])] = {k: int(row[k]) for k in ("total", "n", "first", "last")}
+    return LedgerView(dict(by_user), dict(by_resv), await store.transactions_after(after), transactions)
+
+
+# ---- the Redis side --------------------------------------------------------------------------
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def _scan(redis: Redis, pattern: str) -> list[str]:
+    return [_s(key) async for key in redis.scan_iter(match=pattern, count=1000)]
+
+
+async def _seq(redis: Redis, keys: RedisKeys) -> int:
+    return int(await redis.hget(keys.meta, "seq") or 0)
+
+
+async def _snapshot(redis: Redis, keys: RedisKeys, names: list[str], read: str) -> list[tuple[str, Any, int]]:
+    """Read hashes in MULTI chunks, each with the transaction seq at that instant: (key, value, seq)."""
+    out = []
+    for start in range(0, len(names), CHUNK):
+        chunk = names[start : start + CHUNK]
+        pipe = redis.pipeline(transaction=True)
+        for name in chunk:
+            if read == "balance":
+                pipe.hmget(name, "available", "reserved")
+            else:
+                pipe.hgetall(name)
+        pipe.hget(keys.meta, "seq")
+        *values, seq = await pipe.execute()
+        out += [(name, value, int(seq or 0)) for name, value in zip(chunk, values, strict=True)]
+    return out
+
+
+# ---- reconcile -------------------------------------------------------------------------------
+
+
+async def reconcile(
+    redis: Redis, keys: RedisKeys, store: LedgerStore, projector: Any = None, drain_timeout: float = 30.0
+) -> ReconcileReport:
+    """Prove Redis equals the ledger: balances, open reservations and totals, each at its own instant.
+
+    Every Redis read comes with the transaction seq of its instant; the ledger is compared up to that seq,
+    so the check is exact even while money keeps moving.
+    """
+    seq0 = await _seq(redis, keys)
+    accounts = await _snapshot(redis, keys, await _scan(redis, keys.account_pattern()), "balance")
+    reservations = await _snapshot(redis, keys, await _scan(redis, keys.reservation_pattern()), "hash")
+    (totals_row,) = await _snapshot(redis, keys, [keys.totals], "hash")
+    if projector is not None:
+        await projector.drain(timeout=drain_timeout)
+    ledger = await load_ledger(store, seq0)
+    report = ReconcileReport(len(accounts), len(reservations), ledger.transactions)
+    bad = report.mismatches.append
+
+    seen_users = set()
+    for key, (available, reserved), seq in accounts:
+        user_id = keys.account_user_id(key)
+        seen_users.add(user_id)
+        redis_balance = (int(available or 0), int(reserved or 0))
+        exp_available, exp_reserved, _n = ledger.account(user_id, seq)
+        if redis_balance != (exp_available, exp_reserved):
+            bad(
+                Mismatch(
+                    "account", f"user {user_id} (available, reserved)", redis_balance, (exp_available, exp_reserved)
+                )
+            )
+    for user_id in sorted(set(ledger.by_user) - seen_users):
+        exp_available, exp_reserved, count = ledger.account(user_id, seq0)
+        if count > 0:  # it existed before the scan began, so the scan would have seen it
+            bad(Mismatch("account", f"user {user_id} missing in Redis", None, (exp_available, exp_reserved)))
+
+    seen_resv = set()
+    for _key, raw, seq in reservations:
+        h = {_s(k): _s(v) for k, v in raw.items()}
+        if not h:
+            continue
+        rkey = (int(h["user_id"]), int(h["service_id"]), int(h["order_id"]))
+        seen_resv.add(rkey)
+        sums = ledger.reservation(rkey, seq)
+        subject = "reservation user {} service {} order {}".format(*rkey)
+        amount = int(h["amount"])
+        open_redis = amount if h["status"] == "reserved" else 0
+        open_ledger = sums["reserve"] - sums["charge"] - sums["release"]
+        if sums["reserves"] != 1 or sums["reserve"] != amount:
+            bad(Mismatch("reservation", subject + " amount", amount, sums["reserve"]))
+        if open_redis != open_ledger:
+            bad(Mismatch("reservation", subject + " open amount", open_redis, open_ledger))
+        if h["status"] == "recognized" and int(h.get("recognized_amount") or 0) != sums["charge"]:
+            bad(Mismatch("reservation", subject + " recognized", int(h.get("recognized_amount") or 0), sums["charge"]))
+    for rkey in sorted(set(ledger.by_resv) - seen_resv):
+        sums = ledger.reservation(rkey, seq0)
+        if sums["reserves"] > 0:
+            bad(Mismatch("reservation", "user {} service {} order {} missing in Redis".format(*rkey), None, sums))
+
+    _key, raw_totals, totals_seq = totals_row
+    totals = {_s(k): int(v) for k, v in raw_totals.items()}
+    for name, kind in TOTALS.items():
+        expected = ledger.total(kind, totals_seq)
+        if totals.get(name, 0) != expected:
+            bad(Mismatch("totals", name, totals.get(name, 0), expected))
+    sent, received = ledger.total("transfer_out", 1 << 62), ledger.total("transfer_in", 1 << 62)
+    if sent != received:
+        bad(Mismatch("ledger", "transfers out vs in", sent, received))
+    return report
+
+
+# ---- rebuild ---------------------------------------------------------------------------------
+
+
+async def redis_has_accounts(redis: Redis, keys: RedisKeys) -> bool:
+    async for _key in redis.scan_iter(match=keys.account_pattern(), count=1000):
+        return True
+    return False
+
+
+def _reservation_hash(key: ResvKey, rows: dict[str, dict[str, int]]) -> tuple[dict[str, str], bool]:
+    reserve = rows["reserve"]
+    charge = rows.get("charge", {"total": 0, "n": 0, "last": reserve["first"]})
+    release = rows.get("release", {"total": 0, "n": 0, "last": reserve["first"]})
+    open_amount = reserve["total"] - charge["total"] - release["total"]
+    h = {
+        "user_id": str(key[0]),
+        "service_id": str(key[1]),
+        "order_id": str(key[2]),
+        "amount": str(reserve["total"]),
+        "created_at": str(reserve["first"]),
+        "updated_at": str(max(reserve["first"], charge["last"], release["last"])),
+    }
+    if open_amount > 0:
+        h["status"] = "reserved"
+    elif charge["n"] > 0:
+        h["status"], h["recognized_amount"] = "recognized", str(charge["total"])
+    else:
+        h["status"] = "cancelled"
+    return h, open_amount > 0
+
+
+async def _delete_matching(redis: Redis, patterns: Iterable[str]) -> None:
+    for pattern in patterns:
+        batch = []
+        async for key in redis.scan_iter(match=pattern, count=1000):
+            batch.append(key)
+            if len(batch) >= CHUNK:
+                await redis.delete(*batch)
+                batch = []
+        if batch:
+            await redis.delete(*batch)
+
+
+async def rebuild(redis: Redis, keys: RedisKeys, store: LedgerStore, force: bool = False) -> RebuildReport:
+    """Restore balances, reservations (open and closed), the catalog, totals and meta into Redis from the ledger."""
+    if await redis_has_accounts(redis, keys):
+        if not force:
+            raise RedisNotEmpty("Redis already holds accounts under this prefix; use --force to overwrite them")
+        await _delete_matching(redis, [keys.account_pattern(), keys.reservation_pattern()])
+        await redis.delete(keys.totals, keys.services)
+    ledger = await load_ledger(store, 1 << 62)
+    seq, clock = await store.last_transaction()
+    services = await store.service_names()
+    report = RebuildReport(services=len(services))
+
+    pipe = redis.pipeline(transaction=False)
+    pending = 0
+
+    async def flush(force_now: bool = False) -> None:
+        nonlocal pipe, pending
+        if pending and (force_now or pending >= CHUNK):
+            await pipe.execute()
+            pipe, pending = redis.pipeline(transaction=False), 0
+
+    for user_id in sorted(ledger.by_user):
+        available, reserved, _n = ledger.account(user_id, 1 << 62)
+        pipe.hset(keys.account(user_id), mapping={"available": str(available), "reserved": str(reserved)})
+        report.accounts += 1
+        pending += 1
+        await flush()
+    for rkey in sorted(ledger.by_resv):
+        rows = ledger.by_resv[rkey]
+        if "reserve" not in rows:
+            continue
+        h, is_open = _reservation_hash(rkey, rows)
+        pipe.hset(keys.reservation(*rkey), mapping=h)
+        report.reservations += 1
+        report.open_reservations += is_open
+        pending += 1
+        await flush()
+    if services:
+        pipe.hset(keys.services, mapping={str(sid): name for sid, name in services.items()})
+    totals = {name: str(ledger.total(kind, 1 << 62)) for name, kind in TOTALS.items()}
+    pipe.hset(keys.totals, mapping=totals)
+    pending += 1
+    await flush(force_now=True)
+    # ids and times must go on from the ledger's last ones, never repeat them
+    current = await redis.hmget(keys.meta, "seq", "clock")
+    report.seq = max(seq, int(current[0] or 0))
+    report.clock = max(clock, int(current[1] or 0))
+    await redis.hset(keys.meta, mapping={"seq": str(report.seq), "clock": str(report.clock)})
+    return report

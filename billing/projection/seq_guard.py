@@ -1,0 +1,106 @@
+"""Refuse money writes while Redis's ledger sequence is behind MongoDB's largest transaction id.
+
+A Redis restored from an old snapshot (or emptied) would hand out ids MongoDB already holds; the
+projector could then only dead-letter the new transactions (billing/projection/projector.py). So each worker checks
+at start and then every CHECK_EVERY_SECONDS: while `meta` seq < max(_id) in MongoDB, money operations
+answer 503 `unavailable` and /readyz 503, and the operator is told to run `billing rebuild`; once the
+sequence is restored (rebuild does that) writes resume without a restart.
+
+Per worker rather than once before forking: the supervisor holds no connections (forking live clients
+is unsafe), a worker it restarts checks again, and Redis can lose its data while the workers run, which
+only a check repeated in the serving process notices. The cost is one HGET and one `_id` index step per
+worker per interval.
+
+MongoDB unreachable: the verdict stays what it was (at start: writes allowed, with a warning), because
+MongoDB down must not stop payments (history lags instead); ids reused meanwhile are caught by the
+projector, which never skips a duplicate id with other content.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from redis.asyncio import Redis
+
+from billing.core.errors import ApiError
+from billing.ledger.scripts import RedisKeys
+from billing.projection.store import LedgerStore
+
+log = logging.getLogger("billing.ledger.scripts")
+
+CHECK_EVERY_SECONDS = 1.0
+CHECK_TIMEOUT_SECONDS = 2.0
+RETRY_AFTER_SECONDS = "5"
+
+
+class SequenceGuard:
+    """The verdict of the last check: `refusal` is None (writes allowed) or why writes are refused."""
+
+    def __init__(self, redis: Redis, keys: RedisKeys, store: LedgerStore) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.store = store
+        self.refusal: str | None = None
+        self.checked = False  # a check has completed at least once
+        self._task: asyncio.Task[None] | None = None
+
+    async def check(self) -> str | None:
+        """Compare the sequences now; the refusal (None: writes allowed). Raises when a store does not answer."""
+        # MongoDB first: its ids all came from Redis, so a seq read after it is >= it unless Redis lost data.
+        largest = await self.store.max_transaction_id()
+        seq = int(await self.redis.hget(self.keys.meta, "seq") or 0)
+        was = self.refusal
+        if seq < largest:
+            self.refusal = (
+                f"Redis ledger sequence {seq} is behind the largest transaction id {largest} in MongoDB "
+                "(Redis lost data); money operations are refused until an operator runs `billing rebuild`"
+            )
+            if was is None:
+                log.error(
+                    "REFUSING MONEY WRITES: Redis %s seq is %d but MongoDB holds transaction id %d: Redis was "
+                    "restored from an old snapshot or emptied, and new transactions would reuse ids. Runbook: "
+                    "stop traffic, run `billing rebuild` (with --force when Redis still holds accounts); "
+                    "writes resume by themselves once seq >= %d",
+                    self.keys.meta,
+                    seq,
+                    largest,
+                    largest,
+                )
+        else:
+            self.refusal = None
+            if was is not None:
+                log.warning("ledger sequence restored (seq %d >= largest id %d): money writes resume", seq, largest)
+        self.checked = True
+        return self.refusal
+
+    async def start(self) -> None:
+        """Check once (bounded in time), then keep checking in the background."""
+        try:
+            await asyncio.wait_for(self.check(), CHECK_TIMEOUT_SECONDS)
+        except Exception as exc:  # a store down at start: see the module's note
+            log.warning("could not compare the Redis ledger sequence with MongoDB at start (%r); checking again", exc)
+        self._task = asyncio.create_task(self._run(), name="ledger sequence guard")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(CHECK_EVERY_SECONDS)
+            with contextlib.suppress(Exception):  # the verdict stays; the next round tries again
+                await asyncio.wait_for(self.check(), CHECK_TIMEOUT_SECONDS)
+
+    def ensure_writable(self) -> None:
+        """Raise 503 unavailable while writes are refused (called before every money operation)."""
+        if self.refusal is not None:
+            raise ApiError("unavailable", self.refusal, headers={"Retry-After": RETRY_AFTER_SECONDS})
+
+    async def readiness(self) -> dict[str, Any]:
+        return {"ledger_sequence": "ok" if self.refusal is None else "behind MongoDB: run `billing rebuild`"}

@@ -1,0 +1,197 @@
+"""The MongoDB ledger: schema, indexes, the projector's writes and recovery's sums (every such MongoDB call)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from bson.int64 import Int64
+from pymongo import ASCENDING
+from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.write_concern import WriteConcern
+
+from billing.core.timefmt import datetime_to_ms, ms_to_datetime
+
+DUPLICATE_KEY = 11000
+
+# Stream record fields (strings) that become Int64 in MongoDB, and those kept as strings.
+INT_FIELDS = (
+    "user_id",
+    "amount",
+    "available_after",
+    "reserved_after",
+    "service_id",
+    "order_id",
+    "counterparty_user_id",
+)
+STR_FIELDS = ("type", "comment", "service_name")
+
+TRANSACTION_INDEXES: list[tuple[str, list[tuple[str, int]]]] = [
+    ("user_created", [("user_id", ASCENDING), ("created_at", ASCENDING), ("_id", ASCENDING)]),
+    ("user_amount", [("user_id", ASCENDING), ("amount", ASCENDING), ("_id", ASCENDING)]),
+    ("type_created", [("type", ASCENDING), ("created_at", ASCENDING)]),
+]
+
+
+def transaction_document(record: Mapping[str, Any]) -> dict[str, Any]:
+    """One outbox transaction record (string values) -> its `transactions` document."""
+    doc: dict[str, Any] = {"_id": Int64(int(record["id"]))}
+    for name in STR_FIELDS:
+        value = record.get(name)
+        if value is not None and value != "":
+            doc[name] = str(value)
+    for name in INT_FIELDS:
+        value = record.get(name)
+        if value is not None and value != "":
+            doc[name] = Int64(int(value))
+    for required in ("type", "user_id", "amount", "available_after", "reserved_after"):
+        if required not in doc:
+            raise ValueError(f"transaction record without {required}")
+    doc["created_at"] = ms_to_datetime(int(record["created_at"]))
+    return doc
+
+
+def _comparable(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """A document's content as plain values (MongoDB may answer Int64 as int, dates with or without tz)."""
+    return {k: datetime_to_ms(v) if isinstance(v, datetime) else v for k, v in doc.items()}
+
+
+@dataclass(frozen=True)
+class ServiceName:
+    """A catalog change: the name of a service as of stream position `seq`."""
+
+    service_id: int
+    name: str
+    seq: int
+
+
+class LedgerStore:
+    """The `transactions` and `services` collections, as the write side and recovery use them."""
+
+    def __init__(self, db: Any) -> None:
+        self.db = db
+        # The projector acknowledges outbox entries once MongoDB confirms; a confirmation must mean
+        # "on disk" (journaled), or a MongoDB crash right after it loses history for good.
+        durable = WriteConcern(w=1, j=True)
+        self.transactions = db.get_collection("transactions", write_concern=durable)
+        self.services = db.get_collection("services", write_concern=durable)
+
+    async def ensure_indexes(self) -> None:
+        for name, keys in TRANSACTION_INDEXES:
+            await self.transactions.create_index(keys, name=name)
+
+    async def ping(self) -> None:
+        await self.db.command("ping")
+
+    # ---- the projector's writes ------------------------------------------------------------
+
+    async def insert_transactions(self, docs: list[dict[str, Any]]) -> tuple[int, int]:
+        """Insert ledger documents; ones already there are skipped. Returns (inserted, duplicates)."""
+        if not docs:
+            return 0, 0
+        try:
+            result = await self.transactions.insert_many(docs, ordered=False)
+            return len(result.inserted_ids), 0
+        except BulkWriteError as exc:
+            details = exc.details or {}
+            errors = details.get("writeErrors", [])
+            if details.get("writeConcernErrors") or any(e.get("code") != DUPLICATE_KEY for e in errors):
+                raise
+            return int(details.get("nInserted", len(docs) - len(errors))), len(errors)
+
+    async def conflicting(self, docs: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """(document, the stored one) for each document whose id MongoDB holds with other content."""
+        stored = {
+            int(d["_id"]): d async for d in self.transactions.find({"_id": {"$in": [doc["_id"] for doc in docs]}})
+        }
+        out = []
+        for doc in docs:
+            there = stored.get(int(doc["_id"]))
+            if there is not None and _comparable(there) != _comparable(doc):
+                out.append((doc, there))
+        return out
+
+    async def upsert_service_names(self, changes: Iterable[ServiceName]) -> int:
+        """Set each service's name unless the stored one comes from a later stream position."""
+        written = 0
+        for change in changes:
+            seq = Int64(change.seq)
+            for _attempt in range(2):
+                try:
+                    result = await self.services.update_one(
+                        {"_id": Int64(change.service_id), "seq": {"$lt": seq}},
+                        {"$set": {"name": change.name, "seq": seq}},
+                        upsert=True,
+                    )
+                    written += 1 if (result.modified_count or result.upserted_id is not None) else 0
+                    break
+                except DuplicateKeyError:
+                    # The document exists with seq >= ours (we lost), or another writer inserted it just
+                    # now: one more try tells which.
+                    continue
+        return written
+
+    # ---- recovery's reads -------------------------------------------------------------------
+
+    async def sums_by_user(self) -> list[tuple[int, str, int, int]]:
+        """(user_id, type, sum of amount, count) over the whole ledger."""
+        pipeline = [
+            {"$group": {"_id": {"u": "$user_id", "t": "$type"}, "total": {"$sum": "$amount"}, "n": {"$sum": 1}}}
+        ]
+        rows = await self.transactions.aggregate(pipeline).to_list(None)
+        return [(int(r["_id"]["u"]), str(r["_id"]["t"]), int(r["total"]), int(r["n"])) for r in rows]
+
+    async def sums_by_reservation(self) -> list[dict[str, int | str]]:
+        """Per (user, service, order, type) of reserve/charge/release: sum, count, first and last time (ms)."""
+        pipeline = [
+            {"$match": {"type": {"$in": ["reserve", "charge", "release"]}, "order_id": {"$exists": True}}},
+            {
+                "$group": {
+                    "_id": {"u": "$user_id", "s": "$service_id", "o": "$order_id", "t": "$type"},
+                    "total": {"$sum": "$amount"},
+                    "n": {"$sum": 1},
+                    "first": {"$min": "$created_at"},
+                    "last": {"$max": "$created_at"},
+                }
+            },
+        ]
+        rows = await self.transactions.aggregate(pipeline).to_list(None)
+        return [
+            {
+                "user_id": int(r["_id"]["u"]),
+                "service_id": int(r["_id"]["s"]),
+                "order_id": int(r["_id"]["o"]),
+                "type": str(r["_id"]["t"]),
+                "total": int(r["total"]),
+                "n": int(r["n"]),
+                "first": datetime_to_ms(r["first"]),
+                "last": datetime_to_ms(r["last"]),
+            }
+            for r in rows
+        ]
+
+    async def transactions_after(self, txn_id: int) -> list[dict[str, Any]]:
+        """Ledger documents with an id above txn_id (recent ones), in id order."""
+        cursor = self.transactions.find({"_id": {"$gt": Int64(txn_id)}}).sort("_id", ASCENDING)
+        return await cursor.to_list(None)
+
+    async def max_transaction_id(self) -> int:
+        """The highest transaction id in the ledger (0 when empty): one step down the _id index."""
+        doc = await self.transactions.find_one({}, {"_id": 1}, sort=[("_id", -1)])
+        return int(doc["_id"]) if doc is not None else 0
+
+    async def last_transaction(self) -> tuple[int, int]:
+        """(highest transaction id, latest created_at in ms); (0, 0) for an empty ledger."""
+        pipeline = [{"$group": {"_id": None, "id": {"$max": "$_id"}, "at": {"$max": "$created_at"}}}]
+        rows = await self.transactions.aggregate(pipeline).to_list(None)
+        if not rows or rows[0].get("id") is None:
+            return 0, 0
+        return int(rows[0]["id"]), datetime_to_ms(rows[0]["at"])
+
+    async def service_names(self) -> dict[int, str]:
+        return {int(d["_id"]): str(d["name"]) async for d in self.services.find({}, {"_id": 1, "name": 1})}
+
+    async def count_transactions(self) -> int:
+        return await self.transactions.count_documents({})
