@@ -14,8 +14,9 @@ WORKDIR /app
 COPY setup.py pyproject.toml README.md constraints.txt ./
 COPY billing ./billing
 COPY lua ./lua
+COPY reports ./reports
 # Runtime dependencies only, at the versions the tests pass with (constraints.txt, `make lock`).
-# lua/ installs with the package as billing.lua (see setup.py).
+# lua/ and reports/ install with the package as billing.lua and billing.reports (see setup.py).
 RUN pip install --no-cache-dir -c constraints.txt . \
  && mkdir -p /var/lib/billing/reports \
  && chown -R billing:billing /var/lib/billing

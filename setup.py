@@ -6,10 +6,11 @@ setup(
     version="0.1.0",
     description="Billing microservice: atomic, idempotent money operations over HTTP",
     python_requires=">=3.11",
-    # lua/ sits at the top level (one script per operation) and installs as the data package billing.lua
-    packages=find_packages(include=["billing", "billing.*"]) + ["billing.lua"],
-    package_dir={"billing.lua": "lua"},
-    package_data={"billing": ["templates/*", "static/*"], "billing.lua": ["*.lua"]},
+    # lua/ (what Redis runs) and reports/ (what MongoDB runs) sit at the top level and install as the data
+    # packages billing.lua and billing.reports
+    packages=find_packages(include=["billing", "billing.*"]) + ["billing.lua", "billing.reports"],
+    package_dir={"billing.lua": "lua", "billing.reports": "reports"},
+    package_data={"billing": ["templates/*", "static/*"], "billing.lua": ["*.lua"], "billing.reports": ["*.jsonc"]},
     include_package_data=True,
     install_requires=[
         "tornado>=6.4,<7",

@@ -13,6 +13,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 from pymongo.write_concern import WriteConcern
 
 from billing.core.timefmt import datetime_to_ms, ms_to_datetime
+from billing.infra.pipelines import load_pipeline
 
 DUPLICATE_KEY = 11000
 
@@ -33,6 +34,10 @@ TRANSACTION_INDEXES: list[tuple[str, list[tuple[str, int]]]] = [
     ("user_amount", [("user_id", ASCENDING), ("amount", ASCENDING), ("_id", ASCENDING)]),
     ("type_created", [("type", ASCENDING), ("created_at", ASCENDING)]),
 ]
+# Recovery's aggregations (reports/*.jsonc say what each returns).
+USER_SUMS = load_pipeline("user_sums")
+RESERVATION_SUMS = load_pipeline("reservation_sums")
+LAST_TRANSACTION = load_pipeline("last_transaction")
 
 
 def transaction_document(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -137,27 +142,12 @@ class LedgerStore:
 
     async def sums_by_user(self) -> list[tuple[int, str, int, int]]:
         """(user_id, type, sum of amount, count) over the whole ledger."""
-        pipeline = [
-            {"$group": {"_id": {"u": "$user_id", "t": "$type"}, "total": {"$sum": "$amount"}, "n": {"$sum": 1}}}
-        ]
-        rows = await self.transactions.aggregate(pipeline).to_list(None)
+        rows = await self.transactions.aggregate(USER_SUMS.bind()).to_list(None)
         return [(int(r["_id"]["u"]), str(r["_id"]["t"]), int(r["total"]), int(r["n"])) for r in rows]
 
     async def sums_by_reservation(self) -> list[dict[str, int | str]]:
         """Per (user, service, order, type) of reserve/charge/release: sum, count, first and last time (ms)."""
-        pipeline = [
-            {"$match": {"type": {"$in": ["reserve", "charge", "release"]}, "order_id": {"$exists": True}}},
-            {
-                "$group": {
-                    "_id": {"u": "$user_id", "s": "$service_id", "o": "$order_id", "t": "$type"},
-                    "total": {"$sum": "$amount"},
-                    "n": {"$sum": 1},
-                    "first": {"$min": "$created_at"},
-                    "last": {"$max": "$created_at"},
-                }
-            },
-        ]
-        rows = await self.transactions.aggregate(pipeline).to_list(None)
+        rows = await self.transactions.aggregate(RESERVATION_SUMS.bind()).to_list(None)
         return [
             {
                 "user_id": int(r["_id"]["u"]),
@@ -184,8 +174,7 @@ class LedgerStore:
 
     async def last_transaction(self) -> tuple[int, int]:
         """(highest transaction id, latest created_at in ms); (0, 0) for an empty ledger."""
-        pipeline = [{"$group": {"_id": None, "id": {"$max": "$_id"}, "at": {"$max": "$created_at"}}}]
-        rows = await self.transactions.aggregate(pipeline).to_list(None)
+        rows = await self.transactions.aggregate(LAST_TRANSACTION.bind()).to_list(None)
         if not rows or rows[0].get("id") is None:
             return 0, 0
         return int(rows[0]["id"]), datetime_to_ms(rows[0]["at"])

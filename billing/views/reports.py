@@ -1,4 +1,4 @@
-"""The monthly revenue report: one aggregation over `transactions`, CSV bytes, a file cache, signed links."""
+"""The monthly revenue report: the aggregation reports/revenue.jsonc, CSV bytes, a file cache, signed links."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from bson.decimal128 import Decimal128
 from billing.core.config import Settings
 from billing.core.money import format_kopecks
 from billing.core.timefmt import load_zone
+from billing.infra.pipelines import load_pipeline
 from billing.views.csv_cells import text_cell
 from billing.views.report_links import LinkSigner
 from billing.views.report_month import Month, parse_month
@@ -35,6 +36,8 @@ CACHE_GRACE = timedelta(minutes=10)
 # In the cache file's name: raised whenever the same ledger gives other bytes (v2: formula-like names
 # neutralized), so a file cached by an older build is never served again.
 CACHE_FORMAT = "v2"
+
+REVENUE = load_pipeline("revenue")  # reports/revenue.jsonc
 
 LagProbe = Callable[[], Awaitable[dict[str, Any] | None]]
 
@@ -70,14 +73,8 @@ class Reports:
     async def totals(self, month: str) -> list[tuple[str, int]]:
         """(service display name, revenue in kopecks) per service with charges in the month, by name."""
         period = self.month(month)
-        pipeline = [
-            {"$match": {"type": "charge", "created_at": {"$gte": period.start, "$lt": period.end}}},
-            # Summed as Decimal128 (34 exact digits): an Int64 $sum turns into a double on overflow.
-            {"$group": {"_id": "$service_id", "total": {"$sum": {"$toDecimal": "$amount"}}}},
-            {"$lookup": {"from": "services", "localField": "_id", "foreignField": "_id", "as": "service"}},
-        ]
         rows: list[tuple[str, int, int]] = []
-        async for group in self.mongo.transactions.aggregate(pipeline):
+        async for group in self.mongo.transactions.aggregate(REVENUE.bind(start=period.start, end=period.end)):
             service_id = group["_id"]
             names = [doc.get("name") for doc in group.get("service") or []]
             name = names[0] if names and isinstance(names[0], str) and names[0] else f"service {service_id}"
