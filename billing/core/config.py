@@ -23,6 +23,14 @@ def _env_file() -> str | None:
     return str(default) if default.exists() else None
 
 
+def default_reports_dir() -> Path:
+    """The report cache's default: billing/reports under the user's cache directory (XDG Base Directory:
+    $XDG_CACHE_HOME when it is an absolute path, else ~/.cache), never inside the source tree."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache"
+    return base / "billing" / "reports"
+
+
 class Settings(BaseSettings):
     """Every knob of the service; the environment wins over the config file."""
 
@@ -38,7 +46,7 @@ class Settings(BaseSettings):
     # X-Forwarded-For/-Proto/-Host count only from these peers (addresses and CIDR networks, comma-separated)
     trusted_proxies: TrustedProxies = ()
     report_tz: str = "Europe/Moscow"
-    reports_dir: Path = PROJECT_ROOT / "reports"
+    reports_dir: Path = Field(default_factory=default_reports_dir)
     report_link_ttl_seconds: int = 3600
     report_bom: bool = False
     idempotency_ttl_seconds: int = 90_000
