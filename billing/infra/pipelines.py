@@ -56,7 +56,7 @@ def _params(node: Any, found: set[str], where: str) -> None:
         if PARAM in node:
             name = node[PARAM]
             if len(node) != 1 or not isinstance(name, str) or not name:
-                raise PipelineError(f"{where}: a placeholder is exactly {{{PARAM!r}: \"<name>\"}}, got {node!r}")
+                raise PipelineError(f'{where}: a placeholder is exactly {{"{PARAM}": "<name>"}}, got {node!r}')
             found.add(name)
             return
         for value in node.values():

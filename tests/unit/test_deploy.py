@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import re
 import shutil
@@ -18,11 +19,13 @@ import yaml
 from packaging.requirements import Requirement
 
 from billing.core.config import Settings
+from billing.infra.pipelines import SUFFIX, load_pipeline
 from tests.support.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS_VARS = sorted(f"BILLING_{name.upper()}" for name in Settings.model_fields)
 ENV_EXAMPLE = ROOT / "config" / "billing.env.example"
+PIPELINE_FILES = sorted((ROOT / "reports").glob(f"*{SUFFIX}"))
 # Read from the process environment by the CLI, not by Settings: fine in compose's environment, which the
 # container's process gets, but a settings file would silently ignore them.
 PROCESS_ENV_VARS = ["BILLING_LOG_LEVEL"]
@@ -270,3 +273,69 @@ def test_operations_doc_configuration_table_lists_every_setting() -> None:
     block = doc.split("<!-- section: operations -->", 1)[1].split("<!-- /section: operations -->", 1)[0]
     missing = [var for var in SETTINGS_VARS + ["BILLING_CONFIG_FILE", "BILLING_LOG_LEVEL"] if f"`{var}`" not in block]
     assert missing == []
+
+
+def test_the_report_cache_defaults_to_the_users_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("BILLING_REPORTS_DIR", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    assert Settings(_env_file=None).reports_dir == tmp_path / ".cache" / "billing" / "reports"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")  # not absolute: ignored, as the XDG spec says
+    assert Settings(_env_file=None).reports_dir == tmp_path / ".cache" / "billing" / "reports"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert Settings(_env_file=None).reports_dir == tmp_path / "xdg" / "billing" / "reports"
+    monkeypatch.setenv("BILLING_REPORTS_DIR", str(tmp_path / "mine"))
+    assert Settings(_env_file=None).reports_dir == tmp_path / "mine"
+
+
+def data_packages() -> dict[str, str]:
+    """setup.py's package_dir: the top-level folders that install as data packages (billing.lua <- lua)."""
+    block = re.search(r"package_dir=\{(.*?)\}", (ROOT / "setup.py").read_text(), re.S)
+    assert block
+    return dict(re.findall(r'"([\w.]+)":\s*"([\w./-]+)"', block.group(1)))
+
+
+def test_the_image_gets_every_data_package() -> None:
+    folders = set(data_packages().values())
+    assert {"lua", "reports"} <= folders
+    copied = {line.split()[1] for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("COPY ")}
+    ignored = {line.strip().rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()}
+    assert folders <= copied and not folders & ignored
+
+
+def test_an_installed_wheel_finds_its_lua_scripts_and_pipelines(tmp_path: Path) -> None:
+    """Built from what the image copies, installed as a plain (non-editable) package, away from the checkout."""
+    source = tmp_path / "source"
+    source.mkdir()
+    text = (ROOT / "Dockerfile").read_text()
+    for line in text.splitlines():
+        if line.startswith("COPY "):
+            for name in line.split()[1:-1]:
+                copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy
+                copy(ROOT / name, source / name)
+    pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-index", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(source)],
+        check=True,
+        capture_output=True,
+    )
+    wheel = next((tmp_path / "dist").glob("billing-*.whl"))
+    site = tmp_path / "site"
+    subprocess.run([*pip, "install", "--no-deps", "--no-index", "--target", str(site), str(wheel)], check=True)
+    probe = (
+        "import billing, json\n"
+        "from billing.ledger.scripts import LUA_DIR, SCRIPT_NAMES\n"
+        "from billing.infra.pipelines import PIPELINES_DIR, load_pipeline\n"
+        "names = sorted(p.stem for p in PIPELINES_DIR.glob('*.jsonc'))\n"
+        "print(json.dumps({'package': billing.__file__, 'lua': str(LUA_DIR), 'reports': str(PIPELINES_DIR),\n"
+        "    'scripts': all((LUA_DIR / f'{n}.lua').is_file() for n in SCRIPT_NAMES + ('_prelude', '_batch')),\n"
+        "    'pipelines': {n: sorted(load_pipeline(n).params) for n in names}}))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout)
+    assert Path(found["package"]).is_relative_to(site)
+    assert found["lua"] == str(site / "billing" / "lua") and found["scripts"]
+    assert found["reports"] == str(site / "billing" / "reports")
+    assert found["pipelines"] == {path.stem: sorted(load_pipeline(path.stem).params) for path in PIPELINE_FILES}
