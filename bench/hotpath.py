@@ -88,17 +88,19 @@ def _driver(app: Any) -> Callable[[str, str, dict[str, str], bytes], Awaitable[i
 async def _service_app(redis_url: str, access_stream: Any) -> Any:
     import logging
 
+    from mongomock_motor import AsyncMongoMockClient
+
     from billing.app import make_app
-    from billing.bootstrap import build_context
+    from billing.bootstrap import bootstrap
     from billing.core.config import Settings
     from billing.infra.observability import configure_access_log
-    from billing.lifecycle import start_observability
 
     settings = Settings(
         redis_url=redis_url, mongo_url="mongodb://127.0.0.1:1", tokens={TOKEN: ["payments"]}, projector_enabled=False
     )
-    ctx = await build_context(settings, mongo=object())
-    start_observability(ctx)
+    # The money routes never read MongoDB; an in-memory one serves the sequence check at start().
+    ctx = await bootstrap(settings, mongo=AsyncMongoMockClient(tz_aware=True)["bench"])
+    await ctx.start()
     logging.getLogger().setLevel(logging.INFO)
     configure_access_log(access_stream)
     return make_app(ctx)

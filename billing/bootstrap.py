@@ -1,45 +1,81 @@
-"""The composition root: builds every component of one service process from its settings."""
+"""The composition root: bootstrap() builds every component of one process from its settings; Context.start()
+starts its background parts and Context.stop() stops them."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from typing import Any
+import secrets
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from redis.asyncio import Redis
 
 from billing.api.auth import Authenticator
 from billing.core.config import Settings
-from billing.infra.stores import EMBEDDED_WARNING, connect_mongo, connect_redis
+from billing.infra.observability import RequestObserver
+from billing.infra.stores import EMBEDDED_WARNING, MongoDatabase, connect_mongo, connect_redis
 from billing.ledger.scripts import Ledger
 from billing.ledger.service import MoneyOperations
+from billing.projection.projector import Projector
+from billing.projection.seq_guard import SequenceGuard
+from billing.projection.store import LedgerStore
+from billing.views.history import History
+from billing.views.reports import Reports
+
+if TYPE_CHECKING:  # imported in bootstrap(): `billing serve` prepares the metrics directory before it loads
+    from billing.infra.metrics import Metrics
 
 log = logging.getLogger("billing")
 
 
 @dataclass
 class Context:
-    """Everything handlers need, composed once per process."""
+    """One process's components (the handlers see them as billing.api.context.ApiContext)."""
 
     settings: Settings
     redis: Redis
-    mongo: Any
+    mongo: MongoDatabase
     ledger: Ledger
     operations: MoneyOperations
     auth: Authenticator
-    # Filled by later components (each owns its type): the outbox projector (billing/projection/projector.py),
-    # the history read side (billing/views/history.py), the revenue reports (billing/views/reports.py),
-    # metrics (billing/infra/metrics.py). None until built.
-    projector: Any = None
-    history: Any = None
-    reports: Any = None
-    metrics: Any = None
-    extras: dict[str, Any] = field(default_factory=dict)
+    metrics: Metrics
+    request_observer: RequestObserver  # the access log, request metrics and the in-flight count
+    history: History
+    projector: Projector  # the outbox projector; runs in this process when settings.projector_enabled
+    sequence_guard: SequenceGuard
+    reports: Reports
+    # Stores opened by bootstrap() are closed by stop(); stores passed in belong to the caller.
+    owns_redis: bool = False
+    owns_mongo: bool = False
+
+    async def start(self) -> None:
+        """Hook metrics and the sequence check into money operations, then start the background tasks."""
+        self.operations.observer = self.metrics.observe_operation
+        self.projector.on_batch = self.metrics.observe_projector_batch
+        self.projector.on_conflict = self.metrics.observe_projector_conflicts
+        self.operations.write_gate = self.sequence_guard.ensure_writable
+        await self.sequence_guard.start()
+        if self.settings.projector_enabled:
+            # The projector makes the MongoDB indexes before its first batch (retrying while MongoDB is down).
+            await self.projector.start()
+
+    async def stop(self) -> None:
+        """Stop in reverse order, letting each part finish the work in hand; then close the stores opened here."""
+        await self.projector.stop()
+        await self.sequence_guard.stop()
+        if self.owns_mongo:
+            self.mongo.client.close()
+        if self.owns_redis:
+            await self.redis.aclose()
 
 
-async def build_context(settings: Settings, redis: Redis | None = None, mongo: Any = None) -> Context:
+async def bootstrap(settings: Settings, redis: Redis | None = None, mongo: MongoDatabase | None = None) -> Context:
+    """Build every component; `redis` and `mongo` replace the stores the settings name (tests pass fakes)."""
+    from billing.infra.metrics import Metrics
+
     if settings.embedded and redis is None:
         log.warning(EMBEDDED_WARNING)
+    owns_redis, owns_mongo = redis is None, mongo is None
     redis = redis if redis is not None else connect_redis(settings)
     mongo = mongo if mongo is not None else connect_mongo(settings)
     ledger = Ledger(redis, settings.redis_prefix, settings.idempotency_ttl_seconds)
@@ -47,6 +83,8 @@ async def build_context(settings: Settings, redis: Redis | None = None, mongo: A
         await ledger.load_scripts()
     except Exception as exc:  # Redis may be down at start; scripts load on first NOSCRIPT
         log.warning("could not load Lua scripts at start: %s", exc)
+    metrics = Metrics()
+    projector = Projector.from_settings(settings, redis, ledger.keys, LedgerStore(mongo))
     return Context(
         settings=settings,
         redis=redis,
@@ -54,4 +92,13 @@ async def build_context(settings: Settings, redis: Redis | None = None, mongo: A
         ledger=ledger,
         operations=MoneyOperations(ledger),
         auth=Authenticator(settings.tokens),
+        metrics=metrics,
+        request_observer=RequestObserver(metrics, settings.log_requests),
+        # History cursors are signed with the service secret; without one they hold only in this process.
+        history=History(mongo, ledger, settings.secret or secrets.token_urlsafe(32)),
+        projector=projector,
+        sequence_guard=SequenceGuard(redis, ledger.keys, LedgerStore(mongo)),
+        reports=Reports(mongo, settings, lag_probe=projector.lag),
+        owns_redis=owns_redis,
+        owns_mongo=owns_mongo,
     )

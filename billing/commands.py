@@ -10,9 +10,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from billing.bootstrap import Context, build_context
+from billing.bootstrap import Context, bootstrap
 from billing.core.config import Settings
-from billing.projection.projector import Projector
 from billing.projection.recovery import RedisNotEmpty, rebuild, reconcile
 from billing.projection.store import LedgerStore
 
@@ -22,16 +21,16 @@ NEEDS_STORES = "billing: {} needs BILLING_REDIS_URL and BILLING_MONGO_URL (the e
 
 
 async def _with_context(settings: Settings, work: Callable[[Context], Any]) -> int:
-    ctx = await build_context(settings)
+    ctx = await bootstrap(settings)
     try:
         return await work(ctx)
     finally:
-        await ctx.redis.aclose()
+        await ctx.stop()
 
 
 async def project(ctx: Context) -> int:
     """Run the projector alone until SIGTERM or SIGINT."""
-    projector = Projector.from_context(ctx)
+    projector = ctx.projector
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -45,9 +44,8 @@ async def project(ctx: Context) -> int:
 
 
 async def run_reconcile(ctx: Context, drain_timeout: float) -> int:
-    projector = Projector.from_context(ctx)
     try:
-        report = await reconcile(ctx.redis, ctx.ledger.keys, LedgerStore(ctx.mongo), projector, drain_timeout)
+        report = await reconcile(ctx.redis, ctx.ledger.keys, LedgerStore(ctx.mongo), ctx.projector, drain_timeout)
     except TimeoutError as exc:
         print(f"reconcile: could not project the outbox first: {exc}", file=sys.stderr)
         return 2
@@ -60,7 +58,7 @@ async def run_reconcile(ctx: Context, drain_timeout: float) -> int:
 async def run_rebuild(ctx: Context, force: bool, drain_timeout: float) -> int:
     if force:  # Redis may still hold transactions MongoDB lacks: project them before overwriting
         try:
-            await Projector.from_context(ctx).drain(timeout=drain_timeout)
+            await ctx.projector.drain(timeout=drain_timeout)
         except TimeoutError as exc:
             print(f"rebuild: could not project the outbox first: {exc}", file=sys.stderr)
             return 2

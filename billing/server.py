@@ -19,10 +19,9 @@ import tornado.netutil
 
 from billing.api.handlers.base import MAX_BODY_BYTES
 from billing.app import make_app
-from billing.bootstrap import Context, build_context
+from billing.bootstrap import Context, bootstrap
 from billing.core.config import Settings
 from billing.infra.metrics import mark_process_dead
-from billing.lifecycle import start_components, stop_components
 
 log = logging.getLogger("billing.server")
 
@@ -34,8 +33,8 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 async def run_worker(settings: Settings, sockets: list[socket.socket], ready: Callable[[], None] | None = None) -> None:
-    ctx = await build_context(settings)
-    await start_components(ctx)
+    ctx = await bootstrap(settings)
+    await ctx.start()
     app = make_app(ctx)
     server = tornado.httpserver.HTTPServer(app, max_body_size=MAX_BODY_BYTES, xheaders=False)
     server.add_sockets(sockets)
@@ -53,16 +52,14 @@ async def run_worker(settings: Settings, sockets: list[socket.socket], ready: Ca
     log.info("worker %d stopping: no new connections, finishing requests in flight", os.getpid())
     server.stop()
     await _drain(server, ctx)
-    await stop_components(ctx)
-    _close_mongo(ctx)
+    await ctx.stop()
     flush_gathered(ctx)
     log.info("worker %d stopped", os.getpid())
 
 
 def flush_gathered(ctx: Context) -> None:
     """Write the access lines and metric updates still gathered: the worker leaves with os._exit."""
-    if ctx.metrics is not None:
-        ctx.metrics.flush()
+    ctx.metrics.flush()
     for handler in logging.getLogger("billing.access").handlers:
         handler.flush()
 
@@ -74,22 +71,15 @@ async def _drain(server: tornado.httpserver.HTTPServer, ctx: Context) -> None:
     has run but whose response is not yet written; so first wait for the in-flight count to reach zero.
     """
     deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS
-    observer = ctx.extras.get("request_observer")
-    while observer is not None and observer.in_flight > 0 and time.monotonic() < deadline:
+    observer = ctx.request_observer
+    while observer.in_flight > 0 and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
-    if observer is not None and observer.in_flight > 0:
+    if observer.in_flight > 0:
         log.warning("shutdown grace period over with %d request(s) in flight", observer.in_flight)
     try:
         await asyncio.wait_for(server.close_all_connections(), timeout=max(0.1, deadline - time.monotonic()))
     except TimeoutError:
         log.warning("shutdown grace period over; closing remaining connections")
-
-
-def _close_mongo(ctx: Context) -> None:
-    client = getattr(ctx.mongo, "client", None)
-    close = getattr(client, "close", None)
-    if callable(close):
-        close()
 
 
 def bind_worker_sockets(host: str, port: int, workers: int) -> list[list[socket.socket]]:

@@ -14,9 +14,8 @@ import tornado.httpserver
 from redis.asyncio import Redis
 
 from billing.app import make_app
-from billing.bootstrap import Context, build_context
+from billing.bootstrap import Context, bootstrap
 from billing.core.config import Settings
-from billing.lifecycle import start_components, stop_components
 from tests.support.api import TEST_TOKENS, Api
 from tests.support.servers import MongoWireServer, RedisServer, free_port
 
@@ -116,10 +115,10 @@ def settings(prefix: str, tmp_path: Any) -> Settings:
 
 @pytest.fixture
 async def ctx(settings: Settings, redis_client: Redis, mongo_db: Any) -> AsyncIterator[Context]:
-    context = await build_context(settings, redis=redis_client, mongo=mongo_db)
-    await start_components(context)
+    context = await bootstrap(settings, redis=redis_client, mongo=mongo_db)
+    await context.start()
     yield context
-    await stop_components(context)
+    await context.stop()
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ from zoneinfo import ZoneInfo
 import tornado.web
 
 from billing.api.auth import Principal
+from billing.api.context import ApiContext
 from billing.api.handlers.base import UNAVAILABLE_ERRORS, OriginAware, RequestHooks
-from billing.bootstrap import Context
 from billing.console.display import shown
 from billing.console.history_view import TYPES, BadState, HistoryState
 from billing.console.session import (
@@ -78,7 +78,7 @@ class ConsoleHandler(RequestHooks):
     route_name = "/console"
     expected_errors = (ConsoleError,)
 
-    def initialize(self, ctx: Context) -> None:
+    def initialize(self, ctx: ApiContext) -> None:
         self.ctx = ctx
         self.principal: Principal | None = None
         self.error_code: str | None = None
@@ -122,9 +122,7 @@ class ConsoleHandler(RequestHooks):
         return self.get_signed_cookie(SESSION_COOKIE, max_age_days=SESSION_MAX_AGE_DAYS)
 
     async def prepare(self) -> None:
-        started = self.ctx.extras.get("on_request_started")  # the access log and metrics, as for the API
-        if started is not None:
-            started(self)
+        self.ctx.request_observer.started(self)  # the access log and metrics, as for the API
         wanted = form_value(self.request.query_arguments, "lang") or None
         self.lang = pick_language(wanted, self.get_cookie(LANG_COOKIE), self.request.headers.get("Accept-Language"))
         if wanted in SUPPORTED_LANGUAGES and wanted != self.get_cookie(LANG_COOKIE):
@@ -275,16 +273,12 @@ class UserHandler(ConsoleHandler):
             {**render_reservation(r), "service_name": names.get(int(r["service_id"]))}
             for r in await self.ctx.ledger.user_reservations(state.user_id, status="reserved")
         ]
-        if self.ctx.projector is not None:
-            try:
-                lag = await self.ctx.projector.lag()
-            except UNAVAILABLE_ERRORS:
-                lag = None
-            if lag and lag.get("entries"):
-                view["lag"] = lag
-        if self.ctx.history is None:
-            view["history_error"] = TEXT[self.lang]["history_unavailable"]
-            return
+        try:
+            lag = await self.ctx.projector.lag()
+        except UNAVAILABLE_ERRORS:
+            lag = None
+        if lag and lag.get("entries"):
+            view["lag"] = lag
         try:
             view["history"] = await self.ctx.history.page(state.user_id, state.api_query(), self.lang)
         except ApiError as exc:
@@ -305,8 +299,6 @@ class ReportsHandler(ConsoleHandler):
         if not _is_month(month):
             self.set_status(400)
             view["error"] = TEXT[self.lang]["bad_month"]
-        elif self.ctx.reports is None:
-            view["error"] = TEXT[self.lang]["reports_unavailable"]
         else:
             try:
                 totals = await self.ctx.reports.totals(month)
@@ -343,7 +335,7 @@ class ConsoleStaticHandler(OriginAware, tornado.web.StaticFileHandler):
             self.set_header(name, value)
 
 
-def console_routes(ctx: Context) -> list[Any]:
+def console_routes(ctx: ApiContext) -> list[Any]:
     args = {"ctx": ctx}
     return [
         (r"/console/?", HomeHandler, args),

@@ -33,8 +33,8 @@ os.register_at_fork(after_in_child=_Pid.refresh)
 
 
 class RequestObserver:
-    """Installed as ctx.extras["on_request_started"/"on_request_finished"/"on_request_abandoned"] by
-    start_components.
+    """Every handler calls started() as a request begins, then finished() or abandoned() (billing/bootstrap.py
+    builds one per process).
 
     Only a request counted by started() is uncounted, once, by finished() or abandoned(): one refused before
     it started (Tornado's 405 for an invented method) or ended twice cannot move another request's count.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -12,7 +12,13 @@ from redis.backoff import NoBackoff
 from billing.core.config import Settings
 from billing.infra.redis_watchdog import WatchedConnection
 
+if TYPE_CHECKING:  # motor loads only when a MongoDB URL is given (connect_mongo)
+    from motor.motor_asyncio import AsyncIOMotorDatabase
+
 log = logging.getLogger("billing.infra.stores")
+
+# The MongoDB database the service uses: motor's, or mongomock-motor's, which is typed as motor's class.
+MongoDatabase: TypeAlias = "AsyncIOMotorDatabase[dict[str, Any]]"
 
 EMBEDDED_WARNING = (
     "BILLING_REDIS_URL/BILLING_MONGO_URL not set: using embedded in-memory stores. "
@@ -37,12 +43,12 @@ def connect_redis(settings: Settings) -> Redis:
     return fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
 
 
-def connect_mongo(settings: Settings) -> Any:
+def connect_mongo(settings: Settings) -> MongoDatabase:
     """The MongoDB database object (motor, or mongomock-motor when embedded)."""
     if settings.mongo_url:
         from motor.motor_asyncio import AsyncIOMotorClient
 
-        client = AsyncIOMotorClient(
+        client: AsyncIOMotorClient[dict[str, Any]] = AsyncIOMotorClient(
             settings.mongo_url, tz_aware=True, serverSelectionTimeoutMS=2000, connectTimeoutMS=2000
         )
     else:

@@ -17,6 +17,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from billing.core.config import Settings
 from billing.ledger.scripts import RedisKeys
 from billing.projection.store import LedgerStore, ServiceName, transaction_document
 from billing.projection.watermark import ProjectionWatermark
@@ -134,16 +135,20 @@ class Projector:
         self._last_prune = 0.0
 
     @classmethod
-    def from_context(cls, ctx: Any) -> Projector:
-        s = ctx.settings
+    def from_settings(cls, settings: Settings, redis: Redis, keys: RedisKeys, store: LedgerStore) -> Projector:
         return cls(
-            ctx.redis,
-            ctx.ledger.keys,
-            LedgerStore(ctx.mongo),
-            batch=s.projector_batch,
-            block_ms=s.projector_block_ms,
-            claim_idle_ms=s.projector_claim_idle_ms,
+            redis,
+            keys,
+            store,
+            batch=settings.projector_batch,
+            block_ms=settings.projector_block_ms,
+            claim_idle_ms=settings.projector_claim_idle_ms,
         )
+
+    @classmethod
+    def from_context(cls, ctx: Any) -> Projector:
+        """Another projector on a context's stores (tests use one beside the context's own)."""
+        return cls.from_settings(ctx.settings, ctx.redis, ctx.ledger.keys, LedgerStore(ctx.mongo))
 
     @property
     def running(self) -> bool:

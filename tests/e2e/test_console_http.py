@@ -164,13 +164,16 @@ async def test_user_lookup_states(console: ConsoleClient, api: Api) -> None:
     assert table.count("<tr>") == 2  # the header and the open reservation; the cancelled one is not listed
 
 
-async def test_history_and_reports_unavailable_states(console: ConsoleClient, api: Api, ctx: Context) -> None:
-    ctx.history, ctx.reports = None, None
-    await api.deposit(8, "1.00")
+async def test_reports_store_down_is_a_clear_state(
+    console: ConsoleClient, ctx: Context, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def down(month: str) -> list[tuple[str, int]]:
+        raise ServerSelectionTimeoutError("mongo down")
+
+    monkeypatch.setattr(ctx.reports, "totals", down)
     await console.sign_in("tok-admin")
-    assert "История операций сейчас недоступна" in (await console.get("/console/users?user=8")).text
     page = await console.get("/console/reports?month=2026-11")
-    assert page.status == 200 and "Отчёты сейчас недоступны" in page.text
+    assert page.status == 503 and "Хранилище недоступно" in page.text
     bad = await console.get("/console/reports?month=2026-13")
     assert bad.status == 400 and "ГГГГ-ММ" in bad.text
 

@@ -96,7 +96,7 @@ async def test_invented_methods_get_405_and_share_one_metrics_label(api: Api, ct
         assert method not in text
     assert 'method="other"' in text
     assert in_flight(text) == 1.0  # the scrape itself
-    assert ctx.extras["request_observer"].in_flight == 0
+    assert ctx.request_observer.in_flight == 0
 
 
 # ---- 2. bodies over the route's limit ------------------------------------------------------------
@@ -125,7 +125,7 @@ async def test_a_huge_declared_length_gets_413_before_any_body_is_sent(
     r = await exchange(api, post_head(path, size))  # the headers only
     problem(r, 413, "payload_too_large")
     assert changed_keys(before, await redis_state(ctx.redis, prefix)) == []
-    assert ctx.extras["request_observer"].in_flight == 0
+    assert ctx.request_observer.in_flight == 0
     assert (await api.balance(1)).json["available"] == "5.00"
 
 
@@ -146,7 +146,7 @@ async def test_a_body_over_the_limit_sent_with_its_headers_gets_413(
     problem(r, 413, "payload_too_large")
     assert str(limit) in r.json["detail"]
     assert (await api.balance(1)).status == 404
-    assert ctx.extras["request_observer"].in_flight == 0
+    assert ctx.request_observer.in_flight == 0
 
 
 async def test_a_refusal_from_the_headers_reaches_a_client_that_sent_its_body_too(api: Api) -> None:
@@ -175,7 +175,7 @@ async def test_a_chunked_body_growing_over_the_limit_gets_413_and_is_not_buffere
         writer.close()
     assert status_line.split()[1] == b"413", status_line
     assert b"payload_too_large" in rest and b"application/problem+json" in rest
-    assert ctx.extras["request_observer"].in_flight == 0
+    assert ctx.request_observer.in_flight == 0
     assert (await api.balance(1)).status == 404
 
 
@@ -192,7 +192,7 @@ async def test_a_client_leaving_mid_body_is_not_left_in_flight(api: Api, ctx: Co
     reader, writer = await asyncio.open_connection(url.hostname, url.port)
     writer.write(post_head("/v1/deposits", 1000) + b'{"user_id": 1,')
     await writer.drain()
-    observer = ctx.extras["request_observer"]
+    observer = ctx.request_observer
     await asyncio.wait_for(until(lambda: observer.in_flight == 1), 10)  # the headers arrived: being served
     writer.close()
     await asyncio.wait_for(until(lambda: observer.in_flight == 0), 10)  # the closed connection ends it

@@ -96,7 +96,7 @@ async def test_project_reconcile_rebuild_commands(ctx: Context, env: dict[str, s
 
     largest = int((await ctx.mongo.transactions.find_one({}, sort=[("_id", -1)]))["_id"])
     await wipe(ctx)
-    guard = ctx.extras["sequence_guard"]
+    guard = ctx.sequence_guard
     assert await guard.check() is not None  # an emptied Redis would reuse ids: money writes refused
     code, out, err = await billing(env, "rebuild")
     assert code == 0 and out.startswith("rebuild: "), (out, err)

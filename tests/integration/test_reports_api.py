@@ -15,9 +15,8 @@ import pytest
 import tornado.httpserver
 
 from billing.app import make_app
-from billing.bootstrap import Context, build_context
+from billing.bootstrap import Context, bootstrap
 from billing.core.config import Settings
-from billing.lifecycle import start_components
 from billing.views.reports import Reports
 from tests.support.api import Api, Response
 from tests.support.report_docs import Ledger
@@ -272,8 +271,8 @@ async def test_roles(api: Api) -> None:
 async def second_instance(base: Context, reports_dir: Path) -> AsyncIterator[Api]:
     """Another process of the service: same secret, Redis and MongoDB; its own (empty) reports dir."""
     settings = base.settings.model_copy(update={"reports_dir": reports_dir})
-    other = await build_context(settings, redis=base.redis, mongo=base.mongo)
-    await start_components(other)
+    other = await bootstrap(settings, redis=base.redis, mongo=base.mongo)
+    await other.start()
     await other.projector.drain()  # its index creation done before the test's requests
     port = free_port()
     server = tornado.httpserver.HTTPServer(make_app(other))
@@ -285,6 +284,7 @@ async def second_instance(base: Context, reports_dir: Path) -> AsyncIterator[Api
         client.close()
         server.stop()
         await server.close_all_connections()
+        await other.stop()
 
 
 async def test_link_works_on_another_instance(api: Api, ctx: Context, ledger: Ledger, tmp_path: Path) -> None:

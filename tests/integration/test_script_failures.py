@@ -17,12 +17,11 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from billing.app import make_app
-from billing.bootstrap import build_context
+from billing.bootstrap import bootstrap
 from billing.core.config import Settings
 from billing.infra import redis_raw
 from billing.ledger.scripts import Idempotency, Ledger
 from billing.ledger.service import OPERATIONS, MoneyOperations
-from billing.lifecycle import start_components, stop_components
 from tests.support.api import Api
 from tests.support.servers import RedisServer, free_port
 
@@ -309,8 +308,8 @@ async def test_redis_refusing_writes_for_memory_answers_503_and_changes_nothing(
     """Redis out of memory refuses a script's first write: the operation did not happen, retry it (503),
     alone and in a batch; once memory is back the same request runs."""
     client = Redis.from_url(own_redis.url)
-    ctx = await build_context(settings, redis=client, mongo=mongo_db)
-    await start_components(ctx)
+    ctx = await bootstrap(settings, redis=client, mongo=mongo_db)
+    await ctx.start()
     port = free_port()
     server = tornado.httpserver.HTTPServer(make_app(ctx))
     server.listen(port, "127.0.0.1")
@@ -333,5 +332,5 @@ async def test_redis_refusing_writes_for_memory_answers_503_and_changes_nothing(
         api.close()
         server.stop()
         await server.close_all_connections()
-        await stop_components(ctx)
+        await ctx.stop()
         await client.aclose()

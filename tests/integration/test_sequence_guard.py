@@ -24,7 +24,7 @@ def settings(settings: Settings) -> Settings:
 
 
 def guard(ctx: Context) -> SequenceGuard:
-    return ctx.extras["sequence_guard"]
+    return ctx.sequence_guard
 
 
 async def seed(api: Api, ctx: Context) -> int:

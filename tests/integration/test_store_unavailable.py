@@ -16,9 +16,8 @@ import tornado.httpserver
 from redis.asyncio import Redis
 
 from billing.app import make_app
-from billing.bootstrap import Context, build_context
+from billing.bootstrap import Context, bootstrap
 from billing.core.config import Settings
-from billing.lifecycle import start_components, stop_components
 from tests.support.api import Api, problem
 from tests.support.proxy import ErrorReplyProxy
 from tests.support.servers import RedisServer, free_port
@@ -61,14 +60,15 @@ async def live(settings: Settings, redis_server: RedisServer) -> AsyncIterator[t
     from mongomock_motor import AsyncMongoMockClient
 
     client = Redis.from_url(redis_server.url)
-    ctx = await build_context(settings, redis=client, mongo=AsyncMongoMockClient(tz_aware=True)["billing_unavail"])
-    await start_components(ctx)
+    ctx = await bootstrap(settings, redis=client, mongo=AsyncMongoMockClient(tz_aware=True)["billing_unavail"])
+    await ctx.start()
     api, server = await serve(ctx)
     assert (await api.deposit(1, "5.00")).status == 201
     yield api, ctx
     api.close()
     server.stop()
-    await stop_components(ctx)
+    await ctx.stop()
+    await client.aclose()
 
 
 async def assert_unavailable_and_unchanged(
@@ -186,8 +186,8 @@ async def test_each_unavailable_reply_answers_503(
 
     proxy = await ErrorReplyProxy(redis_server.port).start()
     client = Redis.from_url(proxy.url)
-    ctx = await build_context(settings, redis=client, mongo=AsyncMongoMockClient(tz_aware=True)["billing_unavail"])
-    await start_components(ctx)
+    ctx = await bootstrap(settings, redis=client, mongo=AsyncMongoMockClient(tz_aware=True)["billing_unavail"])
+    await ctx.start()
     api, server = await serve(ctx)
     try:
         assert (await api.deposit(1, "5.00")).status == 201
@@ -198,7 +198,8 @@ async def test_each_unavailable_reply_answers_503(
     finally:
         api.close()
         server.stop()
-        await stop_components(ctx)
+        await ctx.stop()
+        await client.aclose()
         await proxy.close()
 
 

@@ -15,7 +15,7 @@ import tornado.httpserver
 from redis.asyncio import Redis
 
 from billing.app import make_app
-from billing.bootstrap import build_context
+from billing.bootstrap import bootstrap
 from billing.core.config import Settings
 from billing.infra.stores import connect_redis
 from tests.reliability.crash import TOKENS
@@ -205,7 +205,7 @@ async def flaky_api(redis_server: RedisServer, prefix: str) -> AsyncIterator[tup
     )
     from mongomock_motor import AsyncMongoMockClient
 
-    ctx = await build_context(settings, redis=connect_redis(settings), mongo=AsyncMongoMockClient()["flaky"])
+    ctx = await bootstrap(settings, redis=connect_redis(settings), mongo=AsyncMongoMockClient()["flaky"])
     port = free_port()
     server = tornado.httpserver.HTTPServer(make_app(ctx))
     server.listen(port, "127.0.0.1")

@@ -17,8 +17,8 @@ from tornado import httputil
 from tornado.http1connection import HTTP1Connection
 
 from billing.api.auth import Principal
+from billing.api.context import ApiContext
 from billing.api.jsonbody import parse_json_object
-from billing.bootstrap import Context
 from billing.core.errors import PROBLEM_CONTENT_TYPE, ApiError, problem_body
 from billing.core.forwarding import HSTS_VALUE, TRUSTED_PROXIES_SETTING, Origin, request_origin
 from billing.core.parsing import ParseError, field_error, id_text, idempotency_key, query_value, visible_ascii
@@ -87,7 +87,7 @@ class OriginAware(tornado.web.RequestHandler):
 class RequestHooks(OriginAware):
     """What every handler of ours shares, API or console: quiet logs for expected errors, the finish hook."""
 
-    ctx: Context
+    ctx: ApiContext
     expected_errors: tuple[type[Exception], ...] = (ApiError,)
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
@@ -101,9 +101,7 @@ class RequestHooks(OriginAware):
         super().log_exception(typ, value, tb)
 
     def on_finish(self) -> None:
-        hook = self.ctx.extras.get("on_request_finished")
-        if hook is not None:
-            hook(self)
+        self.ctx.request_observer.finished(self)
 
 
 @tornado.web.stream_request_body  # prepare() runs on the headers: an oversized body is refused unread
@@ -114,7 +112,7 @@ class BaseHandler(RequestHooks):
     body_limit = BODY_LIMIT
     route_name = ""
 
-    def initialize(self, ctx: Context, **kwargs: Any) -> None:
+    def initialize(self, ctx: ApiContext, **kwargs: Any) -> None:
         self.ctx = ctx
         self.principal: Principal | None = None
         self.error_code: str | None = None
@@ -232,15 +230,11 @@ class BaseHandler(RequestHooks):
     def on_connection_close(self) -> None:
         """The client left before the answer (mid-body, or while it was being computed)."""
         super().on_connection_close()
-        abandoned = self.ctx.extras.get("on_request_abandoned")
-        if abandoned is not None:
-            abandoned(self)
+        self.ctx.request_observer.abandoned(self)
 
     def begin_request(self) -> None:
         """What every request does first, routed or not: the started hook and its request id."""
-        started = self.ctx.extras.get("on_request_started")
-        if started is not None:
-            started(self)
+        self.ctx.request_observer.started(self)
         self.assign_request_id()
 
     def assign_request_id(self) -> None:

@@ -24,9 +24,8 @@ class ReadyHandler(BaseHandler):
             "redis": await _probe(self.ctx.redis.ping()),
             "mongodb": await _probe(self.ctx.mongo.command("ping")),
         }
-        extra = self.ctx.extras.get("readiness")
-        if extra is not None:
-            checks.update(await extra())
+        checks.update(await self.ctx.projector.readiness())
+        checks.update(await self.ctx.sequence_guard.readiness())
         if checks["redis"] == "ok" and checks["mongodb"] == "ok" and checks.get("ledger_sequence", "ok") == "ok":
             self.write_json(200, {"status": "ok", "checks": checks})
             return

@@ -8,6 +8,7 @@ import orjson
 import tornado.web
 from swagger_ui.core import ApplicationDocument
 
+from billing.api.context import ApiContext
 from billing.api.handlers.base import BaseHandler, OriginAware
 from billing.api.openapi import build_spec
 from billing.infra.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -65,15 +66,12 @@ class MetricsHandler(BaseHandler):
     route_name = "/metrics"
 
     async def get(self) -> None:
-        metrics = self.ctx.metrics
-        if metrics is None:
-            raise tornado.web.HTTPError(404)
-        body = await metrics.render(self.ctx.projector)
+        body = await self.ctx.metrics.render(self.ctx.projector)
         self.set_header("Content-Type", METRICS_CONTENT_TYPE)
         self.finish(body)
 
 
-def ops_routes(ctx: Any) -> list[Any]:
+def ops_routes(ctx: ApiContext) -> list[Any]:
     args = {"ctx": ctx}
     return [
         (r"/openapi.json", OpenAPIHandler, args),

@@ -1,0 +1,40 @@
+"""What the HTTP handlers (API and console) use of the composed service.
+
+billing.bootstrap.Context has every one of these; handlers name this type, so they do not depend on the
+composition root that imports them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+from redis.asyncio import Redis
+
+from billing.api.auth import Authenticator
+from billing.core.config import Settings
+from billing.infra.observability import RequestObserver
+from billing.infra.stores import MongoDatabase
+from billing.ledger.scripts import Ledger
+from billing.ledger.service import MoneyOperations
+from billing.projection.projector import Projector
+from billing.projection.seq_guard import SequenceGuard
+from billing.views.history import History
+from billing.views.reports import Reports
+
+if TYPE_CHECKING:  # prometheus_client must load after the metrics directory is set up (billing/cli.py)
+    from billing.infra.metrics import Metrics
+
+
+class ApiContext(Protocol):
+    settings: Settings
+    redis: Redis
+    mongo: MongoDatabase
+    ledger: Ledger
+    operations: MoneyOperations
+    auth: Authenticator
+    metrics: Metrics
+    request_observer: RequestObserver
+    history: History
+    projector: Projector
+    sequence_guard: SequenceGuard
+    reports: Reports
