@@ -20,6 +20,7 @@ from pydantic import (
 
 from billing.core.money import PUBLISHED_AMOUNT_PATTERN, parse_amount
 from billing.core.parsing import MAX_AMOUNT_STRING, MAX_ID, json_id
+from billing.core.transactions import TRANSACTION_TYPES
 
 # Ids in bodies: JSON integers (or integral numbers such as 42.0, as JSON Schema reads them), never strings.
 Id = Annotated[
@@ -135,8 +136,9 @@ class ServiceNameRequest(Request):
 
 # ---- responses -------------------------------------------------------------------------------
 
-TransactionType = Literal["deposit", "withdrawal", "transfer_in", "transfer_out", "reserve", "charge", "release"]
-TRANSACTION_TYPES: tuple[str, ...] = TransactionType.__args__  # type: ignore[attr-defined]
+
+# A TransactionType's value, published inline as the list of values.
+TransactionTypeValue = Annotated[str, WithJsonSchema({"type": "string", "enum": list(TRANSACTION_TYPES)})]
 
 
 class Balance(BaseModel):
@@ -147,7 +149,7 @@ class Balance(BaseModel):
 
 class Transaction(BaseModel):
     id: int
-    type: TransactionType
+    type: TransactionTypeValue
     amount: Money
     available_after: Money
     reserved_after: Money

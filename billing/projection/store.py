@@ -13,6 +13,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 from pymongo.write_concern import WriteConcern
 
 from billing.core.timefmt import datetime_to_ms, ms_to_datetime
+from billing.core.transactions import RESERVATION_TYPES
 
 DUPLICATE_KEY = 11000
 
@@ -146,7 +147,7 @@ class LedgerStore:
     async def sums_by_reservation(self) -> list[dict[str, int | str]]:
         """Per (user, service, order, type) of reserve/charge/release: sum, count, first and last time (ms)."""
         pipeline = [
-            {"$match": {"type": {"$in": ["reserve", "charge", "release"]}, "order_id": {"$exists": True}}},
+            {"$match": {"type": {"$in": list(RESERVATION_TYPES)}, "order_id": {"$exists": True}}},
             {
                 "$group": {
                     "_id": {"u": "$user_id", "s": "$service_id", "o": "$order_id", "t": "$type"},

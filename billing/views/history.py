@@ -12,8 +12,8 @@ from pymongo.errors import OperationFailure
 
 from billing.core.errors import ApiError
 from billing.core.parsing import ParseError, choice, choices, small_number, timestamp
-from billing.core.schemas import TRANSACTION_TYPES
 from billing.core.timefmt import datetime_to_ms, ms_to_datetime
+from billing.core.transactions import TRANSACTION_TYPES
 from billing.ledger.scripts import Ledger
 from billing.projection.watermark import ProjectionWatermark
 from billing.views.cursor import CursorCodec, query_fingerprint
