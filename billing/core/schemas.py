@@ -18,7 +18,13 @@ from pydantic import (
     model_validator,
 )
 
-from billing.core.money import PUBLISHED_AMOUNT_PATTERN, parse_amount
+from billing.core.money import (
+    KOPECKS_PER_RUBLE,
+    MAX_OPERATION_KOPECKS,
+    MAX_OPERATION_TEXT,
+    PUBLISHED_AMOUNT_PATTERN,
+    parse_amount,
+)
 from billing.core.parsing import MAX_AMOUNT_STRING, MAX_ID, json_id
 from billing.core.transactions import TRANSACTION_TYPES
 
@@ -35,10 +41,10 @@ Amount = Annotated[
     WithJsonSchema(
         {
             "description": 'Rubles: a decimal string like "100.50" or a JSON number with at most 2 decimals;'
-            " > 0 and <= 1000000000.00.",
+            f" > 0 and <= {MAX_OPERATION_TEXT}.",
             "anyOf": [
                 {"type": "string", "pattern": PUBLISHED_AMOUNT_PATTERN, "maxLength": MAX_AMOUNT_STRING},
-                {"type": "number", "exclusiveMinimum": 0, "maximum": 1_000_000_000, "multipleOf": 0.01},
+                {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_OPERATION_KOPECKS // KOPECKS_PER_RUBLE, "multipleOf": 0.01},
             ],
             "examples": ["100.50"],
         }

@@ -9,6 +9,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from billing.core.config import DRAIN_TIMEOUT_SECONDS
 from billing.core.parsing import INT64_MAX
 from billing.core.transactions import RESERVATION_TYPES, TOTALS, TransactionType
 from billing.ledger.scripts import RedisKeys
@@ -176,7 +177,7 @@ async def _snapshot(redis: Redis, keys: RedisKeys, names: list[str], read: str) 
 
 
 async def reconcile(
-    redis: Redis, keys: RedisKeys, store: LedgerStore, projector: Any = None, drain_timeout: float = 30.0
+    redis: Redis, keys: RedisKeys, store: LedgerStore, projector: Any = None, drain_timeout: float = DRAIN_TIMEOUT_SECONDS
 ) -> ReconcileReport:
     """Prove Redis equals the ledger: balances, open reservations and totals, each at its own instant.
 
