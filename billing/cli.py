@@ -18,6 +18,7 @@ from billing.core.config import (
     check_settings,
     describe_validation_error,
 )
+from billing.core.roles import Role
 
 log = logging.getLogger("billing")
 
@@ -46,7 +47,7 @@ def prepare_serving_settings(settings: Settings, workers: int) -> Settings:
     updates: dict[str, object] = {}
     if not settings.tokens:
         token = generate_admin_token()
-        updates["tokens"] = {token: ["admin"]}
+        updates["tokens"] = {token: [Role.ADMIN.value]}
         # Printed once, like Jupyter does, so the service never runs open by accident.
         print(f"No BILLING_TOKENS configured. Generated admin token (shown once):\n    {token}", flush=True)
     if not settings.secret:
