@@ -30,12 +30,13 @@ from bench import machine, profile, report
 from bench.batchload import build_bodies, run_batches
 from bench.procs import BENCH_TOKEN, Served, process_cpu_seconds, start_floor, start_service
 from bench.wrkrun import PacedResult, WrkResult, run_closed, run_paced, wrk_version
+from billing.core.config import default
 from tests.support.servers import MongoWireServer, RedisServer
 
 FLOOR_PATHS = {"post": "/deposit", "get": "/balance/%d"}
 SERVICE_PATHS = {"post": "/v1/deposits", "get": "/v1/users/%d/balance"}
 USERS = 1000
-PREFIX = "billing:"  # the service's default BILLING_REDIS_PREFIX
+PREFIX: str = default("redis_prefix")  # the service's own BILLING_REDIS_PREFIX
 
 
 @dataclass

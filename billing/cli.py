@@ -9,7 +9,16 @@ import secrets
 import sys
 
 from billing.api.auth import generate_admin_token
-from billing.core.config import ConfigError, Settings, check_settings, describe_validation_error
+from billing.core.config import (
+    LOG_LEVEL,
+    SERVE_HOST,
+    SERVE_PORT,
+    ConfigError,
+    Settings,
+    check_settings,
+    describe_validation_error,
+)
+from billing.core.roles import Role
 
 log = logging.getLogger("billing")
 
@@ -21,7 +30,7 @@ def configure_logging() -> None:
     from billing.infra.observability import configure_access_log
 
     logging.basicConfig(
-        level=os.environ.get("BILLING_LOG_LEVEL", "INFO"),
+        level=os.environ.get("BILLING_LOG_LEVEL", LOG_LEVEL),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
@@ -38,7 +47,7 @@ def prepare_serving_settings(settings: Settings, workers: int) -> Settings:
     updates: dict[str, object] = {}
     if not settings.tokens:
         token = generate_admin_token()
-        updates["tokens"] = {token: ["admin"]}
+        updates["tokens"] = {token: [Role.ADMIN.value]}
         # Printed once, like Jupyter does, so the service never runs open by accident.
         print(f"No BILLING_TOKENS configured. Generated admin token (shown once):\n    {token}", flush=True)
     if not settings.secret:
@@ -103,8 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="billing", description="Billing service")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="serve the HTTP API")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--host", default=SERVE_HOST)
+    serve.add_argument("--port", type=int, default=SERVE_PORT)
     serve.add_argument("--workers", type=int, default=None, help="worker processes (default: CPUs)")
     serve.set_defaults(run=_serve)
     from billing.commands import COMMANDS as LEDGER_COMMANDS

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from billing.bootstrap import Context, bootstrap
-from billing.core.config import Settings
+from billing.core.config import DRAIN_TIMEOUT_SECONDS, Settings
 from billing.projection.recovery import RedisNotEmpty, rebuild, reconcile
 from billing.projection.store import LedgerStore
 
@@ -97,13 +97,17 @@ def _configure_project(parser: argparse.ArgumentParser) -> None:
 
 def _configure_reconcile(parser: argparse.ArgumentParser) -> None:
     parser.description = "Prove Redis balances and reservations equal the MongoDB ledger; exit 1 on any mismatch"
-    parser.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to project the outbox first")
+    parser.add_argument(
+        "--drain-timeout", type=float, default=DRAIN_TIMEOUT_SECONDS, help="seconds to project the outbox first"
+    )
 
 
 def _configure_rebuild(parser: argparse.ArgumentParser) -> None:
     parser.description = "Restore Redis (balances, reservations, catalog, totals, ids) from the MongoDB ledger"
     parser.add_argument("--force", action="store_true", help="overwrite accounts already in Redis")
-    parser.add_argument("--drain-timeout", type=float, default=30.0, help="with --force: seconds to project first")
+    parser.add_argument(
+        "--drain-timeout", type=float, default=DRAIN_TIMEOUT_SECONDS, help="with --force: seconds to project first"
+    )
 
 
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[Settings, argparse.Namespace], int]]] = {

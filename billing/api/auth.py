@@ -8,7 +8,7 @@ import secrets
 from dataclasses import dataclass
 
 from billing.core.errors import ApiError
-from billing.core.roles import ROLES
+from billing.core.roles import ROLES, Role
 
 
 @dataclass(frozen=True)
@@ -19,7 +19,7 @@ class Principal:
     roles: frozenset[str]
 
     def has_any(self, roles: frozenset[str]) -> bool:
-        return "admin" in self.roles or not self.roles.isdisjoint(roles)
+        return Role.ADMIN in self.roles or not self.roles.isdisjoint(roles)
 
 
 def token_digest(token: str) -> bytes:

@@ -1,25 +1,20 @@
-"""OpenAPI 3.1 for every route, generated from the pydantic models in billing/core/schemas.py and one route table."""
+"""OpenAPI 3.1 for every route, generated from the route table (billing/api/routes.py) and the pydantic models."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import models_json_schema
 
+from billing.api.routes import ENDPOINTS, Endpoint, Param
 from billing.core import schemas
 from billing.core.errors import PROBLEM_CONTENT_TYPE, PROBLEMS
-from billing.core.parsing import MAX_CURSOR_LENGTH
-from billing.core.roles import ROLES
-from billing.ledger.service import OPERATIONS
-from billing.views.report_month import MONTH_PATTERN
+from billing.core.roles import ANY_ROLE
 
 REF = "#/components/schemas/{model}"
-ANY_ROLE = ROLES
-NO_AUTH: frozenset[str] = frozenset()
 # Route templates that serve HTML or static files to people: not part of the API spec.
 HTML_PREFIXES = ("/console", "/docs")
 
@@ -31,206 +26,12 @@ ALWAYS = ("method_not_allowed", "internal_error")
 STORE_ERRORS = ("unavailable",)
 
 
-@dataclass(frozen=True)
-class Param:
-    """A path or query parameter; its schema comes from a type (through pydantic) or is given."""
-
-    name: str
-    where: str  # "path" | "query"
-    description: str
-    schema: Any = None  # a type for TypeAdapter, or a JSON Schema dict
-    required: bool = False
-
-
-@dataclass(frozen=True)
-class Op:
-    """One operation of the API: everything its OpenAPI entry says."""
-
-    summary: str
-    roles: frozenset[str]
-    responses: Mapping[int, Any]  # status -> pydantic model, or a media type string ("text/csv"), or None
-    request: type[BaseModel] | None = None
-    params: tuple[Param, ...] = ()
-    errors: tuple[str, ...] = ()  # business problem codes besides the generic ones
-    tag: str = "money"
-    description: str = ""
-    store: bool = True  # touches Redis/MongoDB, so may answer 503 unavailable
-    extra: Mapping[str, Any] = field(default_factory=dict)
-
-
-ID_SCHEMA = TypeAdapter(schemas.Id).json_schema()
-USER_ID = Param("user_id", "path", "The user", schemas.Id, True)
-SERVICE_ID = Param("service_id", "path", "The service", schemas.Id, True)
-MONTH = {"type": "string", "pattern": MONTH_PATTERN, "examples": ["2026-11"]}
-# The published forms of parsing.epoch_seconds, hex_sha256 and cursor_parts (tests/unit/test_parsing.py).
-EXPIRES = {"type": "string", "pattern": "^[0-9]{1,12}$"}
-SIGNATURE = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
-CURSOR = {"type": "string", "pattern": "^[A-Za-z0-9_-]+\\.[A-Za-z0-9_-]+$", "maxLength": MAX_CURSOR_LENGTH}
-BOM_FLAG = {"type": "string", "enum": ["1", "0", "true", "false"]}
-
-# Response model of each money operation (the request model and roles come from billing.ledger.service).
-_OPERATION_RESULTS: dict[str, tuple[int, type[BaseModel], tuple[str, ...], str]] = {
-    "deposit": (201, schemas.MoneyMovement, ("balance_limit_exceeded",), "Credit a user's available balance"),
-    "withdrawal": (
-        201,
-        schemas.MoneyMovement,
-        ("account_not_found", "insufficient_funds"),
-        "Debit a user's available balance",
-    ),
-    "transfer": (
-        201,
-        schemas.TransferResult,
-        ("account_not_found", "insufficient_funds", "balance_limit_exceeded"),
-        "Move money between two users, atomically",
-    ),
-    "reserve": (
-        201,
-        schemas.ReservationResult,
-        ("account_not_found", "insufficient_funds", "reservation_conflict"),
-        "Reserve money for an order of a service (phase one); the same reservation again answers 200",
-    ),
-    "recognize": (
-        200,
-        schemas.ReservationResult,
-        ("reservation_not_found", "amount_exceeds_reservation", "reservation_closed"),
-        "Recognize revenue from a reservation (full or partial capture)",
-    ),
-    "cancel": (
-        200,
-        schemas.ReservationResult,
-        ("reservation_not_found", "reservation_closed"),
-        "Cancel a reservation: the reserved amount returns to available",
-    ),
-}
-
-
-def _operation_entries() -> dict[tuple[str, str], Op]:
-    out: dict[tuple[str, str], Op] = {}
-    for name, spec in OPERATIONS.items():
-        status, model, errors, summary = _OPERATION_RESULTS[name]
-        responses: dict[int, Any] = {status: model}
-        if name == "reserve":
-            responses[200] = model
-        tag = "reservations" if name in ("reserve", "recognize", "cancel") else "money"
-        out[("POST", spec.path)] = Op(summary, spec.roles, responses, spec.model, errors=errors, tag=tag)
-    return out
-
-
-# (method, route template) -> operation. Adding a route to billing/app.py means adding its entry here;
-# tests/unit/test_openapi.py fails for any route of make_app without one.
-ROUTES: dict[tuple[str, str], Op] = {
-    **_operation_entries(),
-    ("GET", "/v1/users/{user_id}/balance"): Op(
-        "A user's balance",
-        frozenset({"payments", "orders", "support", "accounting"}),
-        {200: schemas.Balance},
-        params=(USER_ID,),
-        errors=("account_not_found",),
-        tag="money",
-    ),
-    ("GET", "/v1/reservations"): Op(
-        "Look one reservation up",
-        frozenset({"orders", "support"}),
-        {200: schemas.Reservation},
-        params=(
-            Param("user_id", "query", "The user", schemas.Id, True),
-            Param("service_id", "query", "The service", schemas.Id, True),
-            Param("order_id", "query", "The order", schemas.Id, True),
-        ),
-        errors=("reservation_not_found",),
-        tag="reservations",
-    ),
-    ("GET", "/v1/services"): Op("The services catalog", ANY_ROLE, {200: schemas.ServiceList}, tag="services"),
-    ("PUT", "/v1/services/{service_id}"): Op(
-        "Name a service in the catalog",
-        frozenset({"orders"}),
-        {200: schemas.Service},
-        schemas.ServiceNameRequest,
-        params=(SERVICE_ID,),
-        tag="services",
-    ),
-    ("GET", "/v1/users/{user_id}/transactions"): Op(
-        "A user's transaction history (keyset pagination)",
-        frozenset({"support"}),
-        {200: schemas.HistoryPage},
-        params=(
-            USER_ID,
-            Param("sort", "query", "Sort key; ties by id", {"type": "string", "enum": ["created_at", "amount"]}),
-            Param("order", "query", "Sort order", {"type": "string", "enum": ["desc", "asc"]}),
-            Param("limit", "query", "Page size", {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}),
-            Param("cursor", "query", "next_cursor of the previous page (opaque)", CURSOR),
-            Param(
-                "type",
-                "query",
-                "Comma-separated transaction types: " + ", ".join(schemas.TRANSACTION_TYPES),
-                {
-                    "type": "string",
-                    "pattern": "^({0})(,({0}))*$".format("|".join(schemas.TRANSACTION_TYPES)),
-                    "examples": ["deposit,charge"],
-                },
-            ),
-            Param("from", "query", "Inclusive lower bound, RFC 3339", {"type": "string", "format": "date-time"}),
-            Param("to", "query", "Exclusive upper bound, RFC 3339", {"type": "string", "format": "date-time"}),
-        ),
-        errors=("invalid_cursor", "account_not_found"),
-        tag="history",
-        description="Send `Accept-Language: en` for English descriptions (Russian by default).",
-    ),
-    ("GET", "/v1/reports/revenue"): Op(
-        "A signed link to the monthly revenue report (CSV)",
-        frozenset({"accounting"}),
-        {200: schemas.ReportLink},
-        params=(
-            Param("month", "query", "The month, YYYY-MM, in BILLING_REPORT_TZ", MONTH, True),
-            Param("bom", "query", "Put bom=1|0 into the link (UTF-8 BOM for Excel)", BOM_FLAG),
-        ),
-        tag="reports",
-    ),
-    ("GET", "/v1/reports/revenue/{month}.csv"): Op(
-        "Download the revenue report through its signed link (no token)",
-        NO_AUTH,
-        {200: "text/csv"},
-        params=(
-            Param("month", "path", "The month, YYYY-MM", MONTH, True),
-            Param("expires", "query", "Expiry of the link, epoch seconds (signed)", EXPIRES, True),
-            Param("signature", "query", "HMAC-SHA256 of month and expiry (hex)", SIGNATURE, True),
-            Param("bom", "query", "1: start with a UTF-8 BOM (Excel); not signed", BOM_FLAG),
-        ),
-        errors=("invalid_signature",),
-        tag="reports",
-        description="Use the `url` from GET /v1/reports/revenue as it is; its query is signed. "
-        "`;`-separated UTF-8 with CRLF line ends: header `service;total`, then `<name>;<total>` by name.",
-    ),
-    ("POST", "/v1/batch"): Op(
-        "Many money operations in one request, each atomic, idempotent and authorized alone",
-        ANY_ROLE,
-        {200: schemas.BatchResponse},
-        schemas.BatchRequest,
-        tag="money",
-        description="Each operation: `op` (deposit, withdrawal, transfer, reserve, recognize, cancel), an optional "
-        "`idempotency_key`, and the fields of that operation's endpoint. Results are in order.",
-    ),
-    ("GET", "/healthz"): Op("Liveness", NO_AUTH, {200: schemas.Health}, tag="operations", store=False),
-    ("GET", "/readyz"): Op("Readiness: Redis and MongoDB answer", NO_AUTH, {200: schemas.Health}, tag="operations"),
-    ("GET", "/metrics"): Op(
-        "Prometheus metrics (text exposition format)",
-        NO_AUTH,
-        {200: "text/plain; version=0.0.4"},
-        tag="operations",
-        store=False,
-    ),
-    ("GET", "/openapi.json"): Op(
-        "This OpenAPI document", NO_AUTH, {200: "application/json"}, tag="operations", store=False
-    ),
-}
-
-
 # ---- building the document ----------------------------------------------------------------------------
 
 
 def _component_models() -> list[tuple[type[BaseModel], str]]:
     models: list[tuple[type[BaseModel], str]] = [(schemas.Problem, "serialization")]
-    for op in ROUTES.values():
+    for op in ENDPOINTS.values():
         if op.request is not None:
             models.append((op.request, "validation"))
         for target in op.responses.values():
@@ -253,7 +54,7 @@ def _problem_response(codes: Iterable[str]) -> dict[str, Any]:
     }
 
 
-def _error_codes(method: str, op: Op) -> list[str]:
+def _error_codes(method: str, op: Endpoint) -> list[str]:
     codes: list[str] = []
     if op.roles:
         codes += AUTH_ERRORS
@@ -270,7 +71,7 @@ def _error_codes(method: str, op: Op) -> list[str]:
     return list(dict.fromkeys(codes))
 
 
-def _operation(method: str, path: str, op: Op, refs: Mapping[tuple[type[BaseModel], str], Any]) -> dict[str, Any]:
+def _operation(method: str, path: str, op: Endpoint, refs: Mapping[tuple[type[BaseModel], str], Any]) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "operationId": _operation_id(method, path),
         "summary": op.summary,
@@ -345,7 +146,7 @@ def build_spec(server_url: str | None = None) -> dict[str, Any]:
     problem["properties"]["code"]["enum"] = list(PROBLEMS)
     problem["properties"]["status"]["enum"] = sorted({status for status, _ in PROBLEMS.values()})
     paths: dict[str, dict[str, Any]] = {}
-    for (method, path), op in ROUTES.items():
+    for (method, path), op in ENDPOINTS.items():
         paths.setdefault(path, {})[method.lower()] = _operation(method, path, op, refs)
     spec: dict[str, Any] = {
         "openapi": "3.1.0",
@@ -395,7 +196,7 @@ def build_spec(server_url: str | None = None) -> dict[str, Any]:
     return spec
 
 
-# ---- which routes an application serves (the tests hold make_app to ROUTES with these) -------------------
+# ---- which routes an application serves (the tests hold make_app to the route table with these) -------------------
 
 HTTP_METHODS = ("get", "post", "put", "delete", "patch")
 
@@ -446,8 +247,8 @@ def is_html_route(template: str) -> bool:
 
 
 def undocumented_routes(app: Any) -> list[str]:
-    """Routes of the app (besides HTML pages) with no entry in ROUTES: must be empty."""
-    documented = {(method, normalize(path)) for method, path in ROUTES}
+    """Routes of the app (besides HTML pages) with no entry in the route table: must be empty."""
+    documented = {(method, normalize(path)) for method, path in ENDPOINTS}
     return [
         f"{method} {template} ({handler.__name__})"
         for method, template, handler in app_routes(app)

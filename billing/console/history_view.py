@@ -7,10 +7,9 @@ from datetime import date, timedelta
 from urllib.parse import urlencode
 
 from billing.core.parsing import ParseError, calendar_date, id_text
+from billing.core.transactions import TRANSACTION_TYPES
+from billing.views.history import ORDERS, SORTS
 
-TYPES = ("deposit", "withdrawal", "transfer_in", "transfer_out", "reserve", "charge", "release")
-SORTS = ("created_at", "amount")
-ORDERS = ("desc", "asc")
 PAGE_SIZE = 20
 
 
@@ -62,7 +61,7 @@ class HistoryState:
         order = one("order") or "desc"
         if sort not in SORTS or order not in ORDERS:
             raise BadState("bad_sort")
-        types = tuple(t for t in TYPES if t in set(args.get("type", [])))
+        types = tuple(t for t in TRANSACTION_TYPES if t in set(args.get("type", [])))
         date_from, date_to = _parse_date(one("from")), _parse_date(one("to"))
         if date_from and date_to and date_from > date_to:
             raise BadState("bad_dates")

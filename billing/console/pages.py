@@ -17,7 +17,7 @@ from billing.api.auth import Principal
 from billing.api.context import ApiContext
 from billing.api.handlers.base import UNAVAILABLE_ERRORS, OriginAware, RequestHooks
 from billing.console.display import shown
-from billing.console.history_view import TYPES, BadState, HistoryState
+from billing.console.history_view import BadState, HistoryState
 from billing.console.session import (
     LANG_COOKIE,
     SESSION_COOKIE,
@@ -32,6 +32,8 @@ from billing.core.errors import ApiError
 from billing.core.money import format_kopecks
 from billing.core.parsing import ParseError, form_value, query_lists
 from billing.core.parsing import month as parse_month
+from billing.core.roles import Role, roles
+from billing.core.transactions import TRANSACTION_TYPES
 from billing.views.descriptions import SUPPORTED_LANGUAGES
 from billing.views.render import render_reservation
 
@@ -53,8 +55,8 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "same-origin",
 }
-SUPPORT = frozenset({"support"})
-ACCOUNTING = frozenset({"accounting"})
+SUPPORT = roles(Role.SUPPORT)  # the user page: balance, reservations, history
+ACCOUNTING = roles(Role.ACCOUNTING)  # the reports page
 
 
 class ConsoleError(Exception):
@@ -249,7 +251,8 @@ class UserHandler(ConsoleHandler):
 
     async def get(self) -> None:
         view: dict[str, Any] = {"state": None, "error": None, "balance": None, "reservations": [], "history": None}
-        view.update(history_error=None, lag=None, types=TYPES, raw_user=form_value(self.request.query_arguments, "user"))
+        raw_user = form_value(self.request.query_arguments, "user")
+        view.update(history_error=None, lag=None, types=TRANSACTION_TYPES, raw_user=raw_user)
         if view["raw_user"]:
             try:
                 state = HistoryState.from_query(query_lists(self.request.query_arguments))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -13,6 +14,11 @@ from billing.core.roles import ROLES
 from billing.core.timefmt import load_zone
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+# Defaults of what the command line sets rather than the environment.
+SERVE_HOST, SERVE_PORT = "127.0.0.1", 8080  # billing serve --host, --port
+DRAIN_TIMEOUT_SECONDS = 30.0  # reconcile, rebuild --force: how long to project the outbox first
+LOG_LEVEL = "INFO"  # BILLING_LOG_LEVEL unset (read before the settings, so that their errors are logged)
 
 
 def _env_file() -> str | None:
@@ -63,6 +69,11 @@ class Settings(BaseSettings):
     @property
     def embedded(self) -> bool:
         return not (self.redis_url and self.mongo_url)
+
+
+def default(name: str) -> Any:
+    """A setting's default, for code that takes the setting as an argument (the field above is its one place)."""
+    return Settings.model_fields[name].get_default(call_default_factory=True)
 
 
 class ConfigError(ValueError):

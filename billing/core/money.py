@@ -14,6 +14,8 @@ AMOUNT_PATTERN = f"^{AMOUNT_GRAMMAR}$"  # for tests and generators; parsing.amou
 # at most parsing.MAX_AMOUNT_STRING characters); tests/unit/test_published_schemas.py holds the two together.
 PUBLISHED_AMOUNT_PATTERN = r"^(0*([1-9][0-9]{0,8}(\.[0-9]{1,2})?|1000000000(\.0{1,2})?)|0+\.(0[1-9]|[1-9][0-9]?))$"
 _MAX_OPERATION_RUBLES = Decimal(MAX_OPERATION_KOPECKS) / KOPECKS_PER_RUBLE
+MAX_OPERATION_TEXT = f"{_MAX_OPERATION_RUBLES:.2f}"  # "1000000000.00"
+_TOO_LARGE = f"must not exceed {MAX_OPERATION_TEXT}"
 
 
 class AmountError(ValueError):
@@ -31,7 +33,7 @@ def parse_amount(value: object) -> int:
         raise AmountError("must be a decimal string or a number, not a boolean")
     elif isinstance(value, int):
         if value > _MAX_OPERATION_RUBLES:
-            raise AmountError("must not exceed 1000000000.00")
+            raise AmountError(_TOO_LARGE)
         kopecks = value * KOPECKS_PER_RUBLE
     elif isinstance(value, Decimal):
         kopecks = _decimal_to_kopecks(value)
@@ -40,7 +42,7 @@ def parse_amount(value: object) -> int:
     if kopecks <= 0:
         raise AmountError("must be greater than 0")
     if kopecks > MAX_OPERATION_KOPECKS:
-        raise AmountError("must not exceed 1000000000.00")
+        raise AmountError(_TOO_LARGE)
     return kopecks
 
 
@@ -51,7 +53,7 @@ def _decimal_to_kopecks(value: Decimal) -> int:
     if value <= 0:
         raise AmountError("must be greater than 0")
     if value > _MAX_OPERATION_RUBLES:
-        raise AmountError("must not exceed 1000000000.00")
+        raise AmountError(_TOO_LARGE)
     _, digits, exponent = value.as_tuple()
     assert isinstance(exponent, int)
     significant = "".join(map(str, digits)).rstrip("0")

@@ -18,7 +18,8 @@ from typing import Any
 
 from billing.core.errors import ApiError
 
-MAX_ID = 2**63 - 1
+INT64_MAX = 2**63 - 1  # Redis integers and MongoDB Int64 are signed 64-bit
+MAX_ID = INT64_MAX
 MAX_AMOUNT_STRING = 40  # longer amount strings are refused before any arithmetic
 MAX_CURSOR_LENGTH = 512
 FIRST_YEAR, LAST_YEAR = 1970, 2999  # report months

@@ -1,3 +1,22 @@
-"""The roles a token may hold. admin may do everything."""
+"""The roles a token may hold, named once. admin may do everything."""
 
-ROLES = frozenset({"payments", "orders", "support", "accounting", "admin"})
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Role(StrEnum):
+    PAYMENTS = "payments"
+    ORDERS = "orders"
+    SUPPORT = "support"
+    ACCOUNTING = "accounting"
+    ADMIN = "admin"
+
+
+ROLES: frozenset[str] = frozenset(Role)
+ANY_ROLE: frozenset[str] = ROLES  # a route any token may call
+
+
+def roles(*names: Role) -> frozenset[str]:
+    """The roles that may do something: any one of them suffices (and admin always)."""
+    return frozenset(names)

@@ -18,8 +18,15 @@ from pydantic import (
     model_validator,
 )
 
-from billing.core.money import PUBLISHED_AMOUNT_PATTERN, parse_amount
+from billing.core.money import (
+    KOPECKS_PER_RUBLE,
+    MAX_OPERATION_KOPECKS,
+    MAX_OPERATION_TEXT,
+    PUBLISHED_AMOUNT_PATTERN,
+    parse_amount,
+)
 from billing.core.parsing import MAX_AMOUNT_STRING, MAX_ID, json_id
+from billing.core.transactions import TRANSACTION_TYPES
 
 # Ids in bodies: JSON integers (or integral numbers such as 42.0, as JSON Schema reads them), never strings.
 Id = Annotated[
@@ -34,10 +41,10 @@ Amount = Annotated[
     WithJsonSchema(
         {
             "description": 'Rubles: a decimal string like "100.50" or a JSON number with at most 2 decimals;'
-            " > 0 and <= 1000000000.00.",
+            f" > 0 and <= {MAX_OPERATION_TEXT}.",
             "anyOf": [
                 {"type": "string", "pattern": PUBLISHED_AMOUNT_PATTERN, "maxLength": MAX_AMOUNT_STRING},
-                {"type": "number", "exclusiveMinimum": 0, "maximum": 1_000_000_000, "multipleOf": 0.01},
+                {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_OPERATION_KOPECKS // KOPECKS_PER_RUBLE, "multipleOf": 0.01},
             ],
             "examples": ["100.50"],
         }
@@ -135,8 +142,9 @@ class ServiceNameRequest(Request):
 
 # ---- responses -------------------------------------------------------------------------------
 
-TransactionType = Literal["deposit", "withdrawal", "transfer_in", "transfer_out", "reserve", "charge", "release"]
-TRANSACTION_TYPES: tuple[str, ...] = TransactionType.__args__  # type: ignore[attr-defined]
+
+# A TransactionType's value, published inline as the list of values.
+TransactionTypeValue = Annotated[str, WithJsonSchema({"type": "string", "enum": list(TRANSACTION_TYPES)})]
 
 
 class Balance(BaseModel):
@@ -147,7 +155,7 @@ class Balance(BaseModel):
 
 class Transaction(BaseModel):
     id: int
-    type: TransactionType
+    type: TransactionTypeValue
     amount: Money
     available_after: Money
     reserved_after: Money

@@ -43,20 +43,19 @@ from billing.views.render import render_outcome_body
 
 log = logging.getLogger("billing.ledger.service")
 
-PAYMENTS = frozenset({"payments"})
-ORDERS = frozenset({"orders"})
-
 ScriptCall = tuple[str, list[str], list[Any]]
 
 
 @dataclass(frozen=True)
 class OperationSpec:
-    """One money operation: its request model, who may call it, and how it becomes a script call."""
+    """One money operation: its request model and how it becomes a script call (its HTTP route and who may
+    call it are the API's: billing/api/routes.py)."""
 
     name: str
-    path: str
+    # How idempotency records name the operation in their fingerprints: fixed text, not the route, since the
+    # records outlive a deploy (BILLING_IDEMPOTENCY_TTL_SECONDS) and a route may move.
+    recorded_as: str
     model: type[Request]
-    roles: frozenset[str]
     to_call: Callable[[Ledger, Any], ScriptCall]
 
 
@@ -65,46 +64,40 @@ OPERATIONS: dict[str, OperationSpec] = {
     for spec in (
         OperationSpec(
             "deposit",
-            "/v1/deposits",
+            "POST /v1/deposits",
             DepositRequest,
-            PAYMENTS,
             lambda ledger, r: ledger.deposit_call(r.user_id, r.amount, r.comment),
         ),
         OperationSpec(
             "withdrawal",
-            "/v1/withdrawals",
+            "POST /v1/withdrawals",
             WithdrawalRequest,
-            PAYMENTS,
             lambda ledger, r: ledger.withdraw_call(r.user_id, r.amount, r.comment),
         ),
         OperationSpec(
             "transfer",
-            "/v1/transfers",
+            "POST /v1/transfers",
             TransferRequest,
-            PAYMENTS,
             lambda ledger, r: ledger.transfer_call(r.from_user_id, r.to_user_id, r.amount, r.comment),
         ),
         OperationSpec(
             "reserve",
-            "/v1/reservations",
+            "POST /v1/reservations",
             ReserveRequest,
-            ORDERS,
             lambda ledger, r: ledger.reserve_call(
                 r.user_id, r.service_id, r.order_id, r.amount, r.service_name, r.comment
             ),
         ),
         OperationSpec(
             "recognize",
-            "/v1/reservations/recognize",
+            "POST /v1/reservations/recognize",
             RecognizeRequest,
-            ORDERS,
             lambda ledger, r: ledger.recognize_call(r.user_id, r.service_id, r.order_id, r.amount),
         ),
         OperationSpec(
             "cancel",
-            "/v1/reservations/cancel",
+            "POST /v1/reservations/cancel",
             CancelRequest,
-            ORDERS,
             lambda ledger, r: ledger.cancel_call(r.user_id, r.service_id, r.order_id, r.comment),
         ),
     )
@@ -135,7 +128,7 @@ def request_fingerprint(spec: OperationSpec, request: Request) -> str:
     The canonical form is the sorted JSON of the validated fields. Request models are flat (ints, strings,
     None), so their __dict__ is exactly model_dump(), without its cost (tests/unit/test_fast_paths.py).
     """
-    return fingerprint("POST " + spec.path, orjson.dumps(request.__dict__, option=orjson.OPT_SORT_KEYS))
+    return fingerprint(spec.recorded_as, orjson.dumps(request.__dict__, option=orjson.OPT_SORT_KEYS))
 
 
 def reply_from_outcome(outcome: Outcome, lang: str) -> Reply:

@@ -17,7 +17,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from billing.core.config import Settings
+from billing.core.config import Settings, default
 from billing.ledger.scripts import RedisKeys
 from billing.projection.store import LedgerStore, ServiceName, transaction_document
 from billing.projection.watermark import ProjectionWatermark
@@ -91,9 +91,9 @@ class Projector:
         keys: RedisKeys,
         store: LedgerStore,
         *,
-        batch: int = 500,
-        block_ms: int = 200,
-        claim_idle_ms: int = 10_000,
+        batch: int = default("projector_batch"),
+        block_ms: int = default("projector_block_ms"),
+        claim_idle_ms: int = default("projector_claim_idle_ms"),
         consumer: str | None = None,
     ) -> None:
         self.redis = redis

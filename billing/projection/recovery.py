@@ -9,20 +9,15 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from billing.core.config import DRAIN_TIMEOUT_SECONDS
+from billing.core.parsing import INT64_MAX
+from billing.core.transactions import RESERVATION_TYPES, TOTALS, TransactionType
 from billing.ledger.scripts import RedisKeys
 from billing.projection.store import LedgerStore
 
 # How each transaction type moves an account: (change of available, change of reserved) per kopeck.
-EFFECTS: dict[str, tuple[int, int]] = {
-    "deposit": (1, 0),
-    "transfer_in": (1, 0),
-    "withdrawal": (-1, 0),
-    "transfer_out": (-1, 0),
-    "reserve": (-1, 1),
-    "charge": (0, -1),
-    "release": (1, -1),
-}
-TOTALS = {"deposited": "deposit", "withdrawn": "withdrawal", "revenue": "charge"}
+EFFECTS: dict[str, tuple[int, int]] = {t.value: (t.available, t.reserved) for t in TransactionType}
+EVERY_ID = INT64_MAX  # a cut-off above every transaction id
 CHUNK = 500
 
 ResvKey = tuple[int, int, int]
@@ -116,12 +111,12 @@ class LedgerView:
     def reservation(self, key: ResvKey, upto: int) -> dict[str, int]:
         """reserve / charge / release sums (and the number of reserves) of one order, ids <= upto."""
         rows = self.by_resv.get(key, {})
-        sums = {kind: rows.get(kind, {}).get("total", 0) for kind in ("reserve", "charge", "release")}
-        sums["reserves"] = rows.get("reserve", {}).get("n", 0)
+        sums = {kind: rows.get(kind, {}).get("total", 0) for kind in RESERVATION_TYPES}
+        sums["reserves"] = rows.get(TransactionType.RESERVE, {}).get("n", 0)
         for doc in self.recent_by_resv.get(key, []):
             if int(doc["_id"]) > upto and doc["type"] in sums:
                 sums[doc["type"]] -= int(doc["amount"])
-                sums["reserves"] -= doc["type"] == "reserve"
+                sums["reserves"] -= doc["type"] == TransactionType.RESERVE
         return sums
 
     def total(self, kind: str, upto: int) -> int:
@@ -182,7 +177,7 @@ async def _snapshot(redis: Redis, keys: RedisKeys, names: list[str], read: str) 
 
 
 async def reconcile(
-    redis: Redis, keys: RedisKeys, store: LedgerStore, projector: Any = None, drain_timeout: float = 30.0
+    redis: Redis, keys: RedisKeys, store: LedgerStore, projector: Any = None, drain_timeout: float = DRAIN_TIMEOUT_SECONDS
 ) -> ReconcileReport:
     """Prove Redis equals the ledger: balances, open reservations and totals, each at its own instant.
 
@@ -227,13 +222,14 @@ async def reconcile(
         subject = "reservation user {} service {} order {}".format(*rkey)
         amount = int(h["amount"])
         open_redis = amount if h["status"] == "reserved" else 0
-        open_ledger = sums["reserve"] - sums["charge"] - sums["release"]
-        if sums["reserves"] != 1 or sums["reserve"] != amount:
-            bad(Mismatch("reservation", subject + " amount", amount, sums["reserve"]))
+        open_ledger = sums[TransactionType.RESERVE] - sums[TransactionType.CHARGE] - sums[TransactionType.RELEASE]
+        if sums["reserves"] != 1 or sums[TransactionType.RESERVE] != amount:
+            bad(Mismatch("reservation", subject + " amount", amount, sums[TransactionType.RESERVE]))
         if open_redis != open_ledger:
             bad(Mismatch("reservation", subject + " open amount", open_redis, open_ledger))
-        if h["status"] == "recognized" and int(h.get("recognized_amount") or 0) != sums["charge"]:
-            bad(Mismatch("reservation", subject + " recognized", int(h.get("recognized_amount") or 0), sums["charge"]))
+        if h["status"] == "recognized" and int(h.get("recognized_amount") or 0) != sums[TransactionType.CHARGE]:
+            recognized = int(h.get("recognized_amount") or 0)
+            bad(Mismatch("reservation", subject + " recognized", recognized, sums[TransactionType.CHARGE]))
     for rkey in sorted(set(ledger.by_resv) - seen_resv):
         sums = ledger.reservation(rkey, seq0)
         if sums["reserves"] > 0:
@@ -245,7 +241,8 @@ async def reconcile(
         expected = ledger.total(kind, totals_seq)
         if totals.get(name, 0) != expected:
             bad(Mismatch("totals", name, totals.get(name, 0), expected))
-    sent, received = ledger.total("transfer_out", 1 << 62), ledger.total("transfer_in", 1 << 62)
+    sent = ledger.total(TransactionType.TRANSFER_OUT, EVERY_ID)
+    received = ledger.total(TransactionType.TRANSFER_IN, EVERY_ID)
     if sent != received:
         bad(Mismatch("ledger", "transfers out vs in", sent, received))
     return report
@@ -261,9 +258,9 @@ async def redis_has_accounts(redis: Redis, keys: RedisKeys) -> bool:
 
 
 def _reservation_hash(key: ResvKey, rows: dict[str, dict[str, int]]) -> tuple[dict[str, str], bool]:
-    reserve = rows["reserve"]
-    charge = rows.get("charge", {"total": 0, "n": 0, "last": reserve["first"]})
-    release = rows.get("release", {"total": 0, "n": 0, "last": reserve["first"]})
+    reserve = rows[TransactionType.RESERVE]
+    charge = rows.get(TransactionType.CHARGE, {"total": 0, "n": 0, "last": reserve["first"]})
+    release = rows.get(TransactionType.RELEASE, {"total": 0, "n": 0, "last": reserve["first"]})
     open_amount = reserve["total"] - charge["total"] - release["total"]
     h = {
         "user_id": str(key[0]),
@@ -301,7 +298,7 @@ async def rebuild(redis: Redis, keys: RedisKeys, store: LedgerStore, force: bool
             raise RedisNotEmpty("Redis already holds accounts under this prefix; use --force to overwrite them")
         await _delete_matching(redis, [keys.account_pattern(), keys.reservation_pattern()])
         await redis.delete(keys.totals, keys.services)
-    ledger = await load_ledger(store, 1 << 62)
+    ledger = await load_ledger(store, EVERY_ID)
     seq, clock = await store.last_transaction()
     services = await store.service_names()
     report = RebuildReport(services=len(services))
@@ -316,14 +313,14 @@ async def rebuild(redis: Redis, keys: RedisKeys, store: LedgerStore, force: bool
             pipe, pending = redis.pipeline(transaction=False), 0
 
     for user_id in sorted(ledger.by_user):
-        available, reserved, _n = ledger.account(user_id, 1 << 62)
+        available, reserved, _n = ledger.account(user_id, EVERY_ID)
         pipe.hset(keys.account(user_id), mapping={"available": str(available), "reserved": str(reserved)})
         report.accounts += 1
         pending += 1
         await flush()
     for rkey in sorted(ledger.by_resv):
         rows = ledger.by_resv[rkey]
-        if "reserve" not in rows:
+        if TransactionType.RESERVE not in rows:
             continue
         h, is_open = _reservation_hash(rkey, rows)
         pipe.hset(keys.reservation(*rkey), mapping=h)
@@ -333,7 +330,7 @@ async def rebuild(redis: Redis, keys: RedisKeys, store: LedgerStore, force: bool
         await flush()
     if services:
         pipe.hset(keys.services, mapping={str(sid): name for sid, name in services.items()})
-    totals = {name: str(ledger.total(kind, 1 << 62)) for name, kind in TOTALS.items()}
+    totals = {name: str(ledger.total(kind, EVERY_ID)) for name, kind in TOTALS.items()}
     pipe.hset(keys.totals, mapping=totals)
     pending += 1
     await flush(force_now=True)

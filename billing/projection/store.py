@@ -16,6 +16,8 @@ from billing.core.timefmt import datetime_to_ms, ms_to_datetime
 from billing.infra.pipelines import load_pipeline
 
 DUPLICATE_KEY = 11000
+# The collections of the ledger database (every other module names them through these).
+TRANSACTIONS, SERVICES = "transactions", "services"
 
 # Stream record fields (strings) that become Int64 in MongoDB, and those kept as strings.
 INT_FIELDS = (
@@ -80,8 +82,8 @@ class LedgerStore:
         # The projector acknowledges outbox entries once MongoDB confirms; a confirmation must mean
         # "on disk" (journaled), or a MongoDB crash right after it loses history for good.
         durable = WriteConcern(w=1, j=True)
-        self.transactions = db.get_collection("transactions", write_concern=durable)
-        self.services = db.get_collection("services", write_concern=durable)
+        self.transactions = db.get_collection(TRANSACTIONS, write_concern=durable)
+        self.services = db.get_collection(SERVICES, write_concern=durable)
 
     async def ensure_indexes(self) -> None:
         for name, keys in TRANSACTION_INDEXES:

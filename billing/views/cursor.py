@@ -11,10 +11,9 @@ from typing import Any
 import orjson
 
 from billing.core.errors import ApiError
-from billing.core.parsing import ParseError, cursor_parts
+from billing.core.parsing import INT64_MAX, ParseError, cursor_parts
 
 CURSOR_VERSION = 1
-INT64_MAX = 2**63 - 1
 _DOMAIN = b"billing:history-cursor:v1"
 
 

@@ -6,30 +6,31 @@ from typing import Any
 
 from billing.core.money import format_kopecks
 from billing.core.parsing import accept_language
+from billing.core.transactions import TransactionType
 
 SUPPORTED_LANGUAGES = ("ru", "en")
 DEFAULT_LANGUAGE = "ru"
 
-_TEMPLATES = {
+_TEMPLATES: dict[str, dict[str, str]] = {
     "ru": {
-        "deposit": "Пополнение баланса на {amount} ₽",
-        "withdrawal": "Вывод {amount} ₽ с баланса",
-        "transfer_out": "Перевод {amount} ₽ пользователю {counterparty}",
-        "transfer_in": "Перевод {amount} ₽ от пользователя {counterparty}",
-        "reserve": "Резервирование {amount} ₽ для оплаты услуги {service}, заказ {order}",
-        "charge": "Списание {amount} ₽ за услугу {service}, заказ {order}",
-        "release": "Возврат {amount} ₽ из резерва: услуга {service}, заказ {order}",
+        TransactionType.DEPOSIT: "Пополнение баланса на {amount} ₽",
+        TransactionType.WITHDRAWAL: "Вывод {amount} ₽ с баланса",
+        TransactionType.TRANSFER_OUT: "Перевод {amount} ₽ пользователю {counterparty}",
+        TransactionType.TRANSFER_IN: "Перевод {amount} ₽ от пользователя {counterparty}",
+        TransactionType.RESERVE: "Резервирование {amount} ₽ для оплаты услуги {service}, заказ {order}",
+        TransactionType.CHARGE: "Списание {amount} ₽ за услугу {service}, заказ {order}",
+        TransactionType.RELEASE: "Возврат {amount} ₽ из резерва: услуга {service}, заказ {order}",
         "service_named": "«{name}»",
         "service_unnamed": "№{id}",
     },
     "en": {
-        "deposit": "Deposit of {amount} RUB",
-        "withdrawal": "Withdrawal of {amount} RUB",
-        "transfer_out": "Transfer of {amount} RUB to user {counterparty}",
-        "transfer_in": "Transfer of {amount} RUB from user {counterparty}",
-        "reserve": "{amount} RUB reserved to pay for service {service}, order {order}",
-        "charge": "Charge of {amount} RUB for service {service}, order {order}",
-        "release": "{amount} RUB returned from a reservation: service {service}, order {order}",
+        TransactionType.DEPOSIT: "Deposit of {amount} RUB",
+        TransactionType.WITHDRAWAL: "Withdrawal of {amount} RUB",
+        TransactionType.TRANSFER_OUT: "Transfer of {amount} RUB to user {counterparty}",
+        TransactionType.TRANSFER_IN: "Transfer of {amount} RUB from user {counterparty}",
+        TransactionType.RESERVE: "{amount} RUB reserved to pay for service {service}, order {order}",
+        TransactionType.CHARGE: "Charge of {amount} RUB for service {service}, order {order}",
+        TransactionType.RELEASE: "{amount} RUB returned from a reservation: service {service}, order {order}",
         "service_named": "“{name}”",
         "service_unnamed": "#{id}",
     },

@@ -12,9 +12,10 @@ from pymongo.errors import OperationFailure
 
 from billing.core.errors import ApiError
 from billing.core.parsing import ParseError, choice, choices, small_number, timestamp
-from billing.core.schemas import TRANSACTION_TYPES
 from billing.core.timefmt import datetime_to_ms, ms_to_datetime
+from billing.core.transactions import TRANSACTION_TYPES
 from billing.ledger.scripts import Ledger
+from billing.projection.store import SERVICES, TRANSACTIONS
 from billing.projection.watermark import ProjectionWatermark
 from billing.views.cursor import CursorCodec, query_fingerprint
 from billing.views.render import render_transaction
@@ -162,8 +163,8 @@ class History:
     """GET /v1/users/{id}/transactions: reads `transactions` (by its compound indexes) and `services` names."""
 
     def __init__(self, mongo: Any, ledger: Ledger, secret: str) -> None:
-        self._transactions = mongo["transactions"]
-        self._services = mongo["services"]
+        self._transactions = mongo[TRANSACTIONS]
+        self._services = mongo[SERVICES]
         self._ledger = ledger
         self._watermark = ProjectionWatermark(ledger.redis, ledger.keys)
         self._cursors = CursorCodec(secret)

@@ -8,8 +8,8 @@ from typing import Any
 from bson import Int64
 
 from billing.core.timefmt import ms_to_datetime
+from billing.core.transactions import TRANSACTION_TYPES
 from billing.projection.store import LedgerStore
-from billing.views.history import TRANSACTION_TYPES
 
 BASE_MS = 1_790_000_000_000  # 2026-09-21T14:13:20Z
 SORTS = [("created_at", "desc"), ("created_at", "asc"), ("amount", "desc"), ("amount", "asc")]

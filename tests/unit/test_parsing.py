@@ -22,7 +22,7 @@ from billing.api.openapi import build_spec
 from billing.core import parsing
 from billing.core.money import AMOUNT_PATTERN, AmountError, format_kopecks, parse_amount
 from billing.core.parsing import ParseError
-from billing.core.schemas import TRANSACTION_TYPES
+from billing.core.transactions import TRANSACTION_TYPES
 from billing.views.descriptions import negotiate_language
 
 ASCII_DIGITS = "0123456789"

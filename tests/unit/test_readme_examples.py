@@ -12,7 +12,8 @@ import orjson
 import pytest
 from jsonschema import Draft202012Validator
 
-from billing.api.openapi import ROUTES, build_spec
+from billing.api.openapi import build_spec
+from billing.api.routes import ENDPOINTS
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -43,7 +44,7 @@ def curl_examples(text: str) -> list[tuple[str, str, str]]:
 
 
 def route_of(method: str, path: str) -> tuple[str, str]:
-    for m, template in ROUTES:
+    for m, template in ENDPOINTS:
         pattern = "^" + re.sub(r"\\\{[^}]*\\\}", "[^/]+", re.escape(template)) + "$"
         if m == method and re.match(pattern, path):
             return m, template
@@ -69,7 +70,7 @@ def test_readme_example_matches_request_schema(method: str, path: str, body: str
     schema = {**op["requestBody"]["content"]["application/json"]["schema"], "components": spec["components"]}
     errors = [e.message for e in Draft202012Validator(schema).iter_errors(data)]
     assert errors == [], errors
-    model = ROUTES[key].request
+    model = ENDPOINTS[key].request
     assert model is not None
     model.model_validate(data)  # the server's own validation accepts it too
 

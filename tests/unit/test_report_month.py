@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from billing.api.openapi import MONTH
+from billing.api.routes import MONTH
 from billing.core.errors import ApiError
 from billing.core.timefmt import load_zone
 from billing.views.report_month import parse_month

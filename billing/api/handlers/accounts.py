@@ -6,13 +6,8 @@ from billing.api.handlers.base import BaseHandler
 from billing.core.errors import ApiError
 from billing.core.money import format_kopecks
 
-BALANCE_READERS = frozenset({"payments", "orders", "support", "accounting"})
-
 
 class BalanceHandler(BaseHandler):
-    roles = BALANCE_READERS
-    route_name = "/v1/users/{user_id}/balance"
-
     async def get(self, raw_user_id: str) -> None:
         user_id = self.path_id(raw_user_id, "user_id")
         balance = await self.ctx.ledger.balance(user_id)

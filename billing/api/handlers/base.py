@@ -8,7 +8,7 @@ import logging
 import os
 import secrets
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import tornado
@@ -26,6 +26,9 @@ from billing.ledger.scripts import Idempotency
 from billing.ledger.unavailable import UNAVAILABLE_ERRORS as UNAVAILABLE_ERRORS  # (the console catches them too)
 from billing.ledger.unavailable import store_unavailable
 from billing.views.descriptions import negotiate_language
+
+if TYPE_CHECKING:  # (the route table names the handlers, so they see it only as a type)
+    from billing.api.routes import Route
 
 log = logging.getLogger("billing.http")
 access_log = logging.getLogger("billing.access")
@@ -108,12 +111,11 @@ class RequestHooks(OriginAware):
 class BaseHandler(RequestHooks):
     """Every route derives from this: one error format, one access log line."""
 
-    roles: frozenset[str] = frozenset()  # empty: no token needed
     body_limit = BODY_LIMIT
-    route_name = ""
 
-    def initialize(self, ctx: ApiContext, **kwargs: Any) -> None:
+    def initialize(self, ctx: ApiContext, route: Route | None = None, **kwargs: Any) -> None:
         self.ctx = ctx
+        self.route = route  # its entry in the route table (billing/api/routes.py); None: no route matched
         self.principal: Principal | None = None
         self.error_code: str | None = None
         self.request_id = ""
@@ -242,9 +244,14 @@ class BaseHandler(RequestHooks):
         self.request_id = incoming if visible_ascii(incoming, 200) else _request_ids.next()
         self.set_header("X-Request-ID", self.request_id)
 
+    @property
+    def route_name(self) -> str:
+        """The route's template, for the access log and metrics ("" when no route matched)."""
+        return self.route.template if self.route is not None else ""
+
     def required_roles(self, method: str) -> frozenset[str]:
-        """Roles that may call this route with this method (any one suffices; admin always)."""
-        return self.roles
+        """Roles that may call this route with this method (any one suffices; admin always); empty: no token."""
+        return self.route.roles(method) if self.route is not None else frozenset()
 
     # ---- helpers for subclasses -------------------------------------------------------------
 

@@ -10,7 +10,6 @@ from pydantic import ValidationError
 
 from billing.api.handlers.base import UNAVAILABLE_ERRORS, BaseHandler, visible_ascii
 from billing.core.errors import ApiError, validation_errors
-from billing.core.roles import ROLES
 from billing.core.schemas import BatchRequest
 from billing.ledger.scripts import (
     BatchClaim,
@@ -27,9 +26,8 @@ BATCH_BODY_LIMIT = 1024 * 1024
 
 
 class BatchHandler(BaseHandler):
-    roles = ROLES
     body_limit = BATCH_BODY_LIMIT
-    route_name = "/v1/batch"
+    operation_roles: dict[str, frozenset[str]]  # who may run each operation (the route table)
 
     async def post(self) -> None:
         batch_key = self.idempotency()
@@ -86,8 +84,9 @@ class BatchHandler(BaseHandler):
                 [{"field": "op", "message": f"must be one of: {', '.join(OPERATIONS)}"}],
             )
         assert self.principal is not None
-        if not self.principal.has_any(spec.roles):
-            raise ApiError("forbidden", f"{name} needs one of the roles: {', '.join(sorted(spec.roles))}")
+        allowed = self.operation_roles[spec.name]
+        if not self.principal.has_any(allowed):
+            raise ApiError("forbidden", f"{name} needs one of the roles: {', '.join(sorted(allowed))}")
         key = fields.pop("idempotency_key", None)
         idem = None
         if key is not None:

@@ -10,15 +10,11 @@ from billing.core.errors import problem_body
 
 
 class HealthHandler(BaseHandler):
-    route_name = "/healthz"
-
     def get(self) -> None:
         self.write_json(200, {"status": "ok"})
 
 
 class ReadyHandler(BaseHandler):
-    route_name = "/readyz"
-
     async def get(self) -> None:
         checks: dict[str, Any] = {
             "redis": await _probe(self.ctx.redis.ping()),

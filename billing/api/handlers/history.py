@@ -7,9 +7,6 @@ from billing.core.errors import ApiError
 
 
 class TransactionsHandler(BaseHandler):
-    roles = frozenset({"support"})
-    route_name = "/v1/users/{user_id}/transactions"
-
     async def get(self, raw_user_id: str) -> None:
         user_id = self.path_id(raw_user_id, "user_id")
         query: dict[str, str] = {}

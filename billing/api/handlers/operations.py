@@ -7,12 +7,12 @@ from billing.ledger.service import OperationSpec, validate
 
 
 class OperationHandler(BaseHandler):
-    """One money operation per route; the route table says which (see app.py)."""
+    """One money operation per route; the route table says which (billing/api/routes.py)."""
 
-    spec: OperationSpec
-
-    def initialize(self, ctx, spec: OperationSpec) -> None:  # type: ignore[override]
-        super().initialize(ctx, spec=spec, roles=spec.roles, route_name=spec.path)
+    @property
+    def spec(self) -> OperationSpec:
+        assert self.route is not None and self.route.operation is not None
+        return self.route.operation
 
     async def post(self) -> None:
         idem = self.idempotency()

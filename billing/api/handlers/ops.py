@@ -8,9 +8,7 @@ import orjson
 import tornado.web
 from swagger_ui.core import ApplicationDocument
 
-from billing.api.context import ApiContext
 from billing.api.handlers.base import BaseHandler, OriginAware
-from billing.api.openapi import build_spec
 from billing.infra.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
 DOCS_PREFIX = "/docs"
@@ -18,7 +16,6 @@ SPEC_URL = "/openapi.json"
 
 
 class OpenAPIHandler(BaseHandler):
-    route_name = "/openapi.json"
     compute_etag = tornado.web.RequestHandler.compute_etag  # cacheable, unlike the API: keep ETag / 304
     check_etag_header = tornado.web.RequestHandler.check_etag_header
     _cache: dict[str | None, bytes] = {}  # by BILLING_PUBLIC_URL (the document's servers entry)
@@ -26,6 +23,8 @@ class OpenAPIHandler(BaseHandler):
     def get(self) -> None:
         public_url = self.ctx.settings.public_url
         if public_url not in self._cache:
+            from billing.api.openapi import build_spec  # (it reads the route table, which names this handler)
+
             self._cache[public_url] = orjson.dumps(build_spec(public_url))
         self.set_header("Content-Type", "application/json")
         self.set_header("Cache-Control", "public, max-age=60")
@@ -43,7 +42,6 @@ SWAGGER = _swagger_document()
 
 
 class DocsHandler(BaseHandler):
-    route_name = "/docs"
     compute_etag = tornado.web.RequestHandler.compute_etag
     check_etag_header = tornado.web.RequestHandler.check_etag_header
 
@@ -56,26 +54,13 @@ class DocsHandler(BaseHandler):
 class DocsAssetHandler(OriginAware, tornado.web.StaticFileHandler):
     """Swagger UI's JS/CSS, served from the installed package (no CDN, works offline)."""
 
-    route_name = "/docs/static/{file}"
-
-    def initialize(self, ctx: Any = None, **kwargs: Any) -> None:  # type: ignore[override]
+    def initialize(self, ctx: Any = None, route: Any = None, **kwargs: Any) -> None:  # type: ignore[override]
+        self.route_name = route.template if route is not None else ""
         super().initialize(path=SWAGGER.static_dir)
 
 
 class MetricsHandler(BaseHandler):
-    route_name = "/metrics"
-
     async def get(self) -> None:
         body = await self.ctx.metrics.render(self.ctx.projector)
         self.set_header("Content-Type", METRICS_CONTENT_TYPE)
         self.finish(body)
-
-
-def ops_routes(ctx: ApiContext) -> list[Any]:
-    args = {"ctx": ctx}
-    return [
-        (r"/openapi.json", OpenAPIHandler, args),
-        (r"/docs/?", DocsHandler, args),
-        (r"/docs/static/(.+)", DocsAssetHandler, args),
-        (r"/metrics", MetricsHandler, args),
-    ]

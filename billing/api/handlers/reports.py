@@ -7,8 +7,6 @@ from collections.abc import Mapping
 from billing.api.handlers.base import BaseHandler
 from billing.core.parsing import ParseError, field_error, flag, query_value
 
-REPORT_READERS = frozenset({"accounting"})
-
 
 def query_text(arguments: Mapping[str, list[bytes]], name: str) -> str | None:
     """A query parameter exactly as sent, or None; given twice it is a 400."""
@@ -28,9 +26,6 @@ def bom_flag(arguments: Mapping[str, list[bytes]]) -> bool | None:
 
 
 class RevenueReportHandler(BaseHandler):
-    roles = REPORT_READERS
-    route_name = "/v1/reports/revenue"
-
     def get(self) -> None:
         month = query_text(self.request.query_arguments, "month")
         bom = bom_flag(self.request.query_arguments)
@@ -38,8 +33,6 @@ class RevenueReportHandler(BaseHandler):
 
 
 class RevenueCsvHandler(BaseHandler):
-    route_name = "/v1/reports/revenue/{month}.csv"
-
     async def get(self, month: str) -> None:
         query = self.request.query_arguments
         period = self.ctx.reports.verify_link(month, query_text(query, "expires"), query_text(query, "signature"))

@@ -6,13 +6,8 @@ from billing.api.handlers.operations import OperationHandler
 from billing.core.errors import ApiError
 from billing.views.render import render_reservation
 
-LOOKUP_ROLES = frozenset({"orders", "support"})
-
 
 class ReservationsHandler(OperationHandler):
-    def required_roles(self, method: str) -> frozenset[str]:
-        return LOOKUP_ROLES if method == "GET" else self.roles
-
     async def get(self) -> None:
         ids = {name: self.query_id(name) for name in ("user_id", "service_id", "order_id")}
         reservation = await self.ctx.ledger.reservation(ids["user_id"], ids["service_id"], ids["order_id"])

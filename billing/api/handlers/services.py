@@ -6,14 +6,10 @@ from pydantic import ValidationError
 
 from billing.api.handlers.base import BaseHandler
 from billing.core.errors import ApiError, validation_errors
-from billing.core.roles import ROLES
 from billing.core.schemas import ServiceNameRequest
 
 
 class ServiceHandler(BaseHandler):
-    roles = frozenset({"orders"})
-    route_name = "/v1/services/{service_id}"
-
     async def put(self, raw_service_id: str) -> None:
         service_id = self.path_id(raw_service_id, "service_id")
         try:
@@ -26,9 +22,6 @@ class ServiceHandler(BaseHandler):
 
 
 class ServicesHandler(BaseHandler):
-    roles = ROLES
-    route_name = "/v1/services"
-
     async def get(self) -> None:
         names = await self.ctx.ledger.services()
         items = [{"service_id": sid, "name": name} for sid, name in sorted(names.items())]

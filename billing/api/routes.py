@@ -1,0 +1,375 @@
+"""The route table: every path of the HTTP API, its handler, and per method who may call it and what it takes
+and answers. The router (billing/app.py), the handlers' token check (BaseHandler.required_roles) and the
+OpenAPI document (billing/api/openapi.py) all read it; tests/unit/test_routes.py holds the three together.
+
+Handlers get their route through initialize() (they cannot import this module, which names them).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel
+
+from billing.api.handlers.accounts import BalanceHandler
+from billing.api.handlers.batch import BatchHandler
+from billing.api.handlers.health import HealthHandler, ReadyHandler
+from billing.api.handlers.history import TransactionsHandler
+from billing.api.handlers.operations import OperationHandler
+from billing.api.handlers.ops import (
+    DOCS_PREFIX,
+    SPEC_URL,
+    DocsAssetHandler,
+    DocsHandler,
+    MetricsHandler,
+    OpenAPIHandler,
+)
+from billing.api.handlers.reports import RevenueCsvHandler, RevenueReportHandler
+from billing.api.handlers.reservations import ReservationsHandler
+from billing.api.handlers.services import ServiceHandler, ServicesHandler
+from billing.core import schemas
+from billing.core.parsing import MAX_CURSOR_LENGTH
+from billing.core.roles import ANY_ROLE, Role, roles
+from billing.core.transactions import TRANSACTION_TYPES
+from billing.ledger.service import OPERATIONS, OperationSpec
+from billing.views import history
+from billing.views.report_month import MONTH_PATTERN
+
+NO_AUTH: frozenset[str] = frozenset()
+PAYMENTS = roles(Role.PAYMENTS)
+ORDERS = roles(Role.ORDERS)
+
+
+@dataclass(frozen=True)
+class Param:
+    """A path or query parameter; its schema comes from a type (through pydantic) or is given."""
+
+    name: str
+    where: str  # "path" | "query"
+    description: str
+    schema: Any = None  # a type for TypeAdapter, or a JSON Schema dict
+    required: bool = False
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One method of a route: who may call it, what it takes and answers, and what its OpenAPI entry says."""
+
+    summary: str
+    roles: frozenset[str]  # any one of them (admin always); empty: no token
+    responses: Mapping[int, Any]  # status -> pydantic model, or a media type string ("text/csv")
+    request: type[BaseModel] | None = None
+    params: tuple[Param, ...] = ()
+    errors: tuple[str, ...] = ()  # business problem codes besides the generic ones
+    tag: str = "money"
+    description: str = ""
+    store: bool = True  # touches Redis/MongoDB, so may answer 503 unavailable
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Route:
+    """One path: its template ({name} for a path parameter), handler and methods. No methods: pages and files
+    for people (Swagger UI), served without a token and left out of the API document."""
+
+    template: str
+    handler: type[Any]
+    methods: Mapping[str, Endpoint]
+    operation: OperationSpec | None = None  # the money operation a POST runs
+    pattern: str | None = None  # the router's regex, when the template's own ({name} -> one segment) is not it
+    args: Mapping[str, Any] = field(default_factory=dict)  # more initialize() arguments for the handler
+
+    @property
+    def regex(self) -> str:
+        if self.pattern is not None:
+            return self.pattern
+        literal = re.split(r"\{[^}]*\}", self.template)
+        return "([^/]+)".join(re.escape(part) for part in literal)
+
+    def roles(self, method: str) -> frozenset[str]:
+        """Who may call this method (any one role; admin always); empty: no token needed."""
+        endpoint = self.methods.get(method)
+        return endpoint.roles if endpoint is not None else NO_AUTH
+
+
+USER_ID = Param("user_id", "path", "The user", schemas.Id, True)
+SERVICE_ID = Param("service_id", "path", "The service", schemas.Id, True)
+MONTH = {"type": "string", "pattern": MONTH_PATTERN, "examples": ["2026-11"]}
+# The published forms of parsing.epoch_seconds, hex_sha256 and cursor_parts (tests/unit/test_parsing.py).
+EXPIRES = {"type": "string", "pattern": "^[0-9]{1,12}$"}
+SIGNATURE = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
+CURSOR = {"type": "string", "pattern": "^[A-Za-z0-9_-]+\\.[A-Za-z0-9_-]+$", "maxLength": MAX_CURSOR_LENGTH}
+BOM_FLAG = {"type": "string", "enum": ["1", "0", "true", "false"]}
+
+
+def _money(
+    name: str,
+    template: str,
+    who: frozenset[str],
+    responses: Mapping[int, type[BaseModel]],
+    errors: tuple[str, ...],
+    summary: str,
+    tag: str = "money",
+) -> Route:
+    """A route that runs one money operation (billing/ledger/service.py) on POST."""
+    operation = OPERATIONS[name]
+    post = Endpoint(summary, who, responses, operation.model, errors=errors, tag=tag)
+    return Route(template, OperationHandler, {"POST": post}, operation=operation)
+
+
+_RESERVE = _money(
+    "reserve",
+    "/v1/reservations",
+    ORDERS,
+    {201: schemas.ReservationResult, 200: schemas.ReservationResult},
+    ("account_not_found", "insufficient_funds", "reservation_conflict"),
+    "Reserve money for an order of a service (phase one); the same reservation again answers 200",
+    tag="reservations",
+)
+
+MONEY_ROUTES: tuple[Route, ...] = (
+    _money(
+        "deposit",
+        "/v1/deposits",
+        PAYMENTS,
+        {201: schemas.MoneyMovement},
+        ("balance_limit_exceeded",),
+        "Credit a user's available balance",
+    ),
+    _money(
+        "withdrawal",
+        "/v1/withdrawals",
+        PAYMENTS,
+        {201: schemas.MoneyMovement},
+        ("account_not_found", "insufficient_funds"),
+        "Debit a user's available balance",
+    ),
+    _money(
+        "transfer",
+        "/v1/transfers",
+        PAYMENTS,
+        {201: schemas.TransferResult},
+        ("account_not_found", "insufficient_funds", "balance_limit_exceeded"),
+        "Move money between two users, atomically",
+    ),
+    Route(
+        _RESERVE.template,
+        ReservationsHandler,
+        {
+            **_RESERVE.methods,
+            "GET": Endpoint(
+                "Look one reservation up",
+                roles(Role.ORDERS, Role.SUPPORT),
+                {200: schemas.Reservation},
+                params=(
+                    Param("user_id", "query", "The user", schemas.Id, True),
+                    Param("service_id", "query", "The service", schemas.Id, True),
+                    Param("order_id", "query", "The order", schemas.Id, True),
+                ),
+                errors=("reservation_not_found",),
+                tag="reservations",
+            ),
+        },
+        operation=_RESERVE.operation,
+    ),
+    _money(
+        "recognize",
+        "/v1/reservations/recognize",
+        ORDERS,
+        {200: schemas.ReservationResult},
+        ("reservation_not_found", "amount_exceeds_reservation", "reservation_closed"),
+        "Recognize revenue from a reservation (full or partial capture)",
+        tag="reservations",
+    ),
+    _money(
+        "cancel",
+        "/v1/reservations/cancel",
+        ORDERS,
+        {200: schemas.ReservationResult},
+        ("reservation_not_found", "reservation_closed"),
+        "Cancel a reservation: the reserved amount returns to available",
+        tag="reservations",
+    ),
+)
+
+# operation name -> its route; a batch operation may be run by whoever may call that route
+OPERATION_ROUTES: dict[str, Route] = {
+    route.operation.name: route for route in MONEY_ROUTES if route.operation is not None
+}
+OPERATION_ROLES: dict[str, frozenset[str]] = {name: route.roles("POST") for name, route in OPERATION_ROUTES.items()}
+
+ROUTES: tuple[Route, ...] = (
+    *MONEY_ROUTES,
+    Route(
+        "/v1/users/{user_id}/balance",
+        BalanceHandler,
+        {
+            "GET": Endpoint(
+                "A user's balance",
+                roles(Role.PAYMENTS, Role.ORDERS, Role.SUPPORT, Role.ACCOUNTING),
+                {200: schemas.Balance},
+                params=(USER_ID,),
+                errors=("account_not_found",),
+            )
+        },
+    ),
+    Route(
+        "/v1/users/{user_id}/transactions",
+        TransactionsHandler,
+        {
+            "GET": Endpoint(
+                "A user's transaction history (keyset pagination)",
+                roles(Role.SUPPORT),
+                {200: schemas.HistoryPage},
+                params=(
+                    USER_ID,
+                    Param("sort", "query", "Sort key; ties by id", {"type": "string", "enum": list(history.SORTS)}),
+                    Param("order", "query", "Sort order", {"type": "string", "enum": list(history.ORDERS)}),
+                    Param(
+                        "limit",
+                        "query",
+                        "Page size",
+                        {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": history.MAX_LIMIT,
+                            "default": history.DEFAULT_LIMIT,
+                        },
+                    ),
+                    Param("cursor", "query", "next_cursor of the previous page (opaque)", CURSOR),
+                    Param(
+                        "type",
+                        "query",
+                        "Comma-separated transaction types: " + ", ".join(TRANSACTION_TYPES),
+                        {
+                            "type": "string",
+                            "pattern": "^({0})(,({0}))*$".format("|".join(TRANSACTION_TYPES)),
+                            "examples": ["deposit,charge"],
+                        },
+                    ),
+                    Param(
+                        "from", "query", "Inclusive lower bound, RFC 3339", {"type": "string", "format": "date-time"}
+                    ),
+                    Param("to", "query", "Exclusive upper bound, RFC 3339", {"type": "string", "format": "date-time"}),
+                ),
+                errors=("invalid_cursor", "account_not_found"),
+                tag="history",
+                description="Send `Accept-Language: en` for English descriptions (Russian by default).",
+            )
+        },
+    ),
+    Route(
+        "/v1/services",
+        ServicesHandler,
+        {"GET": Endpoint("The services catalog", ANY_ROLE, {200: schemas.ServiceList}, tag="services")},
+    ),
+    Route(
+        "/v1/services/{service_id}",
+        ServiceHandler,
+        {
+            "PUT": Endpoint(
+                "Name a service in the catalog",
+                ORDERS,
+                {200: schemas.Service},
+                schemas.ServiceNameRequest,
+                params=(SERVICE_ID,),
+                tag="services",
+            )
+        },
+    ),
+    Route(
+        "/v1/batch",
+        BatchHandler,
+        {
+            "POST": Endpoint(
+                "Many money operations in one request, each atomic, idempotent and authorized alone",
+                ANY_ROLE,
+                {200: schemas.BatchResponse},
+                schemas.BatchRequest,
+                description="Each operation: `op` (" + ", ".join(OPERATION_ROLES) + "), an optional "
+                "`idempotency_key`, and the fields of that operation's endpoint. Results are in order.",
+            )
+        },
+        args={"operation_roles": OPERATION_ROLES},
+    ),
+    Route(
+        "/v1/reports/revenue",
+        RevenueReportHandler,
+        {
+            "GET": Endpoint(
+                "A signed link to the monthly revenue report (CSV)",
+                roles(Role.ACCOUNTING),
+                {200: schemas.ReportLink},
+                params=(
+                    Param("month", "query", "The month, YYYY-MM, in BILLING_REPORT_TZ", MONTH, True),
+                    Param("bom", "query", "Put bom=1|0 into the link (UTF-8 BOM for Excel)", BOM_FLAG),
+                ),
+                tag="reports",
+            )
+        },
+    ),
+    Route(
+        "/v1/reports/revenue/{month}.csv",
+        RevenueCsvHandler,
+        {
+            "GET": Endpoint(
+                "Download the revenue report through its signed link (no token)",
+                NO_AUTH,
+                {200: "text/csv"},
+                params=(
+                    Param("month", "path", "The month, YYYY-MM", MONTH, True),
+                    Param("expires", "query", "Expiry of the link, epoch seconds (signed)", EXPIRES, True),
+                    Param("signature", "query", "HMAC-SHA256 of month and expiry (hex)", SIGNATURE, True),
+                    Param("bom", "query", "1: start with a UTF-8 BOM (Excel); not signed", BOM_FLAG),
+                ),
+                errors=("invalid_signature",),
+                tag="reports",
+                description="Use the `url` from GET /v1/reports/revenue as it is; its query is signed. "
+                "`;`-separated UTF-8 with CRLF line ends: header `service;total`, then `<name>;<total>` by name.",
+            )
+        },
+    ),
+    Route(
+        "/healthz",
+        HealthHandler,
+        {"GET": Endpoint("Liveness", NO_AUTH, {200: schemas.Health}, tag="operations", store=False)},
+    ),
+    Route(
+        "/readyz",
+        ReadyHandler,
+        {"GET": Endpoint("Readiness: Redis and MongoDB answer", NO_AUTH, {200: schemas.Health}, tag="operations")},
+    ),
+    Route(
+        "/metrics",
+        MetricsHandler,
+        {
+            "GET": Endpoint(
+                "Prometheus metrics (text exposition format)",
+                NO_AUTH,
+                {200: "text/plain; version=0.0.4"},
+                tag="operations",
+                store=False,
+            )
+        },
+    ),
+    Route(
+        SPEC_URL,
+        OpenAPIHandler,
+        {"GET": Endpoint("This OpenAPI document", NO_AUTH, {200: "application/json"}, tag="operations", store=False)},
+    ),
+    Route(DOCS_PREFIX, DocsHandler, {}, pattern=DOCS_PREFIX + "/?"),
+    Route(DOCS_PREFIX + "/static/{file}", DocsAssetHandler, {}, pattern=DOCS_PREFIX + "/static/(.+)"),
+)
+
+# (METHOD, template) -> endpoint: every operation of the API document.
+ENDPOINTS: dict[tuple[str, str], Endpoint] = {
+    (method, route.template): endpoint for route in ROUTES for method, endpoint in route.methods.items()
+}
+
+
+def router_rules(ctx: Any) -> list[tuple[str, type[Any], dict[str, Any]]]:
+    """The table as Tornado rules: each handler gets the context and its route."""
+    return [(route.regex, route.handler, {"ctx": ctx, "route": route, **route.args}) for route in ROUTES]

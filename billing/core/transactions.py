@@ -1,0 +1,45 @@
+"""The transaction types the ledger records, each with how it moves an account, defined once.
+
+The Lua scripts write these types (lua/*.lua `new_txn`); tests/unit/test_transaction_types.py holds the two
+lists equal.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+# The running totals (Redis's totals hash, lua/_prelude.lua TOTAL_FIELDS) that conservation checks compare.
+DEPOSITED, WITHDRAWN, REVENUE = "deposited", "withdrawn", "revenue"
+
+
+class TransactionType(StrEnum):
+    """A type, and its effect on the account it is recorded for: kopecks of `amount` times `available` and
+    `reserved` (+1, -1 or 0) move each balance field; `total` names the running total it adds to (revenue:
+    what the revenue report sums); `of_reservation`: it belongs to a reservation (carries service and order)."""
+
+    available: int
+    reserved: int
+    total: str | None
+    of_reservation: bool
+
+    def __new__(cls, value: str, available: int, reserved: int, total: str | None, of_reservation: bool) -> Any:
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.available, member.reserved = available, reserved
+        member.total, member.of_reservation = total, of_reservation
+        return member
+
+    DEPOSIT = ("deposit", 1, 0, DEPOSITED, False)
+    WITHDRAWAL = ("withdrawal", -1, 0, WITHDRAWN, False)
+    TRANSFER_IN = ("transfer_in", 1, 0, None, False)
+    TRANSFER_OUT = ("transfer_out", -1, 0, None, False)
+    RESERVE = ("reserve", -1, 1, None, True)
+    CHARGE = ("charge", 0, -1, REVENUE, True)
+    RELEASE = ("release", 1, -1, None, True)
+
+
+TRANSACTION_TYPES: tuple[str, ...] = tuple(t.value for t in TransactionType)
+RESERVATION_TYPES: tuple[str, ...] = tuple(t.value for t in TransactionType if t.of_reservation)
+# running total -> the type it sums
+TOTALS: dict[str, TransactionType] = {t.total: t for t in TransactionType if t.total is not None}
