@@ -28,6 +28,7 @@ setup(
         "typing_extensions>=4.8",
         "swagger-ui-py>=23,<27",
         "tzdata>=2024.1",
+        "rich>=13.7,<16",  # progress of the long commands on a terminal
     ],
     extras_require={
         "test": [

@@ -1,4 +1,8 @@
-"""The ledger's commands: `billing project`, `billing reconcile`, `billing rebuild`."""
+"""The ledger's commands: `billing project`, `billing reconcile`, `billing rebuild`.
+
+Each one first makes sure both stores answer, so an unreachable one is a single line on stderr; failures
+become CommandError (one line, exit status 2); progress goes to a terminal's stderr and results to stdout.
+"""
 
 from __future__ import annotations
 
@@ -6,29 +10,90 @@ import argparse
 import asyncio
 import logging
 import signal
-import sys
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+from pymongo.errors import PyMongoError
 
 from billing.bootstrap import Context, bootstrap
 from billing.core.config import DRAIN_TIMEOUT_SECONDS, Settings
-from billing.projection.recovery import RedisNotEmpty, rebuild, reconcile
+from billing.infra.stores import connect_mongo, connect_redis
+from billing.ledger.unavailable import store_unavailable
+from billing.projection.recovery import Progress, RedisNotEmpty, no_progress, rebuild, reconcile
 from billing.projection.store import LedgerStore
+from billing.terminal import Command, CommandError, StepProgress, one_line
 
 log = logging.getLogger("billing.ledger.scripts")
 
-NEEDS_STORES = "billing: {} needs BILLING_REDIS_URL and BILLING_MONGO_URL (the embedded stores live in one process)"
+NEEDS_STORES = "needs BILLING_REDIS_URL and BILLING_MONGO_URL (the embedded stores live inside one process)"
+# The settings every ledger command reads; `billing <command> --help` lists them with their defaults.
+STORE_SETTINGS = ("redis_url", "mongo_url", "mongo_db", "redis_prefix", "request_timeout_seconds")
+PROJECTOR_SETTINGS = ("projector_batch", "projector_block_ms", "projector_claim_idle_ms")
+
+# What a command does once connected: the exit status and the text for stdout.
+Work = Callable[[Context, Progress], Awaitable[tuple[int, str]]]
 
 
-async def _with_context(settings: Settings, work: Callable[[Context], Any]) -> int:
-    ctx = await bootstrap(settings)
+async def _reach(settings: Settings) -> tuple[Any, Any]:
+    """Both stores, each asked once before any work, so an unreachable one is named in one line."""
+    redis, mongo = connect_redis(settings), connect_mongo(settings)
     try:
-        return await work(ctx)
+        try:
+            await cast(Awaitable[bool], redis.ping())  # redis-py types its commands as sync-or-async
+        except Exception as exc:
+            if not store_unavailable(exc):
+                raise
+            raise CommandError(f"Redis unreachable (BILLING_REDIS_URL): {one_line(exc)}") from None
+        try:
+            await mongo.command("ping")
+        except PyMongoError as exc:
+            raise CommandError(f"MongoDB unreachable (BILLING_MONGO_URL): {one_line(exc)}") from None
+    except BaseException:
+        await _close(redis, mongo)
+        raise
+    return redis, mongo
+
+
+async def _close(redis: Any, mongo: Any) -> None:
+    await redis.aclose()
+    mongo.client.close()
+
+
+async def _with_context(settings: Settings, work: Work, progress: Progress) -> tuple[int, str]:
+    redis, mongo = await _reach(settings)
+    try:
+        ctx = await bootstrap(settings, redis=redis, mongo=mongo)
+        try:
+            return await work(ctx, progress)
+        finally:
+            await ctx.stop()
     finally:
-        await ctx.stop()
+        await _close(redis, mongo)  # the bootstrap leaves clients it was given to their owner
 
 
-async def project(ctx: Context) -> int:
+def _run(settings: Settings, work: Work, show_progress: bool = True) -> int:
+    """Run the work on a fresh event loop; store failures become one line, the result goes to stdout."""
+    if settings.embedded:
+        raise CommandError(NEEDS_STORES)
+    try:
+        if show_progress:
+            with StepProgress() as progress:
+                code, text = asyncio.run(_with_context(settings, work, progress))
+        else:
+            code, text = asyncio.run(_with_context(settings, work, no_progress))
+    except CommandError:
+        raise
+    except Exception as exc:
+        if not store_unavailable(exc):
+            raise
+        store = "MongoDB" if isinstance(exc, PyMongoError) else "Redis"
+        raise CommandError(f"{store} failed: {one_line(exc)}") from None
+    if text:
+        print(text, flush=True)
+    return code
+
+
+async def project(ctx: Context, progress: Progress = no_progress) -> tuple[int, str]:
     """Run the projector alone until SIGTERM or SIGINT."""
     projector = ctx.projector
     stop = asyncio.Event()
@@ -40,78 +105,103 @@ async def project(ctx: Context) -> int:
     await stop.wait()
     await projector.stop()
     log.info("projector stopped: %s", projector.stats())
-    return 0
+    return 0, ""
 
 
-async def run_reconcile(ctx: Context, drain_timeout: float) -> int:
+async def run_reconcile(ctx: Context, drain_timeout: float, progress: Progress = no_progress) -> tuple[int, str]:
     try:
-        report = await reconcile(ctx.redis, ctx.ledger.keys, LedgerStore(ctx.mongo), ctx.projector, drain_timeout)
+        report = await reconcile(
+            ctx.redis, ctx.ledger.keys, LedgerStore(ctx.mongo), ctx.projector, drain_timeout, progress=progress
+        )
     except TimeoutError as exc:
-        print(f"reconcile: could not project the outbox first: {exc}", file=sys.stderr)
-        return 2
-    print(report.summary())
-    for mismatch in report.mismatches:
-        print(f"  MISMATCH {mismatch}")
-    return 0 if report.ok else 1
+        raise CommandError(f"could not project the outbox first: {one_line(exc)}") from None
+    lines = [report.summary(), *(f"  MISMATCH {mismatch}" for mismatch in report.mismatches)]
+    return (0 if report.ok else 1), "\n".join(lines)
 
 
-async def run_rebuild(ctx: Context, force: bool, drain_timeout: float) -> int:
+async def run_rebuild(
+    ctx: Context, force: bool, drain_timeout: float, progress: Progress = no_progress
+) -> tuple[int, str]:
     if force:  # Redis may still hold transactions MongoDB lacks: project them before overwriting
+        progress("project the outbox into MongoDB", 0, None)
         try:
             await ctx.projector.drain(timeout=drain_timeout)
         except TimeoutError as exc:
-            print(f"rebuild: could not project the outbox first: {exc}", file=sys.stderr)
-            return 2
+            raise CommandError(f"could not project the outbox first: {one_line(exc)}") from None
     try:
-        report = await rebuild(ctx.redis, ctx.ledger.keys, LedgerStore(ctx.mongo), force=force)
+        report = await rebuild(ctx.redis, ctx.ledger.keys, LedgerStore(ctx.mongo), force=force, progress=progress)
     except RedisNotEmpty as exc:
-        print(f"rebuild: refused: {exc}", file=sys.stderr)
-        return 2
-    print(report.summary())
-    return 0
-
-
-def _needs_stores(name: str, settings: Settings) -> None:
-    if settings.embedded:
-        raise SystemExit(NEEDS_STORES.format(name))
+        raise CommandError(f"refused: {exc}") from None
+    return 0, report.summary()
 
 
 def _project(settings: Settings, args: argparse.Namespace) -> int:
-    _needs_stores("project", settings)
-    return asyncio.run(_with_context(settings, project))
+    return _run(settings, project, show_progress=False)  # it runs until stopped: its log says what it does
 
 
 def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
-    _needs_stores("reconcile", settings)
-    return asyncio.run(_with_context(settings, lambda ctx: run_reconcile(ctx, args.drain_timeout)))
+    return _run(settings, lambda ctx, progress: run_reconcile(ctx, args.drain_timeout, progress))
 
 
 def _rebuild(settings: Settings, args: argparse.Namespace) -> int:
-    _needs_stores("rebuild", settings)
-    return asyncio.run(_with_context(settings, lambda ctx: run_rebuild(ctx, args.force, args.drain_timeout)))
+    return _run(settings, lambda ctx, progress: run_rebuild(ctx, args.force, args.drain_timeout, progress))
+
+
+def _drain_timeout(parser: argparse.ArgumentParser, when: str) -> None:
+    parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=DRAIN_TIMEOUT_SECONDS,
+        metavar="SECONDS",
+        help=f"{when}how long to wait for the outbox to reach MongoDB (default: %(default)s)",
+    )
 
 
 def _configure_project(parser: argparse.ArgumentParser) -> None:
-    parser.description = "Project the Redis outbox into MongoDB (for deployments with BILLING_PROJECTOR_ENABLED=false)"
+    parser.description = (
+        "Project the Redis outbox into MongoDB until SIGTERM or SIGINT, for deployments that run "
+        "`billing serve` with BILLING_PROJECTOR_ENABLED=false; any number may run at once."
+    )
 
 
 def _configure_reconcile(parser: argparse.ArgumentParser) -> None:
-    parser.description = "Prove Redis balances and reservations equal the MongoDB ledger; exit 1 on any mismatch"
-    parser.add_argument(
-        "--drain-timeout", type=float, default=DRAIN_TIMEOUT_SECONDS, help="seconds to project the outbox first"
+    parser.description = (
+        "Prove that Redis balances, reservations and totals equal the MongoDB ledger, first projecting "
+        "the outbox. Exit status 0: they agree; 1: mismatches (listed on stdout); 2: could not check."
     )
+    _drain_timeout(parser, "")
 
 
 def _configure_rebuild(parser: argparse.ArgumentParser) -> None:
-    parser.description = "Restore Redis (balances, reservations, catalog, totals, ids) from the MongoDB ledger"
-    parser.add_argument("--force", action="store_true", help="overwrite accounts already in Redis")
-    parser.add_argument(
-        "--drain-timeout", type=float, default=DRAIN_TIMEOUT_SECONDS, help="with --force: seconds to project first"
+    parser.description = (
+        "Restore Redis (balances, reservations, catalog, totals, ids) from the MongoDB ledger. "
+        "Refuses (exit status 2) when Redis already holds accounts under the prefix, unless --force."
     )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="project the outbox, then delete and overwrite the accounts already in Redis (default: refuse)",
+    )
+    _drain_timeout(parser, "with --force: ")
 
 
-COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[Settings, argparse.Namespace], int]]] = {
-    "project": (_configure_project, _project),
-    "reconcile": (_configure_reconcile, _reconcile),
-    "rebuild": (_configure_rebuild, _rebuild),
+COMMANDS: dict[str, Command] = {
+    "project": Command(
+        "run the outbox projector alone (Redis -> MongoDB)",
+        STORE_SETTINGS + PROJECTOR_SETTINGS,
+        _configure_project,
+        _project,
+    ),
+    "reconcile": Command(
+        "check that Redis agrees with the MongoDB ledger",
+        STORE_SETTINGS + PROJECTOR_SETTINGS,
+        _configure_reconcile,
+        _reconcile,
+    ),
+    "rebuild": Command(
+        "restore an empty Redis from the MongoDB ledger",
+        STORE_SETTINGS + PROJECTOR_SETTINGS,
+        _configure_rebuild,
+        _rebuild,
+    ),
 }

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +21,13 @@ EVERY_ID = INT64_MAX  # a cut-off above every transaction id
 CHUNK = 500
 
 ResvKey = tuple[int, int, int]
+# (step, done, total): how far the long loops are, for a caller that shows it; total None while unknown.
+# Called once per chunk of CHUNK items, so it costs nothing next to the work.
+Progress = Callable[[str, int, int | None], None]
+
+
+def no_progress(step: str, done: int, total: int | None) -> None:
+    """The default Progress: nobody is watching."""
 
 
 @dataclass(frozen=True)
@@ -128,17 +135,23 @@ def _resv_key(doc: dict[str, Any]) -> ResvKey:
     return int(doc["user_id"]), int(doc["service_id"]), int(doc["order_id"])
 
 
-async def load_ledger(store: LedgerStore, after: int) -> LedgerView:
+async def load_ledger(store: LedgerStore, after: int, progress: Progress = no_progress) -> LedgerView:
+    step = "read the MongoDB ledger (queries)"
+    progress(step, 0, 3)
     by_user: dict[int, dict[str, tuple[int, int]]] = defaultdict(dict)
     transactions = 0
     for user_id, kind, total, n in await store.sums_by_user():
         by_user[user_id][kind] = (total, n)
         transactions += n
+    progress(step, 1, 3)
     by_resv: dict[ResvKey, dict[str, dict[str, int]]] = defaultdict(dict)
     for row in await store.sums_by_reservation():
         key = (int(row["user_id"]), int(row["service_id"]), int(row["order_id"]))
         by_resv[key][str(row["type"])] = {k: int(row[k]) for k in ("total", "n", "first", "last")}
-    return LedgerView(dict(by_user), dict(by_resv), await store.transactions_after(after), transactions)
+    progress(step, 2, 3)
+    recent = await store.transactions_after(after)
+    progress(step, 3, 3)
+    return LedgerView(dict(by_user), dict(by_resv), recent, transactions)
 
 
 # ---- the Redis side --------------------------------------------------------------------------
@@ -156,9 +169,12 @@ async def _seq(redis: Redis, keys: RedisKeys) -> int:
     return int(await redis.hget(keys.meta, "seq") or 0)
 
 
-async def _snapshot(redis: Redis, keys: RedisKeys, names: list[str], read: str) -> list[tuple[str, Any, int]]:
+async def _snapshot(
+    redis: Redis, keys: RedisKeys, names: list[str], read: str, progress: Progress = no_progress, step: str = ""
+) -> list[tuple[str, Any, int]]:
     """Read hashes in MULTI chunks, each with the transaction seq at that instant: (key, value, seq)."""
-    out = []
+    out: list[tuple[str, Any, int]] = []
+    progress(step, 0, len(names))
     for start in range(0, len(names), CHUNK):
         chunk = names[start : start + CHUNK]
         pipe = redis.pipeline(transaction=True)
@@ -170,6 +186,7 @@ async def _snapshot(redis: Redis, keys: RedisKeys, names: list[str], read: str) 
         pipe.hget(keys.meta, "seq")
         *values, seq = await pipe.execute()
         out += [(name, value, int(seq or 0)) for name, value in zip(chunk, values, strict=True)]
+        progress(step, len(out), len(names))
     return out
 
 
@@ -177,7 +194,12 @@ async def _snapshot(redis: Redis, keys: RedisKeys, names: list[str], read: str) 
 
 
 async def reconcile(
-    redis: Redis, keys: RedisKeys, store: LedgerStore, projector: Any = None, drain_timeout: float = DRAIN_TIMEOUT_SECONDS
+    redis: Redis,
+    keys: RedisKeys,
+    store: LedgerStore,
+    projector: Any = None,
+    drain_timeout: float = DRAIN_TIMEOUT_SECONDS,
+    progress: Progress = no_progress,
 ) -> ReconcileReport:
     """Prove Redis equals the ledger: balances, open reservations and totals, each at its own instant.
 
@@ -185,17 +207,24 @@ async def reconcile(
     so the check is exact even while money keeps moving.
     """
     seq0 = await _seq(redis, keys)
-    accounts = await _snapshot(redis, keys, await _scan(redis, keys.account_pattern()), "balance")
-    reservations = await _snapshot(redis, keys, await _scan(redis, keys.reservation_pattern()), "hash")
+    progress("find accounts in Redis", 0, None)
+    account_keys = await _scan(redis, keys.account_pattern())
+    accounts = await _snapshot(redis, keys, account_keys, "balance", progress, "read accounts from Redis")
+    progress("find reservations in Redis", 0, None)
+    reservation_keys = await _scan(redis, keys.reservation_pattern())
+    reservations = await _snapshot(redis, keys, reservation_keys, "hash", progress, "read reservations from Redis")
     (totals_row,) = await _snapshot(redis, keys, [keys.totals], "hash")
     if projector is not None:
+        progress("project the outbox into MongoDB", 0, None)
         await projector.drain(timeout=drain_timeout)
-    ledger = await load_ledger(store, seq0)
+    ledger = await load_ledger(store, seq0, progress)
     report = ReconcileReport(len(accounts), len(reservations), ledger.transactions)
     bad = report.mismatches.append
 
     seen_users = set()
-    for key, (available, reserved), seq in accounts:
+    for done, (key, (available, reserved), seq) in enumerate(accounts):
+        if done % CHUNK == 0:
+            progress("compare accounts", done, len(accounts))
         user_id = keys.account_user_id(key)
         seen_users.add(user_id)
         redis_balance = (int(available or 0), int(reserved or 0))
@@ -211,8 +240,12 @@ async def reconcile(
         if count > 0:  # it existed before the scan began, so the scan would have seen it
             bad(Mismatch("account", f"user {user_id} missing in Redis", None, (exp_available, exp_reserved)))
 
+    progress("compare accounts", len(accounts), len(accounts))
+
     seen_resv = set()
-    for _key, raw, seq in reservations:
+    for done, (_key, raw, seq) in enumerate(reservations):
+        if done % CHUNK == 0:
+            progress("compare reservations", done, len(reservations))
         h = {_s(k): _s(v) for k, v in raw.items()}
         if not h:
             continue
@@ -234,6 +267,8 @@ async def reconcile(
         sums = ledger.reservation(rkey, seq0)
         if sums["reserves"] > 0:
             bad(Mismatch("reservation", "user {} service {} order {} missing in Redis".format(*rkey), None, sums))
+
+    progress("compare reservations", len(reservations), len(reservations))
 
     _key, raw_totals, totals_seq = totals_row
     totals = {_s(k): int(v) for k, v in raw_totals.items()}
@@ -279,26 +314,33 @@ def _reservation_hash(key: ResvKey, rows: dict[str, dict[str, int]]) -> tuple[di
     return h, open_amount > 0
 
 
-async def _delete_matching(redis: Redis, patterns: Iterable[str]) -> None:
+async def _delete_matching(redis: Redis, patterns: Iterable[str], progress: Progress = no_progress) -> None:
+    deleted = 0
     for pattern in patterns:
         batch = []
         async for key in redis.scan_iter(match=pattern, count=1000):
             batch.append(key)
             if len(batch) >= CHUNK:
                 await redis.delete(*batch)
+                deleted += len(batch)
+                progress("clear Redis (keys deleted)", deleted, None)
                 batch = []
         if batch:
             await redis.delete(*batch)
+            deleted += len(batch)
+    progress("clear Redis (keys deleted)", deleted, deleted)
 
 
-async def rebuild(redis: Redis, keys: RedisKeys, store: LedgerStore, force: bool = False) -> RebuildReport:
+async def rebuild(
+    redis: Redis, keys: RedisKeys, store: LedgerStore, force: bool = False, progress: Progress = no_progress
+) -> RebuildReport:
     """Restore balances, reservations (open and closed), the catalog, totals and meta into Redis from the ledger."""
     if await redis_has_accounts(redis, keys):
         if not force:
             raise RedisNotEmpty("Redis already holds accounts under this prefix; use --force to overwrite them")
-        await _delete_matching(redis, [keys.account_pattern(), keys.reservation_pattern()])
+        await _delete_matching(redis, [keys.account_pattern(), keys.reservation_pattern()], progress)
         await redis.delete(keys.totals, keys.services)
-    ledger = await load_ledger(store, EVERY_ID)
+    ledger = await load_ledger(store, EVERY_ID, progress)
     seq, clock = await store.last_transaction()
     services = await store.service_names()
     report = RebuildReport(services=len(services))
@@ -312,13 +354,20 @@ async def rebuild(redis: Redis, keys: RedisKeys, store: LedgerStore, force: bool
             await pipe.execute()
             pipe, pending = redis.pipeline(transaction=False), 0
 
-    for user_id in sorted(ledger.by_user):
+    users = sorted(ledger.by_user)
+    for user_id in users:
         available, reserved, _n = ledger.account(user_id, EVERY_ID)
         pipe.hset(keys.account(user_id), mapping={"available": str(available), "reserved": str(reserved)})
         report.accounts += 1
         pending += 1
+        if report.accounts % CHUNK == 0:
+            progress("write accounts to Redis", report.accounts, len(users))
         await flush()
-    for rkey in sorted(ledger.by_resv):
+    progress("write accounts to Redis", report.accounts, len(users))
+    orders = sorted(ledger.by_resv)
+    for done, rkey in enumerate(orders, 1):
+        if done % CHUNK == 0:
+            progress("write reservations to Redis", done, len(orders))
         rows = ledger.by_resv[rkey]
         if TransactionType.RESERVE not in rows:
             continue
@@ -328,6 +377,7 @@ async def rebuild(redis: Redis, keys: RedisKeys, store: LedgerStore, force: bool
         report.open_reservations += is_open
         pending += 1
         await flush()
+    progress("write reservations to Redis", len(orders), len(orders))
     if services:
         pipe.hset(keys.services, mapping={str(sid): name for sid, name in services.items()})
     totals = {name: str(ledger.total(kind, EVERY_ID)) for name, kind in TOTALS.items()}

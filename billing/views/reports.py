@@ -10,6 +10,7 @@ import secrets
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -59,9 +60,8 @@ class Reports:
         self.lag_probe = lag_probe
         self.clock = clock
         secret = settings.secret
-        if not secret:
+        if not secret:  # `billing serve` fills in a generated secret (and warns) before its workers fork
             secret = secrets.token_urlsafe(32)
-            log.warning("BILLING_SECRET not set: report links are signed with a key of this process only")
         self.signer = LinkSigner(secret, settings.report_link_ttl_seconds, clock)
 
     def month(self, text: str | None) -> Month:
@@ -177,17 +177,34 @@ def write_atomically(path: Path, content: bytes) -> None:
         raise
 
 
-def run_cli(settings: Settings, month: str, output: str | None, bom: bool | None = None) -> int:
-    """`billing report --month YYYY-MM [--output FILE]`: the same CSV as the link, to a file or stdout."""
+def run_cli(
+    settings: Settings,
+    month: str,
+    output: str | None,
+    bom: bool | None = None,
+    working: Callable[[str], AbstractContextManager[object]] = lambda step: nullcontext(),
+) -> int:
+    """`billing report --month YYYY-MM [--output FILE]`: the same CSV as the link, to a file or stdout.
+
+    `working(step)` surrounds the wait for MongoDB (the CLI shows it on a terminal); every failure is one
+    line on stderr and exit status 2.
+    """
     import asyncio
     import sys
+
+    from pymongo.errors import PyMongoError
 
     from billing.core.errors import ApiError
     from billing.infra.stores import connect_mongo
 
-    if not settings.mongo_url:
-        print("billing report: needs BILLING_MONGO_URL (the embedded store lives inside the server)", file=sys.stderr)
+    def fail(message: str) -> int:
+        print(f"billing report: {' '.join(message.split())}", file=sys.stderr)
         return 2
+
+    if not settings.mongo_url:
+        return fail("needs BILLING_MONGO_URL (the embedded store lives inside the server)")
+    # The command line signs no links: a key of its own keeps Reports from warning about BILLING_SECRET.
+    settings = settings.model_copy(update={"secret": settings.secret or secrets.token_urlsafe(32)})
 
     async def build() -> bytes:
         mongo = connect_mongo(settings)
@@ -199,13 +216,19 @@ def run_cli(settings: Settings, month: str, output: str | None, bom: bool | None
                 close()
 
     try:
-        content = asyncio.run(build())
+        with working(f"report {month}: reading the MongoDB ledger"):
+            content = asyncio.run(build())
     except ApiError as exc:
-        print(f"billing report: {exc.detail}", file=sys.stderr)
-        return 2
-    if output is None or output == "-":
-        sys.stdout.buffer.write(content)
-        sys.stdout.buffer.flush()
-    else:
-        write_atomically(Path(output), content)
+        return fail(exc.detail)
+    except PyMongoError as exc:
+        # pymongo appends a multi-line topology description after ", Timeout: "
+        return fail(f"MongoDB failed (BILLING_MONGO_URL): {str(exc).split(', Timeout: ')[0]}")
+    try:
+        if output is None or output == "-":
+            sys.stdout.buffer.write(content)
+            sys.stdout.buffer.flush()
+        else:
+            write_atomically(Path(output), content)
+    except OSError as exc:
+        return fail(f"cannot write {output or 'stdout'}: {exc.strerror or exc}")
     return 0

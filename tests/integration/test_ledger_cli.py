@@ -15,6 +15,7 @@ from billing.bootstrap import Context
 from billing.core.config import Settings
 from billing.projection.projector import GROUP
 from tests.support.servers import MongoWireServer, RedisServer
+from tests.support.terminal import run_in_terminal
 from tests.support.workload import deposit, mixed_workload
 
 BILLING = str(Path(sys.executable).with_name("billing"))
@@ -92,7 +93,10 @@ async def test_project_reconcile_rebuild_commands(ctx: Context, env: dict[str, s
     assert "MISMATCH account user 2 (available, reserved)" in out
 
     code, out, err = await billing(env, "rebuild")
-    assert code == 2 and "refused" in err
+    assert code == 2 and out == ""
+    assert err.splitlines() == [
+        "billing rebuild: refused: Redis already holds accounts under this prefix; use --force to overwrite them"
+    ]
 
     largest = int((await ctx.mongo.transactions.find_one({}, sort=[("_id", -1)]))["_id"])
     await wipe(ctx)
@@ -128,3 +132,25 @@ async def test_a_killed_projector_process_loses_and_doubles_nothing(ctx: Context
     docs = await ctx.mongo.transactions.find({}, {"amount": 1}).to_list(None)
     assert sorted(int(d["amount"]) for d in docs) == amounts  # each exactly once
     assert (await ctx.redis.xpending(ctx.ledger.keys.outbox, GROUP))["pending"] == 0
+
+
+async def test_long_commands_show_progress_on_a_terminal_and_nothing_when_piped(
+    ctx: Context, env: dict[str, str]
+) -> None:
+    for user_id in (1, 2, 3):
+        await deposit(ctx.ledger, user_id, 1_000)
+
+    code, screen = await asyncio.to_thread(run_in_terminal, [BILLING, "reconcile"], env)
+    assert code == 0, screen
+    for step in ("read accounts from Redis", "read the MongoDB ledger", "compare accounts", "3/3"):
+        assert step in screen, screen
+    assert "reconcile: 3 accounts, 0 reservations, 3 ledger transactions: OK" in screen
+    code, out, err = await billing(env, "reconcile")
+    assert (code, err) == (0, "") and out == "reconcile: 3 accounts, 0 reservations, 3 ledger transactions: OK\n"
+
+    await wipe(ctx)
+    code, screen = await asyncio.to_thread(run_in_terminal, [BILLING, "rebuild"], env)
+    assert code == 0, screen
+    assert "write accounts to Redis" in screen and "rebuild: 3 accounts" in screen
+    code, out, err = await billing(env, "rebuild", "--force")
+    assert (code, err) == (0, "") and out.startswith("rebuild: 3 accounts") and out.count("\n") == 1

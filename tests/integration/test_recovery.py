@@ -177,3 +177,46 @@ async def test_rebuild_of_an_empty_ledger_writes_no_accounts(ctx: Context) -> No
     report = await rebuild(ctx.redis, ctx.ledger.keys, LedgerStore(ctx.mongo))
     assert (report.accounts, report.reservations, report.seq) == (0, 0, 0)
     assert (await check(ctx)).ok
+
+
+class Steps:
+    """A progress callback that keeps what it was told: step -> [(done, total), ...]."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, list[tuple[int, int | None]]] = {}
+
+    def __call__(self, step: str, done: int, total: int | None) -> None:
+        self.seen.setdefault(step, []).append((done, total))
+
+    def last(self, step: str) -> tuple[int, int | None]:
+        return self.seen[step][-1]
+
+    def counts_only_up(self) -> bool:
+        return all(
+            [done for done, _ in calls] == sorted(done for done, _ in calls)
+            and all(total is None or done <= total for done, total in calls)
+            for calls in self.seen.values()
+        )
+
+
+async def test_reconcile_and_rebuild_report_their_progress(ctx: Context) -> None:
+    for user_id in (1, 2, 3):
+        await deposit(ctx.ledger, user_id, 1_000)
+    assert (await run(ctx.ledger, ctx.ledger.reserve_call(1, 9, 900, 300, None, None))).status == 201
+    redis, keys, store, projector = parts(ctx)
+
+    steps = Steps()
+    assert (await reconcile(redis, keys, store, projector, drain_timeout=10, progress=steps)).ok
+    assert steps.last("read accounts from Redis") == (3, 3)
+    assert steps.last("read reservations from Redis") == (1, 1)
+    assert steps.last("read the MongoDB ledger (queries)") == (3, 3)
+    assert steps.last("compare accounts") == (3, 3) and steps.last("compare reservations") == (1, 1)
+    assert steps.counts_only_up()
+
+    steps = Steps()
+    await rebuild(redis, keys, store, force=True, progress=steps)
+    assert steps.last("clear Redis (keys deleted)") == (4, 4)  # three accounts, one reservation
+    assert steps.last("write accounts to Redis") == (3, 3)
+    assert steps.last("write reservations to Redis") == (1, 1)
+    assert steps.counts_only_up()
+    assert (await check(ctx)).ok

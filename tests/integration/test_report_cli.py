@@ -19,6 +19,7 @@ from billing.cli import main
 from tests.support.api import Api
 from tests.support.report_docs import Ledger
 from tests.support.servers import MongoWireServer
+from tests.support.terminal import run_in_terminal
 
 NOV = datetime(2025, 11, 15, 12, 0, tzinfo=UTC)
 
@@ -45,8 +46,7 @@ async def fill(ctx: Context) -> None:
     await ledger.charge(3, 7, NOV)
 
 
-def run_cli(mongo_url: str, db_name: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
-    """The installed `billing` command in a child process, configured only by the environment."""
+def cli_env(mongo_url: str, db_name: str, tmp_path: Path) -> dict[str, str]:
     env = {
         **os.environ,
         "BILLING_MONGO_URL": mongo_url,
@@ -56,8 +56,13 @@ def run_cli(mongo_url: str, db_name: str, tmp_path: Path, *args: str) -> subproc
         "BILLING_CONFIG_FILE": str(tmp_path / "none.env"),
     }
     env.pop("BILLING_REPORT_TZ", None)
+    return env
+
+
+def run_cli(mongo_url: str, db_name: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
+    """The installed `billing` command in a child process, configured only by the environment."""
     command = [sys.executable, "-m", "billing", "report", *args]
-    return subprocess.run(command, env=env, capture_output=True, timeout=60)
+    return subprocess.run(command, env=cli_env(mongo_url, db_name, tmp_path), capture_output=True, timeout=60)
 
 
 @pytest.mark.parametrize("mongo_backend", ["secantus"], indirect=True)
@@ -75,6 +80,7 @@ async def test_cli_writes_the_http_csv_from_a_real_mongodb(
     assert out.read_bytes() == expected
     to_stdout = await asyncio.to_thread(run_cli, mongo_server.url, mongo_db.name, tmp_path, "--month", "2025-11")
     assert to_stdout.stdout == expected
+    assert to_stdout.stderr == b""  # piped: no progress
     with_bom = await asyncio.to_thread(
         run_cli, mongo_server.url, mongo_db.name, tmp_path, "--month", "2025-11", "--bom"
     )
@@ -111,3 +117,16 @@ def test_cli_refuses_the_embedded_store(monkeypatch: pytest.MonkeyPatch, capsys:
         main(["report", "--month", "2025-11"])
     assert exited.value.code == 2
     assert "BILLING_MONGO_URL" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mongo_backend", ["secantus"], indirect=True)
+async def test_cli_shows_progress_on_a_terminal(
+    ctx: Context, mongo_db: Any, mongo_server: MongoWireServer, tmp_path: Path
+) -> None:
+    await fill(ctx)
+    command = [sys.executable, "-m", "billing", "report", "--month", "2025-11"]
+    env = cli_env(mongo_server.url, mongo_db.name, tmp_path)
+    code, screen = await asyncio.to_thread(run_in_terminal, command, env)
+    assert code == 0, screen
+    assert "report 2025-11: reading the MongoDB ledger" in screen
+    assert "service;total" in screen and "Продвижение;1234.50" in screen
