@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import orjson
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
+from billing.core.money import MAX_BALANCE_KOPECKS, MAX_OPERATION_KOPECKS
+from billing.core.parsing import MAX_ID
 from billing.infra import redis_raw
+from billing.ledger.outcomes import BatchResult, KeyReused, NotRun, Outcome, outcome_from_record
 
 
 def _lua_dir() -> Path:
@@ -39,16 +42,6 @@ class Idempotency(NamedTuple):
 
     scope: str
     key: str
-
-
-class Outcome(NamedTuple):
-    """What a script decided: HTTP status and either a body or an error code (a tuple: cheap to build)."""
-
-    status: int
-    body: dict[str, Any] | None
-    error: str | None
-    replayed: bool = False
-    lang: str | None = None  # the language the first answer was rendered in, kept with the idempotency record
 
 
 class IdempotencyKeyReused(Exception):
@@ -151,13 +144,32 @@ class RedisKeys:
         return int(key[len(head) : -len(tail)])
 
 
-def load_script_sources() -> dict[str, str]:
-    """One script per operation (prelude + its file + one call), and the batch script running them all.
+@dataclass(frozen=True)
+class Limits:
+    """The bounds the scripts enforce, handed to them as Lua locals when their sources are built (defined
+    once, in billing/core: a test may build scripts with smaller ones)."""
+
+    max_balance: int = MAX_BALANCE_KOPECKS  # available + reserved of one account
+    max_amount: int = MAX_OPERATION_KOPECKS  # one operation's amount
+    max_id: int = MAX_ID  # user, service and order ids
+
+    def lua(self) -> str:
+        # Lua numbers are doubles: the money bounds must be exact in them; ids stay decimal strings.
+        assert 0 < self.max_amount <= self.max_balance < 2**53, self
+        return (
+            f"local MAX_BALANCE = {self.max_balance}\n"
+            f"local MAX_AMOUNT = {self.max_amount}\n"
+            f"local MAX_ID = '{self.max_id}'\n"
+        )
+
+
+def load_script_sources(limits: Limits = Limits()) -> dict[str, str]:
+    """One script per operation (limits + prelude + its file + one call), and the batch script running them all.
 
     Every operation's logic lives once, in its file under lua/, as a function the prelude's entry points
     call: the single script runs one operation, lua/_batch.lua runs many in one script run.
     """
-    prelude = (LUA_DIR / "_prelude.lua").read_text()
+    prelude = limits.lua() + (LUA_DIR / "_prelude.lua").read_text()
     ops = {name: (LUA_DIR / f"{name}.lua").read_text() for name in SCRIPT_NAMES}
     sources = {name: f"{prelude}\n{ops[name]}\nreturn run_single('{name}')\n" for name in SCRIPT_NAMES}
     sources[BATCH] = "\n".join([prelude, *ops.values(), (LUA_DIR / "_batch.lua").read_text()])
@@ -167,11 +179,11 @@ def load_script_sources() -> dict[str, str]:
 class Ledger:
     """Money operations, each one atomic Lua script and one Redis round trip."""
 
-    def __init__(self, redis: Redis, prefix: str, idempotency_ttl_seconds: int) -> None:
+    def __init__(self, redis: Redis, prefix: str, idempotency_ttl_seconds: int, limits: Limits = Limits()) -> None:
         self.redis = redis
         self.keys = RedisKeys(prefix)
         self.idempotency_ttl = str(idempotency_ttl_seconds)
-        self._sources = load_script_sources()
+        self._sources = load_script_sources(limits)
         self._shas = {name: hashlib.sha1(src.encode()).hexdigest() for name, src in self._sources.items()}
 
     async def load_scripts(self) -> None:
@@ -332,7 +344,11 @@ class Ledger:
 
 
 def decode_reply(reply: list[bytes]) -> Outcome:
-    return decode_outcome(reply[0], reply[1])
+    """A single script's reply: its outcome; IdempotencyKeyReused when the key was used for another request."""
+    kind, payload = reply
+    if kind == b"reused":
+        raise IdempotencyKeyReused()
+    return outcome_from_record(payload, replayed=kind == b"replay")
 
 
 class BatchOperationFailed(Exception):
@@ -340,37 +356,21 @@ class BatchOperationFailed(Exception):
     (the operations before it are complete, the ones after it did not run)."""
 
 
-class BatchOperationSkipped(Exception):
-    """An operation of a batch script run that did not run: one before it in the run failed."""
-
-
-def decode_batch_reply(reply: list[bytes]) -> list[Outcome | Exception]:
-    """The outcomes of a batch script run, in order; an exception for an operation that did not get one."""
-    out: list[Outcome | Exception] = []
+def decode_batch_reply(reply: list[bytes]) -> list[BatchResult | BatchOperationFailed]:
+    """What each operation of a batch script run came to, in order: the failure that stopped the run (it
+    changed nothing) for the operation that failed, NotRun(retryable) for the ones after it."""
+    out: list[BatchResult | BatchOperationFailed] = []
     for index in range(0, len(reply), 2):
         kind, payload = reply[index], reply[index + 1]
-        try:
-            out.append(decode_outcome(kind, payload))
-        except (IdempotencyKeyReused, BatchOperationFailed, BatchOperationSkipped) as exc:
-            out.append(exc)
+        if kind == b"error":
+            out.append(BatchOperationFailed(payload.decode(errors="replace")))
+        elif kind == b"skipped":
+            out.append(NotRun(retryable=True))
+        elif kind == b"reused":
+            out.append(KeyReused())
+        else:
+            out.append(outcome_from_record(payload, replayed=kind == b"replay"))
     return out
-
-
-def decode_outcome(kind: bytes, payload: bytes) -> Outcome:
-    if kind == b"error":
-        raise BatchOperationFailed(payload.decode(errors="replace"))
-    if kind == b"skipped":
-        raise BatchOperationSkipped()
-    if kind == b"reused":
-        raise IdempotencyKeyReused()
-    outcome = orjson.loads(payload)
-    return Outcome(
-        status=outcome["status"],
-        body=outcome.get("body"),
-        error=outcome.get("error"),
-        replayed=kind == b"replay",
-        lang=outcome.get("lang"),
-    )
 
 
 def glob_escape(text: str) -> str:
