@@ -115,7 +115,9 @@ local TOTAL_FIELDS = {'deposited', 'withdrawn', 'revenue'}
 local MAX_SEQ, MAX_TOTAL = 2 ^ 53 - 1, 2 ^ 62
 
 local function begin_run()
-  id_arg(IDEM_TTL, 'idempotency TTL')
+  if (checked_int(IDEM_TTL, MAX_SEQ, 'idempotency TTL') or 0) < 1 then
+    fail('idempotency TTL must be positive: ' .. tostring(IDEM_TTL))
+  end
   check_type(OUTBOX_KEY, 'stream')
   check_type(META_KEY, 'hash')
   local meta = rcall('HMGET', META_KEY, 'seq', 'clock')
