@@ -321,6 +321,20 @@ local function check_holds(key, reserved, h)
   end
 end
 
+-- A whole reservation hash from its fields (recognized_amount only once recognized): the one writer of its layout.
+local RESERVATION_FIELDS = {
+  'user_id', 'service_id', 'order_id', 'amount', 'status', 'recognized_amount', 'created_at', 'updated_at'}
+local function write_reservation(key, h)
+  local args = {}
+  for _, field in ipairs(RESERVATION_FIELDS) do
+    if h[field] then
+      args[#args + 1] = field
+      args[#args + 1] = h[field]
+    end
+  end
+  rcall('HSET', key, unpack(args))
+end
+
 -- The reservation as the API shows it, from its fields (h from reservation(), with any changes).
 local function reservation_body(h)
   return {

@@ -36,8 +36,7 @@ OPS.reserve = {nkeys = 3, nargs = 6, run = function(k, a)
   local now = int(clock())
   local h = {user_id = user_id, service_id = service_id, order_id = order_id, amount = amount,
     status = 'reserved', created_at = now, updated_at = now}
-  rcall('HSET', RESERVATION, 'user_id', user_id, 'service_id', service_id, 'order_id', order_id,
-    'amount', amount, 'status', 'reserved', 'created_at', now, 'updated_at', now)
+  write_reservation(RESERVATION, h)
   local services = nil
   if service_name ~= '' and catalog_name ~= service_name then
     rcall('HSET', SERVICES, service_id, service_name)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError
 
 from billing.core.money import MAX_BALANCE_KOPECKS, MAX_OPERATION_KOPECKS
@@ -28,6 +29,7 @@ def _lua_dir() -> Path:
 LUA_DIR = _lua_dir()
 SCRIPT_NAMES = ("deposit", "withdraw", "transfer", "reserve", "recognize", "cancel", "set_service")
 BATCH = "batch"
+RESTORE = "restore"  # lua/restore.lua: the writes of `billing rebuild`, see Restore
 # Operations per batch script run: a run blocks Redis while it lasts (about 5 µs per deposit), so a
 # 1000-operation request becomes 4 runs sent in one pipeline, and other clients wait at most a few ms.
 BATCH_CHUNK = 250
@@ -173,7 +175,59 @@ def load_script_sources(limits: Limits = Limits()) -> dict[str, str]:
     ops = {name: (LUA_DIR / f"{name}.lua").read_text() for name in SCRIPT_NAMES}
     sources = {name: f"{prelude}\n{ops[name]}\nreturn run_single('{name}')\n" for name in SCRIPT_NAMES}
     sources[BATCH] = "\n".join([prelude, *ops.values(), (LUA_DIR / "_batch.lua").read_text()])
+    sources[RESTORE] = f"{prelude}\n{(LUA_DIR / 'restore.lua').read_text()}"
     return sources
+
+
+class ReservationRecord(NamedTuple):
+    """A reservation as `billing rebuild` restores it (recognized_amount: None unless recognized)."""
+
+    user_id: int
+    service_id: int
+    order_id: int
+    amount: int
+    status: str
+    recognized_amount: int | None
+    created_at: int
+    updated_at: int
+
+
+class Restore:
+    """The writes of `billing rebuild` (billing/projection/recovery.py), each a call of lua/restore.lua queued on
+    a pipeline: the ledger's layout is written by the scripts alone, within the bounds they check."""
+
+    def __init__(self, redis: Redis, keys: RedisKeys, limits: Limits = Limits()) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.source = load_script_sources(limits)[RESTORE]
+        self.sha = hashlib.sha1(self.source.encode()).hexdigest()
+
+    async def load(self) -> None:
+        """Load the script before queueing calls: a pipeline's EVALSHA is not sent again on NOSCRIPT."""
+        self.sha = await self.redis.script_load(self.source)
+
+    def _call(self, pipe: Pipeline, key: str, *args: str | int) -> None:
+        pipe.evalsha(self.sha, 1, key, *[str(arg) for arg in args])
+
+    def account(self, pipe: Pipeline, user_id: int, available: int, reserved: int) -> None:
+        self._call(pipe, self.keys.account(user_id), "account", available, reserved)
+
+    def reservation(self, pipe: Pipeline, r: ReservationRecord) -> None:
+        recognized = "" if r.recognized_amount is None else r.recognized_amount
+        key = self.keys.reservation(r.user_id, r.service_id, r.order_id)
+        self._call(pipe, key, "reservation", *r[:5], recognized, r.created_at, r.updated_at)
+
+    def totals(self, pipe: Pipeline, deposited: int, withdrawn: int, revenue: int) -> None:
+        self._call(pipe, self.keys.totals, "totals", deposited, withdrawn, revenue)
+
+    def services(self, pipe: Pipeline, names: dict[int, str]) -> None:
+        self._call(pipe, self.keys.services, "services", *[part for item in sorted(names.items()) for part in item])
+
+    async def meta(self, seq: int, clock: int) -> tuple[int, int]:
+        """Raise the last transaction id and clock to these (never lower them): (seq, clock) now."""
+        packed = redis_raw.pack(["EVALSHA", self.sha, "1", self.keys.meta, "meta", str(seq), str(clock)])
+        stored_seq, stored_clock = await redis_raw.command(self.redis, packed)
+        return int(stored_seq), int(stored_clock)
 
 
 class Ledger:
