@@ -1,5 +1,9 @@
 --[[
-  Shared prelude: billing/ledger/scripts.py builds every script as this prelude + operation files + an entry point.
+  Shared prelude: billing/ledger/scripts.py builds every script as its limits + this prelude + operation files
+  + an entry point. The limits come from billing/core/money.py and billing/core/parsing.py, as Lua locals:
+    MAX_BALANCE    available + reserved of one account never exceeds this (kopecks, < 2^53)
+    MAX_AMOUNT     the largest amount of one operation (kopecks)
+    MAX_ID         the largest id (user, service, order), as decimal digits
   Each operation file adds one function to OPS; the entry point decides how many operations one script
   run executes:
     single script (one per operation, lua/<op>.lua + `return run_single('<op>')`): ONE operation,
@@ -23,7 +27,10 @@
     {'new', outcome}     the operation ran now (money moved, or a business refusal was recorded)
     {'replay', outcome}  the same key and fingerprint ran before: its recorded outcome, nothing changed
     {'reused', ''}       the key was used with another fingerprint: nothing changed
-  outcome is JSON: {"status": <http status>, "body": {...}} or {"status": <4xx>, "error": "<code>"}.
+  outcome is JSON, in the ledger's terms (billing/api/outcomes.py alone turns it into HTTP):
+    {"result": "applied", "body": {...}}    the operation changed the ledger; body: what it did
+    {"result": "unchanged", "body": {...}}  the ledger already held what the operation asks (a repeat)
+    {"result": "refused", "code": "<code>"} a business refusal (a code of billing/core/errors.py)
   Ids and money travel as decimal strings: Lua numbers are doubles, and cjson prints 14 digits only.
 
   Errors (a script error reply, 'ledger: ...' or Redis's own, e.g. WRONGTYPE or OOM): an argument that is
@@ -40,8 +47,6 @@
   first write. A single script's error changes nothing; for a batch run see lua/_batch.lua.
 ]]
 local rcall = redis.call
--- available + reserved of one account never exceeds this (10 000 000 000 000.00 rubles < 2^53 kopecks)
-local MAX_BALANCE = 1000000000000000
 
 -- Set by the entry point for the whole run.
 local OUTBOX_KEY, META_KEY, TOTALS_KEY, IDEM_TTL
@@ -73,19 +78,19 @@ local function checked_int(value, limit, what)
   return tonumber(value)
 end
 
--- An amount argument (kopecks): 1 .. MAX_BALANCE.
+-- An amount argument (kopecks): 1 .. MAX_AMOUNT.
 local function amount_arg(value, what)
-  local n = checked_int(value, MAX_BALANCE, what)
+  local n = checked_int(value, MAX_AMOUNT, what)
   if not n or n < 1 then
     fail(what .. ' must be a positive amount: ' .. tostring(value))
   end
   return n
 end
 
--- An id argument (user, service, order): 1 .. 2^63-1 as decimal digits; kept as a string.
+-- An id argument (user, service, order): 1 .. MAX_ID as decimal digits; kept as a string.
 local function id_arg(value, what)
-  if type(value) ~= 'string' or not string.match(value, '^[1-9]%d*$') or #value > 19
-      or (#value == 19 and value > '9223372036854775807') then
+  if type(value) ~= 'string' or not string.match(value, '^[1-9]%d*$') or #value > #MAX_ID
+      or (#value == #MAX_ID and value > MAX_ID) then
     fail(what .. ' is not an id: ' .. tostring(value))
   end
   return value
@@ -107,15 +112,17 @@ local last_id, stored_id, stored_clock, now_ms = nil, nil, nil, nil
 local stored_totals, totals_added = {}, {}
 local TOTAL_FIELDS = {'deposited', 'withdrawn', 'revenue'}
 -- Ids stay exact doubles; totals stay far inside HINCRBY's int64.
-local MAX_ID, MAX_TOTAL = 2 ^ 53 - 1, 2 ^ 62
+local MAX_SEQ, MAX_TOTAL = 2 ^ 53 - 1, 2 ^ 62
 
 local function begin_run()
-  id_arg(IDEM_TTL, 'idempotency TTL')
+  if (checked_int(IDEM_TTL, MAX_SEQ, 'idempotency TTL') or 0) < 1 then
+    fail('idempotency TTL must be positive: ' .. tostring(IDEM_TTL))
+  end
   check_type(OUTBOX_KEY, 'stream')
   check_type(META_KEY, 'hash')
   local meta = rcall('HMGET', META_KEY, 'seq', 'clock')
-  stored_id = checked_int(meta[1], MAX_ID, META_KEY .. ' seq') or 0
-  stored_clock = checked_int(meta[2], MAX_ID, META_KEY .. ' clock') or 0
+  stored_id = checked_int(meta[1], MAX_SEQ, META_KEY .. ' seq') or 0
+  stored_clock = checked_int(meta[2], MAX_SEQ, META_KEY .. ' clock') or 0
   last_id = stored_id
   check_type(TOTALS_KEY, 'hash')
   local totals = rcall('HMGET', TOTALS_KEY, unpack(TOTAL_FIELDS))
@@ -174,13 +181,19 @@ local function record(outcome)
   return 'new', payload
 end
 
-local function refuse(status, code)
-  return record({status = status, error = code})
+-- A business refusal: code is one of billing/core/errors.py's (tests/unit/test_outcomes.py holds them together).
+local function refuse(code)
+  return record({result = 'refused', code = code})
 end
 
--- Success: append the transactions (and catalog changes) to the outbox, then record the outcome.
+-- The ledger already holds what the operation asks: nothing written but the idempotency record.
+local function unchanged(body)
+  return record({result = 'unchanged', body = body})
+end
+
+-- Applied: append the transactions (and catalog changes) to the outbox, then record the outcome.
 -- One outbox entry per operation, as when it runs alone (a batch's outbox is the same as sequential calls').
-local function finish(status, body, txns, services)
+local function apply(body, txns, services)
   if txns or services then
     local fields = {}
     if txns then
@@ -193,7 +206,7 @@ local function finish(status, body, txns, services)
     end
     rcall('XADD', OUTBOX_KEY, '*', unpack(fields))
   end
-  return record({status = status, body = body})
+  return record({result = 'applied', body = body})
 end
 
 -- One operation with its idempotency check: returns kind ('new', 'replay', 'reused') and outcome JSON.
@@ -215,7 +228,9 @@ local function run_op(spec, idem_key, fingerprint, k, a)
       end
       local payload = string.sub(stored, sep + 1)
       local ok, outcome = pcall(cjson.decode, payload)
-      if not ok or type(outcome) ~= 'table' or type(outcome.status) ~= 'number' then
+      -- a record of an earlier release holds {status, body | error}: billing/ledger/outcomes.py reads both
+      if not ok or type(outcome) ~= 'table'
+          or (type(outcome.result) ~= 'string' and type(outcome.status) ~= 'number') then
         fail('idempotency record ' .. IDEM_KEY .. ' holds no outcome')
       end
       return 'replay', payload
@@ -245,13 +260,13 @@ local function balance_body(user_id, available, reserved)
   return {user_id = user_id, available = int(available), reserved = int(reserved)}
 end
 
--- Why amount cannot be taken out of an account's available money (status, code), or nil when it can.
+-- Why amount cannot be taken out of an account's available money (a refusal code), or nil when it can.
 local function debit_problem(available, amount)
   if not available then
-    return 404, 'account_not_found'
+    return 'account_not_found'
   end
   if available < amount then
-    return 409, 'insufficient_funds'
+    return 'insufficient_funds'
   end
   return nil
 end
@@ -306,6 +321,20 @@ local function check_holds(key, reserved, h)
   end
 end
 
+-- A whole reservation hash from its fields (recognized_amount only once recognized): the one writer of its layout.
+local RESERVATION_FIELDS = {
+  'user_id', 'service_id', 'order_id', 'amount', 'status', 'recognized_amount', 'created_at', 'updated_at'}
+local function write_reservation(key, h)
+  local args = {}
+  for _, field in ipairs(RESERVATION_FIELDS) do
+    if h[field] then
+      args[#args + 1] = field
+      args[#args + 1] = h[field]
+    end
+  end
+  rcall('HSET', key, unpack(args))
+end
+
 -- The reservation as the API shows it, from its fields (h from reservation(), with any changes).
 local function reservation_body(h)
   return {
@@ -315,9 +344,9 @@ local function reservation_body(h)
   }
 end
 
--- The answer when a reservation call changes nothing (the same reserve, recognize or cancel again).
+-- The outcome when a reservation call changes nothing (the same reserve, recognize or cancel again).
 local function unchanged_reservation(h, user_id, available, reserved)
-  return finish(200, {reservation = reservation_body(h),
+  return unchanged({reservation = reservation_body(h),
     balance = balance_body(user_id, available or 0, reserved or 0)})
 end
 

@@ -2,8 +2,8 @@
   cancel: return the whole reserved amount of a reservation to available.
     KEYS[k]    account hash;  KEYS[k + 1] reservation hash;  KEYS[k + 2] services catalog hash
     ARGV[a]    user_id;  ARGV[a + 1] service_id;  ARGV[a + 2] order_id;  ARGV[a + 3] comment ('' = none)
-  Outcomes: 200 {reservation, balance, transaction (release)}; 200 {reservation, balance} when already
-            cancelled; 404 reservation_not_found; 409 reservation_closed (recognized).
+  Outcomes: applied {reservation, balance, transaction (release)}; unchanged {reservation, balance} when
+            already cancelled; refused reservation_not_found; refused reservation_closed (recognized).
   Errors (see the prelude): a bad argument, a broken account or reservation hash (or a reserved one
   whose account does not hold it), a catalog key that is not a hash.
 ]]
@@ -13,7 +13,7 @@ OPS.cancel = {nkeys = 3, nargs = 4, run = function(k, a)
   local order_id, comment = id_arg(ARGV[a + 2], 'order_id'), ARGV[a + 3]
   local h = reservation(RESERVATION)
   if not h then
-    return refuse(404, 'reservation_not_found')
+    return refuse('reservation_not_found')
   end
   local available, reserved = account(ACCOUNT)
   check_holds(RESERVATION, reserved, h)
@@ -21,7 +21,7 @@ OPS.cancel = {nkeys = 3, nargs = 4, run = function(k, a)
     return unchanged_reservation(h, user_id, available, reserved)
   end
   if h.status ~= 'reserved' then
-    return refuse(409, 'reservation_closed')
+    return refuse('reservation_closed')
   end
   local name = rcall('HGET', SERVICES, service_id) or ''
   -- writes
@@ -31,6 +31,6 @@ OPS.cancel = {nkeys = 3, nargs = 4, run = function(k, a)
   rcall('HSET', RESERVATION, 'status', h.status, 'updated_at', h.updated_at)
   local release = new_txn('release', user_id, h.amount, available, reserved, {
     comment = comment, service_id = service_id, order_id = order_id, service_name = name})
-  return finish(200, {reservation = reservation_body(h),
+  return apply({reservation = reservation_body(h),
     balance = balance_body(user_id, available, reserved), transaction = release}, {release})
 end}

@@ -1,8 +1,8 @@
 --[[
   deposit: credit a user's available balance; creates the account on its first credit.
     KEYS[k]    account hash of the user (available, reserved)
-    ARGV[a]    user_id;  ARGV[a + 1] amount in kopecks (1 .. MAX_BALANCE);  ARGV[a + 2] comment ('' = none)
-  Outcomes: 201 {balance, transaction}; 409 balance_limit_exceeded.
+    ARGV[a]    user_id;  ARGV[a + 1] amount in kopecks (1 .. MAX_AMOUNT);  ARGV[a + 2] comment ('' = none)
+  Outcomes: applied {balance, transaction}; refused balance_limit_exceeded.
   Errors (see the prelude): a bad argument, a broken account hash, totals.deposited at its bound.
 ]]
 OPS.deposit = {nkeys = 1, nargs = 3, run = function(k, a)
@@ -15,7 +15,7 @@ OPS.deposit = {nkeys = 1, nargs = 3, run = function(k, a)
     available, reserved = 0, 0
   end
   if available + reserved + kopecks > MAX_BALANCE then
-    return refuse(409, 'balance_limit_exceeded')
+    return refuse('balance_limit_exceeded')
   end
   check_total('deposited', kopecks)
   -- writes
@@ -25,5 +25,5 @@ OPS.deposit = {nkeys = 1, nargs = 3, run = function(k, a)
   available = rcall('HINCRBY', ACCOUNT, 'available', amount)
   add_total('deposited', kopecks)
   local txn = new_txn('deposit', user_id, amount, available, reserved, {comment = comment})
-  return finish(201, {balance = balance_body(user_id, available, reserved), transaction = txn}, {txn})
+  return apply({balance = balance_body(user_id, available, reserved), transaction = txn}, {txn})
 end}

@@ -3,11 +3,11 @@
   remainder of the reservation to available (partial capture).
     KEYS[k]    account hash;  KEYS[k + 1] reservation hash;  KEYS[k + 2] services catalog hash
     ARGV[a]    user_id;  ARGV[a + 1] service_id;  ARGV[a + 2] order_id;
-    ARGV[a + 3] amount in kopecks (1 .. MAX_BALANCE)
-  Outcomes: 200 {reservation, balance, transaction (charge), release_transaction (when a remainder)};
-            200 {reservation, balance} when already recognized with the same amount;
-            404 reservation_not_found; 409 reservation_closed (cancelled, or recognized with another
-            amount); 409 amount_exceeds_reservation.
+    ARGV[a + 3] amount in kopecks (1 .. MAX_AMOUNT)
+  Outcomes: applied {reservation, balance, transaction (charge), release_transaction (when a remainder)};
+            unchanged {reservation, balance} when already recognized with the same amount;
+            refused reservation_not_found, reservation_closed (cancelled, or recognized with another
+            amount), amount_exceeds_reservation.
   Errors (see the prelude): a bad argument, a broken account or reservation hash (or a reserved one
   whose account does not hold it), a catalog key that is not a hash, totals.revenue at its bound.
 ]]
@@ -18,7 +18,7 @@ OPS.recognize = {nkeys = 3, nargs = 4, run = function(k, a)
   local kopecks = amount_arg(amount, 'amount')
   local h = reservation(RESERVATION)
   if not h then
-    return refuse(404, 'reservation_not_found')
+    return refuse('reservation_not_found')
   end
   local available, reserved = account(ACCOUNT)
   check_holds(RESERVATION, reserved, h)
@@ -26,10 +26,10 @@ OPS.recognize = {nkeys = 3, nargs = 4, run = function(k, a)
     return unchanged_reservation(h, user_id, available, reserved)
   end
   if h.status ~= 'reserved' then
-    return refuse(409, 'reservation_closed')
+    return refuse('reservation_closed')
   end
   if kopecks > h.kopecks then
-    return refuse(409, 'amount_exceeds_reservation')
+    return refuse('amount_exceeds_reservation')
   end
   check_total('revenue', kopecks)
   local name = rcall('HGET', SERVICES, service_id) or ''
@@ -54,5 +54,5 @@ OPS.recognize = {nkeys = 3, nargs = 4, run = function(k, a)
   if release then
     body.release_transaction = release
   end
-  return finish(200, body, txns)
+  return apply(body, txns)
 end}

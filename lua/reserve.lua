@@ -2,11 +2,11 @@
   reserve: move amount from available to reserved for (user, service, order); once per order, ever.
     KEYS[k]    account hash;  KEYS[k + 1] reservation hash;  KEYS[k + 2] services catalog hash
     ARGV[a]    user_id;  ARGV[a + 1] service_id;  ARGV[a + 2] order_id;
-    ARGV[a + 3] amount in kopecks (1 .. MAX_BALANCE);
+    ARGV[a + 3] amount in kopecks (1 .. MAX_AMOUNT);
     ARGV[a + 4] service_name ('' = keep the catalog as is);  ARGV[a + 5] comment ('' = none)
-  Outcomes: 201 {reservation, balance, transaction}; 200 {reservation, balance} when the same
-            reservation exists with the same amount (any status); 409 reservation_conflict (another
-            amount); 404 account_not_found; 409 insufficient_funds.
+  Outcomes: applied {reservation, balance, transaction}; unchanged {reservation, balance} when the
+            same reservation exists with the same amount (any status); refused reservation_conflict (another
+            amount), account_not_found, insufficient_funds.
   Errors (see the prelude): a bad argument, a broken account or reservation hash, a catalog key that is
   not a hash.
 ]]
@@ -21,13 +21,13 @@ OPS.reserve = {nkeys = 3, nargs = 6, run = function(k, a)
   if existing then
     check_holds(RESERVATION, reserved, existing)
     if existing.amount ~= amount then
-      return refuse(409, 'reservation_conflict')
+      return refuse('reservation_conflict')
     end
     return unchanged_reservation(existing, user_id, available, reserved)
   end
-  local status, code = debit_problem(available, kopecks)
-  if status then
-    return refuse(status, code)
+  local code = debit_problem(available, kopecks)
+  if code then
+    return refuse(code)
   end
   local catalog_name = rcall('HGET', SERVICES, service_id)
   -- writes
@@ -36,8 +36,7 @@ OPS.reserve = {nkeys = 3, nargs = 6, run = function(k, a)
   local now = int(clock())
   local h = {user_id = user_id, service_id = service_id, order_id = order_id, amount = amount,
     status = 'reserved', created_at = now, updated_at = now}
-  rcall('HSET', RESERVATION, 'user_id', user_id, 'service_id', service_id, 'order_id', order_id,
-    'amount', amount, 'status', 'reserved', 'created_at', now, 'updated_at', now)
+  write_reservation(RESERVATION, h)
   local services = nil
   if service_name ~= '' and catalog_name ~= service_name then
     rcall('HSET', SERVICES, service_id, service_name)
@@ -46,6 +45,6 @@ OPS.reserve = {nkeys = 3, nargs = 6, run = function(k, a)
   end
   local txn = new_txn('reserve', user_id, amount, available, reserved, {
     comment = comment, service_id = service_id, order_id = order_id, service_name = catalog_name or ''})
-  return finish(201, {reservation = reservation_body(h),
+  return apply({reservation = reservation_body(h),
     balance = balance_body(user_id, available, reserved), transaction = txn}, {txn}, services)
 end}

@@ -1,10 +1,10 @@
 --[[
   transfer: move money from one user's available balance to another's, both or neither.
     KEYS[k]    sender account hash;  KEYS[k + 1] recipient account hash (created on first credit)
-    ARGV[a]    from_user_id;  ARGV[a + 1] to_user_id;  ARGV[a + 2] amount in kopecks (1 .. MAX_BALANCE);
+    ARGV[a]    from_user_id;  ARGV[a + 1] to_user_id;  ARGV[a + 2] amount in kopecks (1 .. MAX_AMOUNT);
     ARGV[a + 3] comment ('' = none)
-  Outcomes: 201 {balance, transaction, recipient_balance, recipient_transaction};
-            404 account_not_found (sender); 409 insufficient_funds; 409 balance_limit_exceeded (recipient).
+  Outcomes: applied {balance, transaction, recipient_balance, recipient_transaction};
+            refused account_not_found (sender), insufficient_funds, balance_limit_exceeded (recipient).
   Errors (see the prelude): a bad argument, a broken account hash (either one).
 ]]
 OPS.transfer = {nkeys = 2, nargs = 4, run = function(k, a)
@@ -14,16 +14,16 @@ OPS.transfer = {nkeys = 2, nargs = 4, run = function(k, a)
   local kopecks = amount_arg(amount, 'amount')
   local from_available, from_reserved = account(FROM)
   local to_available, to_reserved = account(TO) -- read (and checked) even when the sender is refused
-  local status, code = debit_problem(from_available, kopecks)
-  if status then
-    return refuse(status, code)
+  local code = debit_problem(from_available, kopecks)
+  if code then
+    return refuse(code)
   end
   local new = not to_available
   if new then
     to_available, to_reserved = 0, 0
   end
   if to_available + to_reserved + kopecks > MAX_BALANCE then
-    return refuse(409, 'balance_limit_exceeded')
+    return refuse('balance_limit_exceeded')
   end
   -- writes
   if new then
@@ -35,7 +35,7 @@ OPS.transfer = {nkeys = 2, nargs = 4, run = function(k, a)
     {comment = comment, counterparty_user_id = to_id})
   local in_txn = new_txn('transfer_in', to_id, amount, to_available, to_reserved,
     {comment = comment, counterparty_user_id = from_id})
-  return finish(201, {
+  return apply({
     balance = balance_body(from_id, from_available, from_reserved), transaction = out_txn,
     recipient_balance = balance_body(to_id, to_available, to_reserved), recipient_transaction = in_txn,
   }, {out_txn, in_txn})

@@ -1,8 +1,8 @@
 --[[
   withdraw: debit a user's available balance.
     KEYS[k]    account hash of the user
-    ARGV[a]    user_id;  ARGV[a + 1] amount in kopecks (1 .. MAX_BALANCE);  ARGV[a + 2] comment ('' = none)
-  Outcomes: 201 {balance, transaction}; 404 account_not_found; 409 insufficient_funds.
+    ARGV[a]    user_id;  ARGV[a + 1] amount in kopecks (1 .. MAX_AMOUNT);  ARGV[a + 2] comment ('' = none)
+  Outcomes: applied {balance, transaction}; refused account_not_found; refused insufficient_funds.
   Errors (see the prelude): a bad argument, a broken account hash, totals.withdrawn at its bound.
 ]]
 OPS.withdraw = {nkeys = 1, nargs = 3, run = function(k, a)
@@ -10,14 +10,14 @@ OPS.withdraw = {nkeys = 1, nargs = 3, run = function(k, a)
   local user_id, amount, comment = id_arg(ARGV[a], 'user_id'), ARGV[a + 1], ARGV[a + 2]
   local kopecks = amount_arg(amount, 'amount')
   local available, reserved = account(ACCOUNT)
-  local status, code = debit_problem(available, kopecks)
-  if status then
-    return refuse(status, code)
+  local code = debit_problem(available, kopecks)
+  if code then
+    return refuse(code)
   end
   check_total('withdrawn', kopecks)
   -- writes
   available = rcall('HINCRBY', ACCOUNT, 'available', '-' .. amount)
   add_total('withdrawn', kopecks)
   local txn = new_txn('withdrawal', user_id, amount, available, reserved, {comment = comment})
-  return finish(201, {balance = balance_body(user_id, available, reserved), transaction = txn}, {txn})
+  return apply({balance = balance_body(user_id, available, reserved), transaction = txn}, {txn})
 end}

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import orjson
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError
 
+from billing.core.money import MAX_BALANCE_KOPECKS, MAX_OPERATION_KOPECKS
+from billing.core.parsing import MAX_ID
 from billing.infra import redis_raw
+from billing.ledger.outcomes import BatchResult, KeyReused, NotRun, Outcome, outcome_from_record
 
 
 def _lua_dir() -> Path:
@@ -25,6 +29,7 @@ def _lua_dir() -> Path:
 LUA_DIR = _lua_dir()
 SCRIPT_NAMES = ("deposit", "withdraw", "transfer", "reserve", "recognize", "cancel", "set_service")
 BATCH = "batch"
+RESTORE = "restore"  # lua/restore.lua: the writes of `billing rebuild`, see Restore
 # Operations per batch script run: a run blocks Redis while it lasts (about 5 µs per deposit), so a
 # 1000-operation request becomes 4 runs sent in one pipeline, and other clients wait at most a few ms.
 BATCH_CHUNK = 250
@@ -39,16 +44,6 @@ class Idempotency(NamedTuple):
 
     scope: str
     key: str
-
-
-class Outcome(NamedTuple):
-    """What a script decided: HTTP status and either a body or an error code (a tuple: cheap to build)."""
-
-    status: int
-    body: dict[str, Any] | None
-    error: str | None
-    replayed: bool = False
-    lang: str | None = None  # the language the first answer was rendered in, kept with the idempotency record
 
 
 class IdempotencyKeyReused(Exception):
@@ -151,27 +146,98 @@ class RedisKeys:
         return int(key[len(head) : -len(tail)])
 
 
-def load_script_sources() -> dict[str, str]:
-    """One script per operation (prelude + its file + one call), and the batch script running them all.
+@dataclass(frozen=True)
+class Limits:
+    """The bounds the scripts enforce, handed to them as Lua locals when their sources are built (defined
+    once, in billing/core: a test may build scripts with smaller ones)."""
+
+    max_balance: int = MAX_BALANCE_KOPECKS  # available + reserved of one account
+    max_amount: int = MAX_OPERATION_KOPECKS  # one operation's amount
+    max_id: int = MAX_ID  # user, service and order ids
+
+    def lua(self) -> str:
+        # Lua numbers are doubles: the money bounds must be exact in them; ids stay decimal strings.
+        assert 0 < self.max_amount <= self.max_balance < 2**53, self
+        return (
+            f"local MAX_BALANCE = {self.max_balance}\n"
+            f"local MAX_AMOUNT = {self.max_amount}\n"
+            f"local MAX_ID = '{self.max_id}'\n"
+        )
+
+
+def load_script_sources(limits: Limits = Limits()) -> dict[str, str]:
+    """One script per operation (limits + prelude + its file + one call), and the batch script running them all.
 
     Every operation's logic lives once, in its file under lua/, as a function the prelude's entry points
     call: the single script runs one operation, lua/_batch.lua runs many in one script run.
     """
-    prelude = (LUA_DIR / "_prelude.lua").read_text()
+    prelude = limits.lua() + (LUA_DIR / "_prelude.lua").read_text()
     ops = {name: (LUA_DIR / f"{name}.lua").read_text() for name in SCRIPT_NAMES}
     sources = {name: f"{prelude}\n{ops[name]}\nreturn run_single('{name}')\n" for name in SCRIPT_NAMES}
     sources[BATCH] = "\n".join([prelude, *ops.values(), (LUA_DIR / "_batch.lua").read_text()])
+    sources[RESTORE] = f"{prelude}\n{(LUA_DIR / 'restore.lua').read_text()}"
     return sources
+
+
+class ReservationRecord(NamedTuple):
+    """A reservation as `billing rebuild` restores it (recognized_amount: None unless recognized)."""
+
+    user_id: int
+    service_id: int
+    order_id: int
+    amount: int
+    status: str
+    recognized_amount: int | None
+    created_at: int
+    updated_at: int
+
+
+class Restore:
+    """The writes of `billing rebuild` (billing/projection/recovery.py), each a call of lua/restore.lua queued on
+    a pipeline: the ledger's layout is written by the scripts alone, within the bounds they check."""
+
+    def __init__(self, redis: Redis, keys: RedisKeys, limits: Limits = Limits()) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.source = load_script_sources(limits)[RESTORE]
+        self.sha = hashlib.sha1(self.source.encode()).hexdigest()
+
+    async def load(self) -> None:
+        """Load the script before queueing calls: a pipeline's EVALSHA is not sent again on NOSCRIPT."""
+        self.sha = await self.redis.script_load(self.source)
+
+    def _call(self, pipe: Pipeline, key: str, *args: str | int) -> None:
+        pipe.evalsha(self.sha, 1, key, *[str(arg) for arg in args])
+
+    def account(self, pipe: Pipeline, user_id: int, available: int, reserved: int) -> None:
+        self._call(pipe, self.keys.account(user_id), "account", available, reserved)
+
+    def reservation(self, pipe: Pipeline, r: ReservationRecord) -> None:
+        recognized = "" if r.recognized_amount is None else r.recognized_amount
+        key = self.keys.reservation(r.user_id, r.service_id, r.order_id)
+        self._call(pipe, key, "reservation", *r[:5], recognized, r.created_at, r.updated_at)
+
+    def totals(self, pipe: Pipeline, deposited: int, withdrawn: int, revenue: int) -> None:
+        self._call(pipe, self.keys.totals, "totals", deposited, withdrawn, revenue)
+
+    def services(self, pipe: Pipeline, names: dict[int, str]) -> None:
+        self._call(pipe, self.keys.services, "services", *[part for item in sorted(names.items()) for part in item])
+
+    async def meta(self, seq: int, clock: int) -> tuple[int, int]:
+        """Raise the last transaction id and clock to these (never lower them): (seq, clock) now."""
+        packed = redis_raw.pack(["EVALSHA", self.sha, "1", self.keys.meta, "meta", str(seq), str(clock)])
+        stored_seq, stored_clock = await redis_raw.command(self.redis, packed)
+        return int(stored_seq), int(stored_clock)
 
 
 class Ledger:
     """Money operations, each one atomic Lua script and one Redis round trip."""
 
-    def __init__(self, redis: Redis, prefix: str, idempotency_ttl_seconds: int) -> None:
+    def __init__(self, redis: Redis, prefix: str, idempotency_ttl_seconds: int, limits: Limits = Limits()) -> None:
         self.redis = redis
         self.keys = RedisKeys(prefix)
         self.idempotency_ttl = str(idempotency_ttl_seconds)
-        self._sources = load_script_sources()
+        self._sources = load_script_sources(limits)
         self._shas = {name: hashlib.sha1(src.encode()).hexdigest() for name, src in self._sources.items()}
 
     async def load_scripts(self) -> None:
@@ -332,7 +398,11 @@ class Ledger:
 
 
 def decode_reply(reply: list[bytes]) -> Outcome:
-    return decode_outcome(reply[0], reply[1])
+    """A single script's reply: its outcome; IdempotencyKeyReused when the key was used for another request."""
+    kind, payload = reply
+    if kind == b"reused":
+        raise IdempotencyKeyReused()
+    return outcome_from_record(payload, replayed=kind == b"replay")
 
 
 class BatchOperationFailed(Exception):
@@ -340,37 +410,21 @@ class BatchOperationFailed(Exception):
     (the operations before it are complete, the ones after it did not run)."""
 
 
-class BatchOperationSkipped(Exception):
-    """An operation of a batch script run that did not run: one before it in the run failed."""
-
-
-def decode_batch_reply(reply: list[bytes]) -> list[Outcome | Exception]:
-    """The outcomes of a batch script run, in order; an exception for an operation that did not get one."""
-    out: list[Outcome | Exception] = []
+def decode_batch_reply(reply: list[bytes]) -> list[BatchResult | BatchOperationFailed]:
+    """What each operation of a batch script run came to, in order: the failure that stopped the run (it
+    changed nothing) for the operation that failed, NotRun(retryable) for the ones after it."""
+    out: list[BatchResult | BatchOperationFailed] = []
     for index in range(0, len(reply), 2):
         kind, payload = reply[index], reply[index + 1]
-        try:
-            out.append(decode_outcome(kind, payload))
-        except (IdempotencyKeyReused, BatchOperationFailed, BatchOperationSkipped) as exc:
-            out.append(exc)
+        if kind == b"error":
+            out.append(BatchOperationFailed(payload.decode(errors="replace")))
+        elif kind == b"skipped":
+            out.append(NotRun(retryable=True))
+        elif kind == b"reused":
+            out.append(KeyReused())
+        else:
+            out.append(outcome_from_record(payload, replayed=kind == b"replay"))
     return out
-
-
-def decode_outcome(kind: bytes, payload: bytes) -> Outcome:
-    if kind == b"error":
-        raise BatchOperationFailed(payload.decode(errors="replace"))
-    if kind == b"skipped":
-        raise BatchOperationSkipped()
-    if kind == b"reused":
-        raise IdempotencyKeyReused()
-    outcome = orjson.loads(payload)
-    return Outcome(
-        status=outcome["status"],
-        body=outcome.get("body"),
-        error=outcome.get("error"),
-        replayed=kind == b"replay",
-        lang=outcome.get("lang"),
-    )
 
 
 def glob_escape(text: str) -> str:

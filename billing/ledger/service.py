@@ -1,4 +1,4 @@
-"""The service layer for money movements: validated request -> one ledger script -> rendered reply.
+"""The service layer for money movements: validated request -> one ledger script -> its outcome.
 
 HTTP handlers and the batch endpoint both go through here, so an operation behaves the same either way.
 """
@@ -9,13 +9,13 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import orjson
 from pydantic import ValidationError
 from redis.exceptions import NoScriptError
 
-from billing.core.errors import ApiError, problem_body, validation_errors
+from billing.core.errors import ApiError, validation_errors
 from billing.core.schemas import (
     CancelRequest,
     DepositRequest,
@@ -26,20 +26,18 @@ from billing.core.schemas import (
     WithdrawalRequest,
 )
 from billing.infra import redis_raw
+from billing.ledger.outcomes import Applied, BatchResult, KeyReused, NotRun, Outcome, Refused, Unchanged
 from billing.ledger.scripts import (
     BATCH_CHUNK,
     BatchOperationFailed,
-    BatchOperationSkipped,
     Idempotency,
     IdempotencyKeyReused,
     Ledger,
-    Outcome,
     decode_batch_reply,
     fingerprint,
     recorded_fingerprint,
 )
 from billing.ledger.unavailable import store_unavailable
-from billing.views.render import render_outcome_body
 
 log = logging.getLogger("billing.ledger.service")
 
@@ -104,17 +102,6 @@ OPERATIONS: dict[str, OperationSpec] = {
 }
 
 
-@dataclass(frozen=True)
-class Reply:
-    """What to answer: status, JSON body, whether it is a replay of an earlier outcome, and whether it came
-    from the ledger (the operation reached the money, now or when first run) rather than being refused before."""
-
-    status: int
-    body: dict[str, Any]
-    replayed: bool = False
-    from_ledger: bool = False
-
-
 def validate(spec: OperationSpec, data: Any) -> Request:
     try:
         return spec.model.model_validate(data)
@@ -131,20 +118,20 @@ def request_fingerprint(spec: OperationSpec, request: Request) -> str:
     return fingerprint(spec.recorded_as, orjson.dumps(request.__dict__, option=orjson.OPT_SORT_KEYS))
 
 
-def reply_from_outcome(outcome: Outcome, lang: str) -> Reply:
-    """The answer to a script's outcome; a replay is rendered in the language its first answer was."""
-    if outcome.error is not None:
-        return Reply(outcome.status, problem_body(outcome.error), outcome.replayed, True)
-    assert outcome.body is not None
-    return Reply(outcome.status, render_outcome_body(outcome.body, outcome.lang or lang), outcome.replayed, True)
+def reached_money(result: BatchResult) -> TypeGuard[Outcome]:
+    """Whether the operation reached the money: the ledger decided it, now or when it first ran."""
+    return isinstance(result, Applied | Unchanged | Refused)
 
 
-def failure_reply(exc: Exception) -> Reply:
-    """The reply of a batch operation that got no outcome. Each one changed nothing (lua/_batch.lua):
-    503 when it did not run or Redis refused its writes for now, else 500 (the ledger needs a look)."""
-    if isinstance(exc, (NoScriptError, BatchOperationSkipped)) or store_unavailable(exc):
-        return Reply(503, problem_body("unavailable", "The operation did not run; retry it"))
-    return Reply(500, problem_body("internal_error", "The operation failed and changed nothing; it is logged"))
+def result_code(result: BatchResult) -> str | None:
+    """The problem code of a result (billing.core.errors.PROBLEMS), None for one that succeeded."""
+    if isinstance(result, Refused):
+        return result.code
+    if isinstance(result, KeyReused):
+        return "idempotency_key_reused"
+    if isinstance(result, NotRun):
+        return "unavailable" if result.retryable else "internal_error"
+    return None
 
 
 class MoneyOperations:
@@ -160,9 +147,10 @@ class MoneyOperations:
 
     def _observe(self, spec: OperationSpec, outcome: Outcome) -> None:
         if self.observer is not None:
-            self.observer(spec.name, outcome.error, outcome.replayed)
+            self.observer(spec.name, result_code(outcome), outcome.replayed)
 
-    async def execute(self, spec: OperationSpec, request: Request, idem: Idempotency | None, lang: str) -> Reply:
+    async def execute(self, spec: OperationSpec, request: Request, idem: Idempotency | None, lang: str) -> Outcome:
+        """Run one operation; lang is recorded with its outcome (under an Idempotency-Key) for its replays."""
         if self.write_gate is not None:
             self.write_gate()
         name, keys, args = spec.to_call(self.ledger, request)
@@ -174,11 +162,11 @@ class MoneyOperations:
                 self.observer(spec.name, "idempotency_key_reused", False)
             raise ApiError("idempotency_key_reused", "This Idempotency-Key was used with another request") from None
         self._observe(spec, outcome)
-        return reply_from_outcome(outcome, lang)
+        return outcome
 
     async def execute_many(
         self, items: Sequence[tuple[OperationSpec, Request, Idempotency | None]], lang: str
-    ) -> list[Reply]:
+    ) -> list[BatchResult]:
         """Each item atomic and idempotent on its own, run in order by batch script runs of BATCH_CHUNK
         operations (lua/_batch.lua), all sent to Redis in one pipeline."""
         if self.write_gate is not None and items:
@@ -190,37 +178,35 @@ class MoneyOperations:
             calls.append((name, idem, fp, keys, args))
         chunks = [calls[start : start + BATCH_CHUNK] for start in range(0, len(calls), BATCH_CHUNK)]
         raw = await self._pipeline(chunks)
-        outcomes: list[Outcome | Exception] = []
-        for chunk, result in zip(chunks, raw, strict=True):
-            if isinstance(result, Exception):
-                if store_unavailable(result):
-                    log.warning("batch script run of %d operations refused for now: %s", len(chunk), result)
-                elif not isinstance(result, NoScriptError):
-                    log.error("batch script run of %d operations refused, nothing changed: %s", len(chunk), result)
-                outcomes.extend([result] * len(chunk))
+        decoded: list[BatchResult | BatchOperationFailed] = []
+        for chunk, run in zip(chunks, raw, strict=True):
+            if isinstance(run, Exception):
+                # The run did not run: NOSCRIPT, or Redis refused it for now (retry), or refused the call.
+                retryable = isinstance(run, NoScriptError) or store_unavailable(run)
+                if store_unavailable(run):
+                    log.warning("batch script run of %d operations refused for now: %s", len(chunk), run)
+                elif not retryable:
+                    log.error("batch script run of %d operations refused, nothing changed: %s", len(chunk), run)
+                decoded.extend([NotRun(retryable)] * len(chunk))
             else:
-                outcomes.extend(decode_batch_reply(result))
-        replies = []
+                decoded.extend(decode_batch_reply(run))
+        results: list[BatchResult] = []
         observed: Counter[tuple[str, str | None, bool]] = Counter()
-        for (spec, _request, _idem), outcome in zip(items, outcomes, strict=True):
-            if isinstance(outcome, IdempotencyKeyReused):
-                observed[spec.name, "idempotency_key_reused", False] += 1
-                replies.append(Reply(422, problem_body("idempotency_key_reused")))
-            elif isinstance(outcome, Exception):
-                if isinstance(outcome, BatchOperationFailed) and not store_unavailable(outcome):
-                    log.error(
-                        "batch operation %s failed and stopped its run, it changed nothing: %s", spec.name, outcome
-                    )
-                reply = failure_reply(outcome)
-                observed[spec.name, reply.body["code"], False] += 1
-                replies.append(reply)
+        for (spec, _request, _idem), item in zip(items, decoded, strict=True):
+            if isinstance(item, BatchOperationFailed):
+                # Each operation of a failed run changed nothing (lua/_batch.lua): retry it when Redis refused
+                # its writes for now, else the ledger needs a look.
+                if not store_unavailable(item):
+                    log.error("batch operation %s failed and stopped its run, it changed nothing: %s", spec.name, item)
+                result: BatchResult = NotRun(store_unavailable(item))
             else:
-                observed[spec.name, outcome.error, outcome.replayed] += 1
-                replies.append(reply_from_outcome(outcome, lang))
+                result = item
+            observed[spec.name, result_code(result), reached_money(result) and result.replayed] += 1
+            results.append(result)
         if self.observer is not None:
             for (name, code, replayed), count in observed.items():
                 self.observer(name, code, replayed, count)
-        return replies
+        return results
 
     async def _pipeline(self, chunks: list[list[Any]]) -> list[Any]:
         """One batch script run per chunk, all in one write; runs refused with NOSCRIPT are sent again once."""
@@ -233,7 +219,7 @@ class MoneyOperations:
                 results[index] = answer
             # A run refused with NOSCRIPT never ran, so it may be sent again once the scripts are loaded, but
             # only if no later run of this batch did run (operations keep their order); the others answer 503.
-            retry = []
+            retry: list[int] = []
             for index in reversed(pending):
                 if attempt > 0 or not isinstance(results[index], NoScriptError):
                     break

@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 from billing.core.config import DRAIN_TIMEOUT_SECONDS
 from billing.core.parsing import INT64_MAX
 from billing.core.transactions import RESERVATION_TYPES, TOTALS, TransactionType
-from billing.ledger.scripts import RedisKeys
+from billing.ledger.scripts import RedisKeys, ReservationRecord, Restore
 from billing.projection.store import LedgerStore
 
 # How each transaction type moves an account: (change of available, change of reserved) per kopeck.
@@ -292,26 +292,21 @@ async def redis_has_accounts(redis: Redis, keys: RedisKeys) -> bool:
     return False
 
 
-def _reservation_hash(key: ResvKey, rows: dict[str, dict[str, int]]) -> tuple[dict[str, str], bool]:
+def _reservation(key: ResvKey, rows: dict[str, dict[str, int]]) -> ReservationRecord:
+    """A reservation as its reserve, charge and release transactions left it."""
     reserve = rows[TransactionType.RESERVE]
     charge = rows.get(TransactionType.CHARGE, {"total": 0, "n": 0, "last": reserve["first"]})
     release = rows.get(TransactionType.RELEASE, {"total": 0, "n": 0, "last": reserve["first"]})
     open_amount = reserve["total"] - charge["total"] - release["total"]
-    h = {
-        "user_id": str(key[0]),
-        "service_id": str(key[1]),
-        "order_id": str(key[2]),
-        "amount": str(reserve["total"]),
-        "created_at": str(reserve["first"]),
-        "updated_at": str(max(reserve["first"], charge["last"], release["last"])),
-    }
+    recognized = None
     if open_amount > 0:
-        h["status"] = "reserved"
+        status = "reserved"
     elif charge["n"] > 0:
-        h["status"], h["recognized_amount"] = "recognized", str(charge["total"])
+        status, recognized = "recognized", charge["total"]
     else:
-        h["status"] = "cancelled"
-    return h, open_amount > 0
+        status = "cancelled"
+    updated_at = max(reserve["first"], charge["last"], release["last"])
+    return ReservationRecord(*key, reserve["total"], status, recognized, reserve["first"], updated_at)
 
 
 async def _delete_matching(redis: Redis, patterns: Iterable[str], progress: Progress = no_progress) -> None:
@@ -344,6 +339,8 @@ async def rebuild(
     seq, clock = await store.last_transaction()
     services = await store.service_names()
     report = RebuildReport(services=len(services))
+    restore = Restore(redis, keys)
+    await restore.load()
 
     pipe = redis.pipeline(transaction=False)
     pending = 0
@@ -357,7 +354,7 @@ async def rebuild(
     users = sorted(ledger.by_user)
     for user_id in users:
         available, reserved, _n = ledger.account(user_id, EVERY_ID)
-        pipe.hset(keys.account(user_id), mapping={"available": str(available), "reserved": str(reserved)})
+        restore.account(pipe, user_id, available, reserved)
         report.accounts += 1
         pending += 1
         if report.accounts % CHUNK == 0:
@@ -371,22 +368,18 @@ async def rebuild(
         rows = ledger.by_resv[rkey]
         if TransactionType.RESERVE not in rows:
             continue
-        h, is_open = _reservation_hash(rkey, rows)
-        pipe.hset(keys.reservation(*rkey), mapping=h)
+        reservation = _reservation(rkey, rows)
+        restore.reservation(pipe, reservation)
         report.reservations += 1
-        report.open_reservations += is_open
+        report.open_reservations += reservation.status == "reserved"
         pending += 1
         await flush()
     progress("write reservations to Redis", len(orders), len(orders))
-    if services:
-        pipe.hset(keys.services, mapping={str(sid): name for sid, name in services.items()})
-    totals = {name: str(ledger.total(kind, EVERY_ID)) for name, kind in TOTALS.items()}
-    pipe.hset(keys.totals, mapping=totals)
+    restore.services(pipe, services)
+    totals = {name: ledger.total(kind, EVERY_ID) for name, kind in TOTALS.items()}
+    restore.totals(pipe, **totals)
     pending += 1
     await flush(force_now=True)
     # ids and times must go on from the ledger's last ones, never repeat them
-    current = await redis.hmget(keys.meta, "seq", "clock")
-    report.seq = max(seq, int(current[0] or 0))
-    report.clock = max(clock, int(current[1] or 0))
-    await redis.hset(keys.meta, mapping={"seq": str(report.seq), "clock": str(report.clock)})
+    report.seq, report.clock = await restore.meta(seq, clock)
     return report

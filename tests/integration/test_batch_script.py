@@ -11,8 +11,10 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from billing.api.outcomes import Answer
 from billing.ledger.scripts import BATCH, BATCH_CHUNK, Idempotency, Ledger
-from billing.ledger.service import OPERATIONS, MoneyOperations, Reply
+from billing.ledger.service import OPERATIONS, MoneyOperations
+from tests.support.answers import run_many, run_one
 
 TTL = 90_000
 _MS = re.compile(r'"(created_at|updated_at)":"\d+"')
@@ -86,7 +88,7 @@ async def ledger_state(redis: Redis, prefix: str) -> dict[str, Any]:
     return state
 
 
-def reply_view(reply: Reply) -> Any:
+def reply_view(reply: Answer) -> Any:
     return comparable({"status": reply.status, "body": reply.body, "replayed": reply.replayed})
 
 
@@ -100,11 +102,11 @@ async def test_a_batch_equals_the_same_operations_one_by_one(redis_client: Redis
     expected = []
     for spec, request, idem in items:
         try:
-            expected.append(reply_view(await one_by_one.execute(spec, request, idem, "en")))
+            expected.append(reply_view(await run_one(one_by_one, spec, request, idem)))
         except Exception as exc:  # idempotency_key_reused: the batch answers it in the operation's slot
             expected.append(("error", getattr(exc, "code", type(exc).__name__)))
     got = []
-    for reply in await batched.execute_many(items, "en"):
+    for reply in await run_many(batched, items):
         if reply.status == 422 and reply.body.get("code") == "idempotency_key_reused":
             got.append(("error", "idempotency_key_reused"))
         else:
@@ -129,7 +131,7 @@ async def test_an_operation_failing_inside_redis_stops_its_run(redis_client: Red
     await redis_client.set(ledger.keys.account(2), "not a hash")  # HMGET on it fails with WRONGTYPE
     spec = OPERATIONS["deposit"]
     items = [(spec, spec.model.model_validate({"user_id": user, "amount": "1.00"}), None) for user in (1, 2, 3)]
-    replies = await operations.execute_many(items, "en")
+    replies = await run_many(operations, items)
     assert [reply.status for reply in replies] == [201, 500, 503]
     assert [reply.body["code"] for reply in replies[1:]] == ["internal_error", "unavailable"]
     assert await ledger.balance(1) == (100, 0) and await ledger.balance(3) is None
@@ -167,7 +169,7 @@ async def test_batch_scripts_reload_after_a_script_flush(redis_client: Redis, pr
         (spec, spec.model.model_validate({"user_id": 1, "amount": "0.01"}), Idempotency("tok", f"k{i}"))
         for i in range(count)
     ]
-    replies = await operations.execute_many(items, "en")
+    replies = await run_many(operations, items)
     assert {reply.status for reply in replies} == {201}
     assert await ledger.balance(1) == (count, 0)
     assert int(await redis_client.hget(ledger.keys.meta, "seq")) == count
@@ -180,7 +182,7 @@ async def test_text_beyond_ascii_goes_through_a_batch_run_intact(redis_client: R
     spec = OPERATIONS["deposit"]
     comment = "пополнение 😀 ✓"
     items = [(spec, spec.model.model_validate({"user_id": 1, "amount": "1.00", "comment": comment}), None)] * 2
-    replies = await operations.execute_many(items, "en")
+    replies = await run_many(operations, items)
     assert [reply.body["transaction"]["comment"] for reply in replies] == [comment, comment]
     assert await ledger.balance(1) == (200, 0)
     await redis_client.delete(ledger.keys.account(1), ledger.keys.outbox, ledger.keys.meta, ledger.keys.totals)

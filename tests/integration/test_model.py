@@ -26,10 +26,12 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from redis.asyncio import Redis
 
 from billing.api.jsonbody import parse_json_object
+from billing.api.outcomes import Answer
 from billing.core.errors import ApiError
 from billing.core.money import MAX_BALANCE_KOPECKS, format_kopecks
 from billing.ledger.scripts import Idempotency, Ledger
-from billing.ledger.service import OPERATIONS, MoneyOperations, Reply, validate
+from billing.ledger.service import OPERATIONS, MoneyOperations, validate
+from tests.support.answers import run_one
 
 EXAMPLES = int(os.environ.get("BILLING_MODEL_EXAMPLES", "50"))
 STEPS = int(os.environ.get("BILLING_MODEL_STEPS", "30"))
@@ -72,7 +74,7 @@ class Model:
     withdrawn: int = 0
     revenue: int = 0
     movements: int = 0  # outbox entries
-    keys: dict[tuple[str, str], tuple[str, dict[str, Any], Reply]] = field(default_factory=dict)
+    keys: dict[tuple[str, str], tuple[str, dict[str, Any], Answer]] = field(default_factory=dict)
 
     def balance(self, user: int) -> dict[str, Any]:
         available, reserved = self.accounts[user]
@@ -235,7 +237,7 @@ class LedgerMachine(RuleBasedStateMachine):
                 self.expect_keyed_again(spec, request, idem, stored)
                 return
         expected_status, expected_code = self.model.apply(op, request)
-        reply = self.backend.run(self.operations.execute(spec, request, idem, "en"))
+        reply = self.backend.run(run_one(self.operations, spec, request, idem))
         assert not reply.replayed
         assert reply.status == expected_status, (op, data, reply)
         if expected_code is not None:
@@ -249,11 +251,11 @@ class LedgerMachine(RuleBasedStateMachine):
         """A key already used in this scope: the same request replays, another one is refused."""
         op, dump, first = stored
         if op == spec.name and dump == request.model_dump():
-            reply = self.backend.run(self.operations.execute(spec, request, idem, "en"))
+            reply = self.backend.run(run_one(self.operations, spec, request, idem))
             assert reply.replayed and (reply.status, reply.body) == (first.status, first.body)
         else:
             with pytest.raises(ApiError) as refused:
-                self.backend.run(self.operations.execute(spec, request, idem, "en"))
+                self.backend.run(run_one(self.operations, spec, request, idem))
             assert refused.value.code == "idempotency_key_reused"
 
     def check_body(self, op: str, request: Any, body: dict[str, Any]) -> None:
@@ -337,7 +339,7 @@ class LedgerMachine(RuleBasedStateMachine):
         if "amount" in fields:
             fields["amount"] = spell(fields["amount"], how)
         request = validate(OPERATIONS[op], fields)
-        reply = self.backend.run(self.operations.execute(OPERATIONS[op], request, Idempotency(scope, key), "en"))
+        reply = self.backend.run(run_one(self.operations, OPERATIONS[op], request, Idempotency(scope, key)))
         assert reply.replayed
         assert (reply.status, reply.body) == (first.status, first.body)
 
@@ -362,7 +364,7 @@ class LedgerMachine(RuleBasedStateMachine):
                     fields["amount"] = "1.00"
         request = validate(OPERATIONS[other_op], fields)
         with pytest.raises(ApiError) as refused:
-            self.backend.run(self.operations.execute(OPERATIONS[other_op], request, Idempotency(scope, key), "en"))
+            self.backend.run(run_one(self.operations, OPERATIONS[other_op], request, Idempotency(scope, key)))
         assert refused.value.code == "idempotency_key_reused"
 
     @rule(user=users, ref=refs)

@@ -20,8 +20,10 @@ from billing.app import make_app
 from billing.bootstrap import bootstrap
 from billing.core.config import Settings
 from billing.infra import redis_raw
+from billing.ledger.outcomes import Applied
 from billing.ledger.scripts import Idempotency, Ledger
 from billing.ledger.service import OPERATIONS, MoneyOperations
+from tests.support.answers import run_many
 from tests.support.api import Api
 from tests.support.servers import RedisServer, free_port
 
@@ -65,7 +67,7 @@ async def ledger_with_money(redis: Redis, prefix: str, ttl: int = TTL) -> Ledger
         ledger.reserve_call(1, 1, 1, 10_000, "Ads", None),
     ):
         outcome = await ledger.run(*call[:1], None, "", *call[1:])
-        assert outcome.status == 201
+        assert isinstance(outcome, Applied), outcome
     return ledger
 
 
@@ -269,7 +271,7 @@ async def test_an_error_stops_the_batch_run_and_completed_operations_stay_whole(
         for user in range(1, 6)
     ]
 
-    replies = await operations.execute_many(items, "en")
+    replies = await run_many(operations, items)
     assert [reply.status for reply in replies] == [201, 201, 500, 503, 503]
     assert [reply.body.get("code") for reply in replies[2:]] == ["internal_error", "unavailable", "unavailable"]
     assert [await ledger.balance(user) for user in (1, 2, 4, 5)] == [(100, 0), (200, 0), None, None]
@@ -281,7 +283,7 @@ async def test_an_error_stops_the_batch_run_and_completed_operations_stay_whole(
     await redis_client.delete(ledger.keys.account(3))
     await reconcile(redis_client, ledger)
 
-    replies = await operations.execute_many(items, "en")
+    replies = await run_many(operations, items)
     assert [(reply.status, reply.replayed) for reply in replies] == [(201, True)] * 2 + [(201, False)] * 3
     assert [await ledger.balance(user) for user in range(1, 6)] == [(user * 100, 0) for user in range(1, 6)]
     assert await redis_client.xlen(ledger.keys.outbox) == 5
@@ -297,7 +299,7 @@ async def test_a_corrupt_ledger_refuses_the_whole_batch_run_before_any_write(red
     before = await snapshot(redis_client, prefix)
     spec = OPERATIONS["deposit"]
     items = [(spec, spec.model.model_validate({"user_id": user, "amount": "1.00"}), None) for user in (1, 2)]
-    replies = await operations.execute_many(items, "en")
+    replies = await run_many(operations, items)
     assert [(reply.status, reply.body["code"]) for reply in replies] == [(500, "internal_error")] * 2
     assert await snapshot(redis_client, prefix) == before
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from billing.ledger.scripts import Ledger, Outcome
+from billing.ledger.outcomes import Outcome, Refused
+from billing.ledger.scripts import Ledger
 
 
 async def run(ledger: Ledger, call: tuple[str, list[str], list[Any]]) -> Outcome:
@@ -18,7 +19,8 @@ async def deposit(ledger: Ledger, user_id: int, amount: int, comment: str | None
 
 
 async def mixed_workload(ledger: Ledger, rng: random.Random, operations: int, users: int = 6) -> dict[str, int]:
-    """Random deposits, withdrawals, transfers, reservations, recognitions and cancels; counts by status."""
+    """Random deposits, withdrawals, transfers, reservations, recognitions and cancels; counts by outcome
+    ("deposit:applied", "withdraw:refused:insufficient_funds", ...)."""
     open_orders: list[tuple[int, int, int]] = []
     statuses: dict[str, int] = {}
     next_order = 1
@@ -46,6 +48,7 @@ async def mixed_workload(ledger: Ledger, rng: random.Random, operations: int, us
         else:
             continue
         outcome = await run(ledger, call)
-        label = f"{call[0]}:{outcome.status}"
+        result = f"refused:{outcome.code}" if isinstance(outcome, Refused) else type(outcome).__name__.lower()
+        label = f"{call[0]}:{result}"
         statuses[label] = statuses.get(label, 0) + 1
     return statuses

@@ -24,7 +24,6 @@ ALLOWED = {
 }
 # Known crossings still to be removed.
 EXCEPTIONS: set[tuple[str, str]] = {
-    ("ledger/service.py", "views"),
 }
 
 

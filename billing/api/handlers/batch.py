@@ -9,6 +9,7 @@ import orjson
 from pydantic import ValidationError
 
 from billing.api.handlers.base import UNAVAILABLE_ERRORS, BaseHandler, visible_ascii
+from billing.api.outcomes import Answer, answer
 from billing.core.errors import ApiError, validation_errors
 from billing.core.schemas import BatchRequest
 from billing.ledger.scripts import (
@@ -20,7 +21,7 @@ from billing.ledger.scripts import (
     batch_operation_key,
     fingerprint,
 )
-from billing.ledger.service import OPERATIONS, OperationSpec, Reply, validate
+from billing.ledger.service import OPERATIONS, OperationSpec, reached_money, validate
 
 BATCH_BODY_LIMIT = 1024 * 1024
 
@@ -32,14 +33,14 @@ class BatchHandler(BaseHandler):
     async def post(self) -> None:
         batch_key = self.idempotency()
         operations = _operations(self.json_body())
-        results: list[Reply | None] = [None] * len(operations)
+        results: list[Answer | None] = [None] * len(operations)
         runnable: list[tuple[int, OperationSpec, Any, Idempotency | None]] = []
         derived: set[int] = set()  # operations keyed by the batch's Idempotency-Key
         for index, raw in enumerate(operations):
             try:
                 spec, request, idem = self._prepare_operation(raw)
             except ApiError as exc:
-                results[index] = Reply(exc.status, exc.to_problem())
+                results[index] = Answer(exc.status, exc.to_problem())
                 continue
             if idem is None and batch_key is not None:
                 idem = batch_operation_key(batch_key, index)
@@ -59,15 +60,15 @@ class BatchHandler(BaseHandler):
                     headers={"Retry-After": "1"},
                 ) from None
         try:
-            replies = await self.ctx.operations.execute_many([item[1:] for item in runnable], self.lang)
+            outcomes = await self.ctx.operations.execute_many([item[1:] for item in runnable], self.lang)
         except BaseException:
             if claim is not None:
-                await _settle(self.ctx.ledger, claim, reached_money=False)
+                await _settle(self.ctx.ledger, claim, reached=False)
             raise
-        for (index, *_), reply in zip(runnable, replies, strict=True):
-            results[index] = reply
+        for (index, spec, *_), outcome in zip(runnable, outcomes, strict=True):
+            results[index] = answer(spec.name, outcome, self.lang)
         if claim is not None:
-            await _settle(self.ctx.ledger, claim, any(reply.from_ledger for reply in replies))
+            await _settle(self.ctx.ledger, claim, any(reached_money(outcome) for outcome in outcomes))
         # A batch retried under its Idempotency-Key answers exactly as the first time, marked by the header.
         replayed = bool(derived) and all(results[i].replayed for i in derived)  # type: ignore[union-attr]
         body = [_result(reply, i not in derived) for i, reply in enumerate(results) if reply is not None]
@@ -118,7 +119,7 @@ def _operations(data: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _canonical(
-    refused: list[Reply | None], runnable: list[tuple[int, OperationSpec, Any, Idempotency | None]], derived: set[int]
+    refused: list[Answer | None], runnable: list[tuple[int, OperationSpec, Any, Idempotency | None]], derived: set[int]
 ) -> bytes:
     """The batch as bytes for its fingerprint: what each operation means, as a single request's fingerprint is
     its validated fields. A valid operation: its name, its own key, its validated fields (flat: see
@@ -131,19 +132,19 @@ def _canonical(
     return orjson.dumps(parts, option=orjson.OPT_SORT_KEYS)
 
 
-async def _settle(ledger: Ledger, claim: BatchClaim, reached_money: bool) -> None:
+async def _settle(ledger: Ledger, claim: BatchClaim, reached: bool) -> None:
     """Let go of the batch's key after its run. Some operation reached the money: the key now means this batch.
     None did (each refused before it, or the run failed with 503): nothing stays under the key, as for a whole
     request refused so. The answer stands either way: if Redis cannot be reached now, the claim runs out by
     itself, and each operation's own record still keeps a retry from applying it twice."""
     with contextlib.suppress(UNAVAILABLE_ERRORS):
-        if reached_money:
+        if reached:
             await ledger.complete_batch_key(claim)
         else:
             await ledger.release_batch_key(claim)
 
 
-def _result(reply: Reply, mark_replay: bool = True) -> dict[str, Any]:
+def _result(reply: Answer, mark_replay: bool = True) -> dict[str, Any]:
     body = reply.body
     if reply.replayed and mark_replay:
         return {"status": reply.status, "body": body, "replayed": True}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from billing.api.handlers.base import BaseHandler
+from billing.api.outcomes import answer
 from billing.ledger.service import OperationSpec, validate
 
 
@@ -17,5 +18,6 @@ class OperationHandler(BaseHandler):
     async def post(self) -> None:
         idem = self.idempotency()
         request = validate(self.spec, self.json_body())
-        reply = await self.ctx.operations.execute(self.spec, request, idem, self.lang)
+        outcome = await self.ctx.operations.execute(self.spec, request, idem, self.lang)
+        reply = answer(self.spec.name, outcome, self.lang)
         self.write_json(reply.status, reply.body, reply.replayed)

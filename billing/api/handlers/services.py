@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import ValidationError
 
 from billing.api.handlers.base import BaseHandler
+from billing.api.outcomes import answer
 from billing.core.errors import ApiError, validation_errors
 from billing.core.schemas import ServiceNameRequest
 
@@ -17,8 +18,8 @@ class ServiceHandler(BaseHandler):
         except ValidationError as exc:
             raise ApiError("validation_error", "Request is not valid", validation_errors(exc)) from None
         outcome = await self.ctx.ledger.set_service(service_id, request.name)
-        assert outcome.body is not None
-        self.write_json(200, {"service_id": service_id, "name": outcome.body["name"]})
+        reply = answer("set_service", outcome, self.lang)
+        self.write_json(reply.status, reply.body)
 
 
 class ServicesHandler(BaseHandler):

@@ -1,0 +1,86 @@
+"""What the ledger decided about one operation, in the ledger's terms: no HTTP status, no rendered body.
+
+A script records its outcome (lua/_prelude.lua) as {"result": "applied" | "unchanged", "body": {...}} or
+{"result": "refused", "code": "<code>"}, with the language of the first answer; the API turns an outcome
+into its answer (billing/api/outcomes.py), the same way each time, so a replay answers the first bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """The operation changed the ledger; body is the script's record of it (ids and money as strings)."""
+
+    body: dict[str, Any]
+    replayed: bool = False
+    lang: str | None = None  # the language of the first answer, kept with the idempotency record
+
+
+@dataclass(frozen=True, slots=True)
+class Unchanged:
+    """The ledger already held what the operation asks (the same reserve, recognize or cancel again)."""
+
+    body: dict[str, Any]
+    replayed: bool = False
+    lang: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A business refusal, recorded like any outcome; code is one of billing.core.errors.PROBLEMS."""
+
+    code: str
+    replayed: bool = False
+
+
+# What a script decided: the operation reached the money (now, or when it first ran under its key).
+Outcome = Applied | Unchanged | Refused
+
+
+@dataclass(frozen=True, slots=True)
+class KeyReused:
+    """A batch operation whose Idempotency-Key was used before with another request: nothing ran."""
+
+
+@dataclass(frozen=True, slots=True)
+class NotRun:
+    """A batch operation that got no outcome and changed nothing (lua/_batch.lua). retryable: it did not run,
+    or Redis refused its writes for now; otherwise the ledger failed it, and it is logged."""
+
+    retryable: bool
+
+
+# What one operation of a batch came to.
+BatchResult = Outcome | KeyReused | NotRun
+
+
+def outcome_from_record(payload: bytes | str, replayed: bool) -> Outcome:
+    """The outcome a script returned or replayed (the JSON after the fingerprint of an idempotency record)."""
+    record = orjson.loads(payload)
+    result = record.get("result")
+    if result == "refused":
+        return Refused(record["code"], replayed)
+    if result == "applied":
+        return Applied(record["body"], replayed, record.get("lang"))
+    if result == "unchanged":
+        return Unchanged(record["body"], replayed, record.get("lang"))
+    if result is None and "status" in record:
+        return _earlier_record(record, replayed)
+    raise ValueError(f"not a ledger outcome: {result!r}")
+
+
+def _earlier_record(record: dict[str, Any], replayed: bool) -> Outcome:
+    """A record written by an earlier release, {status, body | error}, still under its TTL. An operation that
+    changed the ledger says so with its transaction; a repeat has none."""
+    if "error" in record:
+        return Refused(record["error"], replayed)
+    body = record["body"]
+    if "transaction" in body:
+        return Applied(body, replayed, record.get("lang"))
+    return Unchanged(body, replayed, record.get("lang"))

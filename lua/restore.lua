@@ -1,0 +1,75 @@
+--[[
+  restore: what `billing rebuild` (billing/projection/recovery.py) derived from the MongoDB ledger, written in
+  this ledger's layout and within its bounds, one record per call (built as the prelude + this file):
+    ARGV[1] 'account'      KEYS[1] account hash;      ARGV[2] available;  ARGV[3] reserved
+    ARGV[1] 'reservation'  KEYS[1] reservation hash;  ARGV[2..9] user_id, service_id, order_id, amount, status,
+                           recognized_amount ('' = none), created_at, updated_at
+    ARGV[1] 'totals'       KEYS[1] totals hash;       ARGV[2..4] deposited, withdrawn, revenue
+    ARGV[1] 'services'     KEYS[1] catalog hash;      ARGV[2..] service_id, name, service_id, name, ...
+    ARGV[1] 'meta'         KEYS[1] meta hash;         ARGV[2] seq;  ARGV[3] clock: each raised to the value,
+                           never lowered (ids and times go on from the ledger's last ones); returns {seq, clock}
+  Errors (see the prelude): a value out of its bound, a key of another type; raised before the write.
+]]
+local what, KEY = ARGV[1], KEYS[1]
+if what == 'account' then
+  check_type(KEY, 'hash')
+  local available = checked_int(ARGV[2] or '', MAX_BALANCE, 'available')
+  local reserved = checked_int(ARGV[3] or '', MAX_BALANCE, 'reserved')
+  if available < 0 or reserved < 0 or available + reserved > MAX_BALANCE then
+    fail(KEY .. ' would not hold ' .. ARGV[2] .. ' + ' .. ARGV[3])
+  end
+  rcall('HSET', KEY, 'available', ARGV[2], 'reserved', ARGV[3])
+  return 1
+end
+if what == 'reservation' then
+  check_type(KEY, 'hash')
+  local h = {user_id = id_arg(ARGV[2], 'user_id'), service_id = id_arg(ARGV[3], 'service_id'),
+    order_id = id_arg(ARGV[4], 'order_id'), amount = ARGV[5], status = ARGV[6], created_at = ARGV[8],
+    updated_at = ARGV[9]}
+  amount_arg(h.amount, 'amount')
+  if not RESERVATION_STATUSES[h.status] then
+    fail('unknown reservation status: ' .. tostring(h.status))
+  end
+  if ARGV[7] ~= '' then
+    amount_arg(ARGV[7], 'recognized_amount')
+    h.recognized_amount = ARGV[7]
+  end
+  checked_int(h.created_at or '', MAX_SEQ, 'created_at')
+  checked_int(h.updated_at or '', MAX_SEQ, 'updated_at')
+  write_reservation(KEY, h)
+  return 1
+end
+if what == 'totals' then
+  check_type(KEY, 'hash')
+  local fields = {}
+  for i, field in ipairs(TOTAL_FIELDS) do
+    checked_int(ARGV[i + 1] or '', MAX_TOTAL, field)
+    fields[#fields + 1] = field
+    fields[#fields + 1] = ARGV[i + 1]
+  end
+  rcall('HSET', KEY, unpack(fields))
+  return 1
+end
+if what == 'services' then
+  check_type(KEY, 'hash')
+  for i = 2, #ARGV, 2 do
+    id_arg(ARGV[i], 'service_id')
+    if not ARGV[i + 1] then
+      fail('service ' .. ARGV[i] .. ' has no name')
+    end
+  end
+  if #ARGV > 1 then
+    rcall('HSET', KEY, unpack(ARGV, 2))
+  end
+  return 1
+end
+if what == 'meta' then
+  check_type(KEY, 'hash')
+  local meta = rcall('HMGET', KEY, 'seq', 'clock')
+  local seq = math.max(checked_int(ARGV[2] or '', MAX_SEQ, 'seq'), checked_int(meta[1], MAX_SEQ, 'stored seq') or 0)
+  local clock = math.max(
+    checked_int(ARGV[3] or '', MAX_SEQ, 'clock'), checked_int(meta[2], MAX_SEQ, 'stored clock') or 0)
+  rcall('HSET', KEY, 'seq', int(seq), 'clock', int(clock))
+  return {int(seq), int(clock)}
+end
+fail('restore: unknown record ' .. tostring(what))
