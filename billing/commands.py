@@ -12,6 +12,7 @@ from typing import Any
 
 from billing.bootstrap import Context, build_context
 from billing.core.config import Settings
+from billing.infra import redis_raw
 from billing.projection.projector import Projector
 from billing.projection.recovery import RedisNotEmpty, rebuild, reconcile
 from billing.projection.store import LedgerStore
@@ -26,6 +27,7 @@ async def _with_context(settings: Settings, work: Callable[[Context], Any]) -> i
     try:
         return await work(ctx)
     finally:
+        redis_raw.close(ctx.redis)
         await ctx.redis.aclose()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 
 from billing.bootstrap import Context
+from billing.infra import redis_raw
 from billing.infra.metrics import Metrics
 from billing.infra.observability import RequestObserver
 from billing.projection.projector import Projector
@@ -56,6 +57,7 @@ async def stop_components(ctx: Context) -> None:
         await guard.stop()
     if ctx.projector is not None:
         await ctx.projector.stop()
+    redis_raw.close(ctx.redis)
     await ctx.redis.aclose()
 
 

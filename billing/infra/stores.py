@@ -10,7 +10,6 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from billing.core.config import Settings
-from billing.infra.redis_watchdog import WatchedConnection
 
 log = logging.getLogger("billing.infra.stores")
 
@@ -30,7 +29,6 @@ def connect_redis(settings: Settings) -> Redis:
             socket_timeout=settings.request_timeout_seconds,
             socket_connect_timeout=min(settings.request_timeout_seconds, 2.0),
             max_connections=256,
-            connection_class=WatchedConnection,  # socket_timeout without a timer per command
         )
     import fakeredis
 
