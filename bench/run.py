@@ -83,9 +83,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-write", action="store_true", help="print the table only")
     parser.add_argument(
         "--only",
-        choices=["batch"],
+        choices=["batch", "closed"],
         default=None,
-        help="run one part alone and print it (no RESULTS.md): batch = POST /v1/batch throughput and CPU per op",
+        help="run one part alone and print it (no RESULTS.md): batch = POST /v1/batch throughput and CPU per op; "
+        "closed = the alternating maximum-rate rounds and the service/floor ratios",
     )
     parser.add_argument(
         "--service-env",
@@ -205,6 +206,22 @@ def closed_rounds(args: argparse.Namespace, redis_url: str, floor: Served, servi
                     f"  CPU/request {result.cpu_us:6.0f} us + Redis {result.redis_cpu_us:4.0f} us  failures {result.failures}",
                     flush=True,
                 )
+
+
+def print_ratios(results: Results) -> None:
+    """Median service rate over median floor rate, per mode, and the same for CPU per request."""
+    for mode in ("post", "get"):
+        floor, service = results.rounds[f"floor {mode}"], results.rounds[f"service {mode}"]
+        floor_rate, service_rate = statistics.median(r.rate for r in floor), statistics.median(r.rate for r in service)
+        floor_cpu, service_cpu = (
+            statistics.median(r.cpu_us for r in floor),
+            statistics.median(r.cpu_us for r in service),
+        )
+        print(
+            f"  {mode}: service/floor {service_rate / floor_rate:.2f} ({service_rate:.0f} vs {floor_rate:.0f} req/s); "
+            f"CPU ratio {floor_cpu / service_cpu:.2f} ({service_cpu:.0f} vs {floor_cpu:.0f} us per request)",
+            flush=True,
+        )
 
 
 def paced_runs(args: argparse.Namespace, redis_url: str, floor: Served, service: Served, results: Results) -> None:
@@ -364,6 +381,9 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
             seed(redis_server.url, service)
             closed_rounds(args, redis_server.url, floor, service, results)
+            if args.only == "closed":
+                print_ratios(results)
+                return 0
             paced_runs(args, redis_server.url, floor, service, results)
             competing_round(args, redis_server.url, service, results)
             # The last two leave their projection undone (with SecantusDB paused, working off a batch run's

@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 
 from billing.api.auth import Authenticator
 from billing.core.config import Settings
+from billing.infra import redis_raw
 from billing.infra.observability import RequestObserver
 from billing.infra.stores import EMBEDDED_WARNING, MongoDatabase, connect_mongo, connect_redis
 from billing.ledger.scripts import Ledger
@@ -66,6 +67,7 @@ class Context:
         if self.owns_mongo:
             self.mongo.client.close()
         if self.owns_redis:
+            redis_raw.close(self.redis)
             await self.redis.aclose()
 
 

@@ -17,6 +17,7 @@ from pymongo.errors import PyMongoError
 
 from billing.bootstrap import Context, bootstrap
 from billing.core.config import DRAIN_TIMEOUT_SECONDS, Settings
+from billing.infra import redis_raw
 from billing.infra.stores import connect_mongo, connect_redis
 from billing.ledger.unavailable import store_unavailable
 from billing.projection.recovery import Progress, RedisNotEmpty, no_progress, rebuild, reconcile
@@ -55,6 +56,7 @@ async def _reach(settings: Settings) -> tuple[Any, Any]:
 
 
 async def _close(redis: Any, mongo: Any) -> None:
+    redis_raw.close(redis)
     await redis.aclose()
     mongo.client.close()
 

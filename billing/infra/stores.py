@@ -10,7 +10,6 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from billing.core.config import Settings
-from billing.infra.redis_watchdog import WatchedConnection
 
 if TYPE_CHECKING:  # motor loads only when a MongoDB URL is given (connect_mongo)
     from motor.motor_asyncio import AsyncIOMotorDatabase
@@ -36,7 +35,6 @@ def connect_redis(settings: Settings) -> Redis:
             socket_timeout=settings.request_timeout_seconds,
             socket_connect_timeout=min(settings.request_timeout_seconds, 2.0),
             max_connections=256,
-            connection_class=WatchedConnection,  # socket_timeout without a timer per command
         )
     import fakeredis
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from billing.infra import metrics as metrics_module
-from billing.infra.metrics import FLUSH_EVERY_SECONDS, LATENCY_BUCKETS, Metrics, _observe_all
+from billing.infra.metrics import FLUSH_EVERY_SECONDS, Metrics
 
 DURATIONS = [0.0, 0.0004, 0.001, 0.0010001, 0.003, 0.0099, 0.01, 0.2, 0.7, 9.9, 10.0, 12.5, 42.0]
 
@@ -15,17 +15,6 @@ DURATIONS = [0.0, 0.0004, 0.001, 0.0010001, 0.003, 0.0099, 0.01, 0.2, 0.7, 9.9, 
 def series(registry: CollectorRegistry, prefix: str) -> list[str]:
     text = generate_latest(registry).decode()
     return [line for line in text.splitlines() if line.startswith(prefix) and "_created" not in line]
-
-
-def test_observe_all_matches_observe_one_by_one() -> None:
-    one_by_one, batched = CollectorRegistry(), CollectorRegistry()
-    direct = Histogram("latency", "x", buckets=LATENCY_BUCKETS, registry=one_by_one)
-    gathered = Histogram("latency", "x", buckets=LATENCY_BUCKETS, registry=batched)
-    for seconds in DURATIONS:
-        direct.observe(seconds)
-    _observe_all(gathered, DURATIONS)
-    assert series(batched, "latency") == series(one_by_one, "latency")
-    assert any(line.startswith('latency_bucket{le="0.001"} 3.0') for line in series(batched, "latency"))
 
 
 async def test_gathered_updates_are_written_after_the_interval(monkeypatch) -> None:
