@@ -48,6 +48,9 @@ class _Connection:
     def set_close_callback(self, callback: Any) -> None:
         pass
 
+    def set_max_body_size(self, size: int) -> None:
+        pass
+
     def write_headers(self, start_line: Any, headers: Any, chunk: bytes | None = None) -> asyncio.Future:
         self.status = start_line.code
         self.size += len(chunk or b"")
@@ -71,14 +74,21 @@ def _driver(app: Any) -> Callable[[str, str, dict[str, str], bytes], Awaitable[i
     import tornado.httputil
 
     async def call(method: str, uri: str, headers: dict[str, str], body: bytes) -> int:
+        # As Tornado's HTTP server drives an application: headers, then the body, then the end of the message
+        # (the API handlers read bodies as they arrive, so a request is not handed over whole).
         connection = _Connection()
-        request = tornado.httputil.HTTPServerRequest(
-            start_line=tornado.httputil.RequestStartLine(method, uri, "HTTP/1.1"),
-            headers=tornado.httputil.HTTPHeaders({"Host": "127.0.0.1", **headers}),
-            body=body,
-            connection=connection,
-        )
-        app(request)
+        delegate = app.start_request(None, connection)
+        head = tornado.httputil.HTTPHeaders({"Host": "127.0.0.1", **headers})
+        if body:
+            head["Content-Length"] = str(len(body))
+        for step in (
+            lambda: delegate.headers_received(tornado.httputil.RequestStartLine(method, uri, "HTTP/1.1"), head),
+            lambda: delegate.data_received(body) if body else None,
+        ):
+            pending = step()
+            if pending is not None:
+                await pending
+        delegate.finish()
         await connection.finished
         return connection.status
 
