@@ -203,7 +203,7 @@ class Steps:
 async def test_reconcile_and_rebuild_report_their_progress(ctx: Context) -> None:
     for user_id in (1, 2, 3):
         await deposit(ctx.ledger, user_id, 1_000)
-    assert (await run(ctx.ledger, ctx.ledger.reserve_call(1, 9, 900, 300, None, None))).status == 201
+    assert isinstance(await run(ctx.ledger, ctx.ledger.reserve_call(1, 9, 900, 300, None, None)), Applied)
     redis, keys, store, projector = parts(ctx)
 
     steps = Steps()
