@@ -19,9 +19,9 @@ import pymongo
 import redis
 import requests
 
-from tests.reliability.workload import Expected, Workload, expected_from
 from tests.support.servers import RedisServer
 from tests.support.service import PROJECT_ROOT, BillingProcess
+from tests.support.workload import Expected, Workload, expected_from
 
 TOKEN = "crash-payments-token"
 ADMIN_TOKEN = "crash-admin-token"

@@ -8,7 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.e2e.test_readme_examples import served, tour_curls  # noqa: F401 (fixture)
+from tests.processes.test_readme_examples import served, tour_curls  # noqa: F401 (fixture)
 
 API_DOC = Path(__file__).resolve().parents[2] / "docs" / "api.md"
 

@@ -125,7 +125,7 @@ async def test_a_batch_equals_the_same_operations_one_by_one(redis_client: Redis
 
 async def test_an_operation_failing_inside_redis_stops_its_run(redis_client: Redis, prefix: str) -> None:
     """A Redis error in one operation of a script run: that one is a 500 and changed nothing, the one before
-    it is complete, the one after it did not run (503); more in tests/integration/test_script_failures.py."""
+    it is complete, the one after it did not run (503); more in tests/stores/test_script_failures.py."""
     ledger = Ledger(redis_client, prefix, TTL)
     operations = MoneyOperations(ledger)
     await redis_client.set(ledger.keys.account(2), "not a hash")  # HMGET on it fails with WRONGTYPE

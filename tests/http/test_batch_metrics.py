@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.e2e.test_ops_endpoints import value
+from tests.http.test_ops_endpoints import value
 from tests.support.api import Api
 
 

@@ -1,4 +1,4 @@
-"""Exact grammar over HTTP where tests/e2e/test_malformed.py's table does not fit: signed report links,
+"""Exact grammar over HTTP where tests/http/test_malformed.py's table does not fit: signed report links,
 Accept-Language, and the console's forms. Each value is taken exactly as written or refused."""
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ billing.ledger.service.MoneyOperations (the layer the HTTP handlers and the batc
 and on a real redis-server, each example under a fresh key prefix. After every step the replies, every
 balance, every reservation, the totals hash and the outbox length must agree with the model.
 
-Longer run: BILLING_MODEL_EXAMPLES=2000 BILLING_MODEL_STEPS=100 .venv/bin/pytest tests/integration/test_model.py
+Longer run: BILLING_MODEL_EXAMPLES=2000 BILLING_MODEL_STEPS=100 .venv/bin/pytest tests/stores/test_model.py
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """GET /v1/users/{id}/transactions over HTTP, on mongomock and on a real MongoDB wire server (SecantusDB).
 
 Documents are written in the agreed `transactions` schema directly, so these tests exercise the read
-side alone; the end-to-end tests (deposit -> projector -> history) live in tests/e2e/.
+side alone; the end-to-end tests (deposit -> projector -> history) live in tests/http/.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ async def open_accounts(api: Api, *user_ids: int) -> None:
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
-    """No projector here: these tests write the ledger documents themselves (tests/e2e runs it)."""
+    """No projector here: these tests write the ledger documents themselves (tests/http runs it)."""
     return settings.model_copy(update={"projector_enabled": False})
 
 
