@@ -34,8 +34,11 @@ redis:
 browser:
 	bash scripts/ensure-browser.sh
 
+# What `make test` checks before the tests: lint, formatting and strict types.
 lint: install
 	$(BIN)/ruff check billing tests bench
+	$(BIN)/ruff format --check billing tests bench
+	$(BIN)/mypy --strict billing
 
 fmt: install
 	$(BIN)/ruff format billing tests bench

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pydantic import BaseModel, TypeAdapter
-from pydantic.json_schema import models_json_schema
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from billing.api.routes import ENDPOINTS, Endpoint, Param
 from billing.core import schemas
@@ -29,8 +29,8 @@ STORE_ERRORS = ("unavailable",)
 # ---- building the document ----------------------------------------------------------------------------
 
 
-def _component_models() -> list[tuple[type[BaseModel], str]]:
-    models: list[tuple[type[BaseModel], str]] = [(schemas.Problem, "serialization")]
+def _component_models() -> list[tuple[type[BaseModel], JsonSchemaMode]]:
+    models: list[tuple[type[BaseModel], JsonSchemaMode]] = [(schemas.Problem, "serialization")]
     for op in ENDPOINTS.values():
         if op.request is not None:
             models.append((op.request, "validation"))
@@ -71,7 +71,7 @@ def _error_codes(method: str, op: Endpoint) -> list[str]:
     return list(dict.fromkeys(codes))
 
 
-def _operation(method: str, path: str, op: Endpoint, refs: Mapping[tuple[type[BaseModel], str], Any]) -> dict[str, Any]:
+def _operation(method: str, path: str, op: Endpoint, refs: Mapping[tuple[Any, JsonSchemaMode], Any]) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "operationId": _operation_id(method, path),
         "summary": op.summary,
@@ -120,7 +120,9 @@ def _operation(method: str, path: str, op: Endpoint, refs: Mapping[tuple[type[Ba
     return entry
 
 
-def _success(method: str, status: int, target: Any, refs: Mapping[tuple[type[BaseModel], str], Any]) -> dict[str, Any]:
+def _success(
+    method: str, status: int, target: Any, refs: Mapping[tuple[type[BaseModel], JsonSchemaMode], Any]
+) -> dict[str, Any]:
     headers: dict[str, Any] = {"X-Request-ID": {"$ref": "#/components/headers/RequestId"}}
     if method == "POST":
         headers["Idempotent-Replayed"] = {"$ref": "#/components/headers/IdempotentReplayed"}

@@ -88,7 +88,7 @@ class ConsoleHandler(RequestHooks):
         self.lang = "ru"
 
     @property
-    def settings(self) -> dict[str, Any]:  # type: ignore[override]
+    def settings(self) -> dict[str, Any]:
         """The application's settings plus this console's CSRF cookie (own name, flags, Secure over HTTPS).
 
         CSRF is checked by the console's handlers only (see prepare); the JSON API authenticates with a
@@ -190,7 +190,9 @@ class ConsoleHandler(RequestHooks):
             self.render("console_login.html", error=TEXT[self.lang][key], next_url=self.request.uri or "/console")
             return
         title_key = "forbidden_title" if status == 403 else "error_title"
-        self.render("console_error.html", title=TEXT[self.lang][title_key], message=TEXT[self.lang][key].format(**params))
+        self.render(
+            "console_error.html", title=TEXT[self.lang][title_key], message=TEXT[self.lang][key].format(**params)
+        )
 
 
 def safe_next(raw: str | None) -> str:

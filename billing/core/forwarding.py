@@ -26,7 +26,7 @@ _SCHEMES = frozenset({"http", "https"})
 
 
 def parse_trusted_proxies(value: Any) -> Any:
-    """"10.0.0.0/8, 127.0.0.1, ::1" -> networks; empty -> (). A bad entry (or host bits set) is refused."""
+    """ "10.0.0.0/8, 127.0.0.1, ::1" -> networks; empty -> (). A bad entry (or host bits set) is refused."""
     if not isinstance(value, str):
         return value
     networks = []
@@ -37,7 +37,9 @@ def parse_trusted_proxies(value: Any) -> Any:
         try:
             networks.append(ip_network(entry))
         except ValueError as exc:
-            raise ValueError(f"BILLING_TRUSTED_PROXIES: {entry!r} is not an IP address or CIDR network ({exc})") from exc
+            raise ValueError(
+                f"BILLING_TRUSTED_PROXIES: {entry!r} is not an IP address or CIDR network ({exc})"
+            ) from exc
     return tuple(networks)
 
 

@@ -60,7 +60,8 @@ def _decimal_to_kopecks(value: Decimal) -> int:
     exponent += len(digits) - len(significant)  # the trailing zeros dropped above
     if exponent < -2:
         raise AmountError("must have at most 2 decimal places")
-    return int(significant) * 10 ** (exponent + 2)  # few digits: 0 < value <= 1e9 and exponent >= -2
+    kopecks: int = int(significant) * 10 ** (exponent + 2)  # few digits: 0 < value <= 1e9 and exponent >= -2
+    return kopecks
 
 
 def format_kopecks(kopecks: int) -> str:

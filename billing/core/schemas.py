@@ -44,7 +44,12 @@ Amount = Annotated[
             f" > 0 and <= {MAX_OPERATION_TEXT}.",
             "anyOf": [
                 {"type": "string", "pattern": PUBLISHED_AMOUNT_PATTERN, "maxLength": MAX_AMOUNT_STRING},
-                {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_OPERATION_KOPECKS // KOPECKS_PER_RUBLE, "multipleOf": 0.01},
+                {
+                    "type": "number",
+                    "exclusiveMinimum": 0,
+                    "maximum": MAX_OPERATION_KOPECKS // KOPECKS_PER_RUBLE,
+                    "multipleOf": 0.01,
+                },
             ],
             "examples": ["100.50"],
         }

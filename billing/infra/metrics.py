@@ -178,7 +178,7 @@ class Metrics:
         self.flush()
         if self.multiprocess:
             registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # (untyped upstream)
             text = generate_latest(registry)
         else:
             text = generate_latest(self.registry)
@@ -221,4 +221,4 @@ class _LagCollector:
 def mark_process_dead(pid: int) -> None:
     """Supervisor side: drop a dead worker's live gauges (counters stay summed)."""
     if os.environ.get(ENV):
-        multiprocess.mark_process_dead(pid)
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]  # (untyped upstream)

@@ -109,7 +109,7 @@ WRITE_EVERY_SECONDS = 0.05
 LINES_AT_MOST = 256  # a fuller buffer is written at once
 
 
-class AccessLineHandler(logging.StreamHandler):
+class AccessLineHandler(logging.StreamHandler):  # type: ignore[type-arg]  # (generic only in typeshed)
     """billing.access's handler: a record's bare message; RequestObserver hands it finished lines instead.
 
     Lines are gathered and written together WRITE_EVERY_SECONDS after the first (one write system call for

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, TypeAlias
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar, cast
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -18,6 +19,14 @@ log = logging.getLogger("billing.infra.stores")
 
 # The MongoDB database the service uses: motor's, or mongomock-motor's, which is typed as motor's class.
 MongoDatabase: TypeAlias = "AsyncIOMotorDatabase[dict[str, Any]]"
+
+T = TypeVar("T")
+
+
+def awaited(call: Awaitable[T] | T) -> Awaitable[T]:
+    """A redis.asyncio command, typed as what it is: redis-py types each command as sync-or-async."""
+    return cast(Awaitable[T], call)
+
 
 EMBEDDED_WARNING = (
     "BILLING_REDIS_URL/BILLING_MONGO_URL not set: using embedded in-memory stores. "

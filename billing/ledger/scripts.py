@@ -15,6 +15,7 @@ from redis.exceptions import NoScriptError
 from billing.core.money import MAX_BALANCE_KOPECKS, MAX_OPERATION_KOPECKS
 from billing.core.parsing import MAX_ID
 from billing.infra import redis_raw
+from billing.infra.stores import awaited
 from billing.ledger.outcomes import BatchResult, KeyReused, NotRun, Outcome, outcome_from_record
 
 
@@ -345,11 +346,13 @@ class Ledger:
     async def complete_batch_key(self, claim: BatchClaim) -> None:
         """Some operation of the batch reached the money: the key now means this batch (kept as long as the
         operations' records), unless another run claimed it after this run's claim ran out."""
-        await self.redis.eval(_COMPLETE_BATCH, 1, claim.key, claim.value, claim.fingerprint, self.idempotency_ttl)
+        await awaited(
+            self.redis.eval(_COMPLETE_BATCH, 1, claim.key, claim.value, claim.fingerprint, self.idempotency_ttl)
+        )
 
     async def release_batch_key(self, claim: BatchClaim) -> None:
         """No operation of the batch reached the money: leave nothing under the key (if the claim is still ours)."""
-        await self.redis.eval(_RELEASE_BATCH, 1, claim.key, claim.value)
+        await awaited(self.redis.eval(_RELEASE_BATCH, 1, claim.key, claim.value))
 
     async def set_service(self, service_id: int, name: str) -> Outcome:
         return await self.run("set_service", None, "", [self.keys.services], [service_id, name])
@@ -364,7 +367,7 @@ class Ledger:
         return int(available), int(reserved or 0)
 
     async def reservation(self, user_id: int, service_id: int, order_id: int) -> dict[str, str] | None:
-        raw = await self.redis.hgetall(self.keys.reservation(user_id, service_id, order_id))
+        raw = await awaited(self.redis.hgetall(self.keys.reservation(user_id, service_id, order_id)))
         if not raw:
             return None
         return {k.decode(): v.decode() for k, v in raw.items()}
@@ -379,7 +382,7 @@ class Ledger:
         """
         found: list[dict[str, str]] = []
         async for key in self.redis.scan_iter(match=self.keys.user_reservation_pattern(user_id), count=1000):
-            raw = await self.redis.hgetall(key)
+            raw = await awaited(self.redis.hgetall(key))
             if not raw:
                 continue  # removed between SCAN and HGETALL
             record = {k.decode(): v.decode() for k, v in raw.items()}
@@ -389,11 +392,11 @@ class Ledger:
         return found[:limit]
 
     async def services(self) -> dict[int, str]:
-        raw = await self.redis.hgetall(self.keys.services)
+        raw = await awaited(self.redis.hgetall(self.keys.services))
         return {int(k): v.decode() for k, v in raw.items()}
 
     async def totals(self) -> dict[str, int]:
-        raw = await self.redis.hgetall(self.keys.totals)
+        raw = await awaited(self.redis.hgetall(self.keys.totals))
         return {k.decode(): int(v) for k, v in raw.items()}
 
 

@@ -357,7 +357,8 @@ class Projector:
                 await self.before_ack(batch.ids)
             for entry_id, fields, error in batch.poison:
                 log.error("outbox entry %s unreadable (%s): moved to %s", entry_id, error, self.dead_stream)
-                await self.redis.xadd(self.dead_stream, {**fields, "id": entry_id, "error": error})
+                entry: dict[Any, Any] = {**fields, "id": entry_id, "error": error}
+                await self.redis.xadd(self.dead_stream, entry)
             for new, stored in conflicts:
                 log.error(
                     "transaction id %d is in MongoDB with other content: the new one is kept in %s, not in the "

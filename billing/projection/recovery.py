@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 from billing.core.config import DRAIN_TIMEOUT_SECONDS
 from billing.core.parsing import INT64_MAX
 from billing.core.transactions import RESERVATION_TYPES, TOTALS, TransactionType
+from billing.infra.stores import awaited
 from billing.ledger.scripts import RedisKeys, ReservationRecord, Restore
 from billing.projection.store import LedgerStore
 
@@ -166,7 +167,7 @@ async def _scan(redis: Redis, pattern: str) -> list[str]:
 
 
 async def _seq(redis: Redis, keys: RedisKeys) -> int:
-    return int(await redis.hget(keys.meta, "seq") or 0)
+    return int(await awaited(redis.hget(keys.meta, "seq")) or 0)
 
 
 async def _snapshot(
@@ -180,7 +181,7 @@ async def _snapshot(
         pipe = redis.pipeline(transaction=True)
         for name in chunk:
             if read == "balance":
-                pipe.hmget(name, "available", "reserved")
+                pipe.hmget(name, ["available", "reserved"])
             else:
                 pipe.hgetall(name)
         pipe.hget(keys.meta, "seq")

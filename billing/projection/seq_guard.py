@@ -26,6 +26,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from billing.core.errors import ApiError
+from billing.infra.stores import awaited
 from billing.ledger.scripts import RedisKeys
 from billing.projection.store import LedgerStore
 
@@ -51,7 +52,7 @@ class SequenceGuard:
         """Compare the sequences now; the refusal (None: writes allowed). Raises when a store does not answer."""
         # MongoDB first: its ids all came from Redis, so a seq read after it is >= it unless Redis lost data.
         largest = await self.store.max_transaction_id()
-        seq = int(await self.redis.hget(self.keys.meta, "seq") or 0)
+        seq = int(await awaited(self.redis.hget(self.keys.meta, "seq")) or 0)
         was = self.refusal
         if seq < largest:
             self.refusal = (

@@ -167,7 +167,8 @@ class LedgerStore:
     async def transactions_after(self, txn_id: int) -> list[dict[str, Any]]:
         """Ledger documents with an id above txn_id (recent ones), in id order."""
         cursor = self.transactions.find({"_id": {"$gt": Int64(txn_id)}}).sort("_id", ASCENDING)
-        return await cursor.to_list(None)
+        found: list[dict[str, Any]] = await cursor.to_list(None)
+        return found
 
     async def max_transaction_id(self) -> int:
         """The highest transaction id in the ledger (0 when empty): one step down the _id index."""
@@ -185,4 +186,5 @@ class LedgerStore:
         return {int(d["_id"]): str(d["name"]) async for d in self.services.find({}, {"_id": 1, "name": 1})}
 
     async def count_transactions(self) -> int:
-        return await self.transactions.count_documents({})
+        count: int = await self.transactions.count_documents({})
+        return count

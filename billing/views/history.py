@@ -203,7 +203,8 @@ class History:
 
     async def _read(self, filter_: dict[str, Any], sort: list[tuple[str, int]], limit: int) -> list[dict[str, Any]]:
         try:
-            return await self.find_cursor(filter_, sort, limit).to_list(limit)
+            found: list[dict[str, Any]] = await self.find_cursor(filter_, sort, limit).to_list(limit)
+            return found
         except OperationFailure as exc:
             if exc.code != BAD_VALUE or "hint" not in str(exc):
                 raise
@@ -212,7 +213,8 @@ class History:
             if index not in self._warned:
                 self._warned.add(index)
                 log.warning("history index %s is missing; querying without a hint", index)
-            return await self.find_cursor(filter_, sort, limit, hint=False).to_list(limit)
+            found = await self.find_cursor(filter_, sort, limit, hint=False).to_list(limit)
+            return found
 
     async def _service_names(self, docs: list[dict[str, Any]]) -> dict[int, str]:
         """Current catalog names of the services these rows mention (the row's snapshot is the fallback)."""

@@ -25,7 +25,9 @@ def render_balance(raw: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def render_transaction(raw: Mapping[str, Any], lang: str, service_names: Mapping[int, str] | None = None) -> dict:
+def render_transaction(
+    raw: Mapping[str, Any], lang: str, service_names: Mapping[int, str] | None = None
+) -> dict[str, Any]:
     """A history item from a script's record (strings) or a MongoDB document (ints, datetime)."""
     amount = int(raw["amount"])
     item: dict[str, Any] = {
@@ -41,8 +43,7 @@ def render_transaction(raw: Mapping[str, Any], lang: str, service_names: Mapping
         if raw.get(name) is not None:
             item[name] = int(raw[name])
     if "service_id" in item:
-        name = (service_names or {}).get(item["service_id"]) or raw.get("service_name") or None
-        item["service_name"] = name
+        item["service_name"] = (service_names or {}).get(item["service_id"]) or raw.get("service_name") or None
     item["description"] = describe(item["type"], amount, lang, item)
     return item
 

@@ -143,7 +143,7 @@ class Reports:
 
     # ---- links -------------------------------------------------------------------------------
 
-    def signed_link(self, month: str, base_url: str, bom: bool | None = None) -> dict[str, str]:
+    def signed_link(self, month: str | None, base_url: str, bom: bool | None = None) -> dict[str, str]:
         """{month, url, expires_at}; the URL is absolute, on BILLING_PUBLIC_URL or else on base_url."""
         period = self.month(month)
         return self.signer.link(period.label, self.settings.public_url or base_url, bom)

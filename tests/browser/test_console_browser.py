@@ -62,7 +62,9 @@ async def seed(api: Api, ctx: Context) -> str:
     """26 transactions for USER (two pages), one open reservation, one charge; returns the charge's month."""
     for i in range(1, 23):
         comment = SCRIPT_COMMENT if i == 7 else f"пополнение {i}"
-        r = await api.post("/v1/deposits", {"user_id": USER, "amount": f"{i}.00", "comment": comment}, token="tok-payments")
+        r = await api.post(
+            "/v1/deposits", {"user_id": USER, "amount": f"{i}.00", "comment": comment}, token="tok-payments"
+        )
         assert r.status == 201, r.body
     orders = "tok-orders"
     body = {"user_id": USER, "service_id": 3, "order_id": 42, "amount": "30.00", "service_name": "Продвижение"}
@@ -95,9 +97,7 @@ def amounts(texts: list[str]) -> list[int]:
     return [int(t.replace("₽", "").replace(".", "").strip()) for t in texts]
 
 
-async def test_support_looks_a_user_up_pages_and_sorts(
-    browser: Browser, api: Api, ctx: Context, shots: Path
-) -> None:
+async def test_support_looks_a_user_up_pages_and_sorts(browser: Browser, api: Api, ctx: Context, shots: Path) -> None:
     require_read_side(ctx)
     await seed(api, ctx)
     context = await browser.new_context(viewport=LAPTOP, locale="ru-RU")
@@ -235,7 +235,9 @@ async def test_unknown_user_and_wrong_token_states(browser: Browser, api: Api, c
     await context.close()
 
 
-async def test_a_bidi_override_in_a_comment_is_shown_as_a_visible_mark(browser: Browser, api: Api, ctx: Context) -> None:
+async def test_a_bidi_override_in_a_comment_is_shown_as_a_visible_mark(
+    browser: Browser, api: Api, ctx: Context
+) -> None:
     require_read_side(ctx)
     comment = "refund \u202eexe.txt"  # obeyed, the agent would read "refund txt.exe"
     r = await api.post("/v1/deposits", {"user_id": USER, "amount": "1.00", "comment": comment}, token="tok-payments")

@@ -49,7 +49,9 @@ def cell(html: str, css_class: str, row_id: int) -> str:
     return row.split(f'class="{css_class}">', 1)[1].split("</td>", 1)[0]
 
 
-async def test_the_api_keeps_the_comment_and_the_console_shows_marks(console: ConsoleClient, api: Api, ctx: Context) -> None:
+async def test_the_api_keeps_the_comment_and_the_console_shows_marks(
+    console: ConsoleClient, api: Api, ctx: Context
+) -> None:
     await seed(api, ctx)
     items = (await api.get(f"/v1/users/{USER}/transactions?type=deposit")).json["items"]
     assert items[0]["comment"] == COMMENT  # stored and answered verbatim

@@ -153,9 +153,7 @@ async def test_user_lookup_states(console: ConsoleClient, api: Api) -> None:
     await api.post(
         "/v1/reservations", {"user_id": 7, "service_id": 4, "order_id": 1, "amount": "5.00"}, token="tok-orders"
     )
-    await api.post(
-        "/v1/reservations/cancel", {"user_id": 7, "service_id": 4, "order_id": 1}, token="tok-orders"
-    )
+    await api.post("/v1/reservations/cancel", {"user_id": 7, "service_id": 4, "order_id": 1}, token="tok-orders")
     page = await console.get("/console/users?user=7")
     assert page.status == 200
     assert '<dd id="available">40.00 ₽</dd>' in page.text and '<dd id="reserved">30.00 ₽</dd>' in page.text
@@ -198,8 +196,22 @@ async def test_projector_lag_is_shown(console: ConsoleClient, api: Api, ctx: Con
 def tls_files(tmp_path: Path) -> tuple[str, str]:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-keyout", str(key), "-out", str(cert)],
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
         check=True,
         capture_output=True,
     )
@@ -208,7 +220,9 @@ def tls_files(tmp_path: Path) -> tuple[str, str]:
 
 async def test_cookies_are_secure_over_https(ctx: Context, tls_files: tuple[str, str]) -> None:
     port = free_port()
-    server = tornado.httpserver.HTTPServer(make_app(ctx), ssl_options={"certfile": tls_files[0], "keyfile": tls_files[1]})
+    server = tornado.httpserver.HTTPServer(
+        make_app(ctx), ssl_options={"certfile": tls_files[0], "keyfile": tls_files[1]}
+    )
     server.listen(port, "127.0.0.1")
     client = ConsoleClient(f"https://127.0.0.1:{port}", validate_cert=False)
     try:

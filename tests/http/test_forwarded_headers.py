@@ -159,8 +159,22 @@ async def test_public_url_wins_over_forwarded_host(serve: Serve, ctx: Context) -
 def tls_files(tmp_path: Path) -> tuple[str, str]:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-keyout", str(key), "-out", str(cert)],
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
         check=True,
         capture_output=True,
     )
@@ -169,7 +183,9 @@ def tls_files(tmp_path: Path) -> tuple[str, str]:
 
 async def test_direct_https_gets_hsts(ctx: Context, tls_files: tuple[str, str]) -> None:
     port = free_port()
-    server = tornado.httpserver.HTTPServer(make_app(ctx), ssl_options={"certfile": tls_files[0], "keyfile": tls_files[1]})
+    server = tornado.httpserver.HTTPServer(
+        make_app(ctx), ssl_options={"certfile": tls_files[0], "keyfile": tls_files[1]}
+    )
     server.listen(port, "127.0.0.1")
     client = ConsoleClient(f"https://127.0.0.1:{port}", validate_cert=False)
     try:

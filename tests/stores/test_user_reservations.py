@@ -18,7 +18,9 @@ async def test_lists_only_this_users_reservations_by_status(api: Api, ctx: Conte
 
     everything = await ctx.ledger.user_reservations(5)
     assert sorted((r["order_id"], r["status"]) for r in everything) == [
-        ("1", "reserved"), ("2", "cancelled"), ("3", "recognized"),
+        ("1", "reserved"),
+        ("2", "cancelled"),
+        ("3", "recognized"),
     ]
     assert all(r["user_id"] == "5" for r in everything)
     open_ = await ctx.ledger.user_reservations(5, status="reserved")

@@ -69,6 +69,7 @@ FINAL = {201: "moved", 404: "account_not_found", 409: "refused"}
 # Answers that mean "not applied, or not known to be": retry with the same key.
 RETRYABLE = {599, 503}
 
+
 @dataclass
 class Acked:
     """One operation the service acknowledged: what was asked and the answer that settled it."""

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from billing.console.display import shown
 
-LISTED = [*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E, 0x200F, 0x061C, *range(0x200B, 0x200E), 0x2060, 0xFEFF]
+LISTED = [
+    *range(0x202A, 0x202F),
+    *range(0x2066, 0x206A),
+    0x200E,
+    0x200F,
+    0x061C,
+    *range(0x200B, 0x200E),
+    0x2060,
+    0xFEFF,
+]
 
 
 def test_every_listed_control_becomes_a_mark() -> None:

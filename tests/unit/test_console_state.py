@@ -21,8 +21,15 @@ def parse(url: str) -> HistoryState:
 
 def test_url_round_trip_keeps_every_filter() -> None:
     state = HistoryState(
-        user_id=7, sort="amount", order="asc", types=("deposit", "charge"),
-        date_from=date(2026, 11, 1), date_to=date(2026, 11, 30), cursor="c3", back=("c2",), lang="en",
+        user_id=7,
+        sort="amount",
+        order="asc",
+        types=("deposit", "charge"),
+        date_from=date(2026, 11, 1),
+        date_to=date(2026, 11, 30),
+        cursor="c3",
+        back=("c2",),
+        lang="en",
     )
     assert parse(state.url()) == state
     assert "token" not in state.url()
@@ -51,8 +58,12 @@ def test_sorting_flips_the_current_column_and_restarts_paging() -> None:
 def test_api_query_turns_inclusive_dates_into_rfc3339_bounds() -> None:
     state = HistoryState(user_id=1, types=("reserve",), date_from=date(2026, 11, 1), date_to=date(2026, 11, 30))
     assert state.api_query() == {
-        "sort": "created_at", "order": "desc", "limit": "20", "type": "reserve",
-        "from": "2026-11-01T00:00:00.000Z", "to": "2026-12-01T00:00:00.000Z",
+        "sort": "created_at",
+        "order": "desc",
+        "limit": "20",
+        "type": "reserve",
+        "from": "2026-11-01T00:00:00.000Z",
+        "to": "2026-12-01T00:00:00.000Z",
     }
     assert "cursor" not in state.api_query() and state.next_page("abc").api_query()["cursor"] == "abc"
 

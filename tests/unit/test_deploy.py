@@ -249,7 +249,7 @@ def test_ensure_redis_without_serve_only_checks_the_binary(tmp_path: Path) -> No
 @pytest.mark.parametrize(
     ("body", "says"),
     [
-        ('echo 3.9', "is Python 3.9; the service needs >= 3.11"),
+        ("echo 3.9", "is Python 3.9; the service needs >= 3.11"),
         ("exit 127", "does not run"),
         ('case "$*" in *ensurepip*) exit 1;; esac; echo 3.11', "apt-get install python3-venv"),
     ],

@@ -23,8 +23,7 @@ ALLOWED = {
     "console": {"core", "infra", "ledger", "projection", "views", "api"},
 }
 # Known crossings still to be removed.
-EXCEPTIONS: set[tuple[str, str]] = {
-}
+EXCEPTIONS: set[tuple[str, str]] = {}
 
 
 def billing_imports(path: Path) -> set[str]:
@@ -33,7 +32,9 @@ def billing_imports(path: Path) -> set[str]:
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         names: list[str] = []
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module] + ([f"{node.module}.{a.name}" for a in node.names] if node.module == "billing" else [])
+            names = [node.module] + (
+                [f"{node.module}.{a.name}" for a in node.names] if node.module == "billing" else []
+            )
         elif isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         for name in names:

@@ -8,9 +8,10 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from billing.api.handlers.base import UNAVAILABLE_ERRORS, BaseHandler, visible_ascii
+from billing.api.handlers.base import UNAVAILABLE_ERRORS, BaseHandler
 from billing.api.outcomes import Answer, answer
 from billing.core.errors import ApiError, validation_errors
+from billing.core.parsing import visible_ascii
 from billing.core.schemas import BatchRequest
 from billing.ledger.scripts import (
     BatchClaim,
@@ -137,7 +138,7 @@ async def _settle(ledger: Ledger, claim: BatchClaim, reached: bool) -> None:
     None did (each refused before it, or the run failed with 503): nothing stays under the key, as for a whole
     request refused so. The answer stands either way: if Redis cannot be reached now, the claim runs out by
     itself, and each operation's own record still keeps a retry from applying it twice."""
-    with contextlib.suppress(UNAVAILABLE_ERRORS):
+    with contextlib.suppress(*UNAVAILABLE_ERRORS):
         if reached:
             await ledger.complete_batch_key(claim)
         else:
