@@ -144,9 +144,10 @@ def wait_projected(redis_url: str, timeout: float = 120.0) -> None:
             if all(g["pending"] == 0 and g["last-delivered-id"] == last for g in groups):
                 return
             time.sleep(0.1)
+        state = {"last-generated-id": last, "groups": groups}
     finally:
         client.close()
-    raise RuntimeError(f"the outbox projector did not catch up within {timeout} s")
+    raise RuntimeError(f"the outbox projector did not catch up within {timeout} s: {state}")
 
 
 @contextlib.contextmanager

@@ -6,11 +6,11 @@ from __future__ import annotations
 import logging
 import secrets
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from redis.asyncio import Redis
 
 from billing.api.auth import Authenticator
+from billing.api.context import ApiContext
 from billing.core.config import Settings
 from billing.infra import redis_raw
 from billing.infra.observability import RequestObserver
@@ -23,28 +23,13 @@ from billing.projection.store import LedgerStore
 from billing.views.history import History
 from billing.views.reports import Reports
 
-if TYPE_CHECKING:  # imported in bootstrap(): `billing serve` prepares the metrics directory before it loads
-    from billing.infra.metrics import Metrics
-
 log = logging.getLogger("billing")
 
 
 @dataclass
-class Context:
-    """One process's components (the handlers see them as billing.api.context.ApiContext)."""
+class Context(ApiContext):
+    """One process's components, with their start and stop."""
 
-    settings: Settings
-    redis: Redis
-    mongo: MongoDatabase
-    ledger: Ledger
-    operations: MoneyOperations
-    auth: Authenticator
-    metrics: Metrics
-    request_observer: RequestObserver  # the access log, request metrics and the in-flight count
-    history: History
-    projector: Projector  # the outbox projector; runs in this process when settings.projector_enabled
-    sequence_guard: SequenceGuard
-    reports: Reports
     # Stores opened by bootstrap() are closed by stop(); stores passed in belong to the caller.
     owns_redis: bool = False
     owns_mongo: bool = False

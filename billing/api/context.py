@@ -1,12 +1,13 @@
-"""What the HTTP handlers (API and console) use of the composed service.
+"""The components of one process as the HTTP handlers (API and console) see them.
 
-billing.bootstrap.Context has every one of these; handlers name this type, so they do not depend on the
-composition root that imports them.
+billing.bootstrap builds it (as its Context, which adds start() and stop()); handlers name this type, so
+they do not depend on the composition root that imports them.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from redis.asyncio import Redis
 
@@ -25,7 +26,8 @@ if TYPE_CHECKING:  # prometheus_client must load after the metrics directory is 
     from billing.infra.metrics import Metrics
 
 
-class ApiContext(Protocol):
+@dataclass
+class ApiContext:
     settings: Settings
     redis: Redis
     mongo: MongoDatabase
@@ -33,8 +35,8 @@ class ApiContext(Protocol):
     operations: MoneyOperations
     auth: Authenticator
     metrics: Metrics
-    request_observer: RequestObserver
+    request_observer: RequestObserver  # the access log, request metrics and the in-flight count
     history: History
-    projector: Projector
+    projector: Projector  # the outbox projector; runs in this process when settings.projector_enabled
     sequence_guard: SequenceGuard
     reports: Reports

@@ -14,10 +14,11 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 from bson.decimal128 import Decimal128
+
+from billing.infra.data_files import data_dir
 
 PARAM = "$param"
 # Numbers and times only. A string could not be bound safely everywhere: inside an aggregation
@@ -25,15 +26,7 @@ PARAM = "$param"
 ParamValue = datetime | int | Decimal128
 
 
-def _pipelines_dir() -> Path:
-    """The checkout's reports/ (editable installs), else the copy installed as the data package billing.reports."""
-    checkout = Path(__file__).resolve().parents[2] / "reports"
-    if (checkout / "revenue.jsonc").exists():
-        return checkout
-    return Path(__file__).resolve().parents[1] / "reports"
-
-
-PIPELINES_DIR = _pipelines_dir()
+PIPELINES_DIR = data_dir("reports", "revenue.jsonc")
 SUFFIX = ".jsonc"
 
 

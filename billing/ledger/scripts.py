@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, NamedTuple
 
 from redis.asyncio import Redis
@@ -15,19 +14,11 @@ from redis.exceptions import NoScriptError
 from billing.core.money import MAX_BALANCE_KOPECKS, MAX_OPERATION_KOPECKS
 from billing.core.parsing import MAX_ID
 from billing.infra import redis_raw
+from billing.infra.data_files import data_dir
 from billing.infra.stores import awaited
 from billing.ledger.outcomes import BatchResult, KeyReused, NotRun, Outcome, outcome_from_record
 
-
-def _lua_dir() -> Path:
-    """The checkout's lua/ (editable installs), else the copy installed as the data package billing.lua."""
-    checkout = Path(__file__).resolve().parents[2] / "lua"
-    if (checkout / "_prelude.lua").exists():
-        return checkout
-    return Path(__file__).resolve().parents[1] / "lua"
-
-
-LUA_DIR = _lua_dir()
+LUA_DIR = data_dir("lua", "_prelude.lua")
 SCRIPT_NAMES = ("deposit", "withdraw", "transfer", "reserve", "recognize", "cancel", "set_service")
 BATCH = "batch"
 RESTORE = "restore"  # lua/restore.lua: the writes of `billing rebuild`, see Restore

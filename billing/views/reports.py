@@ -22,6 +22,7 @@ from billing.core.config import Settings
 from billing.core.money import format_kopecks
 from billing.core.timefmt import load_zone
 from billing.infra.pipelines import load_pipeline
+from billing.projection.store import TRANSACTIONS
 from billing.views.csv_cells import text_cell
 from billing.views.report_links import LinkSigner
 from billing.views.report_month import Month, parse_month
@@ -74,7 +75,7 @@ class Reports:
         """(service display name, revenue in kopecks) per service with charges in the month, by name."""
         period = self.month(month)
         rows: list[tuple[str, int, int]] = []
-        async for group in self.mongo.transactions.aggregate(REVENUE.bind(start=period.start, end=period.end)):
+        async for group in self.mongo[TRANSACTIONS].aggregate(REVENUE.bind(start=period.start, end=period.end)):
             service_id = group["_id"]
             names = [doc.get("name") for doc in group.get("service") or []]
             name = names[0] if names and isinstance(names[0], str) and names[0] else f"service {service_id}"

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import io
 import logging
-import subprocess
 from collections.abc import AsyncIterator
 from http.cookies import SimpleCookie
-from pathlib import Path
 
 import orjson
 import pytest
@@ -190,32 +188,6 @@ async def test_projector_lag_is_shown(console: ConsoleClient, api: Api, ctx: Con
         assert 'id="lag"' in page.text and "12" in page.text and "3.2" in page.text
     finally:
         ctx.projector = saved
-
-
-@pytest.fixture
-def tls_files(tmp_path: Path) -> tuple[str, str]:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return str(cert), str(key)
 
 
 async def test_cookies_are_secure_over_https(ctx: Context, tls_files: tuple[str, str]) -> None:

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import io
 import logging
-import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from http.cookies import SimpleCookie
-from pathlib import Path
 
 import orjson
 import pytest
@@ -153,32 +151,6 @@ async def test_public_url_wins_over_forwarded_host(serve: Serve, ctx: Context) -
     ctx.reports.settings = ctx.settings.model_copy(update={"public_url": "https://pay.example.org"})
     url, _ = await revenue_link(base_url, PROXY_HEADERS)
     assert url.startswith("https://pay.example.org/v1/reports/revenue/2026-11.csv?"), url
-
-
-@pytest.fixture
-def tls_files(tmp_path: Path) -> tuple[str, str]:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return str(cert), str(key)
 
 
 async def test_direct_https_gets_hsts(ctx: Context, tls_files: tuple[str, str]) -> None:
