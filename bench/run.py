@@ -381,7 +381,13 @@ def main(argv: list[str] | None = None) -> int:
                 batch_run(args, redis_server.url, service, results, mongo_server.proc.pid)
                 return 0
             seed(redis_server.url, service)
-            closed_rounds(args, redis_server.url, floor, service, results)
+            try:
+                closed_rounds(args, redis_server.url, floor, service, results)
+            except RuntimeError:
+                log.flush()
+                tail = (Path(logs.name) / "service.log").read_text(errors="replace").splitlines()[-40:]
+                print("the service's log, last lines:", *tail, sep="\n  ", file=sys.stderr)
+                raise
             if args.only == "closed":
                 print_ratios(results)
                 return 0

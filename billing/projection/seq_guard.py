@@ -8,8 +8,11 @@ sequence is restored (rebuild does that) writes resume without a restart.
 
 Per worker rather than once before forking: the supervisor holds no connections (forking live clients
 is unsafe), a worker it restarts checks again, and Redis can lose its data while the workers run, which
-only a check repeated in the serving process notices. The cost is one HGET and one `_id` index step per
-worker per interval.
+only a check repeated in the serving process notices. Every second a worker reads Redis's seq alone (one
+HGET); it asks MongoDB too at start, every MONGO_EVERY_SECONDS, and at once when seq went backwards or is
+below the largest id MongoDB last reported (a Redis that lost data). MongoDB is asked rarely because its
+largest id only grows with what Redis already counted, and a MongoDB stand-in without an index-ordered
+`find_one` pays a collection scan for it.
 
 MongoDB unreachable: the verdict stays what it was (at start: writes allowed, with a warning), because
 MongoDB down must not stop payments (history lags instead); ids reused meanwhile are caught by the
@@ -21,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 from redis.asyncio import Redis
@@ -33,6 +37,7 @@ from billing.projection.store import LedgerStore
 log = logging.getLogger("billing.ledger.scripts")
 
 CHECK_EVERY_SECONDS = 1.0
+MONGO_EVERY_SECONDS = 30.0
 CHECK_TIMEOUT_SECONDS = 2.0
 RETRY_AFTER_SECONDS = "5"
 
@@ -46,13 +51,17 @@ class SequenceGuard:
         self.store = store
         self.refusal: str | None = None
         self.checked = False  # a check has completed at least once
+        self._largest = 0  # MongoDB's largest transaction id at the last full check
+        self._seq = 0  # Redis's seq at the last look
+        self._mongo_checked_at = -MONGO_EVERY_SECONDS
         self._task: asyncio.Task[None] | None = None
 
     async def check(self) -> str | None:
         """Compare the sequences now; the refusal (None: writes allowed). Raises when a store does not answer."""
         # MongoDB first: its ids all came from Redis, so a seq read after it is >= it unless Redis lost data.
         largest = await self.store.max_transaction_id()
-        seq = int(await awaited(self.redis.hget(self.keys.meta, "seq")) or 0)
+        seq = await self._read_seq()
+        self._largest, self._mongo_checked_at = largest, time.monotonic()
         was = self.refusal
         if seq < largest:
             self.refusal = (
@@ -77,6 +86,19 @@ class SequenceGuard:
         self.checked = True
         return self.refusal
 
+    async def _read_seq(self) -> int:
+        self._seq = int(await awaited(self.redis.hget(self.keys.meta, "seq")) or 0)
+        return self._seq
+
+    async def tick(self) -> str | None:
+        """What the background loop runs: Redis's seq alone, and the full check when it is due or suspect."""
+        before = self._seq
+        seq = await self._read_seq()
+        due = time.monotonic() - self._mongo_checked_at >= MONGO_EVERY_SECONDS
+        if due or seq < before or seq < self._largest or self.refusal is not None:
+            return await self.check()
+        return self.refusal
+
     async def start(self) -> None:
         """Check once (bounded in time), then keep checking in the background."""
         try:
@@ -96,7 +118,7 @@ class SequenceGuard:
         while True:
             await asyncio.sleep(CHECK_EVERY_SECONDS)
             with contextlib.suppress(Exception):  # the verdict stays; the next round tries again
-                await asyncio.wait_for(self.check(), CHECK_TIMEOUT_SECONDS)
+                await asyncio.wait_for(self.tick(), CHECK_TIMEOUT_SECONDS)
 
     def ensure_writable(self) -> None:
         """Raise 503 unavailable while writes are refused (called before every money operation)."""

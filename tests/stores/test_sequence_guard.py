@@ -77,7 +77,7 @@ async def test_emptied_redis_refuses_writes_until_rebuild_then_ids_go_on(
     await assert_writes_refused(api, ctx)
 
     await rebuild(ctx.redis, ctx.ledger.keys, LedgerStore(ctx.mongo))
-    assert await guard(ctx).check() is None  # what the guard's background loop runs every second
+    assert await guard(ctx).tick() is None  # what the guard's background loop runs every second
     r = await api.deposit(1, "5.00", key="during-outage")
     assert r.status == 201 and int(r.json["transaction"]["id"]) == largest + 1
     assert r.json["balance"]["available"] == "11.00"
@@ -109,3 +109,28 @@ async def test_the_check_at_start_refuses_before_the_first_request(ctx: Context)
         assert fresh.refusal is not None and "billing rebuild" in fresh.refusal
     finally:
         await fresh.stop()
+
+
+async def test_each_tick_reads_redis_and_asks_mongodb_only_when_due_or_suspect(
+    api: Api, ctx: Context, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await seed(api, ctx)
+    checker = SequenceGuard(ctx.redis, ctx.ledger.keys, LedgerStore(ctx.mongo))  # not yet checked
+    asked: list[int] = []
+    real = checker.store.max_transaction_id
+
+    async def counted() -> int:
+        asked.append(1)
+        return await real()
+
+    monkeypatch.setattr(checker.store, "max_transaction_id", counted)
+    assert await checker.tick() is None and len(asked) == 1  # the first tick is a full check
+    assert (await api.deposit(1, "1.00")).status == 201
+    for _ in range(3):
+        assert await checker.tick() is None
+    assert len(asked) == 1  # seq only went forward: Redis alone
+    assert await guard(ctx).tick() is None  # the service's own guard, as its loop does every second
+    await ctx.redis.hset(ctx.ledger.keys.meta, "seq", "1")  # Redis went back (an old snapshot)
+    assert await checker.tick() is not None and len(asked) == 2  # asked MongoDB at once
+    assert await guard(ctx).tick() is not None  # and on its next tick
+    await assert_writes_refused(api, ctx)
