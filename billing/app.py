@@ -7,6 +7,8 @@ from typing import Any
 import tornado.web
 
 from billing.api.handlers.base import NotFoundHandler
+from billing.api.handlers.ops import OPENAPI_BUILDER
+from billing.api.openapi import build_spec
 from billing.api.routes import router_rules
 from billing.bootstrap import Context
 from billing.console.pages import console_routes
@@ -27,6 +29,7 @@ def _no_tornado_access_log(handler: tornado.web.RequestHandler) -> None:
 
 def make_app(ctx: Context, **settings: Any) -> tornado.web.Application:
     settings.setdefault("log_function", _no_tornado_access_log)
+    settings.setdefault(OPENAPI_BUILDER, build_spec)
     if ctx is not None:  # (route-table tests build the app without a context)
         settings.setdefault("cookie_secret", cookie_secret(ctx.settings))  # the console's signed session cookie
         settings.setdefault(TRUSTED_PROXIES_SETTING, ctx.settings.trusted_proxies)

@@ -9,7 +9,8 @@ from typing import Any
 from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
-from billing.api.routes import ENDPOINTS, Endpoint, Param
+from billing.api.endpoint import Endpoint, Param
+from billing.api.routes import ENDPOINTS
 from billing.core import schemas
 from billing.core.errors import PROBLEM_CONTENT_TYPE, PROBLEMS
 from billing.core.roles import ANY_ROLE

@@ -7,13 +7,12 @@ Handlers get their route through initialize() (they cannot import this module, w
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel
 
+from billing.api.endpoint import NO_AUTH, Endpoint, Param, Route
 from billing.api.handlers.accounts import BalanceHandler
 from billing.api.handlers.batch import BatchHandler
 from billing.api.handlers.health import HealthHandler, ReadyHandler
@@ -34,65 +33,12 @@ from billing.core import schemas
 from billing.core.parsing import MAX_CURSOR_LENGTH
 from billing.core.roles import ANY_ROLE, Role, roles
 from billing.core.transactions import TRANSACTION_TYPES
-from billing.ledger.service import OPERATIONS, OperationSpec
+from billing.ledger.service import OPERATIONS
 from billing.views import history
 from billing.views.report_month import MONTH_PATTERN
 
-NO_AUTH: frozenset[str] = frozenset()
 PAYMENTS = roles(Role.PAYMENTS)
 ORDERS = roles(Role.ORDERS)
-
-
-@dataclass(frozen=True)
-class Param:
-    """A path or query parameter; its schema comes from a type (through pydantic) or is given."""
-
-    name: str
-    where: str  # "path" | "query"
-    description: str
-    schema: Any = None  # a type for TypeAdapter, or a JSON Schema dict
-    required: bool = False
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """One method of a route: who may call it, what it takes and answers, and what its OpenAPI entry says."""
-
-    summary: str
-    roles: frozenset[str]  # any one of them (admin always); empty: no token
-    responses: Mapping[int, Any]  # status -> pydantic model, or a media type string ("text/csv")
-    request: type[BaseModel] | None = None
-    params: tuple[Param, ...] = ()
-    errors: tuple[str, ...] = ()  # business problem codes besides the generic ones
-    tag: str = "money"
-    description: str = ""
-    store: bool = True  # touches Redis/MongoDB, so may answer 503 unavailable
-    extra: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Route:
-    """One path: its template ({name} for a path parameter), handler and methods. No methods: pages and files
-    for people (Swagger UI), served without a token and left out of the API document."""
-
-    template: str
-    handler: type[Any]
-    methods: Mapping[str, Endpoint]
-    operation: OperationSpec | None = None  # the money operation a POST runs
-    pattern: str | None = None  # the router's regex, when the template's own ({name} -> one segment) is not it
-    args: Mapping[str, Any] = field(default_factory=dict)  # more initialize() arguments for the handler
-
-    @property
-    def regex(self) -> str:
-        if self.pattern is not None:
-            return self.pattern
-        literal = re.split(r"\{[^}]*\}", self.template)
-        return "([^/]+)".join(re.escape(part) for part in literal)
-
-    def roles(self, method: str) -> frozenset[str]:
-        """Who may call this method (any one role; admin always); empty: no token needed."""
-        endpoint = self.methods.get(method)
-        return endpoint.roles if endpoint is not None else NO_AUTH
 
 
 USER_ID = Param("user_id", "path", "The user", schemas.Id, True)

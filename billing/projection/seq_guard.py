@@ -59,9 +59,12 @@ class SequenceGuard:
     async def check(self) -> str | None:
         """Compare the sequences now; the refusal (None: writes allowed). Raises when a store does not answer."""
         # MongoDB first: its ids all came from Redis, so a seq read after it is >= it unless Redis lost data.
+        # Stamped before asking: a slow or failed answer is asked again only after the interval, never
+        # piled up (on a MongoDB stand-in the largest id costs a collection scan).
+        self._mongo_checked_at = time.monotonic()
         largest = await self.store.max_transaction_id()
         seq = await self._read_seq()
-        self._largest, self._mongo_checked_at = largest, time.monotonic()
+        self._largest = largest
         was = self.refusal
         if seq < largest:
             self.refusal = (
@@ -95,7 +98,10 @@ class SequenceGuard:
         before = self._seq
         seq = await self._read_seq()
         due = time.monotonic() - self._mongo_checked_at >= MONGO_EVERY_SECONDS
-        if due or seq < before or seq < self._largest or self.refusal is not None:
+        # Refused: restored (by a rebuild)? confirm with MongoDB, then resume. Else: went back (lost data)?
+        restored = self.refusal is not None and seq >= self._largest
+        went_back = self.refusal is None and (seq < before or seq < self._largest)
+        if due or restored or went_back:
             return await self.check()
         return self.refusal
 

@@ -26,7 +26,7 @@ from billing.ledger.unavailable import store_unavailable
 from billing.views.descriptions import negotiate_language
 
 if TYPE_CHECKING:  # (the route table names the handlers, so they see it only as a type)
-    from billing.api.routes import Route
+    from billing.api.endpoint import Route
 
 log = logging.getLogger("billing.http")
 access_log = logging.getLogger("billing.access")

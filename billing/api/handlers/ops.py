@@ -13,6 +13,7 @@ from billing.infra.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
 DOCS_PREFIX = "/docs"
 SPEC_URL = "/openapi.json"
+OPENAPI_BUILDER = "openapi_builder"  # the application setting that holds billing.api.openapi.build_spec
 
 
 class OpenAPIHandler(BaseHandler):
@@ -23,8 +24,9 @@ class OpenAPIHandler(BaseHandler):
     def get(self) -> None:
         public_url = self.ctx.settings.public_url
         if public_url not in self._cache:
-            from billing.api.openapi import build_spec  # (it reads the route table, which names this handler)
-
+            # The builder comes with the application (billing/app.py): it reads the route table, which names
+            # this handler, so the handler cannot import it.
+            build_spec = self.application.settings[OPENAPI_BUILDER]
             self._cache[public_url] = orjson.dumps(build_spec(public_url))
         self.set_header("Content-Type", "application/json")
         self.set_header("Cache-Control", "public, max-age=60")
