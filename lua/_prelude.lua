@@ -228,9 +228,7 @@ local function run_op(spec, idem_key, fingerprint, k, a)
       end
       local payload = string.sub(stored, sep + 1)
       local ok, outcome = pcall(cjson.decode, payload)
-      -- a record of an earlier release holds {status, body | error}: billing/ledger/outcomes.py reads both
-      if not ok or type(outcome) ~= 'table'
-          or (type(outcome.result) ~= 'string' and type(outcome.status) ~= 'number') then
+      if not ok or type(outcome) ~= 'table' or type(outcome.result) ~= 'string' then
         fail('idempotency record ' .. IDEM_KEY .. ' holds no outcome')
       end
       return 'replay', payload

@@ -70,17 +70,4 @@ def outcome_from_record(payload: bytes | str, replayed: bool) -> Outcome:
         return Applied(record["body"], replayed, record.get("lang"))
     if result == "unchanged":
         return Unchanged(record["body"], replayed, record.get("lang"))
-    if result is None and "status" in record:
-        return _earlier_record(record, replayed)
     raise ValueError(f"not a ledger outcome: {result!r}")
-
-
-def _earlier_record(record: dict[str, Any], replayed: bool) -> Outcome:
-    """A record written by an earlier release, {status, body | error}, still under its TTL. An operation that
-    changed the ledger says so with its transaction; a repeat has none."""
-    if "error" in record:
-        return Refused(record["error"], replayed)
-    body = record["body"]
-    if "transaction" in body:
-        return Applied(body, replayed, record.get("lang"))
-    return Unchanged(body, replayed, record.get("lang"))
