@@ -18,6 +18,7 @@ from billing.app import make_app
 from billing.bootstrap import Context, bootstrap
 from billing.core.config import Settings
 from tests.support.api import TEST_TOKENS, Api
+from tests.support.console import ConsoleClient
 from tests.support.servers import MongoWireServer, RedisServer, free_port
 
 REDIS_BACKENDS = ["fakeredis", "redis"]
@@ -135,6 +136,21 @@ async def api(ctx: Context) -> AsyncIterator[Api]:
 
 
 @pytest.fixture
+async def https_console(ctx: Context, tmp_path: Path) -> AsyncIterator[ConsoleClient]:
+    """The app served over HTTPS (a self-signed certificate for 127.0.0.1), and a console client of it."""
+    cert, key = tls_files(tmp_path)
+    port = free_port()
+    server = tornado.httpserver.HTTPServer(make_app(ctx), ssl_options={"certfile": cert, "keyfile": key})
+    server.listen(port, "127.0.0.1")
+    client = ConsoleClient(f"https://127.0.0.1:{port}", validate_cert=False)
+    try:
+        yield client
+    finally:
+        client.close()
+        server.stop()
+        await server.close_all_connections()
+
+
 def tls_files(tmp_path: Path) -> tuple[str, str]:
     """A self-signed certificate and key for 127.0.0.1 (for the HTTPS tests), made by openssl."""
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"

@@ -9,16 +9,13 @@ from http.cookies import SimpleCookie
 
 import orjson
 import pytest
-import tornado.httpserver
 from pymongo.errors import ServerSelectionTimeoutError
 
 from billing.api.auth import Authenticator, token_digest
-from billing.app import make_app
 from billing.bootstrap import Context
 from billing.infra.observability import configure_access_log
 from tests.support.api import TEST_TOKENS, Api
 from tests.support.console import ConsoleClient
-from tests.support.servers import free_port
 
 
 @pytest.fixture
@@ -190,22 +187,11 @@ async def test_projector_lag_is_shown(console: ConsoleClient, api: Api, ctx: Con
         ctx.projector = saved
 
 
-async def test_cookies_are_secure_over_https(ctx: Context, tls_files: tuple[str, str]) -> None:
-    port = free_port()
-    server = tornado.httpserver.HTTPServer(
-        make_app(ctx), ssl_options={"certfile": tls_files[0], "keyfile": tls_files[1]}
-    )
-    server.listen(port, "127.0.0.1")
-    client = ConsoleClient(f"https://127.0.0.1:{port}", validate_cert=False)
-    try:
-        page = await client.sign_in("tok-support")
-        assert page.status == 303
-        session, _ = cookie(page, "console_session")
-        assert session["secure"] and session["httponly"] and session["samesite"] == "Strict"
-    finally:
-        client.close()
-        server.stop()
-        await server.close_all_connections()
+async def test_cookies_are_secure_over_https(https_console: ConsoleClient) -> None:
+    page = await https_console.sign_in("tok-support")
+    assert page.status == 303
+    session, _ = cookie(page, "console_session")
+    assert session["secure"] and session["httponly"] and session["samesite"] == "Strict"
 
 
 async def test_history_store_down_is_a_clear_state(console: ConsoleClient, api: Api, ctx: Context) -> None:

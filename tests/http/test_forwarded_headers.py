@@ -153,21 +153,10 @@ async def test_public_url_wins_over_forwarded_host(serve: Serve, ctx: Context) -
     assert url.startswith("https://pay.example.org/v1/reports/revenue/2026-11.csv?"), url
 
 
-async def test_direct_https_gets_hsts(ctx: Context, tls_files: tuple[str, str]) -> None:
-    port = free_port()
-    server = tornado.httpserver.HTTPServer(
-        make_app(ctx), ssl_options={"certfile": tls_files[0], "keyfile": tls_files[1]}
-    )
-    server.listen(port, "127.0.0.1")
-    client = ConsoleClient(f"https://127.0.0.1:{port}", validate_cert=False)
-    try:
-        login = await client.get("/console/login", headers={"X-Forwarded-Proto": "http"})  # untrusted: ignored
-        assert login.headers[HSTS].startswith("max-age=")
-        assert cookie(login, "console_xsrf")[0]["secure"]
-    finally:
-        client.close()
-        server.stop()
-        await server.close_all_connections()
+async def test_direct_https_gets_hsts(https_console: ConsoleClient) -> None:
+    login = await https_console.get("/console/login", headers={"X-Forwarded-Proto": "http"})  # untrusted: ignored
+    assert login.headers[HSTS].startswith("max-age=")
+    assert cookie(login, "console_xsrf")[0]["secure"]
 
 
 def test_trusted_proxies_setting(monkeypatch: pytest.MonkeyPatch) -> None:
