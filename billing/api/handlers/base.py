@@ -225,8 +225,9 @@ class BaseHandler(RequestHooks):
 
     # ---- helpers for subclasses -------------------------------------------------------------
 
-    @property
+    @functools.cached_property
     def lang(self) -> str:
+        """The answer's language, negotiated once per request (an operation asks for it twice)."""
         return negotiate_language(self.request.headers.get("Accept-Language"))
 
     def json_body(self) -> dict[str, Any]:
