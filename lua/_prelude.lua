@@ -118,13 +118,11 @@ local function begin_run()
   if (checked_int(IDEM_TTL, MAX_SEQ, 'idempotency TTL') or 0) < 1 then
     fail('idempotency TTL must be positive: ' .. tostring(IDEM_TTL))
   end
-  check_type(OUTBOX_KEY, 'stream')
-  check_type(META_KEY, 'hash')
+  check_type(OUTBOX_KEY, 'stream') -- (XADD comes in the write phase; HMGET below fails on a non-hash by itself)
   local meta = rcall('HMGET', META_KEY, 'seq', 'clock')
   stored_id = checked_int(meta[1], MAX_SEQ, META_KEY .. ' seq') or 0
   stored_clock = checked_int(meta[2], MAX_SEQ, META_KEY .. ' clock') or 0
   last_id = stored_id
-  check_type(TOTALS_KEY, 'hash')
   local totals = rcall('HMGET', TOTALS_KEY, unpack(TOTAL_FIELDS))
   for i, field in ipairs(TOTAL_FIELDS) do
     stored_totals[field] = checked_int(totals[i], MAX_TOTAL, TOTALS_KEY .. ' ' .. field) or 0
@@ -159,11 +157,15 @@ end
 
 -- Writes what the run counted; nothing here can fail on what begin_run checked.
 local function end_run()
+  local meta = {}
   if last_id ~= stored_id then
-    rcall('HSET', META_KEY, 'seq', int(last_id))
+    meta[#meta + 1], meta[#meta + 2] = 'seq', int(last_id)
   end
   if now_ms and now_ms ~= stored_clock then
-    rcall('HSET', META_KEY, 'clock', int(now_ms))
+    meta[#meta + 1], meta[#meta + 2] = 'clock', int(now_ms)
+  end
+  if #meta > 0 then
+    rcall('HSET', META_KEY, unpack(meta))
   end
   for field, amount in pairs(totals_added) do
     rcall('HINCRBY', TOTALS_KEY, field, int(amount))

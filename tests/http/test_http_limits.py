@@ -188,9 +188,10 @@ async def test_a_chunked_body_within_the_limit_is_served(api: Api) -> None:
 
 
 async def test_a_client_leaving_mid_body_is_not_left_in_flight(api: Api, ctx: Context) -> None:
+    """A chunked body is served as it arrives (counted in flight from its headers); the closed connection ends it."""
     url = urlsplit(api.base_url)
     reader, writer = await asyncio.open_connection(url.hostname, url.port)
-    writer.write(post_head("/v1/deposits", 1000) + b'{"user_id": 1,')
+    writer.write(post_head("/v1/deposits", None) + b"e\r\n" + b'{"user_id": 1,')
     await writer.drain()
     observer = ctx.request_observer
     await asyncio.wait_for(until(lambda: observer.in_flight == 1), 10)  # the headers arrived: being served
@@ -198,6 +199,24 @@ async def test_a_client_leaving_mid_body_is_not_left_in_flight(api: Api, ctx: Co
     await asyncio.wait_for(until(lambda: observer.in_flight == 0), 10)  # the closed connection ends it
     assert in_flight(await metrics_text(api)) == 1.0
     assert (await api.balance(1)).status == 404
+
+
+async def test_a_sized_body_within_the_limit_is_read_whole_before_it_is_served(api: Api, ctx: Context) -> None:
+    """Its handler starts only once the body is complete, so a client leaving mid-body never started one."""
+    url = urlsplit(api.base_url)
+    body = orjson.dumps({"user_id": 1, "amount": "1.00"})
+    reader, writer = await asyncio.open_connection(url.hostname, url.port)
+    writer.write(post_head("/v1/deposits", len(body), token="tok-payments") + body[:10])
+    await writer.drain()
+    observer = ctx.request_observer
+    await asyncio.sleep(0.2)
+    assert observer.in_flight == 0  # waiting for the rest of the body: no handler yet
+    writer.write(body[10:])
+    await writer.drain()
+    status_line = await asyncio.wait_for(reader.readline(), 30)
+    writer.close()
+    assert status_line.split()[1] == b"201", status_line
+    assert (await api.balance(1)).json["available"] == "1.00"
 
 
 def test_the_in_flight_count_moves_only_for_requests_it_counted() -> None:

@@ -13,6 +13,7 @@ import orjson
 import tornado
 import tornado.web
 from tornado.http1connection import HTTP1Connection
+from tornado.httputil import HTTPServerRequest
 
 from billing.api.auth import Principal
 from billing.api.context import ApiContext
@@ -87,11 +88,18 @@ class RequestHooks(OriginAware):
         self.ctx.request_observer.finished(self)
 
 
-@tornado.web.stream_request_body  # prepare() runs on the headers: an oversized body is refused unread
 class BaseHandler(RequestHooks):
-    """Every route derives from this: one error format, one access log line."""
+    """Every route derives from this: one error format, one access log line.
+
+    A request whose body fits the route's limit is read whole before prepare(), as Tornado reads bodies by
+    default. One that declares a longer body, sends it chunked (no length to check beforehand) or waits for
+    "100 Continue" is served by the route's streamed variant (streamed_handler()): prepare() runs on the
+    headers, so it is refused unread, and a chunked body is counted as it arrives. Streaming every request
+    would cost each one a further event-loop round on Tornado's body future.
+    """
 
     body_limit = BODY_LIMIT
+    streamed = False  # True in the streamed variant only
 
     def initialize(self, ctx: ApiContext, route: Route | None = None, **kwargs: Any) -> None:
         self.ctx = ctx
@@ -156,7 +164,8 @@ class BaseHandler(RequestHooks):
         """
         declared = self.declared_length()
         if (
-            not declared
+            not self.streamed  # the body was read already
+            or not declared
             or declared > MAX_BODY_BYTES
             or self.request.headers.get("Expect", "").lower() == "100-continue"
         ):
@@ -197,7 +206,7 @@ class BaseHandler(RequestHooks):
 
     @property
     def body(self) -> bytes:
-        return b"".join(self.body_chunks)
+        return b"".join(self.body_chunks) if self.streamed else self.request.body
 
     def on_connection_close(self) -> None:
         """The client left before the answer (mid-body, or while it was being computed)."""
@@ -307,8 +316,40 @@ class BaseHandler(RequestHooks):
         ]
 
 
+def needs_streaming(request: HTTPServerRequest, limit: int) -> bool:
+    """Whether a request's body must be taken as it arrives: over the limit, of unknown length, or awaited."""
+    headers = request.headers
+    if "Transfer-Encoding" in headers or headers.get("Expect", "").lower() == "100-continue":
+        return True
+    declared = headers.get("Content-Length")
+    if declared is None:
+        return False
+    return not (declared.isascii() and declared.isdigit()) or int(declared) > limit  # (malformed: refused unread)
+
+
+_STREAMED: dict[type[BaseHandler], type[BaseHandler]] = {}
+
+
+def _streamed_variant(handler: type[BaseHandler]) -> type[BaseHandler]:
+    variant = _STREAMED.get(handler)
+    if variant is None:
+        variant = type(handler.__name__, (handler,), {"streamed": True, "__doc__": handler.__doc__})
+        variant = _STREAMED[handler] = tornado.web.stream_request_body(variant)
+    return variant
+
+
+def streamed_handler(handler: type[tornado.web.RequestHandler], request: HTTPServerRequest) -> type[Any]:
+    """The handler class to serve this request with: the route's own, or its streamed variant (BaseHandler)."""
+    if issubclass(handler, BaseHandler) and not handler.streamed and needs_streaming(request, handler.body_limit):
+        return _streamed_variant(handler)
+    return handler
+
+
+@tornado.web.stream_request_body  # every unknown path, whatever its body: refused on the headers
 class NotFoundHandler(BaseHandler):
     """Any unknown path, any method."""
+
+    streamed = True
 
     def prepare(self) -> None:
         # No route is the answer whatever the method, token or body: 404 before any other check (not 415).
