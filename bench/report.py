@@ -6,11 +6,14 @@ import statistics
 import time
 from typing import Any
 
+from bench.wrkrun import MANY_IDS
+
 TARGETS = {
     "post": 0.80,  # service POST /v1/deposits rate / floor POST rate
     "get": 0.85,  # service GET balance rate / floor GET rate
     "p99_ms": 10.0,  # at half the maximum rate
     "batch_ops": 50_000.0,
+    "many_balances": 100_000.0,  # balances per second read through GET /v1/balances, 100 ids per request
     "rss_drift": 0.10,
 }
 
@@ -62,6 +65,31 @@ def summary(results: Any) -> list[tuple[str, str, str, str, str, str]]:
                 f"{_median([r.redis_cpu_us for r in results.rounds.get(f'service {mode}', [])]):.0f}",
                 f"{floor_cpu / service_cpu:.2f}" if service_cpu else "",
                 "(floor CPU / service CPU)",
+                "",
+            )
+        )
+    many = results.rounds.get("service many", [])
+    if many:
+        floor_get = _median([r.rate for r in results.rounds.get("floor get", [])])
+        balances = _median([r.rate for r in many]) * MANY_IDS
+        rows.append(
+            (
+                f"GET /v1/balances, {MANY_IDS} ids per request (balances/s; floor: single reads/s)",
+                f"{floor_get:.0f}",
+                f"{balances:.0f}",
+                f"{balances / floor_get:.1f}" if floor_get else "",
+                f">= {TARGETS['many_balances']:.0f}",
+                _met(balances >= TARGETS["many_balances"] and not any(r.failures for r in many)),
+            )
+        )
+        rows.append(
+            (
+                "  worker CPU per balance, GET /v1/balances (µs; + Redis)",
+                "",
+                f"{_median([r.cpu_us for r in many]) / MANY_IDS:.1f} + "
+                f"{_median([r.redis_cpu_us for r in many]) / MANY_IDS:.1f}",
+                "",
+                "",
                 "",
             )
         )

@@ -60,12 +60,17 @@ def _ms(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
+MANY_IDS = 100  # user ids per GET /v1/balances in the "many" mode
+
+
 def _env(mode: str, paths: dict[str, str], token: str, run_id: str, users: int, extra: dict[str, str]) -> dict:
     env = dict(os.environ)
     env.update(
         BENCH_MODE=mode,
         BENCH_POST_PATH=paths["post"],
         BENCH_GET_PATH=paths["get"],
+        BENCH_MANY_PATH=paths.get("many", ""),
+        BENCH_MANY_IDS=str(MANY_IDS),
         BENCH_TOKEN=token,
         BENCH_RUN=run_id,
         BENCH_USERS=str(users),

@@ -23,6 +23,7 @@ class Param:
     description: str
     schema: Any = None  # a type for TypeAdapter, or a JSON Schema dict
     required: bool = False
+    explode: bool = True  # False: an array is one comma-separated value (OpenAPI's style form, explode false)
 
 
 @dataclass(frozen=True)

@@ -94,6 +94,7 @@ def _operation(method: str, path: str, op: Endpoint, refs: Mapping[tuple[Any, Js
             "description": p.description,
             "required": p.required or p.where == "path",
             "schema": _param_schema(p),
+            **({} if p.explode else {"style": "form", "explode": False}),
         }
         for p in op.params
     ]

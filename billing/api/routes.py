@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 
 from billing.api.endpoint import NO_AUTH, Endpoint, Param, Route
-from billing.api.handlers.accounts import BalanceHandler
+from billing.api.handlers.accounts import MAX_BALANCE_IDS, BalanceHandler, BalancesHandler
 from billing.api.handlers.batch import BatchHandler
 from billing.api.handlers.health import HealthHandler, ReadyHandler
 from billing.api.handlers.history import TransactionsHandler
@@ -147,6 +147,8 @@ OPERATION_ROUTES: dict[str, Route] = {
 }
 OPERATION_ROLES: dict[str, frozenset[str]] = {name: route.roles("POST") for name, route in OPERATION_ROUTES.items()}
 
+BALANCE_READERS = roles(Role.PAYMENTS, Role.ORDERS, Role.SUPPORT, Role.ACCOUNTING)
+
 ROUTES: tuple[Route, ...] = (
     *MONEY_ROUTES,
     Route(
@@ -155,10 +157,38 @@ ROUTES: tuple[Route, ...] = (
         {
             "GET": Endpoint(
                 "A user's balance",
-                roles(Role.PAYMENTS, Role.ORDERS, Role.SUPPORT, Role.ACCOUNTING),
+                BALANCE_READERS,
                 {200: schemas.Balance},
                 params=(USER_ID,),
                 errors=("account_not_found",),
+            )
+        },
+    ),
+    Route(
+        "/v1/balances",
+        BalancesHandler,
+        {
+            "GET": Endpoint(
+                "Many users' balances in one request",
+                BALANCE_READERS,
+                {200: schemas.BalanceList},
+                params=(
+                    Param(
+                        "user_ids",
+                        "query",
+                        f"The users, comma-separated (1 to {MAX_BALANCE_IDS}; repeats are answered again)",
+                        {
+                            "type": "array",
+                            "items": TypeAdapter(schemas.Id).json_schema(),
+                            "minItems": 1,
+                            "maxItems": MAX_BALANCE_IDS,
+                        },
+                        True,
+                        explode=False,
+                    ),
+                ),
+                description='Items in the order asked: a balance, or `{"user_id", "error": '
+                '"account_not_found"}` for a user with no account.',
             )
         },
     ),

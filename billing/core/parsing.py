@@ -162,6 +162,23 @@ def choice(text: str, options: Sequence[str]) -> str:
     return text
 
 
+def id_list(text: str, at_most: int) -> list[int]:
+    """1 to at_most comma-separated ids (each as id_text), no spaces, in the order given; repeats are kept."""
+    # Longest possible text first, so a huge query is refused before it is split.
+    if len(text) > at_most * (len("9" * 19 + ".") + 20 + 1):
+        raise ParseError(f"must list 1 to {at_most} ids")
+    parts = text.split(",")
+    if len(parts) > at_most:
+        raise ParseError(f"must list 1 to {at_most} ids")
+    ids = []
+    for index, part in enumerate(parts, 1):
+        try:
+            ids.append(id_text(part))
+        except ParseError as exc:
+            raise ParseError(f"id {index} of the comma-separated list {exc}") from None
+    return ids
+
+
 def choices(text: str, options: Sequence[str]) -> tuple[str, ...]:
     """A comma-separated list of options, no spaces; answered in the options' own order, without repeats."""
     wanted = text.split(",")

@@ -158,6 +158,17 @@ class Balance(BaseModel):
     reserved: Money
 
 
+class MissingBalance(BaseModel):
+    """An item of a many-balances read for a user with no account."""
+
+    user_id: int
+    error: Literal["account_not_found"]
+
+
+class BalanceList(BaseModel):
+    items: list[Balance | MissingBalance]
+
+
 class Transaction(BaseModel):
     id: int
     type: TransactionTypeValue

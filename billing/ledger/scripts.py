@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -356,6 +357,19 @@ class Ledger:
         if available is None:
             return None
         return int(available), int(reserved or 0)
+
+    async def balances(self, user_ids: Sequence[int]) -> list[tuple[int, int] | None]:
+        """balance() of each user, in order, in one round trip (one pipelined write of HMGETs)."""
+        commands = [
+            redis_raw.pack(["HMGET", self.keys.account(user_id), "available", "reserved"]) for user_id in user_ids
+        ]
+        out: list[tuple[int, int] | None] = []
+        for reply in await redis_raw.pipeline(self.redis, commands):
+            if isinstance(reply, Exception):
+                raise reply
+            available, reserved = reply
+            out.append(None if available is None else (int(available), int(reserved or 0)))
+        return out
 
     async def reservation(self, user_id: int, service_id: int, order_id: int) -> dict[str, str] | None:
         raw = await awaited(self.redis.hgetall(self.keys.reservation(user_id, service_id, order_id)))

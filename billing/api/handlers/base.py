@@ -20,7 +20,15 @@ from billing.api.context import ApiContext
 from billing.api.jsonbody import parse_json_object
 from billing.core.errors import PROBLEM_CONTENT_TYPE, ApiError, problem_body
 from billing.core.forwarding import HSTS_VALUE, TRUSTED_PROXIES_SETTING, Origin, request_origin
-from billing.core.parsing import ParseError, field_error, id_text, idempotency_key, query_value, visible_ascii
+from billing.core.parsing import (
+    ParseError,
+    field_error,
+    id_list,
+    id_text,
+    idempotency_key,
+    query_value,
+    visible_ascii,
+)
 from billing.ledger.scripts import Idempotency
 from billing.ledger.unavailable import UNAVAILABLE_ERRORS as UNAVAILABLE_ERRORS  # (the console catches them too)
 from billing.ledger.unavailable import store_unavailable
@@ -276,6 +284,13 @@ class BaseHandler(RequestHooks):
         """A required id in the query string, exactly as sent (no stripping, given once)."""
         try:
             return id_text(query_value(self.request.query_arguments, name) or "")
+        except ParseError as exc:
+            raise field_error(name, exc) from None
+
+    def query_ids(self, name: str, at_most: int) -> list[int]:
+        """A required comma-separated list of ids in the query string (parsing.id_list), given once."""
+        try:
+            return id_list(query_value(self.request.query_arguments, name) or "", at_most)
         except ParseError as exc:
             raise field_error(name, exc) from None
 
