@@ -43,6 +43,23 @@ def summary(results: Any) -> list[tuple[str, str, str, str, str, str]]:
                 _met(ratio >= TARGETS[mode]),
             )
         )
+        pairs = [
+            service_round.rate / floor_round.rate
+            for floor_round, service_round in zip(
+                results.rounds.get(f"floor {mode}", []), results.rounds.get(f"service {mode}", []), strict=False
+            )
+            if floor_round.rate
+        ]
+        rows.append(
+            (
+                "  service/floor round by round (each round's two runs back to back)",
+                "",
+                "",
+                " ".join(f"{ratio:.2f}" for ratio in pairs),
+                f"median {_median(pairs):.2f}",
+                "",
+            )
+        )
         floor_p = [r.p99 for r in results.rounds.get(f"floor {mode}", [])]
         service_p = [r.p99 for r in results.rounds.get(f"service {mode}", [])]
         rows.append(
