@@ -4,7 +4,9 @@ SIGKILL, and which commands the client sends again by itself (what the partition
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -18,6 +20,7 @@ from redis.cluster import RedisCluster as SyncRedisCluster
 from redis.crc import key_slot
 from redis.exceptions import ClusterCrossSlotError, MovedError, NoScriptError, RedisClusterException
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.retry import Retry as SyncRetry
 
 from tests.support.proxy import ReplyDroppingProxy
 from tests.support.redis_cluster import LocalCluster, LocalNode
@@ -144,10 +147,20 @@ async def test_a_killed_master_is_replaced_by_its_replica_and_writes_go_on(own_c
         assert await pipe.execute() == [[1, old_master.port], 1]  # the replica has the count
         replicas = own_cluster.replicas_of(old_master)
 
-        started = time.monotonic()
-        own_cluster.kill(old_master)
-        new_master = own_cluster.wait_failover(old_master, timeout=15)
-        took = time.monotonic() - started
+        # A client that never re-sends meets the dead master once (connection refused: the command never left),
+        # and marks its slot map for a rebuild that the next command makes.
+        once = RedisCluster.from_url(own_cluster.url, retry=never_resend(), decode_responses=True)
+        try:
+            await once.get(key)  # its map now names the old master
+            started = time.monotonic()
+            own_cluster.kill(old_master)
+            new_master = own_cluster.wait_failover(old_master, timeout=15)
+            took = time.monotonic() - started
+            with pytest.raises(RedisConnectionError):
+                await once.get(key)
+            assert await once.get(key) == "1"
+        finally:
+            await once.aclose()
         assert new_master in replicas
         assert took < 15
         print(f"failover after SIGKILL: {took:.2f} s")
@@ -369,3 +382,58 @@ def test_a_plain_client_of_one_node_is_redirected(redis_cluster: LocalCluster, r
     other = next(master for master in redis_cluster.masters() if master is not owner)
     with other.client() as direct, pytest.raises(MovedError, match=f"^{slot_of(key)} 127.0.0.1:{owner.port}$"):
         direct.set(key, "1")
+
+
+@contextlib.contextmanager
+def proxy_in_a_thread(upstream_port: int) -> Iterator[ReplyDroppingProxy]:
+    """A ReplyDroppingProxy on an event loop of its own thread, for a synchronous client."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    proxy = asyncio.run_coroutine_threadsafe(ReplyDroppingProxy(upstream_port).start(), loop).result(5)
+
+    async def close() -> None:
+        await proxy.close()
+        connections = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in connections:
+            task.cancel()
+        await asyncio.gather(*connections, return_exceptions=True)
+
+    try:
+        yield proxy
+    finally:
+        asyncio.run_coroutine_threadsafe(close(), loop).result(5)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+
+
+def test_the_sync_pipeline_sends_again_after_a_lost_reply_whatever_its_retries(
+    redis_cluster: LocalCluster, run: str
+) -> None:
+    """redis.cluster.ClusterPipeline, even with no retries: a connection error counts for every command of that
+    node, answered or not, and each is sent again on its own (its execute() has no allow_redirections to stop it)."""
+    lost = f"{{p2}}:{run}"
+    owner = redis_cluster.master_of_slot(slot_of(lost))
+    entry = next(master for master in redis_cluster.masters() if master is not owner)
+    with proxy_in_a_thread(owner.port) as proxy:
+
+        def remap(address: tuple[str, int]) -> tuple[str, int]:
+            return ("127.0.0.1", proxy.port) if address[1] == owner.port else address
+
+        client = SyncRedisCluster(
+            host="127.0.0.1",
+            port=entry.port,
+            address_remap=remap,
+            retry=SyncRetry(NoBackoff(), 0),
+            decode_responses=True,
+        )
+        try:
+            pipe = client.pipeline()
+            pipe.incr(f"{lost}:a")
+            pipe.incr(f"{lost}:b")
+            proxy.arm(f"{lost}:a".encode())
+            assert pipe.execute() == [2, 2]  # both ran twice
+            assert proxy.dropped == 1
+        finally:
+            client.close()
