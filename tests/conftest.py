@@ -1,4 +1,4 @@
-"""Shared fixtures: Redis (fake and real), MongoDB (mongomock and a real wire server), a live app."""
+"""Shared fixtures: Redis (fake, real and a real cluster), MongoDB (mongomock and a real wire server), a live app."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from billing.bootstrap import Context, bootstrap
 from billing.core.config import Settings
 from tests.support.api import TEST_TOKENS, Api
 from tests.support.console import ConsoleClient
+from tests.support.redis_cluster import LocalCluster
 from tests.support.servers import MongoWireServer, RedisServer, free_port
 
 REDIS_BACKENDS = ["fakeredis", "redis"]
@@ -31,6 +32,31 @@ def redis_server() -> Iterator[RedisServer]:
     server = RedisServer().start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[LocalCluster]:
+    """A Redis Cluster of the tests' own (3 masters, 3 replicas on free ports), one for the whole run: tests leave
+    it whole (a test that kills or moves nodes takes `own_cluster`)."""
+    skip_without_cluster_binaries()
+    cluster = LocalCluster().start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def own_cluster() -> Iterator[LocalCluster]:
+    """A Redis Cluster of this test's own: it may kill and restart nodes."""
+    skip_without_cluster_binaries()
+    cluster = LocalCluster().start()
+    yield cluster
+    cluster.stop()
+
+
+def skip_without_cluster_binaries() -> None:
+    missing = [binary for binary in ("redis-server", "redis-cli") if shutil.which(binary) is None]
+    if missing:
+        pytest.skip(f"{' and '.join(missing)} not installed: `make test` installs them (scripts/ensure-redis.sh)")
 
 
 @pytest.fixture(scope="session")

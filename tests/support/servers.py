@@ -9,9 +9,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 
 def free_port() -> int:
@@ -25,15 +28,23 @@ def in_ci() -> bool:
 
 
 class RedisServer:
-    """A redis-server child process on a free port; optionally with AOF (appendfsync always)."""
+    """A redis-server child process on a free port; optionally with AOF (appendfsync always) and further
+    command-line options (`extra_args`, e.g. cluster mode)."""
 
-    def __init__(self, aof: bool = False, directory: str | None = None, port: int | None = None) -> None:
+    def __init__(
+        self,
+        aof: bool = False,
+        directory: str | None = None,
+        port: int | None = None,
+        extra_args: Sequence[str] = (),
+    ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server binary not found (scripts/ensure-redis.sh installs it)")
         self.binary = binary
         self.port = port or free_port()
         self.aof = aof
+        self.extra_args = list(extra_args)
         self.dir = directory or tempfile.mkdtemp(prefix="billing-redis-")
         self.proc: subprocess.Popen | None = None
 
@@ -47,14 +58,18 @@ class RedisServer:
             args += ["--appendonly", "yes", "--appendfsync", "always"]
         else:
             args += ["--appendonly", "no"]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port)
+        self.proc = subprocess.Popen(args + self.extra_args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # This loop is the retry: redis-py's default one backs off for up to a second or two per refused connect.
+        client = redis.Redis(port=self.port, retry=Retry(NoBackoff(), 0))
         deadline = time.monotonic() + 10
         while True:
             try:
                 if client.ping():
                     break
             except redis.ConnectionError:
+                if self.proc.poll() is not None:
+                    # Exited at once: a bad option, or the port was taken since it was chosen.
+                    raise RuntimeError(f"redis-server on port {self.port} exited with {self.proc.returncode}") from None
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
