@@ -38,7 +38,7 @@ def redis_server() -> Iterator[RedisServer]:
 def redis_cluster() -> Iterator[LocalCluster]:
     """A Redis Cluster of the tests' own (3 masters, 3 replicas on free ports), one for the whole run: tests leave
     it whole (a test that kills or moves nodes takes `own_cluster`)."""
-    skip_without_cluster_binaries()
+    require_cluster_binaries()
     cluster = LocalCluster().start()
     yield cluster
     cluster.stop()
@@ -47,16 +47,17 @@ def redis_cluster() -> Iterator[LocalCluster]:
 @pytest.fixture
 def own_cluster() -> Iterator[LocalCluster]:
     """A Redis Cluster of this test's own: it may kill and restart nodes."""
-    skip_without_cluster_binaries()
+    require_cluster_binaries()
     cluster = LocalCluster().start()
     yield cluster
     cluster.stop()
 
 
-def skip_without_cluster_binaries() -> None:
+def require_cluster_binaries() -> None:
+    """As for the single redis-server: a missing binary fails the run, it never skips."""
     missing = [binary for binary in ("redis-server", "redis-cli") if shutil.which(binary) is None]
     if missing:
-        pytest.skip(f"{' and '.join(missing)} not installed: `make test` installs them (scripts/ensure-redis.sh)")
+        pytest.fail(f"{' and '.join(missing)} not installed: `make test` installs them (scripts/ensure-redis.sh)")
 
 
 @pytest.fixture(scope="session")
