@@ -1,4 +1,4 @@
-"""The `billing` command: serve | report | project | reconcile | rebuild.
+"""The `billing` command: serve | report | project | reconcile | rebuild | console-user | audit.
 
 Every command reads the checked Settings (a bad one is one line on stderr); a CommandError is one line
 `billing <command>: <message>` and its exit status; usage errors are one line and exit status 2.
@@ -179,8 +179,9 @@ def _all_settings_epilog() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     from billing.commands import COMMANDS as LEDGER_COMMANDS
+    from billing.console_commands import COMMANDS as CONSOLE_COMMANDS
 
-    commands = {**COMMANDS, **LEDGER_COMMANDS}
+    commands = {**COMMANDS, **LEDGER_COMMANDS, **CONSOLE_COMMANDS}
     parser = Parser(
         prog="billing",
         description="The billing service and the commands that operate it.",

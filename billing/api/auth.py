@@ -13,10 +13,14 @@ from billing.core.roles import ROLES, Role
 
 @dataclass(frozen=True)
 class Principal:
-    """An authenticated caller: a loggable name (never the token) and its roles."""
+    """An authenticated caller: a loggable name (never the token) and its roles.
+
+    A token's name is its digest prefix; a person's (a console account, person=True) is the account name.
+    """
 
     name: str
     roles: frozenset[str]
+    person: bool = False
 
     def has_any(self, roles: frozenset[str]) -> bool:
         return Role.ADMIN in self.roles or not self.roles.isdisjoint(roles)

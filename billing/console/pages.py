@@ -1,9 +1,12 @@
-"""The console's pages under /console: sign in and out, user lookup (support), monthly revenue (accounting)."""
+"""The console's pages under /console: sign in and out, user lookup (support), monthly revenue (accounting),
+the audit log (admin)."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
+import re
 import uuid
 from datetime import datetime
 from pathlib import Path
@@ -16,6 +19,8 @@ import tornado.web
 from billing.api.auth import Principal
 from billing.api.context import ApiContext
 from billing.api.handlers.base import UNAVAILABLE_ERRORS, OriginAware, RequestHooks
+from billing.console.accounts import NAME_PATTERN, Accounts, SignInLimit
+from billing.console.audit import AuditLog
 from billing.console.display import shown
 from billing.console.history_view import BadState, HistoryState
 from billing.console.session import (
@@ -25,12 +30,13 @@ from billing.console.session import (
     XSRF_COOKIE,
     Sessions,
     cookie_flags,
+    person_value,
     session_value,
 )
 from billing.console.text import TEXT, other_language, pick_language
 from billing.core.errors import ApiError
 from billing.core.money import format_kopecks
-from billing.core.parsing import ParseError, form_value, query_lists
+from billing.core.parsing import ParseError, form_value, id_text, query_lists
 from billing.core.parsing import month as parse_month
 from billing.core.roles import Role, roles
 from billing.core.transactions import TRANSACTION_TYPES
@@ -57,6 +63,8 @@ SECURITY_HEADERS = {
 }
 SUPPORT = roles(Role.SUPPORT)  # the user page: balance, reservations, history
 ACCOUNTING = roles(Role.ACCOUNTING)  # the reports page
+ADMIN = roles(Role.ADMIN)  # the audit log
+STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 
 
 class ConsoleError(Exception):
@@ -119,6 +127,10 @@ class ConsoleHandler(RequestHooks):
     def sessions(self) -> Sessions:
         return Sessions(self.ctx.redis, self.ctx.ledger.keys)
 
+    @property
+    def audit(self) -> AuditLog:
+        return AuditLog(self.ctx.redis, self.ctx.ledger.keys, self.ctx.settings.console_audit_maxlen)
+
     def session_id(self) -> bytes | None:
         """The session id from the signed cookie (None if absent, tampered with or older than a day)."""
         return self.get_signed_cookie(SESSION_COOKIE, max_age_days=SESSION_MAX_AGE_DAYS)
@@ -153,6 +165,7 @@ class ConsoleHandler(RequestHooks):
             principal=principal,
             can_users=principal is not None and principal.has_any(SUPPORT),
             can_reports=principal is not None and principal.has_any(ACCOUNTING),
+            can_audit=principal is not None and principal.has_any(ADMIN),
             switch_url=self.url_with(lang=other_language(self.lang)),
             css_url=CSS_URL,
             short_time=short_time,
@@ -187,7 +200,9 @@ class ConsoleHandler(RequestHooks):
         self.error_code = key
         self.set_status(status)
         if status == 401:
-            self.render("console_login.html", error=TEXT[self.lang][key], next_url=self.request.uri or "/console")
+            self.render(
+                "console_login.html", error=TEXT[self.lang][key], next_url=self.request.uri or "/console", name=""
+            )
             return
         title_key = "forbidden_title" if status == 403 else "error_title"
         self.render(
@@ -210,15 +225,44 @@ class LoginHandler(ConsoleHandler):
         if self.principal is not None:
             self.redirect(safe_next(self.get_query_argument("next", None)))
             return
-        self.render("console_login.html", error=None, next_url=safe_next(self.get_query_argument("next", None)))
+        next_url = safe_next(self.get_query_argument("next", None))
+        self.render("console_login.html", error=None, next_url=next_url, name="")
 
     async def post(self) -> None:
+        """A person signs in with name and password (form fields name, password), an admin or script with
+        a token (field token). Failures count per client address, and per account name for a person."""
         next_url = safe_next(self.get_body_argument("next", None))
-        found = session_value(self.get_body_argument("token", ""), self.ctx.auth)
-        if found is None:
-            self.set_status(401)
-            self.render("console_login.html", error=TEXT[self.lang]["bad_token"], next_url=next_url)
+        person = self.get_body_argument("name", None) is not None
+        name = self.get_body_argument("name", "").strip() if person else ""
+        limited = name if person and NAME_PATTERN.fullmatch(name) else None  # only names an account could have
+        limit = SignInLimit(self.ctx.redis, self.ctx.ledger.keys)
+        address = self.origin.remote_ip
+        wait = await limit.wait_seconds(limited, address)
+        if wait:  # refused without checking the password, so guessing gains nothing
+            minutes = max(1, math.ceil(wait / 60))
+            self.set_status(429)
+            self.set_header("Retry-After", str(wait))
+            self.error_code = "too_many"
+            log.warning("console sign-in refused, too many failures: name=%r address=%s", name, address)
+            message = TEXT[self.lang]["too_many"].format(minutes=minutes)
+            self.render("console_login.html", error=message, next_url=next_url, name=name)
             return
+        if person:
+            account = await Accounts(self.ctx.redis, self.ctx.ledger.keys).authenticate(
+                name, self.get_body_argument("password", "")
+            )
+            found = (person_value(account), account.principal()) if account is not None else None
+        else:
+            found = session_value(self.get_body_argument("token", ""), self.ctx.auth)
+        if found is None:
+            await limit.failed(limited, address)
+            self.set_status(401)
+            self.error_code = "bad_credentials" if person else "bad_token"
+            error = TEXT[self.lang][self.error_code]
+            self.render("console_login.html", error=error, next_url=next_url, name=name)
+            return
+        if person:
+            await limit.succeeded(name)
         value, principal = found
         self.principal = principal
         await self.sessions.end(self.session_id())  # signing in again replaces the session, never adds one
@@ -272,6 +316,8 @@ class UserHandler(ConsoleHandler):
             self.set_status(404)
             view["error"] = TEXT[self.lang]["unknown_user"].format(user_id=state.user_id)
             return
+        if self.principal is not None:  # always, after prepare(); recorded before anything is shown
+            await self.audit.record(self.principal, self.route_name, state.user_id, self.origin.remote_ip)
         view["balance"] = tuple(format_kopecks(k) for k in balance)
         names = await self.ctx.ledger.services()
         view["reservations"] = [
@@ -331,6 +377,36 @@ def _is_month(text: str) -> bool:
     return True
 
 
+class AuditHandler(ConsoleHandler):
+    """Admin's view of the audit log: newest first, filtered by who and by user id, paged by a cursor."""
+
+    roles = ADMIN
+    route_name = "/console/audit"
+
+    async def get(self) -> None:
+        args = self.request.query_arguments
+        who = form_value(args, "who").strip()
+        raw_user = form_value(args, "user").strip()
+        before = form_value(args, "before").strip()
+        view: dict[str, Any] = {"who": who, "raw_user": raw_user, "entries": None, "error": None}
+        view.update(older=None, newest=None)
+        user_id: int | None = None
+        try:
+            user_id = id_text(raw_user) if raw_user else None
+        except ParseError:
+            view["error"] = TEXT[self.lang]["bad_user_id"]
+        if before and not STREAM_ID.fullmatch(before):
+            view["error"] = TEXT[self.lang]["bad_cursor"]
+        if view["error"]:
+            self.set_status(400)
+        else:
+            entries, cursor = await self.audit.page(who or None, user_id, before or None)
+            view["entries"] = entries
+            view["older"] = self.url_with(before=cursor) if cursor else None
+            view["newest"] = self.url_with(before="") if before else None
+        self.render("console_audit.html", **view)
+
+
 class ConsoleStaticHandler(OriginAware, tornado.web.StaticFileHandler):
     """The console's CSS, with the same security headers as its pages."""
 
@@ -348,5 +424,6 @@ def console_routes(ctx: ApiContext) -> list[Any]:
         (r"/console/logout", LogoutHandler, args),
         (r"/console/users", UserHandler, args),
         (r"/console/reports", ReportsHandler, args),
+        (r"/console/audit", AuditHandler, args),
         (r"/console/static/(.*)", ConsoleStaticHandler, {"path": str(STATIC_DIR)}),
     ]

@@ -65,6 +65,8 @@ class Settings(BaseSettings):
     # false: `billing serve` leaves projection to a separate `billing project` process
     projector_enabled: bool = True
     log_requests: bool = True
+    # The console's audit log keeps about this many newest entries (XADD MAXLEN ~)
+    console_audit_maxlen: int = 1_000_000
 
     @property
     def embedded(self) -> bool:
@@ -114,6 +116,7 @@ def check_settings(settings: Settings) -> None:
         "projector_batch": settings.projector_batch,
         "projector_block_ms": settings.projector_block_ms,
         "projector_claim_idle_ms": settings.projector_claim_idle_ms,
+        "console_audit_maxlen": settings.console_audit_maxlen,
     }
     for name, value in positive.items():
         if not value > 0 or value != value or value == float("inf"):

@@ -125,6 +125,21 @@ class RedisKeys:
         """A console sign-in (billing/console/session.py): named by the SHA-256 of its id, never the id itself."""
         return f"{self.prefix}console:session:{session_digest}"
 
+    def console_account(self, name: str) -> str:
+        """A person's console account (billing/console/accounts.py): one hash per account name."""
+        return f"{self.prefix}console:account:{name}"
+
+    def console_account_pattern(self) -> str:
+        return f"{self.prefix}console:account:*"
+
+    def console_signin_failures(self, kind: str, value: str) -> str:
+        """Failed console sign-ins of one account name or one client address (kind "name" or "addr"), with a TTL."""
+        return f"{self.prefix}console:failures:{kind}:{value}"
+
+    def console_audit(self) -> str:
+        """The console's audit log: a stream of who looked at which user's money."""
+        return f"{self.prefix}console:audit"
+
     def account_pattern(self) -> str:
         return f"{self.prefix}{{u:*}}:acct"
 
