@@ -70,9 +70,18 @@ class ConsoleClient:
     async def post(self, path: str, form: dict[str, str], **kwargs: Any) -> Page:
         return await self.request("POST", path, form, **kwargs)
 
-    async def sign_in(self, token: str, next_url: str = "/console") -> Page:
+    async def _form_xsrf(self) -> str:
         login = await self.get("/console/login")
-        return await self.post("/console/login", {"_xsrf": login.xsrf, "token": token, "next": next_url})
+        if login.status == 302:  # already signed in: the sign-in form redirects, post it from the home page
+            login = await self.get("/console")
+        return login.xsrf
+
+    async def sign_in(self, token: str, next_url: str = "/console") -> Page:
+        return await self.post("/console/login", {"_xsrf": await self._form_xsrf(), "token": token, "next": next_url})
+
+    async def sign_in_person(self, name: str, password: str, next_url: str = "/console") -> Page:
+        form = {"_xsrf": await self._form_xsrf(), "name": name, "password": password, "next": next_url}
+        return await self.post("/console/login", form)
 
     def close(self) -> None:
         self.client.close()
