@@ -13,6 +13,7 @@ import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from billing.bootstrap import Context
+from billing.console.accounts import Accounts
 from tests.support.api import Api
 
 pytestmark = [pytest.mark.browser, pytest.mark.parametrize("redis_backend", ["redis"], indirect=True)]
@@ -261,3 +262,30 @@ async def test_a_bidi_override_in_a_comment_is_shown_as_a_visible_mark(
     )
     assert first < last  # left to right, as typed: an obeyed U+202E would draw "txt.exe"
     await context.close()
+
+
+async def test_a_person_signs_in_with_name_and_password_and_admin_sees_the_visit_audited(
+    browser: Browser, api: Api, ctx: Context
+) -> None:
+    await Accounts(ctx.redis, ctx.ledger.keys).add("anna", ["support"], "a long password 1")
+    assert (await api.deposit(USER, "3.00")).status == 201
+    context = await browser.new_context(viewport=LAPTOP, locale="en-US")
+    page: Any = await context.new_page()
+    await page.goto(api.base_url + f"/console/users?user={USER}")
+    await page.get_by_label("Name").fill("anna")
+    await page.get_by_label("Password").fill("a long password 1")
+    await page.get_by_label("Password").press("Enter")  # keyboard only
+    await expect(page.locator(".principal")).to_contain_text("Signed in as anna")
+    await expect(page.locator("#balance-h")).to_be_visible()
+    await context.close()
+
+    admin = await browser.new_context(viewport=LAPTOP, locale="ru-RU")  # Russian, as sign_in() expects
+    page = await admin.new_page()
+    await sign_in(page, api.base_url, "/console", "tok-admin")
+    await page.get_by_role("link", name="Журнал").first.click()
+    await expect(page.get_by_role("heading", name="Журнал доступа")).to_be_visible()
+    row = page.locator("#audit tbody tr").first
+    await expect(row).to_contain_text("anna (сотрудник)")
+    await expect(row).to_contain_text(str(USER))
+    await expect(row).to_contain_text("/console/users")
+    await admin.close()
