@@ -35,11 +35,14 @@ class Context(ApiContext):
     owns_mongo: bool = False
 
     async def start(self) -> None:
-        """Hook metrics and the sequence check into money operations, then start the background tasks."""
+        """Check the partition count, hook metrics and the sequence check into money operations, then start the
+        background tasks. PartitionCountChanged: Redis holds a ledger of another BILLING_PARTITIONS."""
         self.operations.observer = self.metrics.observe_operation
         self.projector.on_batch = self.metrics.observe_projector_batch
         self.projector.on_conflict = self.metrics.observe_projector_conflicts
         self.operations.write_gate = self.sequence_guard.ensure_writable
+        # Before anything reads or writes the ledger: its keys are laid out for one partition count.
+        await self.ledger.claim_partition_count()
         await self.sequence_guard.start()
         if self.settings.projector_enabled:
             # The projector makes the MongoDB indexes before its first batch (retrying while MongoDB is down).
@@ -65,7 +68,7 @@ async def bootstrap(settings: Settings, redis: Redis | None = None, mongo: Mongo
     owns_redis, owns_mongo = redis is None, mongo is None
     redis = redis if redis is not None else connect_redis(settings)
     mongo = mongo if mongo is not None else connect_mongo(settings)
-    ledger = Ledger(redis, settings.redis_prefix, settings.idempotency_ttl_seconds)
+    ledger = Ledger(redis, settings.redis_prefix, settings.idempotency_ttl_seconds, partitions=settings.partitions)
     try:
         await ledger.load_scripts()
     except Exception as exc:  # Redis may be down at start; scripts load on first NOSCRIPT

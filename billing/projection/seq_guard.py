@@ -1,18 +1,19 @@
-"""Refuse money writes while Redis's ledger sequence is behind MongoDB's largest transaction id.
+"""Refuse money writes while a Redis ledger partition's sequence is behind its largest transaction id in MongoDB.
 
 A Redis restored from an old snapshot (or emptied) would hand out ids MongoDB already holds; the
 projector could then only dead-letter the new transactions (billing/projection/projector.py). So each worker checks
-at start and then every CHECK_EVERY_SECONDS: while `meta` seq < max(_id) in MongoDB, money operations
+at start and then every CHECK_EVERY_SECONDS, partition by partition (ids of partition p are seq * 1024 + p):
+while a partition's last id (from its `meta` seq) is below the largest id of that partition in MongoDB (the
+projector's per-partition high-water documents, billing/projection/store.py), money operations
 answer 503 `unavailable` and /readyz 503, and the operator is told to run `billing rebuild`; once the
 sequence is restored (rebuild does that) writes resume without a restart.
 
 Per worker rather than once before forking: the supervisor holds no connections (forking live clients
 is unsafe), a worker it restarts checks again, and Redis can lose its data while the workers run, which
-only a check repeated in the serving process notices. Every second a worker reads Redis's seq alone (one
-HGET); it asks MongoDB too at start, every MONGO_EVERY_SECONDS, and at once when seq went backwards or is
-below the largest id MongoDB last reported (a Redis that lost data). MongoDB is asked rarely because its
-largest id only grows with what Redis already counted, and a MongoDB stand-in without an index-ordered
-`find_one` pays a collection scan for it.
+only a check repeated in the serving process notices. Every second a worker reads Redis's seqs alone (one
+pipelined HGET per partition); it asks MongoDB too at start, every MONGO_EVERY_SECONDS, and at once when a
+seq went backwards or is below the largest id MongoDB last reported (a Redis that lost data). MongoDB is
+asked rarely because its largest ids only grow with what Redis already counted.
 
 MongoDB unreachable: the verdict stays what it was (at start: writes allowed, with a warning), because
 MongoDB down must not stop payments (history lags instead); ids reused meanwhile are caught by the
@@ -29,8 +30,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from billing.core.config import MAX_PARTITIONS
 from billing.core.errors import ApiError
-from billing.infra.stores import awaited
 from billing.ledger.scripts import RedisKeys
 from billing.projection.store import LedgerStore
 
@@ -51,8 +52,8 @@ class SequenceGuard:
         self.store = store
         self.refusal: str | None = None
         self.checked = False  # a check has completed at least once
-        self._largest = 0  # MongoDB's largest transaction id at the last full check
-        self._seq = 0  # Redis's seq at the last look
+        self._largest: dict[int, int] = {}  # MongoDB's largest transaction id per partition at the last full check
+        self._last: list[int] = [0] * keys.partitions  # Redis's last id per partition at the last look
         self._mongo_checked_at = -MONGO_EVERY_SECONDS
         self._task: asyncio.Task[None] | None = None
 
@@ -60,47 +61,57 @@ class SequenceGuard:
         """Compare the sequences now; the refusal (None: writes allowed). Raises when a store does not answer."""
         # MongoDB first: its ids all came from Redis, so a seq read after it is >= it unless Redis lost data.
         # Stamped before asking: a slow or failed answer is asked again only after the interval, never
-        # piled up (on a MongoDB stand-in the largest id costs a collection scan).
+        # piled up.
         self._mongo_checked_at = time.monotonic()
-        largest = await self.store.max_transaction_id()
-        seq = await self._read_seq()
+        largest = await self.store.largest_ids()
+        last = await self._read_last()
         self._largest = largest
         was = self.refusal
-        if seq < largest:
+        behind = [(p, last[p], top) for p, top in sorted(largest.items()) if p < len(last) and last[p] < top]
+        if behind:
+            p, mine, top = behind[0]
             self.refusal = (
-                f"Redis ledger sequence {seq} is behind the largest transaction id {largest} in MongoDB "
-                "(Redis lost data); money operations are refused until an operator runs `billing rebuild`"
+                f"Redis ledger partition {p} issued ids up to {mine}, behind transaction id {top} in MongoDB "
+                f"({len(behind)} partition(s) behind: Redis lost data); money operations are refused until an "
+                "operator runs `billing rebuild`"
             )
             if was is None:
                 log.error(
-                    "REFUSING MONEY WRITES: Redis %s seq is %d but MongoDB holds transaction id %d: Redis was "
-                    "restored from an old snapshot or emptied, and new transactions would reuse ids. Runbook: "
-                    "stop traffic, run `billing rebuild` (with --force when Redis still holds accounts); "
-                    "writes resume by themselves once seq >= %d",
-                    self.keys.meta,
-                    seq,
-                    largest,
-                    largest,
+                    "REFUSING MONEY WRITES: Redis %s issued ids up to %d but MongoDB holds transaction id %d "
+                    "(%d partition(s) behind): Redis was restored from an old snapshot or emptied, and new "
+                    "transactions would reuse ids. Runbook: stop traffic, run `billing rebuild` (with --force "
+                    "when Redis still holds accounts); writes resume by themselves once every partition's "
+                    "sequence is restored",
+                    self.keys.meta(p),
+                    mine,
+                    top,
+                    len(behind),
                 )
         else:
             self.refusal = None
             if was is not None:
-                log.warning("ledger sequence restored (seq %d >= largest id %d): money writes resume", seq, largest)
+                log.warning("ledger sequences restored (no partition behind MongoDB): money writes resume")
         self.checked = True
         return self.refusal
 
-    async def _read_seq(self) -> int:
-        self._seq = int(await awaited(self.redis.hget(self.keys.meta, "seq")) or 0)
-        return self._seq
+    async def _read_last(self) -> list[int]:
+        """The last id each partition issued (0 for none), from its seq: one pipelined HGET per partition."""
+        pipe = self.redis.pipeline(transaction=False)
+        for p in self.keys.all():
+            pipe.hget(self.keys.meta(p), "seq")
+        seqs = await pipe.execute()
+        self._last = [int(seq) * MAX_PARTITIONS + p if seq else 0 for p, seq in enumerate(seqs)]
+        return self._last
 
     async def tick(self) -> str | None:
         """What the background loop runs: Redis's seq alone, and the full check when it is due or suspect."""
-        before = self._seq
-        seq = await self._read_seq()
+        before = self._last
+        last = await self._read_last()
         due = time.monotonic() - self._mongo_checked_at >= MONGO_EVERY_SECONDS
+        behind = any(p < len(last) and last[p] < top for p, top in self._largest.items())
         # Refused: restored (by a rebuild)? confirm with MongoDB, then resume. Else: went back (lost data)?
-        restored = self.refusal is not None and seq >= self._largest
-        went_back = self.refusal is None and (seq < before or seq < self._largest)
+        restored = self.refusal is not None and not behind
+        went_back = self.refusal is None and (any(now < was for now, was in zip(last, before, strict=True)) or behind)
         if due or restored or went_back:
             return await self.check()
         return self.refusal
