@@ -35,6 +35,9 @@ BAD: dict[str, tuple[dict[str, str | None], str]] = {
     "ttl-zero": ({"BILLING_IDEMPOTENCY_TTL_SECONDS": "0"}, "BILLING_IDEMPOTENCY_TTL_SECONDS"),
     "timeout-negative": ({"BILLING_REQUEST_TIMEOUT_SECONDS": "-1"}, "BILLING_REQUEST_TIMEOUT_SECONDS"),
     "projector-batch-zero": ({"BILLING_PROJECTOR_BATCH": "0"}, "BILLING_PROJECTOR_BATCH"),
+    "prefix-with-a-brace": ({"BILLING_REDIS_PREFIX": "billing{x}:"}, "BILLING_REDIS_PREFIX"),
+    "partitions-zero": ({"BILLING_PARTITIONS": "0"}, "BILLING_PARTITIONS"),
+    "partitions-too-many": ({"BILLING_PARTITIONS": "1025"}, "BILLING_PARTITIONS"),
     "embedded-stores-with-workers": ({"BILLING_REDIS_URL": None, "BILLING_MONGO_URL": None}, "--workers"),
 }
 
