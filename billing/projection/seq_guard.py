@@ -15,6 +15,9 @@ pipelined HGET per partition); it asks MongoDB too at start, every MONGO_EVERY_S
 seq went backwards or is below the largest id MongoDB last reported (a Redis that lost data). MongoDB is
 asked rarely because its largest ids only grow with what Redis already counted.
 
+The same check first confirms, once, that Redis holds a ledger of this process's BILLING_PARTITIONS (a Redis
+that was down at start is asked on every tick; money writes wait for it, and another count refuses them).
+
 MongoDB unreachable: the verdict stays what it was (at start: writes allowed, with a warning), because
 MongoDB down must not stop payments (history lags instead); ids reused meanwhile are caught by the
 projector, which never skips a duplicate id with other content.
@@ -26,13 +29,14 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.asyncio import Redis
 
 from billing.core.config import MAX_PARTITIONS
 from billing.core.errors import ApiError
-from billing.ledger.scripts import RedisKeys
+from billing.ledger.scripts import PartitionCountChanged, RedisKeys
 from billing.projection.store import LedgerStore
 
 log = logging.getLogger("billing.ledger.scripts")
@@ -41,15 +45,26 @@ CHECK_EVERY_SECONDS = 1.0
 MONGO_EVERY_SECONDS = 30.0
 CHECK_TIMEOUT_SECONDS = 2.0
 RETRY_AFTER_SECONDS = "5"
+UNCONFIRMED = "the Redis ledger's partition count is not confirmed yet (Redis unreachable since the start)"
 
 
 class SequenceGuard:
     """The verdict of the last check: `refusal` is None (writes allowed) or why writes are refused."""
 
-    def __init__(self, redis: Redis, keys: RedisKeys, store: LedgerStore) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        keys: RedisKeys,
+        store: LedgerStore,
+        partition_count: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.redis = redis
         self.keys = keys
         self.store = store
+        # Confirms Redis holds a ledger of this partition count (Ledger.claim_partition_count); until it did,
+        # money writes are refused (a Redis down at start is asked again on every tick).
+        self.partition_count = partition_count
+        self._count_confirmed = partition_count is None
         self.refusal: str | None = None
         self.checked = False  # a check has completed at least once
         self._largest: dict[int, int] = {}  # MongoDB's largest transaction id per partition at the last full check
@@ -62,6 +77,15 @@ class SequenceGuard:
         # MongoDB first: its ids all came from Redis, so a seq read after it is >= it unless Redis lost data.
         # Stamped before asking: a slow or failed answer is asked again only after the interval, never
         # piled up.
+        if not self._count_confirmed and self.partition_count is not None:
+            try:
+                await self.partition_count()
+                self._count_confirmed = True
+            except PartitionCountChanged as exc:
+                if self.refusal != str(exc):
+                    log.error("REFUSING MONEY WRITES: %s", exc)
+                self.refusal, self.checked = str(exc), True
+                return self.refusal
         self._mongo_checked_at = time.monotonic()
         largest = await self.store.largest_ids()
         last = await self._read_last()
@@ -105,6 +129,8 @@ class SequenceGuard:
 
     async def tick(self) -> str | None:
         """What the background loop runs: Redis's seq alone, and the full check when it is due or suspect."""
+        if not self._count_confirmed:
+            return await self.check()
         before = self._last
         last = await self._read_last()
         due = time.monotonic() - self._mongo_checked_at >= MONGO_EVERY_SECONDS
@@ -141,6 +167,12 @@ class SequenceGuard:
         """Raise 503 unavailable while writes are refused (called before every money operation)."""
         if self.refusal is not None:
             raise ApiError("unavailable", self.refusal, headers={"Retry-After": RETRY_AFTER_SECONDS})
+        if not self._count_confirmed:
+            raise ApiError("unavailable", UNCONFIRMED, headers={"Retry-After": RETRY_AFTER_SECONDS})
 
     async def readiness(self) -> dict[str, Any]:
-        return {"ledger_sequence": "ok" if self.refusal is None else "behind MongoDB: run `billing rebuild`"}
+        if self.refusal is not None:
+            verdict = "partition count" if not self._count_confirmed else "behind MongoDB: run `billing rebuild`"
+        else:
+            verdict = "ok" if self._count_confirmed else "partition count not confirmed yet"
+        return {"ledger_sequence": verdict}

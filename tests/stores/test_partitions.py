@@ -10,7 +10,10 @@ import pytest
 
 from billing.bootstrap import Context, bootstrap
 from billing.core.config import MAX_PARTITIONS, Settings
+from billing.core.errors import ApiError
 from billing.ledger.scripts import PartitionCountChanged
+from billing.projection.seq_guard import SequenceGuard
+from billing.projection.store import LedgerStore
 from tests.support.api import Api
 
 pytestmark = pytest.mark.parametrize("mongo_backend", ["mongomock", "secantus"], indirect=True)
@@ -95,3 +98,31 @@ async def test_a_redis_laid_out_for_another_partition_count_is_refused(
     same = await bootstrap(settings, redis=ctx.redis, mongo=mongo_db)  # the stored count starts as before
     await same.start()
     await same.stop()
+
+
+async def test_money_writes_wait_until_the_partition_count_is_confirmed(ctx: Context) -> None:
+    """A Redis down at start is asked again on every tick; another count there refuses money writes."""
+    answers: list[Exception | None] = [
+        ConnectionError("Redis down"),
+        PartitionCountChanged("BILLING_PARTITIONS is 16 but this Redis holds a ledger of 8 partitions"),
+        None,
+    ]
+
+    async def claim() -> None:
+        answer = answers.pop(0)
+        if answer is not None:
+            raise answer
+
+    guard = SequenceGuard(ctx.redis, ctx.ledger.keys, LedgerStore(ctx.mongo), claim)
+    with pytest.raises(ConnectionError):
+        await guard.check()
+    with pytest.raises(ApiError, match="not confirmed"):
+        guard.ensure_writable()
+    assert (await guard.readiness())["ledger_sequence"] != "ok"
+    refusal = await guard.tick()
+    assert refusal is not None and "ledger of 8 partitions" in refusal
+    with pytest.raises(ApiError, match="ledger of 8 partitions"):
+        guard.ensure_writable()
+    assert await guard.tick() is None  # confirmed: writes go on
+    guard.ensure_writable()
+    assert (await guard.readiness())["ledger_sequence"] == "ok"
