@@ -31,6 +31,7 @@ from bench.batchload import build_bodies, run_batches
 from bench.procs import BENCH_TOKEN, Served, process_cpu_seconds, start_floor, start_service
 from bench.wrkrun import PacedResult, WrkResult, run_closed, run_paced, wrk_version
 from billing.core.config import default
+from billing.ledger.scripts import RedisKeys
 from tests.support.servers import MongoWireServer, RedisServer
 
 FLOOR_PATHS = {"post": "/deposit", "get": "/balance/%d"}
@@ -133,18 +134,24 @@ def wait_projected(redis_url: str, timeout: float = 120.0) -> None:
     Asks Redis (the consumer group's lag and pending count), not the service, whose CPU is being measured.
     """
     client = redis.Redis.from_url(redis_url)
+    keys = RedisKeys(PREFIX, default("partitions"))
     deadline = time.monotonic() + timeout
+    state: dict[str, object] = {}
     try:
         while time.monotonic() < deadline:
-            stream = f"{PREFIX}outbox"
-            if not client.exists(stream):
+            behind = {}
+            for partition in keys.all():
+                stream = keys.outbox(partition)
+                if not client.exists(stream):
+                    continue
+                last = client.xinfo_stream(stream)["last-generated-id"]
+                groups = client.xinfo_groups(stream)
+                if not all(g["pending"] == 0 and g["last-delivered-id"] == last for g in groups):
+                    behind[stream] = {"last-generated-id": last, "groups": groups}
+            if not behind:
                 return
-            last = client.xinfo_stream(stream)["last-generated-id"]
-            groups = client.xinfo_groups(stream)
-            if all(g["pending"] == 0 and g["last-delivered-id"] == last for g in groups):
-                return
+            state = behind
             time.sleep(0.1)
-        state = {"last-generated-id": last, "groups": groups}
     finally:
         client.close()
     raise RuntimeError(f"the outbox projector did not catch up within {timeout} s: {state}")

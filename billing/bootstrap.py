@@ -17,6 +17,7 @@ from billing.infra.observability import RequestObserver
 from billing.infra.stores import EMBEDDED_WARNING, MongoDatabase, connect_mongo, connect_redis
 from billing.ledger.scripts import Ledger
 from billing.ledger.service import MoneyOperations
+from billing.ledger.unavailable import store_unavailable
 from billing.projection.projector import Projector
 from billing.projection.seq_guard import SequenceGuard
 from billing.projection.store import LedgerStore
@@ -35,11 +36,20 @@ class Context(ApiContext):
     owns_mongo: bool = False
 
     async def start(self) -> None:
-        """Hook metrics and the sequence check into money operations, then start the background tasks."""
+        """Check the partition count, hook metrics and the sequence check into money operations, then start the
+        background tasks. PartitionCountChanged: Redis holds a ledger of another BILLING_PARTITIONS."""
         self.operations.observer = self.metrics.observe_operation
         self.projector.on_batch = self.metrics.observe_projector_batch
         self.projector.on_conflict = self.metrics.observe_projector_conflicts
         self.operations.write_gate = self.sequence_guard.ensure_writable
+        # Before anything reads or writes the ledger: its keys are laid out for one partition count. A Redis
+        # down now is checked by the sequence guard, which refuses money writes until the count is confirmed.
+        try:
+            await self.ledger.claim_partition_count()
+        except Exception as exc:
+            if not store_unavailable(exc):
+                raise
+            log.warning("could not check the partition count at start (%r); money writes wait for it", exc)
         await self.sequence_guard.start()
         if self.settings.projector_enabled:
             # The projector makes the MongoDB indexes before its first batch (retrying while MongoDB is down).
@@ -65,7 +75,7 @@ async def bootstrap(settings: Settings, redis: Redis | None = None, mongo: Mongo
     owns_redis, owns_mongo = redis is None, mongo is None
     redis = redis if redis is not None else connect_redis(settings)
     mongo = mongo if mongo is not None else connect_mongo(settings)
-    ledger = Ledger(redis, settings.redis_prefix, settings.idempotency_ttl_seconds)
+    ledger = Ledger(redis, settings.redis_prefix, settings.idempotency_ttl_seconds, partitions=settings.partitions)
     try:
         await ledger.load_scripts()
     except Exception as exc:  # Redis may be down at start; scripts load on first NOSCRIPT
@@ -84,7 +94,7 @@ async def bootstrap(settings: Settings, redis: Redis | None = None, mongo: Mongo
         # History cursors are signed with the service secret; without one they hold only in this process.
         history=History(mongo, ledger, settings.secret or secrets.token_urlsafe(32)),
         projector=projector,
-        sequence_guard=SequenceGuard(redis, ledger.keys, LedgerStore(mongo)),
+        sequence_guard=SequenceGuard(redis, ledger.keys, LedgerStore(mongo), ledger.claim_partition_count),
         reports=Reports(mongo, settings, lag_probe=projector.lag),
         owns_redis=owns_redis,
         owns_mongo=owns_mongo,

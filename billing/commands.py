@@ -19,6 +19,7 @@ from billing.bootstrap import Context, bootstrap
 from billing.core.config import DRAIN_TIMEOUT_SECONDS, Settings
 from billing.infra import redis_raw
 from billing.infra.stores import connect_mongo, connect_redis
+from billing.ledger.scripts import PartitionCountChanged
 from billing.ledger.unavailable import store_unavailable
 from billing.projection.recovery import Progress, RedisNotEmpty, no_progress, rebuild, reconcile
 from billing.projection.store import LedgerStore
@@ -28,7 +29,7 @@ log = logging.getLogger("billing.ledger.scripts")
 
 NEEDS_STORES = "needs BILLING_REDIS_URL and BILLING_MONGO_URL (the embedded stores live inside one process)"
 # The settings every ledger command reads; `billing <command> --help` lists them with their defaults.
-STORE_SETTINGS = ("redis_url", "mongo_url", "mongo_db", "redis_prefix", "request_timeout_seconds")
+STORE_SETTINGS = ("redis_url", "mongo_url", "mongo_db", "redis_prefix", "partitions", "request_timeout_seconds")
 PROJECTOR_SETTINGS = ("projector_batch", "projector_block_ms", "projector_claim_idle_ms")
 
 # What a command does once connected: the exit status and the text for stdout.
@@ -66,6 +67,10 @@ async def _with_context(settings: Settings, work: Work, progress: Progress) -> t
     try:
         ctx = await bootstrap(settings, redis=redis, mongo=mongo)
         try:
+            try:
+                await ctx.ledger.claim_partition_count()
+            except PartitionCountChanged as exc:
+                raise CommandError(str(exc)) from None
             return await work(ctx, progress)
         finally:
             await ctx.stop()
@@ -103,7 +108,7 @@ async def project(ctx: Context, progress: Progress = no_progress) -> tuple[int, 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await projector.start()
-    log.info("projecting %s into MongoDB as consumer %s", ctx.ledger.keys.outbox, projector.consumer)
+    log.info("projecting %d outbox streams into MongoDB as consumer %s", len(projector.streams), projector.consumer)
     await stop.wait()
     await projector.stop()
     log.info("projector stopped: %s", projector.stats())

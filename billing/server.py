@@ -22,6 +22,7 @@ from billing.app import make_app
 from billing.bootstrap import Context, bootstrap
 from billing.core.config import Settings
 from billing.infra.metrics import mark_process_dead
+from billing.ledger.scripts import PartitionCountChanged
 
 log = logging.getLogger("billing.server")
 
@@ -102,7 +103,11 @@ def serve(settings: Settings, host: str, port: int, workers: int) -> None:
     slots = bind_worker_sockets(host, port, workers)
     log.info("billing listening on http://%s:%d with %d worker(s)", host, port, workers)
     if workers <= 1:
-        asyncio.run(run_worker(settings, slots[0]))
+        try:
+            asyncio.run(run_worker(settings, slots[0]))
+        except PartitionCountChanged as exc:  # a setting, not a crash: one line, no traceback
+            log.error("cannot start: %s", exc)
+            sys.exit(1)
         return
     _supervise(settings, slots, workers)
 
@@ -152,6 +157,9 @@ def _supervise(settings: Settings, slots: list[list[socket.socket]], workers: in
             try:
                 asyncio.run(run_worker(settings, mine, ready))
                 code = 0
+            except PartitionCountChanged as exc:  # a setting, not a crash: one line, no traceback
+                log.error("worker cannot start: %s", exc)
+                code = 1
             except Exception:
                 log.exception("worker crashed")
                 code = 1

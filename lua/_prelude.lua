@@ -4,6 +4,7 @@
     MAX_BALANCE    available + reserved of one account never exceeds this (kopecks, < 2^53)
     MAX_AMOUNT     the largest amount of one operation (kopecks)
     MAX_ID         the largest id (user, service, order), as decimal digits
+    ID_SPAN        the most partitions there can be (1024): a transaction id is seq * ID_SPAN + partition
   Each operation file adds one function to OPS; the entry point decides how many operations one script
   run executes:
     single script (one per operation, lua/<op>.lua + `return run_single('<op>')`): ONE operation,
@@ -11,17 +12,27 @@
     batch script (every operation file + lua/_batch.lua): many operations in ONE script run, each one
       running exactly the same function as its single script, with its own idempotency record.
 
+  A run belongs to one ledger partition (the user's; billing/ledger/scripts.py RedisKeys): its outbox, meta
+  and totals are the run's partition keys below. A transfer to a user of another partition names that
+  partition's keys too (lua/transfer.lua); every partition a run touches gets its own ids, clock, totals
+  and outbox entry.
   Input of a single script:
     KEYS[1] idempotency record   (string "<fingerprint>\n<outcome json>", read only if ARGV[1] ~= '')
     KEYS[2] outbox stream        (XADD one entry per money movement: field txns, optional services)
-    KEYS[3] meta hash            (seq: last transaction id; clock: last timestamp in ms, kept monotonic)
-    KEYS[4] totals hash          (deposited, withdrawn, revenue: kopecks, for conservation checks)
+    KEYS[3] meta hash            (seq: the partition's last sequence number; clock: its last timestamp in
+                                  ms, kept monotonic)
+    KEYS[4] totals hash          (deposited, withdrawn, revenue, transfers_in, transfers_out: kopecks of the
+                                  partition's accounts, for conservation checks)
     KEYS[5..] the operation's keys (see its file)
     ARGV[1] request fingerprint and the answer's language, '<fingerprint> <lang>' ('' = the request
             carries no Idempotency-Key); the language is recorded with the outcome (as "lang") so that a
             replay renders exactly as the first answer did
     ARGV[2] idempotency record TTL in seconds
-    ARGV[3..] the operation's arguments (see its file)
+    ARGV[3] the partition number (0 .. ID_SPAN - 1) of KEYS[2..4]
+    ARGV[4..] the operation's arguments (see its file)
+  Transaction ids: seq * ID_SPAN + partition, seq counting 1, 2, 3 ... in each partition, so ids are unique,
+  the ids of one user (one partition) increase with the order of their operations, and every id stays
+  below 2^53 (seq <= MAX_SEQ): exact in Lua's doubles and in JavaScript.
 
   Every operation has one outcome:
     {'new', outcome}     the operation ran now (money moved, or a business refusal was recorded)
@@ -41,15 +52,15 @@
   Redis does not undo a script's writes when it fails, so every operation is two phases: first every
   read and check (anything that can refuse or raise), then its writes, which cannot fail on what the
   checks let through. begin_run checks what the whole run writes (meta, totals, outbox, the TTL) before
-  the first operation. An error therefore always comes before the failing operation's first write.
+  the first operation, and partition() the same of another partition before the operation naming it writes. An error therefore always comes before the failing operation's first write.
   What the write phase does beyond the checked values cannot fail: cjson.encode of strings, XADD '*'
   (only at the largest stream id), SET (any type), and Redis refuses for memory (OOM) only a script's
   first write. A single script's error changes nothing; for a batch run see lua/_batch.lua.
 ]]
 local rcall = redis.call
 
--- Set by the entry point for the whole run.
-local OUTBOX_KEY, META_KEY, TOTALS_KEY, IDEM_TTL
+-- Set by the entry point for the whole run: the idempotency TTL and the run's partition (see partition()).
+local IDEM_TTL, PART
 -- Set for each operation: its idempotency record key, request fingerprint and the answer's language.
 local IDEM_KEY, FINGERPRINT, LANG
 -- The operations: OPS[name] = {nkeys = <its keys>, nargs = <its arguments>, run = function(k, a)},
@@ -105,70 +116,96 @@ local function check_type(key, wanted)
   end
 end
 
--- The run's state, read and checked by begin_run; ids, clock and totals are counted here and written by
--- end_run, so a batch run pays no Redis call per operation for them, and an operation's writes never
--- include a call that could fail on them.
-local last_id, stored_id, stored_clock, now_ms = nil, nil, nil, nil
-local stored_totals, totals_added = {}, {}
-local TOTAL_FIELDS = {'deposited', 'withdrawn', 'revenue'}
--- Ids stay exact doubles; totals stay far inside HINCRBY's int64.
-local MAX_SEQ, MAX_TOTAL = 2 ^ 53 - 1, 2 ^ 62
+-- The state of each partition the run touches, read and checked by partition(); ids, clock and totals are
+-- counted here and written by end_run, so a batch run pays no Redis call per operation for them, and an
+-- operation's writes never include a call that could fail on them.
+local PARTS = {} -- partition number (decimal string) -> state
+local run_time = nil -- TIME at the run's first timestamp
+local TOTAL_FIELDS = {'deposited', 'withdrawn', 'revenue', 'transfers_in', 'transfers_out'}
+-- Sequence numbers keep every id below 2^53 (an exact double), with room left for the ids one run takes
+-- (a batch run of 250 operations takes at most 500); times and TTLs stay exact doubles; totals stay far
+-- inside HINCRBY's int64.
+local MAX_SEQ, RUN_IDS, MAX_TIME, MAX_TOTAL = 2 ^ 43 - 1, 1024, 2 ^ 53 - 1, 2 ^ 62
 
-local function begin_run()
-  if (checked_int(IDEM_TTL, MAX_SEQ, 'idempotency TTL') or 0) < 1 then
+-- The state of a partition (number: decimal string), read and checked the first time a run names it; the
+-- same number must come with the same keys.
+local function partition(number, outbox, meta, totals)
+  local part = PARTS[number]
+  if part then
+    if part.outbox ~= outbox or part.meta ~= meta or part.totals ~= totals then
+      fail('partition ' .. number .. ' is named with other keys')
+    end
+    return part
+  end
+  local n = checked_int(number, ID_SPAN - 1, 'partition')
+  if n < 0 then
+    fail('partition is not 0 .. ' .. int(ID_SPAN - 1) .. ': ' .. number)
+  end
+  check_type(outbox, 'stream') -- (XADD comes in the write phase; HMGET below fails on a non-hash by itself)
+  local m = rcall('HMGET', meta, 'seq', 'clock')
+  part = {number = n, outbox = outbox, meta = meta, totals = totals, stored_totals = {}, added = {}}
+  part.stored_seq = checked_int(m[1], MAX_SEQ - RUN_IDS, meta .. ' seq') or 0
+  part.stored_clock = checked_int(m[2], MAX_TIME, meta .. ' clock') or 0
+  part.seq = part.stored_seq
+  local t = rcall('HMGET', totals, unpack(TOTAL_FIELDS))
+  for i, field in ipairs(TOTAL_FIELDS) do
+    part.stored_totals[field] = checked_int(t[i], MAX_TOTAL, totals .. ' ' .. field) or 0
+  end
+  PARTS[number] = part
+  return part
+end
+
+-- The run's own partition, from the entry point's keys and arguments.
+local function begin_run(number, outbox, meta, totals)
+  if (checked_int(IDEM_TTL, MAX_TIME, 'idempotency TTL') or 0) < 1 then
     fail('idempotency TTL must be positive: ' .. tostring(IDEM_TTL))
   end
-  check_type(OUTBOX_KEY, 'stream') -- (XADD comes in the write phase; HMGET below fails on a non-hash by itself)
-  local meta = rcall('HMGET', META_KEY, 'seq', 'clock')
-  stored_id = checked_int(meta[1], MAX_SEQ, META_KEY .. ' seq') or 0
-  stored_clock = checked_int(meta[2], MAX_SEQ, META_KEY .. ' clock') or 0
-  last_id = stored_id
-  local totals = rcall('HMGET', TOTALS_KEY, unpack(TOTAL_FIELDS))
-  for i, field in ipairs(TOTAL_FIELDS) do
-    stored_totals[field] = checked_int(totals[i], MAX_TOTAL, TOTALS_KEY .. ' ' .. field) or 0
-  end
+  PART = partition(number, outbox, meta, totals)
 end
 
--- One timestamp per script run (a run is one atomic step), never behind the last one used.
-local function clock()
-  if not now_ms then
+-- One time per script run (a run is one atomic step); a partition's timestamps never go back.
+local function clock(part)
+  if not run_time then
     local t = rcall('TIME')
-    now_ms = math.max(tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), stored_clock)
+    run_time = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   end
-  return now_ms
+  part.now = math.max(run_time, part.stored_clock)
+  return part.now
 end
 
-local function next_id()
-  last_id = last_id + 1
-  return last_id
+local function next_id(part)
+  part.seq = part.seq + 1
+  return part.seq * ID_SPAN + part.number
 end
 
--- Check phase: the totals can take amount more (else an error: they are a conservation check).
-local function check_total(field, amount)
-  if stored_totals[field] + (totals_added[field] or 0) + amount > MAX_TOTAL then
-    fail(TOTALS_KEY .. ' ' .. field .. ' would pass ' .. int(MAX_TOTAL))
+-- Check phase: the partition's totals can take amount more (else an error: they are a conservation check).
+local function check_total(part, field, amount)
+  if part.stored_totals[field] + (part.added[field] or 0) + amount > MAX_TOTAL then
+    fail(part.totals .. ' ' .. field .. ' would pass ' .. int(MAX_TOTAL))
   end
 end
 
 -- Write phase.
-local function add_total(field, amount)
-  totals_added[field] = (totals_added[field] or 0) + amount -- exact: far below 2^53
+local function add_total(part, field, amount)
+  part.added[field] = (part.added[field] or 0) + amount -- exact: far below 2^53
 end
 
--- Writes what the run counted; nothing here can fail on what begin_run checked.
+-- Writes what the run counted, partition by partition; nothing here can fail on what partition() checked.
 local function end_run()
-  local meta = {}
-  if last_id ~= stored_id then
-    meta[#meta + 1], meta[#meta + 2] = 'seq', int(last_id)
-  end
-  if now_ms and now_ms ~= stored_clock then
-    meta[#meta + 1], meta[#meta + 2] = 'clock', int(now_ms)
-  end
-  if #meta > 0 then
-    rcall('HSET', META_KEY, unpack(meta))
-  end
-  for field, amount in pairs(totals_added) do
-    rcall('HINCRBY', TOTALS_KEY, field, int(amount))
+  for _, part in pairs(PARTS) do
+    local meta = {}
+    if part.seq ~= part.stored_seq then
+      meta[#meta + 1], meta[#meta + 2] = 'seq', int(part.seq)
+    end
+    if part.now and part.now ~= part.stored_clock then
+      meta[#meta + 1], meta[#meta + 2] = 'clock', int(part.now)
+    end
+    if #meta > 0 then
+      rcall('HSET', part.meta, unpack(meta))
+    end
+    for field, amount in pairs(part.added) do
+      rcall('HINCRBY', part.totals, field, int(amount))
+    end
   end
 end
 
@@ -193,20 +230,37 @@ local function unchanged(body)
   return record({result = 'unchanged', body = body})
 end
 
--- Applied: append the transactions (and catalog changes) to the outbox, then record the outcome.
--- One outbox entry per operation, as when it runs alone (a batch's outbox is the same as sequential calls').
+-- The partition of each transaction record new_txn made (records are JSON: the partition stays out of them).
+local TXN_PART = {}
+
+-- Applied: append the transactions to their partitions' outboxes (catalog changes to the run's), then
+-- record the outcome. One outbox entry per operation and partition, as when it runs alone (a batch's outbox
+-- is the same as sequential calls').
 local function apply(body, txns, services)
-  if txns or services then
-    local fields = {}
-    if txns then
-      fields[#fields + 1] = 'txns'
-      fields[#fields + 1] = cjson.encode(txns)
+  local entries, order = {}, {}
+  for _, txn in ipairs(txns or {}) do
+    local part = TXN_PART[txn]
+    if not entries[part] then
+      entries[part] = {}
+      order[#order + 1] = part
     end
-    if services then
+    table.insert(entries[part], txn)
+  end
+  if services and not entries[PART] then
+    entries[PART] = {}
+    order[#order + 1] = PART
+  end
+  for _, part in ipairs(order) do
+    local fields = {}
+    if #entries[part] > 0 then
+      fields[#fields + 1] = 'txns'
+      fields[#fields + 1] = cjson.encode(entries[part])
+    end
+    if services and part == PART then
       fields[#fields + 1] = 'services'
       fields[#fields + 1] = cjson.encode(services)
     end
-    rcall('XADD', OUTBOX_KEY, '*', unpack(fields))
+    rcall('XADD', part.outbox, '*', unpack(fields))
   end
   return record({result = 'applied', body = body})
 end
@@ -271,17 +325,18 @@ local function debit_problem(available, amount)
   return nil
 end
 
--- A transaction record: the outbox and the history carry exactly this.
-local function new_txn(kind, user_id, amount, available, reserved, extra)
+-- A transaction record of a user of partition part: the outbox and the history carry exactly this.
+local function new_txn(part, kind, user_id, amount, available, reserved, extra)
   local txn = {
-    id = int(next_id()),
+    id = int(next_id(part)),
     type = kind,
     user_id = user_id,
     amount = amount,
     available_after = int(available),
     reserved_after = int(reserved),
-    created_at = int(clock()),
+    created_at = int(clock(part)),
   }
+  TXN_PART[txn] = part
   if extra then
     for k, v in pairs(extra) do
       if v ~= '' then
@@ -352,9 +407,9 @@ end
 
 -- Entry point of a single script: one operation, laid out as described at the top.
 local function run_single(name)
-  OUTBOX_KEY, META_KEY, TOTALS_KEY, IDEM_TTL = KEYS[2], KEYS[3], KEYS[4], ARGV[2]
-  begin_run()
-  local kind, payload = run_op(OPS[name], KEYS[1], ARGV[1], 5, 3)
+  IDEM_TTL = ARGV[2]
+  begin_run(ARGV[3], KEYS[2], KEYS[3], KEYS[4])
+  local kind, payload = run_op(OPS[name], KEYS[1], ARGV[1], 5, 4)
   end_run()
   return {kind, payload}
 end

@@ -27,9 +27,9 @@ OPS.cancel = {nkeys = 3, nargs = 4, run = function(k, a)
   -- writes
   reserved = rcall('HINCRBY', ACCOUNT, 'reserved', '-' .. h.amount)
   available = rcall('HINCRBY', ACCOUNT, 'available', h.amount)
-  h.status, h.updated_at = 'cancelled', int(clock())
+  h.status, h.updated_at = 'cancelled', int(clock(PART))
   rcall('HSET', RESERVATION, 'status', h.status, 'updated_at', h.updated_at)
-  local release = new_txn('release', user_id, h.amount, available, reserved, {
+  local release = new_txn(PART, 'release', user_id, h.amount, available, reserved, {
     comment = comment, service_id = service_id, order_id = order_id, service_name = name})
   return apply({reservation = reservation_body(h),
     balance = balance_body(user_id, available, reserved), transaction = release}, {release})

@@ -17,13 +17,13 @@ OPS.deposit = {nkeys = 1, nargs = 3, run = function(k, a)
   if available + reserved + kopecks > MAX_BALANCE then
     return refuse('balance_limit_exceeded')
   end
-  check_total('deposited', kopecks)
+  check_total(PART, 'deposited', kopecks)
   -- writes
   if new then
     rcall('HSET', ACCOUNT, 'reserved', '0')
   end
   available = rcall('HINCRBY', ACCOUNT, 'available', amount)
-  add_total('deposited', kopecks)
-  local txn = new_txn('deposit', user_id, amount, available, reserved, {comment = comment})
+  add_total(PART, 'deposited', kopecks)
+  local txn = new_txn(PART, 'deposit', user_id, amount, available, reserved, {comment = comment})
   return apply({balance = balance_body(user_id, available, reserved), transaction = txn}, {txn})
 end}

@@ -31,23 +31,23 @@ OPS.recognize = {nkeys = 3, nargs = 4, run = function(k, a)
   if kopecks > h.kopecks then
     return refuse('amount_exceeds_reservation')
   end
-  check_total('revenue', kopecks)
+  check_total(PART, 'revenue', kopecks)
   local name = rcall('HGET', SERVICES, service_id) or ''
   -- writes
   local remainder = h.kopecks - kopecks
   reserved = rcall('HINCRBY', ACCOUNT, 'reserved', '-' .. amount)
-  add_total('revenue', kopecks)
+  add_total(PART, 'revenue', kopecks)
   local refs = {service_id = service_id, order_id = order_id, service_name = name}
-  local charge = new_txn('charge', user_id, amount, available, reserved, refs)
+  local charge = new_txn(PART, 'charge', user_id, amount, available, reserved, refs)
   local txns = {charge}
   local release = nil
   if remainder > 0 then
     reserved = rcall('HINCRBY', ACCOUNT, 'reserved', int(-remainder))
     available = rcall('HINCRBY', ACCOUNT, 'available', int(remainder))
-    release = new_txn('release', user_id, int(remainder), available, reserved, refs)
+    release = new_txn(PART, 'release', user_id, int(remainder), available, reserved, refs)
     txns[2] = release
   end
-  h.status, h.recognized_amount, h.updated_at = 'recognized', amount, int(clock())
+  h.status, h.recognized_amount, h.updated_at = 'recognized', amount, int(clock(PART))
   rcall('HSET', RESERVATION, 'status', h.status, 'recognized_amount', amount, 'updated_at', h.updated_at)
   local body = {reservation = reservation_body(h),
     balance = balance_body(user_id, available, reserved), transaction = charge}

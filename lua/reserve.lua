@@ -33,7 +33,7 @@ OPS.reserve = {nkeys = 3, nargs = 6, run = function(k, a)
   -- writes
   available = rcall('HINCRBY', ACCOUNT, 'available', '-' .. amount)
   reserved = rcall('HINCRBY', ACCOUNT, 'reserved', amount)
-  local now = int(clock())
+  local now = int(clock(PART))
   local h = {user_id = user_id, service_id = service_id, order_id = order_id, amount = amount,
     status = 'reserved', created_at = now, updated_at = now}
   write_reservation(RESERVATION, h)
@@ -43,7 +43,7 @@ OPS.reserve = {nkeys = 3, nargs = 6, run = function(k, a)
     services = {[service_id] = service_name}
     catalog_name = service_name
   end
-  local txn = new_txn('reserve', user_id, amount, available, reserved, {
+  local txn = new_txn(PART, 'reserve', user_id, amount, available, reserved, {
     comment = comment, service_id = service_id, order_id = order_id, service_name = catalog_name or ''})
   return apply({reservation = reservation_body(h),
     balance = balance_body(user_id, available, reserved), transaction = txn}, {txn}, services)

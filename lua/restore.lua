@@ -4,10 +4,12 @@
     ARGV[1] 'account'      KEYS[1] account hash;      ARGV[2] available;  ARGV[3] reserved
     ARGV[1] 'reservation'  KEYS[1] reservation hash;  ARGV[2..9] user_id, service_id, order_id, amount, status,
                            recognized_amount ('' = none), created_at, updated_at
-    ARGV[1] 'totals'       KEYS[1] totals hash;       ARGV[2..4] deposited, withdrawn, revenue
+    ARGV[1] 'totals'       KEYS[1] a partition's totals hash;  ARGV[2..6] deposited, withdrawn, revenue,
+                           transfers_in, transfers_out
     ARGV[1] 'services'     KEYS[1] catalog hash;      ARGV[2..] service_id, name, service_id, name, ...
-    ARGV[1] 'meta'         KEYS[1] meta hash;         ARGV[2] seq;  ARGV[3] clock: each raised to the value,
-                           never lowered (ids and times go on from the ledger's last ones); returns {seq, clock}
+    ARGV[1] 'meta'         KEYS[1] a partition's meta hash;  ARGV[2] seq;  ARGV[3] clock: each raised to the
+                           value, never lowered (ids and times go on from the partition's last ones);
+                           returns {seq, clock}
   Errors (see the prelude): a value out of its bound, a key of another type; raised before the write.
 ]]
 local what, KEY = ARGV[1], KEYS[1]
@@ -34,8 +36,8 @@ if what == 'reservation' then
     amount_arg(ARGV[7], 'recognized_amount')
     h.recognized_amount = ARGV[7]
   end
-  checked_int(h.created_at or '', MAX_SEQ, 'created_at')
-  checked_int(h.updated_at or '', MAX_SEQ, 'updated_at')
+  checked_int(h.created_at or '', MAX_TIME, 'created_at')
+  checked_int(h.updated_at or '', MAX_TIME, 'updated_at')
   write_reservation(KEY, h)
   return 1
 end
@@ -66,9 +68,10 @@ end
 if what == 'meta' then
   check_type(KEY, 'hash')
   local meta = rcall('HMGET', KEY, 'seq', 'clock')
-  local seq = math.max(checked_int(ARGV[2] or '', MAX_SEQ, 'seq'), checked_int(meta[1], MAX_SEQ, 'stored seq') or 0)
+  local seq = math.max(checked_int(ARGV[2] or '', MAX_SEQ - RUN_IDS, 'seq'),
+    checked_int(meta[1], MAX_SEQ - RUN_IDS, 'stored seq') or 0)
   local clock = math.max(
-    checked_int(ARGV[3] or '', MAX_SEQ, 'clock'), checked_int(meta[2], MAX_SEQ, 'stored clock') or 0)
+    checked_int(ARGV[3] or '', MAX_TIME, 'clock'), checked_int(meta[2], MAX_TIME, 'stored clock') or 0)
   rcall('HSET', KEY, 'seq', int(seq), 'clock', int(clock))
   return {int(seq), int(clock)}
 end

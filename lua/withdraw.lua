@@ -14,10 +14,10 @@ OPS.withdraw = {nkeys = 1, nargs = 3, run = function(k, a)
   if code then
     return refuse(code)
   end
-  check_total('withdrawn', kopecks)
+  check_total(PART, 'withdrawn', kopecks)
   -- writes
   available = rcall('HINCRBY', ACCOUNT, 'available', '-' .. amount)
-  add_total('withdrawn', kopecks)
-  local txn = new_txn('withdrawal', user_id, amount, available, reserved, {comment = comment})
+  add_total(PART, 'withdrawn', kopecks)
+  local txn = new_txn(PART, 'withdrawal', user_id, amount, available, reserved, {comment = comment})
   return apply({balance = balance_body(user_id, available, reserved), transaction = txn}, {txn})
 end}

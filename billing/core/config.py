@@ -19,6 +19,9 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SERVE_HOST, SERVE_PORT = "127.0.0.1", 8080  # billing serve --host, --port
 DRAIN_TIMEOUT_SECONDS = 30.0  # reconcile, rebuild --force: how long to project the outbox first
 LOG_LEVEL = "INFO"  # BILLING_LOG_LEVEL unset (read before the settings, so that their errors are logged)
+# The most ledger partitions there can ever be: a transaction id is its partition's sequence * MAX_PARTITIONS
+# + the partition number (billing/ledger/scripts.py), so this bound is part of every id ever issued.
+MAX_PARTITIONS = 1024
 
 
 def _env_file() -> str | None:
@@ -46,6 +49,9 @@ class Settings(BaseSettings):
     mongo_url: str | None = None
     mongo_db: str = "billing"
     redis_prefix: str = "billing:"
+    # Ledger partitions users are spread over (billing/ledger/scripts.py RedisKeys); stored in Redis at the
+    # first start, and changing it later is a migration (docs/operations.md)
+    partitions: int = 16
     tokens: dict[str, list[str]] = Field(default_factory=dict)
     secret: str | None = None
     public_url: str | None = None
@@ -123,6 +129,11 @@ def check_settings(settings: Settings) -> None:
             raise ConfigError(f"BILLING_{name.upper()}: must be a positive number, not {value!r}")
     if not settings.redis_prefix:
         raise ConfigError("BILLING_REDIS_PREFIX: must not be empty")
+    if "{" in settings.redis_prefix or "}" in settings.redis_prefix:
+        # a brace would change the hash tag that keeps each partition's keys in one Redis Cluster slot
+        raise ConfigError(f"BILLING_REDIS_PREFIX: must not contain '{{' or '}}', not {settings.redis_prefix!r}")
+    if not 1 <= settings.partitions <= MAX_PARTITIONS:
+        raise ConfigError(f"BILLING_PARTITIONS: must be 1 .. {MAX_PARTITIONS}, not {settings.partitions}")
 
 
 def _check_redis_url(url: str) -> None:

@@ -9,8 +9,11 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
-# The running totals (Redis's totals hash, lua/_prelude.lua TOTAL_FIELDS) that conservation checks compare.
+# The running totals (each ledger partition's totals hash, lua/_prelude.lua TOTAL_FIELDS) that conservation
+# checks compare: per partition, available + reserved of its accounts = deposited - withdrawn - revenue +
+# transfers_in - transfers_out.
 DEPOSITED, WITHDRAWN, REVENUE = "deposited", "withdrawn", "revenue"
+TRANSFERS_IN, TRANSFERS_OUT = "transfers_in", "transfers_out"
 
 
 class TransactionType(StrEnum):
@@ -32,8 +35,8 @@ class TransactionType(StrEnum):
 
     DEPOSIT = ("deposit", 1, 0, DEPOSITED, False)
     WITHDRAWAL = ("withdrawal", -1, 0, WITHDRAWN, False)
-    TRANSFER_IN = ("transfer_in", 1, 0, None, False)
-    TRANSFER_OUT = ("transfer_out", -1, 0, None, False)
+    TRANSFER_IN = ("transfer_in", 1, 0, TRANSFERS_IN, False)
+    TRANSFER_OUT = ("transfer_out", -1, 0, TRANSFERS_OUT, False)
     RESERVE = ("reserve", -1, 1, None, True)
     CHARGE = ("charge", 0, -1, REVENUE, True)
     RELEASE = ("release", 1, -1, None, True)

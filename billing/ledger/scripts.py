@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -12,6 +13,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError
 
+from billing.core.config import MAX_PARTITIONS, default
 from billing.core.money import MAX_BALANCE_KOPECKS, MAX_OPERATION_KOPECKS
 from billing.core.parsing import MAX_ID
 from billing.infra import redis_raw
@@ -20,6 +22,9 @@ from billing.infra.stores import awaited
 from billing.ledger.outcomes import BatchResult, KeyReused, NotRun, Outcome, outcome_from_record
 
 LUA_DIR = data_dir("lua", "_prelude.lua")
+# The fields of a partition's totals hash (lua/_prelude.lua TOTAL_FIELDS): kopecks deposited into, withdrawn
+# from, recognized as revenue from, and transferred into and out of its accounts.
+TOTAL_FIELDS = ("deposited", "withdrawn", "revenue", "transfers_in", "transfers_out")
 SCRIPT_NAMES = ("deposit", "withdraw", "transfer", "reserve", "recognize", "cancel", "set_service")
 BATCH = "batch"
 RESTORE = "restore"  # lua/restore.lua: the writes of `billing rebuild`, see Restore
@@ -91,29 +96,82 @@ end
 """
 
 
-class RedisKeys:
-    """Key names. Keys of one user share the hash tag {u:<id>} so a cluster could keep them together."""
+def partition_of(user_id: int, partitions: int) -> int:
+    """The ledger partition of a user: stable forever (changing it moves users: a migration)."""
+    return zlib.crc32(user_id.to_bytes(8, "big")) % partitions
 
-    def __init__(self, prefix: str) -> None:
+
+def transaction_partition(txn_id: int) -> int:
+    """The partition that issued a transaction id (ids are seq * MAX_PARTITIONS + partition, lua/_prelude.lua)."""
+    return txn_id % MAX_PARTITIONS
+
+
+class PartitionCountChanged(Exception):
+    """Redis holds a ledger laid out for another BILLING_PARTITIONS: starting would put users in the wrong
+    partitions."""
+
+
+class RedisKeys:
+    """Key names: the only place that knows the ledger's Redis layout.
+
+    Users are spread over `partitions` ledger partitions (partition_of). Every key of partition N starts with
+    `<prefix>{pN}:`, one Redis Cluster hash tag, so a partition (its accounts, reservations, sequence and
+    clock, totals and outbox streams) is one atomic unit a script can change at once. Global for now, outside
+    every partition: idempotency records, the services catalog, console sessions and the partition count.
+    """
+
+    def __init__(self, prefix: str, partitions: int = default("partitions")) -> None:
+        if not 1 <= partitions <= MAX_PARTITIONS:
+            raise ValueError(f"partitions must be 1 .. {MAX_PARTITIONS}, not {partitions}")
         self.prefix = prefix
-        self.outbox = f"{prefix}outbox"
-        self.outbox_dead = f"{prefix}outbox:dead"  # entries the projector could not read, kept for a human
-        # transactions whose id MongoDB already holds with other content (an id used twice), kept for a human
-        self.outbox_conflicts = f"{prefix}outbox:conflicts"
-        self.projected = f"{prefix}projected"  # the history's watermark (billing/projection/watermark.py)
-        self.meta = f"{prefix}meta"
-        self.totals = f"{prefix}totals"
+        self.partitions = partitions
         self.services = f"{prefix}services"
+        self.partition_count = f"{prefix}partitions"  # the count this ledger was laid out for (SET NX at start)
+        self._tags = [f"{prefix}{{p{p}}}:" for p in range(partitions)]
+
+    def partition_of(self, user_id: int) -> int:
+        return partition_of(user_id, self.partitions)
+
+    def all(self) -> range:
+        """Every partition number."""
+        return range(self.partitions)
+
+    def tag(self, partition: int) -> str:
+        """The prefix of every key of a partition, its hash tag included."""
+        return self._tags[partition]
+
+    def meta(self, partition: int) -> str:
+        """Hash: seq (the partition's last sequence number), clock (its last timestamp in ms)."""
+        return self._tags[partition] + "meta"
+
+    def totals(self, partition: int) -> str:
+        """Hash: deposited, withdrawn, revenue, transfers_in, transfers_out of the partition's accounts."""
+        return self._tags[partition] + "totals"
+
+    def outbox(self, partition: int) -> str:
+        return self._tags[partition] + "outbox"
+
+    def outbox_dead(self, partition: int) -> str:
+        """Entries the projector could not read, kept for a human."""
+        return self._tags[partition] + "outbox:dead"
+
+    def outbox_conflicts(self, partition: int) -> str:
+        """Transactions whose id MongoDB already holds with other content (an id used twice), kept for a human."""
+        return self._tags[partition] + "outbox:conflicts"
+
+    def projected(self, partition: int) -> str:
+        """The partition's history watermark (billing/projection/watermark.py)."""
+        return self._tags[partition] + "projected"
 
     def account(self, user_id: int) -> str:
-        return f"{self.prefix}{{u:{user_id}}}:acct"
+        return f"{self._tags[self.partition_of(user_id)]}acct:{user_id}"
 
     def reservation(self, user_id: int, service_id: int, order_id: int) -> str:
-        return f"{self.prefix}{{u:{user_id}}}:resv:{service_id}:{order_id}"
+        return f"{self._tags[self.partition_of(user_id)]}resv:{user_id}:{service_id}:{order_id}"
 
     def user_reservation_pattern(self, user_id: int) -> str:
         """SCAN pattern for every reservation key of one user (glob characters of the prefix escaped)."""
-        return f"{glob_escape(self.prefix)}{{u:{user_id}}}:resv:*"
+        return f"{glob_escape(self._tags[self.partition_of(user_id)])}resv:{user_id}:*"
 
     def idempotency(self, idem: Idempotency | None) -> str:
         if idem is None:
@@ -141,17 +199,17 @@ class RedisKeys:
         return f"{self.prefix}console:audit"
 
     def account_pattern(self) -> str:
-        return f"{self.prefix}{{u:*}}:acct"
+        return f"{glob_escape(self.prefix)}{{p*}}:acct:*"
 
     def reservation_pattern(self) -> str:
-        return f"{self.prefix}{{u:*}}:resv:*"
+        return f"{glob_escape(self.prefix)}{{p*}}:resv:*"
 
     def account_user_id(self, key: str) -> int:
         """The user id in an account key (the inverse of account())."""
-        head, tail = f"{self.prefix}{{u:", "}:acct"
-        if not (key.startswith(head) and key.endswith(tail)):
+        head, sep, user = key.rpartition(":acct:")
+        if not (sep and user.isdigit() and self.account(int(user)) == key):
             raise ValueError(f"not an account key: {key!r}")
-        return int(key[len(head) : -len(tail)])
+        return int(user)
 
 
 @dataclass(frozen=True)
@@ -170,6 +228,7 @@ class Limits:
             f"local MAX_BALANCE = {self.max_balance}\n"
             f"local MAX_AMOUNT = {self.max_amount}\n"
             f"local MAX_ID = '{self.max_id}'\n"
+            f"local ID_SPAN = {MAX_PARTITIONS}\n"
         )
 
 
@@ -225,15 +284,16 @@ class Restore:
         key = self.keys.reservation(r.user_id, r.service_id, r.order_id)
         self._call(pipe, key, "reservation", *r[:5], recognized, r.created_at, r.updated_at)
 
-    def totals(self, pipe: Pipeline, deposited: int, withdrawn: int, revenue: int) -> None:
-        self._call(pipe, self.keys.totals, "totals", deposited, withdrawn, revenue)
+    def totals(self, pipe: Pipeline, partition: int, totals: dict[str, int]) -> None:
+        """A partition's totals (every one of TOTAL_FIELDS)."""
+        self._call(pipe, self.keys.totals(partition), "totals", *[totals[name] for name in TOTAL_FIELDS])
 
     def services(self, pipe: Pipeline, names: dict[int, str]) -> None:
         self._call(pipe, self.keys.services, "services", *[part for item in sorted(names.items()) for part in item])
 
-    async def meta(self, seq: int, clock: int) -> tuple[int, int]:
-        """Raise the last transaction id and clock to these (never lower them): (seq, clock) now."""
-        packed = redis_raw.pack(["EVALSHA", self.sha, "1", self.keys.meta, "meta", str(seq), str(clock)])
+    async def meta(self, partition: int, seq: int, clock: int) -> tuple[int, int]:
+        """Raise a partition's sequence and clock to these (never lower them): (seq, clock) now."""
+        packed = redis_raw.pack(["EVALSHA", self.sha, "1", self.keys.meta(partition), "meta", str(seq), str(clock)])
         stored_seq, stored_clock = await redis_raw.command(self.redis, packed)
         return int(stored_seq), int(stored_clock)
 
@@ -241,9 +301,16 @@ class Restore:
 class Ledger:
     """Money operations, each one atomic Lua script and one Redis round trip."""
 
-    def __init__(self, redis: Redis, prefix: str, idempotency_ttl_seconds: int, limits: Limits = Limits()) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        prefix: str,
+        idempotency_ttl_seconds: int,
+        limits: Limits = Limits(),
+        partitions: int = default("partitions"),
+    ) -> None:
         self.redis = redis
-        self.keys = RedisKeys(prefix)
+        self.keys = RedisKeys(prefix, partitions)
         self.idempotency_ttl = str(idempotency_ttl_seconds)
         self._sources = load_script_sources(limits)
         self._shas = {name: hashlib.sha1(src.encode()).hexdigest() for name, src in self._sources.items()}
@@ -252,22 +319,34 @@ class Ledger:
         for name, source in self._sources.items():
             self._shas[name] = await self.redis.script_load(source)
 
-    def _common(self, idem: Idempotency | None, fp: str) -> tuple[list[str], list[str]]:
-        keys = [self.keys.idempotency(idem), self.keys.outbox, self.keys.meta, self.keys.totals]
-        args = [fp if idem is not None else "", self.idempotency_ttl]
-        return keys, args
+    async def claim_partition_count(self) -> None:
+        """Store the partition count on the first start; PartitionCountChanged when Redis holds another."""
+        key = self.keys.partition_count
+        await self.redis.set(key, str(self.keys.partitions), nx=True)
+        stored = await self.redis.get(key)
+        if stored is not None and stored.decode() != str(self.keys.partitions):
+            raise PartitionCountChanged(
+                f"BILLING_PARTITIONS is {self.keys.partitions} but this Redis holds a ledger of {stored.decode()} "
+                f"partitions ({key}); set BILLING_PARTITIONS={stored.decode()} (changing it is a migration, "
+                "see docs/operations.md)"
+            )
+
+    def _partition_keys(self, partition: int) -> list[str]:
+        return [self.keys.outbox(partition), self.keys.meta(partition), self.keys.totals(partition)]
 
     def script_call(
         self, name: str, idem: Idempotency | None, fp: str, keys: list[str], args: list[Any]
     ) -> tuple[str, list[str], list[str]]:
-        """(sha, keys, args) of one script call; batch pipelines reuse this."""
-        common_keys, common_args = self._common(idem, fp)
+        """(sha, keys, args) of one script call. An operation's args begin with its partition (the ..._call
+        methods put it there), whose outbox, meta and totals the script runs on."""
+        common_keys = [self.keys.idempotency(idem), *self._partition_keys(int(args[0]))]
+        common_args = [fp if idem is not None else "", self.idempotency_ttl]
         return self._shas[name], common_keys + keys, common_args + [str(a) for a in args]
 
     def batch_command(self, calls: list[tuple[str, Idempotency | None, str, list[str], list[Any]]]) -> bytes:
         """The EVALSHA of one batch script run (lua/_batch.lua) of (name, idem, fingerprint, keys, args)
-        operations, packed for billing/infra/redis_raw.py to send."""
-        keys = [self.keys.outbox, self.keys.meta, self.keys.totals]
+        operations, all of one partition, packed for billing/infra/redis_raw.py to send."""
+        keys = self._partition_keys(int(calls[0][4][0]) if calls else 0)
         args = [self.idempotency_ttl]
         idempotency = self.keys.idempotency
         for name, idem, fp, op_keys, op_args in calls:
@@ -275,6 +354,7 @@ class Ledger:
             keys.extend(op_keys)
             args.append(name)
             args.append(fp if idem is not None else "")
+            # op_args begin with the partition: the batch script checks it is the run's
             args.extend([str(arg) for arg in op_args])
         return redis_raw.pack(["EVALSHA", self._shas[BATCH], str(len(keys)), *keys, *args])
 
@@ -290,17 +370,23 @@ class Ledger:
 
     # ---- the operations -------------------------------------------------------------------
 
+    # Each returns (script name, keys, args); args begin with the partition the operation runs in (its
+    # user's, the sender's for a transfer).
+
     def deposit_call(self, user_id: int, amount: int, comment: str | None) -> tuple[str, list[str], list[Any]]:
-        return "deposit", [self.keys.account(user_id)], [user_id, amount, comment or ""]
+        p = self.keys.partition_of(user_id)
+        return "deposit", [self.keys.account(user_id)], [p, user_id, amount, comment or ""]
 
     def withdraw_call(self, user_id: int, amount: int, comment: str | None) -> tuple[str, list[str], list[Any]]:
-        return "withdraw", [self.keys.account(user_id)], [user_id, amount, comment or ""]
+        p = self.keys.partition_of(user_id)
+        return "withdraw", [self.keys.account(user_id)], [p, user_id, amount, comment or ""]
 
     def transfer_call(
         self, from_user_id: int, to_user_id: int, amount: int, comment: str | None
     ) -> tuple[str, list[str], list[Any]]:
-        keys = [self.keys.account(from_user_id), self.keys.account(to_user_id)]
-        return "transfer", keys, [from_user_id, to_user_id, amount, comment or ""]
+        p, q = self.keys.partition_of(from_user_id), self.keys.partition_of(to_user_id)
+        keys = [self.keys.account(from_user_id), self.keys.account(to_user_id), *self._partition_keys(q)]
+        return "transfer", keys, [p, from_user_id, to_user_id, amount, comment or "", q]
 
     def _reservation_keys(self, user_id: int, service_id: int, order_id: int) -> list[str]:
         return [
@@ -313,19 +399,20 @@ class Ledger:
         self, user_id: int, service_id: int, order_id: int, amount: int, service_name: str | None, comment: str | None
     ) -> tuple[str, list[str], list[Any]]:
         keys = self._reservation_keys(user_id, service_id, order_id)
-        return "reserve", keys, [user_id, service_id, order_id, amount, service_name or "", comment or ""]
+        p = self.keys.partition_of(user_id)
+        return "reserve", keys, [p, user_id, service_id, order_id, amount, service_name or "", comment or ""]
 
     def recognize_call(
         self, user_id: int, service_id: int, order_id: int, amount: int
     ) -> tuple[str, list[str], list[Any]]:
         keys = self._reservation_keys(user_id, service_id, order_id)
-        return "recognize", keys, [user_id, service_id, order_id, amount]
+        return "recognize", keys, [self.keys.partition_of(user_id), user_id, service_id, order_id, amount]
 
     def cancel_call(
         self, user_id: int, service_id: int, order_id: int, comment: str | None
     ) -> tuple[str, list[str], list[Any]]:
         keys = self._reservation_keys(user_id, service_id, order_id)
-        return "cancel", keys, [user_id, service_id, order_id, comment or ""]
+        return "cancel", keys, [self.keys.partition_of(user_id), user_id, service_id, order_id, comment or ""]
 
     async def claim_batch_key(self, idem: Idempotency, fp: str) -> BatchClaim | None:
         """Hold a batch's Idempotency-Key for this run before any of its operations runs.
@@ -362,7 +449,8 @@ class Ledger:
         await awaited(self.redis.eval(_RELEASE_BATCH, 1, claim.key, claim.value))
 
     async def set_service(self, service_id: int, name: str) -> Outcome:
-        return await self.run("set_service", None, "", [self.keys.services], [service_id, name])
+        # a change of the catalog alone goes to partition 0's outbox (a reserve's goes to its user's)
+        return await self.run("set_service", None, "", [self.keys.services], [0, service_id, name])
 
     # ---- reads ------------------------------------------------------------------------------
 
@@ -416,7 +504,15 @@ class Ledger:
         return {int(k): v.decode() for k, v in raw.items()}
 
     async def totals(self) -> dict[str, int]:
-        raw = await awaited(self.redis.hgetall(self.keys.totals))
+        """The totals of every partition added up."""
+        out: dict[str, int] = {}
+        for partition in self.keys.all():
+            for field, value in (await self.partition_totals(partition)).items():
+                out[field] = out.get(field, 0) + value
+        return out
+
+    async def partition_totals(self, partition: int) -> dict[str, int]:
+        raw = await awaited(self.redis.hgetall(self.keys.totals(partition)))
         return {k.decode(): int(v) for k, v in raw.items()}
 
 

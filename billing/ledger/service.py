@@ -167,32 +167,43 @@ class MoneyOperations:
     async def execute_many(
         self, items: Sequence[tuple[OperationSpec, Request, Idempotency | None]], lang: str
     ) -> list[BatchResult]:
-        """Each item atomic and idempotent on its own, run in order by batch script runs of BATCH_CHUNK
-        operations (lua/_batch.lua), all sent to Redis in one pipeline."""
+        """Each item atomic and idempotent on its own, run by batch script runs (lua/_batch.lua) of up to
+        BATCH_CHUNK operations of one partition, all sent to Redis in one pipeline: the operations of one
+        partition run in their order; a transfer runs with its sender's. Results come in the items' order."""
         if self.write_gate is not None and items:
             self.write_gate()
+        # Each script run is of one partition: the operations of each partition, in their order, chunked.
+        by_partition: dict[int, list[int]] = {}
         calls = []
-        for spec, request, idem in items:
+        for index, (spec, request, idem) in enumerate(items):
             name, keys, args = spec.to_call(self.ledger, request)
             fp = recorded_fingerprint(request_fingerprint(spec, request), lang) if idem else ""
             calls.append((name, idem, fp, keys, args))
-        chunks = [calls[start : start + BATCH_CHUNK] for start in range(0, len(calls), BATCH_CHUNK)]
-        raw = await self._pipeline(chunks)
-        decoded: list[BatchResult | BatchOperationFailed] = []
-        for chunk, run in zip(chunks, raw, strict=True):
-            if isinstance(run, Exception):
+            by_partition.setdefault(args[0], []).append(index)
+        runs = [
+            indexes[start : start + BATCH_CHUNK]
+            for indexes in by_partition.values()
+            for start in range(0, len(indexes), BATCH_CHUNK)
+        ]
+        raw = await self._pipeline([[calls[index] for index in run] for run in runs])
+        decoded: list[BatchResult | BatchOperationFailed | None] = [None] * len(items)
+        for run, reply in zip(runs, raw, strict=True):
+            if isinstance(reply, Exception):
                 # The run did not run: NOSCRIPT, or Redis refused it for now (retry), or refused the call.
-                retryable = isinstance(run, NoScriptError) or store_unavailable(run)
-                if store_unavailable(run):
-                    log.warning("batch script run of %d operations refused for now: %s", len(chunk), run)
+                retryable = isinstance(reply, NoScriptError) or store_unavailable(reply)
+                if store_unavailable(reply):
+                    log.warning("batch script run of %d operations refused for now: %s", len(run), reply)
                 elif not retryable:
-                    log.error("batch script run of %d operations refused, nothing changed: %s", len(chunk), run)
-                decoded.extend([NotRun(retryable)] * len(chunk))
+                    log.error("batch script run of %d operations refused, nothing changed: %s", len(run), reply)
+                outcomes: list[BatchResult | BatchOperationFailed] = [NotRun(retryable)] * len(run)
             else:
-                decoded.extend(decode_batch_reply(run))
+                outcomes = decode_batch_reply(reply)
+            for index, outcome in zip(run, outcomes, strict=True):
+                decoded[index] = outcome
         results: list[BatchResult] = []
         observed: Counter[tuple[str, str | None, bool]] = Counter()
         for (spec, _request, _idem), item in zip(items, decoded, strict=True):
+            assert item is not None  # every operation is in one run
             if isinstance(item, BatchOperationFailed):
                 # Each operation of a failed run changed nothing (lua/_batch.lua): retry it when Redis refused
                 # its writes for now, else the ledger needs a look.

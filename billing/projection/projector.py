@@ -1,4 +1,5 @@
-"""The outbox projector: Redis outbox stream -> MongoDB ledger through a consumer group, acked after the write."""
+"""The outbox projector: the Redis outbox streams (one per ledger partition) -> MongoDB ledger, through one
+consumer group per stream, acked after the write."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from billing.core.config import Settings, default
-from billing.ledger.scripts import RedisKeys
+from billing.ledger.scripts import RedisKeys, transaction_partition
 from billing.projection.store import LedgerStore, ServiceName, transaction_document
 from billing.projection.watermark import ProjectionWatermark
 
@@ -33,6 +34,7 @@ PRUNE_IDLE_MS = 3_600_000  # a consumer silent this long with nothing pending is
 BACKOFF_FIRST, BACKOFF_MAX = 0.1, 5.0
 
 Entry = tuple[str, dict[str, str]]
+Read = list[tuple[str, list[Entry]]]  # (stream, its entries) for each stream that had some
 
 
 def _text(value: Any) -> str:
@@ -60,21 +62,23 @@ class Batch:
     """Stream entries turned into what MongoDB gets."""
 
     ids: list[str] = field(default_factory=list)
+    streams: list[str] = field(default_factory=list)  # the stream of each entry of ids
     docs: list[dict[str, Any]] = field(default_factory=list)
     services: dict[int, ServiceName] = field(default_factory=dict)
-    poison: list[tuple[str, dict[str, str], str]] = field(default_factory=list)
+    poison: list[tuple[str, str, dict[str, str], str]] = field(default_factory=list)  # stream, id, fields, why
 
 
-def to_batch(entries: list[Entry]) -> Batch:
+def to_batch(read: Read) -> Batch:
     batch = Batch()
-    for entry_id, fields in entries:
+    for stream, entry_id, fields in ((stream, i, f) for stream, entries in read for i, f in entries):
         batch.ids.append(entry_id)
+        batch.streams.append(stream)
         try:
             docs = [transaction_document(record) for record in orjson.loads(fields.get("txns", "[]"))]
             names = orjson.loads(fields.get("services", "{}"))
             changes = [ServiceName(int(sid), str(name), stream_seq(entry_id)) for sid, name in names.items()]
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            batch.poison.append((entry_id, fields, f"{type(exc).__name__}: {exc}"))
+            batch.poison.append((stream, entry_id, fields, f"{type(exc).__name__}: {exc}"))
             continue
         batch.docs.extend(docs)
         for change in changes:
@@ -83,7 +87,11 @@ def to_batch(entries: list[Entry]) -> Batch:
 
 
 class Projector:
-    """Projects the outbox into MongoDB: at least once delivery, exactly once in the ledger (ids are keys)."""
+    """Projects the outboxes into MongoDB: at least once delivery, exactly once in the ledger (ids are keys).
+
+    Reads every partition's stream at once (one XREADGROUP); a batch may mix partitions, and each entry is
+    acknowledged in its own stream and advances its own partition's watermark.
+    """
 
     def __init__(
         self,
@@ -97,10 +105,9 @@ class Projector:
         consumer: str | None = None,
     ) -> None:
         self.redis = redis
-        self.stream = keys.outbox
-        self.dead_stream = keys.outbox_dead
-        self.conflict_stream = keys.outbox_conflicts
-        self.watermark = ProjectionWatermark(redis, keys, GROUP)
+        self.keys = keys
+        self.streams = [keys.outbox(p) for p in keys.all()]
+        self.watermarks = {keys.outbox(p): ProjectionWatermark(redis, keys, p, GROUP) for p in keys.all()}
         self.store = store
         self.batch = batch
         self.block_ms = block_ms
@@ -177,7 +184,7 @@ class Projector:
             await self._forget_consumer()
 
     async def drain(self, timeout: float = 5.0) -> None:
-        """Project everything in the stream now; TimeoutError when it cannot within `timeout` seconds."""
+        """Project everything in the streams now; TimeoutError when it cannot within `timeout` seconds."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         last_error: Exception | None = None
@@ -190,7 +197,7 @@ class Projector:
                         handled = await self._step(block=False, claim=True)
                         if handled == 0 and (await self.lag())["entries"] == 0:
                             await self._trim()
-                            await self.watermark.advance()
+                            await self._advance_all()
                             return
             except Exception as exc:  # MongoDB or Redis down, or out of time: retry until the deadline
                 last_error = exc
@@ -201,32 +208,41 @@ class Projector:
                 await asyncio.sleep(0.05 if last_error is None else 0.2)
 
     async def lag(self) -> dict[str, Any]:
-        """Entries not yet projected (pending + not yet delivered) and the age of the oldest one."""
+        """Entries not yet projected (pending + not yet delivered, over every stream) and the age of the oldest."""
         pipe = self.redis.pipeline(transaction=True)
-        pipe.xinfo_groups(self.stream)
-        pipe.xpending(self.stream, GROUP)
+        for stream in self.streams:
+            pipe.xinfo_groups(stream)
+            pipe.xpending(stream, GROUP)
         pipe.time()
-        groups, pending, now = await pipe.execute(raise_on_error=False)
+        *replies, now = await pipe.execute(raise_on_error=False)
         if isinstance(now, Exception):
             raise now
         now_ms = int(now[0]) * 1000 + int(now[1]) // 1000
+        entries, oldest_ms = 0, None
+        for index, stream in enumerate(self.streams):
+            count, oldest = await self._stream_lag(stream, replies[2 * index], replies[2 * index + 1])
+            entries += count
+            if oldest is not None:
+                ms = parse_id(oldest)[0]
+                oldest_ms = ms if oldest_ms is None else min(oldest_ms, ms)
+        age = max(0, now_ms - oldest_ms) / 1000 if oldest_ms is not None else 0.0
+        return {"entries": entries, "oldest_age_seconds": age}
+
+    async def _stream_lag(self, stream: str, groups: Any, pending: Any) -> tuple[int, str | None]:
+        """(entries not yet projected, the id of the oldest) of one stream, from its XINFO GROUPS and XPENDING."""
         if isinstance(groups, Exception):  # no stream yet
-            return {"entries": 0, "oldest_age_seconds": 0.0}
+            return 0, None
         group = next((g for g in groups if _text(g["name"]) == GROUP), None)
         if group is None or isinstance(pending, Exception):
-            entries = int(await self.redis.xlen(self.stream))
-            oldest = await self._first_after("0-0") if entries else None
-        else:
-            delivered = _text(group["last-delivered-id"])
-            waiting = group.get("lag")
-            undelivered = int(waiting) if waiting is not None else await self._count_after(delivered)
-            entries = int(pending["pending"]) + undelivered
-            if pending["pending"]:
-                oldest = _text(pending["min"])
-            else:
-                oldest = await self._first_after(delivered) if undelivered else None
-        age = max(0, now_ms - parse_id(oldest)[0]) / 1000 if oldest else 0.0
-        return {"entries": entries, "oldest_age_seconds": age}
+            entries = int(await self.redis.xlen(stream))
+            return entries, await self._first_after(stream, "0-0") if entries else None
+        delivered = _text(group["last-delivered-id"])
+        waiting = group.get("lag")
+        undelivered = int(waiting) if waiting is not None else await self._count_after(stream, delivered)
+        entries = int(pending["pending"]) + undelivered
+        if pending["pending"]:
+            return entries, _text(pending["min"])
+        return entries, await self._first_after(stream, delivered) if undelivered else None
 
     async def readiness(self) -> dict[str, Any]:
         """The /readyz contribution: the lag, or why it is unknown (never raises)."""
@@ -263,7 +279,7 @@ class Projector:
                     if self._due("_last_trim", TRIM_EVERY_SECONDS):
                         await self._trim()
                         # also after a consumer that crashed between its XACK and its publish
-                        await self.watermark.advance()
+                        await self._advance_all()
                     if self._due("_last_prune", PRUNE_EVERY_SECONDS):
                         await self.prune_consumers()
                 delay = BACKOFF_FIRST
@@ -290,88 +306,103 @@ class Projector:
             return True
         return False
 
+    async def _advance_all(self) -> None:
+        for watermark in self.watermarks.values():
+            await watermark.advance()
+
     async def _prepare(self) -> None:
         if not self._group_ready:
-            try:
-                await self.redis.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
-            except ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
+            for stream in self.streams:
+                try:
+                    await self.redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
+                except ResponseError as exc:
+                    if "BUSYGROUP" not in str(exc):
+                        raise
             self._group_ready = True
         if not self._indexes_ready:
             await self.store.ensure_indexes()
             self._indexes_ready = True
         if not self._watermark_ready:
-            # Before the first batch: once the key exists, history is bounded by it from the first insert on.
-            await self.watermark.advance()
+            # Before the first batch: once the keys exist, history is bounded by them from the first insert on.
+            await self._advance_all()
             self._watermark_ready = True
 
     async def _step(self, block: bool, claim: bool) -> int:
         """Project one batch: this consumer's unacked entries, else idle ones of others, else new ones."""
-        entries: list[Entry] = []
+        read: Read = []
         if self._own_pending:
-            entries = await self._read("0", None)
-            self._own_pending = bool(entries)
-        if not entries and claim:
-            entries = await self._claim()
-        if not entries:
-            entries = await self._read(">", self.block_ms if block else None)
-        if entries:
-            await self._project(entries)
-        return len(entries)
+            read = await self._read("0", None)
+            self._own_pending = bool(read)
+        if not read and claim:
+            read = await self._claim()
+        if not read:
+            read = await self._read(">", self.block_ms if block else None)
+        # One read takes up to `batch` entries of each stream: MongoDB gets them `batch` at a time, so a batch
+        # holds the event loop no longer than with one stream.
+        handled = 0
+        for part in _slices(read, self.batch):
+            await self._project(part)
+            handled += sum(len(entries) for _stream, entries in part)
+        return handled
 
-    async def _read(self, start: str, block_ms: int | None) -> list[Entry]:
+    async def _read(self, start: str, block_ms: int | None) -> Read:
         try:
             reply = await self.redis.xreadgroup(
-                GROUP, self.consumer, {self.stream: start}, count=self.batch, block=block_ms
+                GROUP, self.consumer, dict.fromkeys(self.streams, start), count=self.batch, block=block_ms
             )
         except ResponseError as exc:
-            if "NOGROUP" in str(exc):  # the stream was deleted (e.g. Redis wiped): make the group again
+            if "NOGROUP" in str(exc):  # a stream was deleted (e.g. Redis wiped): make the groups again
                 self._group_ready = False
             raise
-        if not reply:
-            return []
-        _name, raw = reply[0]
-        return _entries(raw)
+        return [(_text(name), entries) for name, raw in reply or [] if (entries := _entries(raw))]
 
-    async def _claim(self) -> list[Entry]:
-        reply = await self.redis.xautoclaim(
-            self.stream, GROUP, self.consumer, min_idle_time=self.claim_idle_ms, start_id="0-0", count=self.batch
-        )
-        entries = _entries(reply[1])
-        if entries:
-            self.entries_claimed += len(entries)
-            log.info("claimed %d outbox entries idle over %d ms", len(entries), self.claim_idle_ms)
-        return entries
+    async def _claim(self) -> Read:
+        pipe = self.redis.pipeline(transaction=False)
+        for stream in self.streams:
+            pipe.xautoclaim(
+                stream, GROUP, self.consumer, min_idle_time=self.claim_idle_ms, start_id="0-0", count=self.batch
+            )
+        read: Read = []
+        for stream, reply in zip(self.streams, await pipe.execute(), strict=True):
+            entries = _entries(reply[1])
+            if entries:
+                read.append((stream, entries))
+                self.entries_claimed += len(entries)
+                log.info("claimed %d entries of %s idle over %d ms", len(entries), stream, self.claim_idle_ms)
+        return read
 
-    async def _project(self, entries: list[Entry]) -> None:
+    async def _project(self, read: Read) -> None:
         started = time.perf_counter()
-        batch = to_batch(entries)
+        batch = to_batch(read)
         try:
             inserted, duplicates = await self.store.insert_transactions(batch.docs)
             # A duplicate is a replay of the same transaction (a lost XACK, a claim), unless its content
             # differs: then one id was given to two transactions (Redis lost its sequence), never skip that.
             conflicts = await self.store.conflicting(batch.docs) if duplicates else []
             services = await self.store.upsert_service_names(batch.services.values())
+            await self.store.raise_partition_tops(_tops(batch.docs))
             if self.before_ack is not None:
                 await self.before_ack(batch.ids)
-            for entry_id, fields, error in batch.poison:
-                log.error("outbox entry %s unreadable (%s): moved to %s", entry_id, error, self.dead_stream)
+            for stream, entry_id, fields, error in batch.poison:
+                dead = self.keys.outbox_dead(self._partition(stream))
+                log.error("outbox entry %s of %s unreadable (%s): moved to %s", entry_id, stream, error, dead)
                 entry: dict[Any, Any] = {**fields, "id": entry_id, "error": error}
-                await self.redis.xadd(self.dead_stream, entry)
+                await self.redis.xadd(dead, entry)
             for new, stored in conflicts:
+                kept = self.keys.outbox_conflicts(transaction_partition(int(new["_id"])))
                 log.error(
                     "transaction id %d is in MongoDB with other content: the new one is kept in %s, not in the "
                     "ledger (Redis reused ids; see `billing rebuild`). new=%s stored=%s",
                     int(new["_id"]),
-                    self.conflict_stream,
+                    kept,
                     _json(new),
                     _json(stored),
                 )
-                await self.redis.xadd(
-                    self.conflict_stream, {"id": str(int(new["_id"])), "txn": _json(new), "stored": _json(stored)}
-                )
-            await self.redis.xack(self.stream, GROUP, *batch.ids)
+                await self.redis.xadd(kept, {"id": str(int(new["_id"])), "txn": _json(new), "stored": _json(stored)})
+            pipe = self.redis.pipeline(transaction=False)
+            for stream, entries in read:
+                pipe.xack(stream, GROUP, *[entry_id for entry_id, _fields in entries])
+            await pipe.execute()
         except BaseException:
             self._own_pending = True  # read them again before anything new
             raise
@@ -387,56 +418,94 @@ class Projector:
         self.poisoned += len(batch.poison)
         if self.on_batch is not None:
             self.on_batch(len(batch.ids), time.perf_counter() - started)
-        await self.watermark.advance()
+        for stream, _entries in read:
+            await self.watermarks[stream].advance()
+
+    def _partition(self, stream: str) -> int:
+        return self.watermarks[stream].partition
 
     async def _trim(self) -> None:
         """Delete acknowledged entries: everything below the oldest pending entry or the last delivered one."""
         pipe = self.redis.pipeline(transaction=True)
-        pipe.xinfo_groups(self.stream)
-        pipe.xpending(self.stream, GROUP)
-        groups, pending = await pipe.execute()
-        group = next((g for g in groups if _text(g["name"]) == GROUP), None)
-        if group is None:
-            return
-        if pending["pending"]:
-            boundary = _text(pending["min"])
-        else:
-            delivered = _text(group["last-delivered-id"])
-            if delivered == "0-0":
-                return
-            boundary = next_id(delivered)
-        self.entries_trimmed += int(await self.redis.xtrim(self.stream, minid=boundary, approximate=False))
+        for stream in self.streams:
+            pipe.xinfo_groups(stream)
+            pipe.xpending(stream, GROUP)
+        replies = await pipe.execute()
+        for index, stream in enumerate(self.streams):
+            groups, pending = replies[2 * index], replies[2 * index + 1]
+            group = next((g for g in groups if _text(g["name"]) == GROUP), None)
+            if group is None:
+                continue
+            if pending["pending"]:
+                boundary = _text(pending["min"])
+            else:
+                delivered = _text(group["last-delivered-id"])
+                if delivered == "0-0":
+                    continue
+                boundary = next_id(delivered)
+            self.entries_trimmed += int(await self.redis.xtrim(stream, minid=boundary, approximate=False))
 
-    async def _first_after(self, entry_id: str) -> str | None:
-        rows = await self.redis.xrange(self.stream, min=next_id(entry_id), max="+", count=1)
+    async def _first_after(self, stream: str, entry_id: str) -> str | None:
+        rows = await self.redis.xrange(stream, min=next_id(entry_id), max="+", count=1)
         return _text(rows[0][0]) if rows else None
 
-    async def _count_after(self, entry_id: str) -> int:
+    async def _count_after(self, stream: str, entry_id: str) -> int:
         count, start = 0, next_id(entry_id)
         while True:
-            rows = await self.redis.xrange(self.stream, min=start, max="+", count=1000)
+            rows = await self.redis.xrange(stream, min=start, max="+", count=1000)
             count += len(rows)
             if len(rows) < 1000:
                 return count
             start = next_id(_text(rows[-1][0]))
 
     async def prune_consumers(self, idle_ms: int = PRUNE_IDLE_MS) -> int:
-        """Remove consumers of crashed processes: nothing pending (claimed away) and silent for idle_ms."""
+        """Remove consumers of crashed processes: nothing pending (claimed away) and silent for idle_ms. Returns
+        how many were removed from a stream's group (a consumer is in the group of every stream)."""
         removed = 0
-        for consumer in await self.redis.xinfo_consumers(self.stream, GROUP):
-            name = _text(consumer["name"])
-            if name != self.consumer and not consumer["pending"] and int(consumer["idle"]) >= idle_ms:
-                await self.redis.xgroup_delconsumer(self.stream, GROUP, name)  # answers its pending count: 0
-                removed += 1
+        for stream in self.streams:
+            for consumer in await self.redis.xinfo_consumers(stream, GROUP):
+                name = _text(consumer["name"])
+                if name != self.consumer and not consumer["pending"] and int(consumer["idle"]) >= idle_ms:
+                    await self.redis.xgroup_delconsumer(stream, GROUP, name)  # answers its pending count: 0
+                    removed += 1
         return removed
 
     async def _forget_consumer(self) -> None:
-        """Leave the group when nothing is pending for this consumer (else a later one claims it)."""
-        mine = await self.redis.xpending_range(
-            self.stream, GROUP, min="-", max="+", count=1, consumername=self.consumer
-        )
-        if not mine:
-            await self.redis.xgroup_delconsumer(self.stream, GROUP, self.consumer)
+        """Leave the groups where nothing is pending for this consumer (else a later one claims it)."""
+        for stream in self.streams:
+            mine = await self.redis.xpending_range(stream, GROUP, min="-", max="+", count=1, consumername=self.consumer)
+            if not mine:
+                await self.redis.xgroup_delconsumer(stream, GROUP, self.consumer)
+
+
+def _slices(read: Read, size: int) -> list[Read]:
+    """The entries of a read in slices of at most `size`, each stream's in order."""
+    out: list[Read] = []
+    current: Read = []
+    room = size
+    for stream, entries in read:
+        start = 0
+        while start < len(entries):
+            taken = entries[start : start + room]
+            current.append((stream, taken))
+            start += len(taken)
+            room -= len(taken)
+            if room == 0:
+                out.append(current)
+                current, room = [], size
+    if current:
+        out.append(current)
+    return out
+
+
+def _tops(docs: list[dict[str, Any]]) -> dict[int, int]:
+    """The largest transaction id of each partition among documents."""
+    tops: dict[int, int] = {}
+    for doc in docs:
+        txn_id = int(doc["_id"])
+        partition = transaction_partition(txn_id)
+        tops[partition] = max(tops.get(partition, 0), txn_id)
+    return tops
 
 
 def _json(doc: dict[str, Any]) -> str:

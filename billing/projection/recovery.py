@@ -9,10 +9,9 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from billing.core.config import DRAIN_TIMEOUT_SECONDS
+from billing.core.config import DRAIN_TIMEOUT_SECONDS, MAX_PARTITIONS
 from billing.core.parsing import INT64_MAX
-from billing.core.transactions import RESERVATION_TYPES, TOTALS, TransactionType
-from billing.infra.stores import awaited
+from billing.core.transactions import RESERVATION_TYPES, TOTALS, TRANSFERS_IN, TRANSFERS_OUT, TransactionType
 from billing.ledger.scripts import RedisKeys, ReservationRecord, Restore
 from billing.projection.store import LedgerStore
 
@@ -69,7 +68,7 @@ class RebuildReport:
     reservations: int = 0
     open_reservations: int = 0
     services: int = 0
-    seq: int = 0
+    seq: int = 0  # the largest sequence number of a partition restored
     clock: int = 0
 
     def summary(self) -> str:
@@ -91,6 +90,7 @@ class LedgerView:
     """Sums of the ledger, with the transactions after a cut-off kept apart so any cut-off can be applied."""
 
     by_user: dict[int, dict[str, tuple[int, int]]]  # user -> type -> (sum, count)
+    last_by_user: dict[int, int]  # user -> their largest transaction id
     by_resv: dict[ResvKey, dict[str, dict[str, int]]]  # (u, s, o) -> type -> {total, n, first, last}
     recent: list[dict[str, Any]]  # documents with an id above the earliest cut-off, in id order
     transactions: int
@@ -131,6 +131,18 @@ class LedgerView:
         value = sum(per_type.get(kind, (0, 0))[0] for per_type in self.by_user.values())
         return value - sum(int(d["amount"]) for d in self.recent if d["type"] == kind and int(d["_id"]) > upto)
 
+    def partition_total(self, kind: str, users: Iterable[int], upto: int) -> int:
+        """The sum of one type over the transactions of these users (one partition's) with ids <= upto."""
+        value = 0
+        for user_id in users:
+            value += self.by_user.get(user_id, {}).get(kind, (0, 0))[0]
+            value -= sum(
+                int(d["amount"])
+                for d in self.recent_by_user.get(user_id, [])
+                if d["type"] == kind and int(d["_id"]) > upto
+            )
+        return value
+
 
 def _resv_key(doc: dict[str, Any]) -> ResvKey:
     return int(doc["user_id"]), int(doc["service_id"]), int(doc["order_id"])
@@ -140,9 +152,11 @@ async def load_ledger(store: LedgerStore, after: int, progress: Progress = no_pr
     step = "read the MongoDB ledger (queries)"
     progress(step, 0, 3)
     by_user: dict[int, dict[str, tuple[int, int]]] = defaultdict(dict)
+    last_by_user: dict[int, int] = {}
     transactions = 0
-    for user_id, kind, total, n in await store.sums_by_user():
+    for user_id, kind, total, n, last in await store.sums_by_user():
         by_user[user_id][kind] = (total, n)
+        last_by_user[user_id] = max(last_by_user.get(user_id, 0), last)
         transactions += n
     progress(step, 1, 3)
     by_resv: dict[ResvKey, dict[str, dict[str, int]]] = defaultdict(dict)
@@ -152,7 +166,7 @@ async def load_ledger(store: LedgerStore, after: int, progress: Progress = no_pr
     progress(step, 2, 3)
     recent = await store.transactions_after(after)
     progress(step, 3, 3)
-    return LedgerView(dict(by_user), dict(by_resv), recent, transactions)
+    return LedgerView(dict(by_user), last_by_user, dict(by_resv), recent, transactions)
 
 
 # ---- the Redis side --------------------------------------------------------------------------
@@ -166,15 +180,28 @@ async def _scan(redis: Redis, pattern: str) -> list[str]:
     return [_s(key) async for key in redis.scan_iter(match=pattern, count=1000)]
 
 
-async def _seq(redis: Redis, keys: RedisKeys) -> int:
-    return int(await awaited(redis.hget(keys.meta, "seq")) or 0)
+def _last_ids(seqs: list[Any]) -> list[int]:
+    """The last id each partition issued (0 for none) from the partitions' seqs, in partition order."""
+    return [int(seq) * MAX_PARTITIONS + p if seq else 0 for p, seq in enumerate(seqs)]
+
+
+async def _seqs(redis: Redis, keys: RedisKeys) -> list[int]:
+    pipe = redis.pipeline(transaction=True)
+    for p in keys.all():
+        pipe.hget(keys.meta(p), "seq")
+    return _last_ids(await pipe.execute())
+
+
+def _after(last_ids: list[int]) -> int:
+    """A cut-off below every partition's (partitions that issued nothing hold no transactions to keep apart)."""
+    return min((last for last in last_ids if last), default=0)
 
 
 async def _snapshot(
     redis: Redis, keys: RedisKeys, names: list[str], read: str, progress: Progress = no_progress, step: str = ""
-) -> list[tuple[str, Any, int]]:
-    """Read hashes in MULTI chunks, each with the transaction seq at that instant: (key, value, seq)."""
-    out: list[tuple[str, Any, int]] = []
+) -> list[tuple[str, Any, list[int]]]:
+    """Read hashes in MULTI chunks, each with every partition's last id at that instant: (key, value, ids)."""
+    out: list[tuple[str, Any, list[int]]] = []
     progress(step, 0, len(names))
     for start in range(0, len(names), CHUNK):
         chunk = names[start : start + CHUNK]
@@ -184,9 +211,11 @@ async def _snapshot(
                 pipe.hmget(name, ["available", "reserved"])
             else:
                 pipe.hgetall(name)
-        pipe.hget(keys.meta, "seq")
-        *values, seq = await pipe.execute()
-        out += [(name, value, int(seq or 0)) for name, value in zip(chunk, values, strict=True)]
+        for p in keys.all():
+            pipe.hget(keys.meta(p), "seq")
+        replies = await pipe.execute()
+        values, last_ids = replies[: len(chunk)], _last_ids(replies[len(chunk) :])
+        out += [(name, value, last_ids) for name, value in zip(chunk, values, strict=True)]
         progress(step, len(out), len(names))
     return out
 
@@ -202,23 +231,24 @@ async def reconcile(
     drain_timeout: float = DRAIN_TIMEOUT_SECONDS,
     progress: Progress = no_progress,
 ) -> ReconcileReport:
-    """Prove Redis equals the ledger: balances, open reservations and totals, each at its own instant.
+    """Prove Redis equals the ledger: balances, open reservations and each partition's totals, each at its own
+    instant, and that the transfers out of all partitions equal the transfers into them.
 
-    Every Redis read comes with the transaction seq of its instant; the ledger is compared up to that seq,
-    so the check is exact even while money keeps moving.
+    Every Redis read comes with the partitions' sequences at its instant; the ledger is compared up to the
+    last id of the partition read, so the check is exact even while money keeps moving.
     """
-    seq0 = await _seq(redis, keys)
+    seq0 = await _seqs(redis, keys)
     progress("find accounts in Redis", 0, None)
     account_keys = await _scan(redis, keys.account_pattern())
     accounts = await _snapshot(redis, keys, account_keys, "balance", progress, "read accounts from Redis")
     progress("find reservations in Redis", 0, None)
     reservation_keys = await _scan(redis, keys.reservation_pattern())
     reservations = await _snapshot(redis, keys, reservation_keys, "hash", progress, "read reservations from Redis")
-    (totals_row,) = await _snapshot(redis, keys, [keys.totals], "hash")
+    totals_rows = await _snapshot(redis, keys, [keys.totals(p) for p in keys.all()], "hash")
     if projector is not None:
         progress("project the outbox into MongoDB", 0, None)
         await projector.drain(timeout=drain_timeout)
-    ledger = await load_ledger(store, seq0, progress)
+    ledger = await load_ledger(store, _after(seq0), progress)
     report = ReconcileReport(len(accounts), len(reservations), ledger.transactions)
     bad = report.mismatches.append
 
@@ -229,7 +259,7 @@ async def reconcile(
         user_id = keys.account_user_id(key)
         seen_users.add(user_id)
         redis_balance = (int(available or 0), int(reserved or 0))
-        exp_available, exp_reserved, _n = ledger.account(user_id, seq)
+        exp_available, exp_reserved, _n = ledger.account(user_id, seq[keys.partition_of(user_id)])
         if redis_balance != (exp_available, exp_reserved):
             bad(
                 Mismatch(
@@ -237,7 +267,7 @@ async def reconcile(
                 )
             )
     for user_id in sorted(set(ledger.by_user) - seen_users):
-        exp_available, exp_reserved, count = ledger.account(user_id, seq0)
+        exp_available, exp_reserved, count = ledger.account(user_id, seq0[keys.partition_of(user_id)])
         if count > 0:  # it existed before the scan began, so the scan would have seen it
             bad(Mismatch("account", f"user {user_id} missing in Redis", None, (exp_available, exp_reserved)))
 
@@ -252,7 +282,7 @@ async def reconcile(
             continue
         rkey = (int(h["user_id"]), int(h["service_id"]), int(h["order_id"]))
         seen_resv.add(rkey)
-        sums = ledger.reservation(rkey, seq)
+        sums = ledger.reservation(rkey, seq[keys.partition_of(rkey[0])])
         subject = "reservation user {} service {} order {}".format(*rkey)
         amount = int(h["amount"])
         open_redis = amount if h["status"] == "reserved" else 0
@@ -265,18 +295,25 @@ async def reconcile(
             recognized = int(h.get("recognized_amount") or 0)
             bad(Mismatch("reservation", subject + " recognized", recognized, sums[TransactionType.CHARGE]))
     for rkey in sorted(set(ledger.by_resv) - seen_resv):
-        sums = ledger.reservation(rkey, seq0)
+        sums = ledger.reservation(rkey, seq0[keys.partition_of(rkey[0])])
         if sums["reserves"] > 0:
             bad(Mismatch("reservation", "user {} service {} order {} missing in Redis".format(*rkey), None, sums))
 
     progress("compare reservations", len(reservations), len(reservations))
 
-    _key, raw_totals, totals_seq = totals_row
-    totals = {_s(k): int(v) for k, v in raw_totals.items()}
-    for name, kind in TOTALS.items():
-        expected = ledger.total(kind, totals_seq)
-        if totals.get(name, 0) != expected:
-            bad(Mismatch("totals", name, totals.get(name, 0), expected))
+    users = _users_by_partition(keys, ledger.by_user)
+    moved = {TRANSFERS_IN: 0, TRANSFERS_OUT: 0}
+    for p, (_key, raw_totals, last_ids) in enumerate(totals_rows):
+        totals = {_s(k): int(v) for k, v in raw_totals.items()}
+        for name, kind in TOTALS.items():
+            expected = ledger.partition_total(kind, users.get(p, []), last_ids[p])
+            if totals.get(name, 0) != expected:
+                bad(Mismatch("totals", f"partition {p} {name}", totals.get(name, 0), expected))
+        for name in moved:
+            moved[name] += totals.get(name, 0)
+    # Each transfer is counted out of one partition and into one: the partitions' totals must agree.
+    if moved[TRANSFERS_IN] != moved[TRANSFERS_OUT]:
+        bad(Mismatch("totals", "transfers_in vs transfers_out of all partitions", *moved.values()))
     sent = ledger.total(TransactionType.TRANSFER_OUT, EVERY_ID)
     received = ledger.total(TransactionType.TRANSFER_IN, EVERY_ID)
     if sent != received:
@@ -285,6 +322,13 @@ async def reconcile(
 
 
 # ---- rebuild ---------------------------------------------------------------------------------
+
+
+def _users_by_partition(keys: RedisKeys, users: Iterable[int]) -> dict[int, list[int]]:
+    out: dict[int, list[int]] = defaultdict(list)
+    for user_id in users:
+        out[keys.partition_of(user_id)].append(user_id)
+    return out
 
 
 async def redis_has_accounts(redis: Redis, keys: RedisKeys) -> bool:
@@ -335,9 +379,9 @@ async def rebuild(
         if not force:
             raise RedisNotEmpty("Redis already holds accounts under this prefix; use --force to overwrite them")
         await _delete_matching(redis, [keys.account_pattern(), keys.reservation_pattern()], progress)
-        await redis.delete(keys.totals, keys.services)
+        await redis.delete(*[keys.totals(p) for p in keys.all()], keys.services)
     ledger = await load_ledger(store, EVERY_ID, progress)
-    seq, clock = await store.last_transaction()
+    _largest, clock = await store.last_transaction()
     services = await store.service_names()
     report = RebuildReport(services=len(services))
     restore = Restore(redis, keys)
@@ -377,10 +421,17 @@ async def rebuild(
         await flush()
     progress("write reservations to Redis", len(orders), len(orders))
     restore.services(pipe, services)
-    totals = {name: ledger.total(kind, EVERY_ID) for name, kind in TOTALS.items()}
-    restore.totals(pipe, **totals)
-    pending += 1
+    by_partition = _users_by_partition(keys, ledger.by_user)  # partitions without users have nothing to restore
+    for p, members in sorted(by_partition.items()):
+        restore.totals(
+            pipe, p, {name: ledger.partition_total(kind, members, EVERY_ID) for name, kind in TOTALS.items()}
+        )
+        pending += 1
     await flush(force_now=True)
-    # ids and times must go on from the ledger's last ones, never repeat them
-    report.seq, report.clock = await restore.meta(seq, clock)
+    # ids and times must go on from each partition's last ones, never repeat them (a partition's clock may
+    # take the ledger's latest time: it only has to never go back)
+    for p, members in sorted(by_partition.items()):
+        last = max(ledger.last_by_user[u] for u in members)
+        seq, report.clock = await restore.meta(p, last // MAX_PARTITIONS, clock)
+        report.seq = max(report.seq, seq)
     return report

@@ -18,6 +18,10 @@ from billing.infra.pipelines import load_pipeline
 DUPLICATE_KEY = 11000
 # The collections of the ledger database (every other module names them through these).
 TRANSACTIONS, SERVICES = "transactions", "services"
+# {_id: partition, top: the largest transaction id of the partition projected}: raised by the projector once
+# per batch, so the sequence check (billing/projection/seq_guard.py) reads each partition's largest id in
+# one small find instead of searching `transactions` for ids of one residue.
+PARTITION_TOPS = "partition_tops"
 
 # Stream record fields (strings) that become Int64 in MongoDB, and those kept as strings.
 INT_FIELDS = (
@@ -84,6 +88,7 @@ class LedgerStore:
         durable = WriteConcern(w=1, j=True)
         self.transactions = db.get_collection(TRANSACTIONS, write_concern=durable)
         self.services = db.get_collection(SERVICES, write_concern=durable)
+        self.partition_tops = db.get_collection(PARTITION_TOPS, write_concern=durable)
 
     async def ensure_indexes(self) -> None:
         for name, keys in TRANSACTION_INDEXES:
@@ -140,12 +145,26 @@ class LedgerStore:
                     continue
         return written
 
+    async def raise_partition_tops(self, tops: Mapping[int, int]) -> None:
+        """Raise each partition's largest projected transaction id to the given one (never lower it)."""
+        for partition, top in sorted(tops.items()):
+            for _attempt in range(2):
+                try:
+                    await self.partition_tops.update_one({"_id": partition}, {"$max": {"top": Int64(top)}}, upsert=True)
+                    break
+                except DuplicateKeyError:
+                    continue  # another projector inserted it just now: raise it once more
+
+    async def largest_ids(self) -> dict[int, int]:
+        """The largest transaction id projected of each partition that has one."""
+        return {int(d["_id"]): int(d["top"]) async for d in self.partition_tops.find({})}
+
     # ---- recovery's reads -------------------------------------------------------------------
 
-    async def sums_by_user(self) -> list[tuple[int, str, int, int]]:
-        """(user_id, type, sum of amount, count) over the whole ledger."""
+    async def sums_by_user(self) -> list[tuple[int, str, int, int, int]]:
+        """(user_id, type, sum of amount, count, largest id) over the whole ledger."""
         rows = await self.transactions.aggregate(USER_SUMS.bind()).to_list(None)
-        return [(int(r["_id"]["u"]), str(r["_id"]["t"]), int(r["total"]), int(r["n"])) for r in rows]
+        return [(int(r["_id"]["u"]), str(r["_id"]["t"]), int(r["total"]), int(r["n"]), int(r["last"])) for r in rows]
 
     async def sums_by_reservation(self) -> list[dict[str, int | str]]:
         """Per (user, service, order, type) of reserve/charge/release: sum, count, first and last time (ms)."""

@@ -6,20 +6,22 @@ beyond the older one, and following next_cursor would never show it. History the
 <= the watermark (billing/views/history.py), and the watermark only passes an id once nothing below it can
 still appear.
 
+One watermark per ledger partition: a user's transactions all carry ids of the user's partition, so their
+history reads up to that partition's watermark. Below, seq, ids and the outbox are the partition's.
+
 How it is derived: ids come from one counter (`meta` seq) and every script that takes ids XADDs their
 transactions in the same atomic run, so outbox entries carry increasing ids in stream order. The outbox
 consumer group knows which entries are acknowledged (each one after MongoDB confirmed it, or after it was
 dead-lettered). So, read atomically with seq: the oldest entry not yet acknowledged (the oldest pending
 one, else the first not yet delivered); the watermark is the first transaction id in the oldest such entry
-that carries transactions, minus 1; with no such entry it is seq itself. Nothing here counts ids, so gaps
+that carries transactions, minus 1; with no such entry it is the id of seq itself. Nothing here counts ids, so gaps
 in the sequence never stall it, and the sequence does have gaps: a script that errors after taking an id
 (e.g. Redis refusing the XADD under maxmemory, or one operation of a batch run failing after next_id)
 keeps the id consumed with no entry, and outbox entries that cannot be read go to the dead-letter stream.
 
 Any consumer may compute it at any time from the group's state, so it holds with several consumers and
 after crashes; it is stored monotonically (a stale, lower computation never lowers it) in one Redis key,
-and costs one MULTI, one short XRANGE and one script call per projected batch. With one sequence per
-partition this becomes one watermark per partition: only this module changes.
+and costs one MULTI, one short XRANGE and one script call per projected batch of the partition.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
+from billing.core.config import MAX_PARTITIONS
 from billing.ledger.scripts import RedisKeys
 
 SCAN = 16  # entries read per XRANGE while looking for the oldest one that carries transactions
@@ -62,13 +65,14 @@ def _first_id(fields: dict[Any, Any]) -> int | None:
 
 
 class ProjectionWatermark:
-    """Computes, stores (monotonically) and reads the watermark of one ledger sequence."""
+    """Computes, stores (monotonically) and reads the watermark of one ledger partition."""
 
-    def __init__(self, redis: Redis, keys: RedisKeys, group: str | None = None) -> None:
+    def __init__(self, redis: Redis, keys: RedisKeys, partition: int, group: str | None = None) -> None:
         self.redis = redis
-        self.stream = keys.outbox
-        self.meta = keys.meta
-        self.key = keys.projected
+        self.partition = partition
+        self.stream = keys.outbox(partition)
+        self.meta = keys.meta(partition)
+        self.key = keys.projected(partition)
         self.group = group
         self._advance = redis.register_script(_ADVANCE)
 
@@ -103,9 +107,10 @@ class ProjectionWatermark:
                 if first is not None:
                     return first - 1
             if len(rows) < SCAN:
-                # No unacknowledged transaction at the MULTI: every id <= seq is in MongoDB or never was
-                # written (ids taken later are above seq).
-                return int(seq or 0)
+                # No unacknowledged transaction at the MULTI: every id up to seq's is in MongoDB or never
+                # was written (ids taken later are above it).
+                last = int(seq or 0)
+                return last * MAX_PARTITIONS + self.partition if last else 0
             start = "(" + _text(rows[-1][0])
 
     async def publish(self, value: int) -> int:

@@ -166,7 +166,8 @@ class History:
         self._transactions = mongo[TRANSACTIONS]
         self._services = mongo[SERVICES]
         self._ledger = ledger
-        self._watermark = ProjectionWatermark(ledger.redis, ledger.keys)
+        # a user's history reads up to the watermark of the user's partition, where all their ids come from
+        self._watermarks = [ProjectionWatermark(ledger.redis, ledger.keys, p) for p in ledger.keys.all()]
         self._cursors = CursorCodec(secret)
         self._warned: set[str] = set()
 
@@ -178,7 +179,7 @@ class History:
         after = self.cursor_after(q)
         if await self._ledger.balance(user_id) is None:
             raise ApiError("account_not_found", f"User {user_id} has no account")
-        upto = await self._watermark.read()
+        upto = await self._watermarks[self._ledger.keys.partition_of(user_id)].read()
         docs: list[dict[str, Any]] = []
         for filter_, sort in find_specs(q, after, upto):
             wanted = q.limit + 1 - len(docs)  # one more than a page tells whether another page exists

@@ -12,7 +12,7 @@ from tornado.simple_httpclient import HTTPStreamClosedError
 from billing.bootstrap import Context
 from billing.core.config import Settings
 from tests.support.api import Api, problem
-from tests.support.state import changed_keys, redis_state
+from tests.support.state import changed_keys, outbox_entries, redis_state
 
 JSON = "application/json"
 BIG = 2**63
@@ -344,7 +344,7 @@ async def test_malformed_request_is_refused_and_changes_nothing(api: Api, ctx: C
     await seed(api)
     prefix = ctx.settings.redis_prefix
     before = await redis_state(ctx.redis, prefix)
-    outbox_before = await ctx.redis.xlen(ctx.ledger.keys.outbox)
+    outbox_before = await outbox_entries(ctx.redis, ctx.ledger.keys)
     totals_before = await ctx.ledger.totals()
     headers = {"Content-Type": case.content_type, **case.headers} if case.body is not None else dict(case.headers)
     r = await api.request(case.method, case.path, body=case.body, token=case.token, key="malformed", headers=headers)
@@ -353,7 +353,7 @@ async def test_malformed_request_is_refused_and_changes_nothing(api: Api, ctx: C
         assert r.json["errors"][0]["field"] == case.error_field, r.json
     assert "Idempotent-Replayed" not in r.headers
     assert changed_keys(before, await redis_state(ctx.redis, prefix)) == []
-    assert await ctx.redis.xlen(ctx.ledger.keys.outbox) == outbox_before
+    assert await outbox_entries(ctx.redis, ctx.ledger.keys) == outbox_before
     assert await ctx.ledger.totals() == totals_before
     assert len(before) > 5  # the seed is there: a snapshot of nothing would prove nothing
 

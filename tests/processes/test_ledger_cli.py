@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from billing.bootstrap import Context
-from billing.core.config import Settings
+from billing.core.config import MAX_PARTITIONS, Settings
 from billing.projection.projector import GROUP
 from tests.support.servers import MongoWireServer, RedisServer
 from tests.support.terminal import run_in_terminal
@@ -98,7 +98,9 @@ async def test_project_reconcile_rebuild_commands(ctx: Context, env: dict[str, s
         "billing rebuild: refused: Redis already holds accounts under this prefix; use --force to overwrite them"
     ]
 
-    largest = int((await ctx.mongo.transactions.find_one({}, sort=[("_id", -1)]))["_id"])
+    partition = ctx.ledger.keys.partition_of(2)
+    ids = [int(d["_id"]) async for d in ctx.mongo.transactions.find({}, {"_id": 1})]
+    largest = max(i for i in ids if i % MAX_PARTITIONS == partition)  # the last id of user 2's partition
     await wipe(ctx)
     guard = ctx.sequence_guard
     assert await guard.check() is not None  # an emptied Redis would reuse ids: money writes refused
@@ -107,7 +109,7 @@ async def test_project_reconcile_rebuild_commands(ctx: Context, env: dict[str, s
     assert await guard.check() is None  # the sequence is restored: writes resume
     code, out, err = await billing(env, "reconcile")
     assert code == 0, (out, err)
-    assert int((await deposit(ctx.ledger, 2, 1)).body["transaction"]["id"]) == largest + 1
+    assert int((await deposit(ctx.ledger, 2, 1)).body["transaction"]["id"]) == largest + MAX_PARTITIONS
 
 
 async def test_a_killed_projector_process_loses_and_doubles_nothing(ctx: Context, env: dict[str, str]) -> None:
@@ -131,7 +133,8 @@ async def test_a_killed_projector_process_loses_and_doubles_nothing(ctx: Context
         await second.wait()
     docs = await ctx.mongo.transactions.find({}, {"amount": 1}).to_list(None)
     assert sorted(int(d["amount"]) for d in docs) == amounts  # each exactly once
-    assert (await ctx.redis.xpending(ctx.ledger.keys.outbox, GROUP))["pending"] == 0
+    for stream in ctx.projector.streams:
+        assert (await ctx.redis.xpending(stream, GROUP))["pending"] == 0
 
 
 async def test_long_commands_show_progress_on_a_terminal_and_nothing_when_piped(

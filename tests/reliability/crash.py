@@ -19,6 +19,8 @@ import pymongo
 import redis
 import requests
 
+from billing.core.config import MAX_PARTITIONS, default
+from billing.ledger.scripts import RedisKeys
 from tests.support.servers import RedisServer
 from tests.support.service import PROJECT_ROOT, BillingProcess
 from tests.support.workload import Expected, Workload, expected_from
@@ -212,21 +214,32 @@ def check_balances(
         want = expected.balances[user]
         assert body["available"] == f"{want // 100}.{want % 100:02d}", (user, body, want)
         assert body["reserved"] == "0.00"
+    keys = RedisKeys("billing:", default("partitions"))
     client = redis.Redis(port=redis_server.port)
+    totals: Counter[str] = Counter()
+    seqs: dict[int, int] = {}
     try:
-        totals = {k.decode(): int(v) for k, v in client.hgetall("billing:totals").items()}
-        seq = int(client.hget("billing:meta", "seq") or 0)
+        for partition in keys.all():
+            totals.update({k.decode(): int(v) for k, v in client.hgetall(keys.totals(partition)).items()})
+            seqs[partition] = int(client.hget(keys.meta(partition), "seq") or 0)
     finally:
         client.close()
     assert totals.get("deposited", 0) == expected.deposited, (totals, expected.deposited)
     assert totals.get("withdrawn", 0) == expected.withdrawn, (totals, expected.withdrawn)
+    assert totals.get("transfers_in", 0) == totals.get("transfers_out", 0), totals
     ids = expected.transaction_ids
-    # Transaction ids come from one counter: an acknowledged one lost by Redis would be handed out again
-    # (a duplicate) or lie above the counter; one applied twice would leave a number nobody was answered with.
+    # Transaction ids come from one counter per partition (id = seq * 1024 + partition): an acknowledged one
+    # lost by Redis would be handed out again (a duplicate) or lie above its partition's counter; one applied
+    # twice would leave a number nobody was answered with.
     report.transactions = len(ids)
-    report.lost = (len(ids) - len(set(ids))) + sum(1 for i in ids if i > seq)
-    report.doubled = seq - len({i for i in ids if i <= seq})
-    assert report.lost == 0 and report.doubled == 0, (report.lost, report.doubled, seq, len(ids))
+    report.lost = len(ids) - len(set(ids))
+    report.doubled = 0
+    for partition, seq in seqs.items():
+        last = seq * MAX_PARTITIONS + partition
+        mine = {i for i in ids if i % MAX_PARTITIONS == partition}
+        report.lost += sum(1 for i in mine if i > last)
+        report.doubled += seq - len({i for i in mine if i <= last})
+    assert report.lost == 0 and report.doubled == 0, (report.lost, report.doubled, seqs, len(ids))
 
 
 async def check_replays(workload: Workload) -> None:

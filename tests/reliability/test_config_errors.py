@@ -10,8 +10,10 @@ import sys
 import textwrap
 
 import pytest
+import redis
 
-from tests.support.servers import free_port
+from billing.ledger.scripts import RedisKeys
+from tests.support.servers import RedisServer, free_port
 from tests.support.service import PROJECT_ROOT
 
 GOOD = {
@@ -35,6 +37,9 @@ BAD: dict[str, tuple[dict[str, str | None], str]] = {
     "ttl-zero": ({"BILLING_IDEMPOTENCY_TTL_SECONDS": "0"}, "BILLING_IDEMPOTENCY_TTL_SECONDS"),
     "timeout-negative": ({"BILLING_REQUEST_TIMEOUT_SECONDS": "-1"}, "BILLING_REQUEST_TIMEOUT_SECONDS"),
     "projector-batch-zero": ({"BILLING_PROJECTOR_BATCH": "0"}, "BILLING_PROJECTOR_BATCH"),
+    "prefix-with-a-brace": ({"BILLING_REDIS_PREFIX": "billing{x}:"}, "BILLING_REDIS_PREFIX"),
+    "partitions-zero": ({"BILLING_PARTITIONS": "0"}, "BILLING_PARTITIONS"),
+    "partitions-too-many": ({"BILLING_PARTITIONS": "1025"}, "BILLING_PARTITIONS"),
     "embedded-stores-with-workers": ({"BILLING_REDIS_URL": None, "BILLING_MONGO_URL": None}, "--workers"),
 }
 
@@ -97,3 +102,23 @@ def test_a_supervisor_whose_workers_die_before_serving_gives_up() -> None:
     assert done.stderr.count("injected start failure") < 20  # a handful of attempts, not an endless loop
     with socket.socket() as sock:  # and nothing holds the port any more
         sock.bind(("127.0.0.1", port))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_serve_on_a_redis_laid_out_for_another_partition_count_exits_with_one_line(
+    redis_server: RedisServer, workers: int
+) -> None:
+    """The partition count stored at the first start wins: workers refuse to start, the supervisor exits 1."""
+    prefix = f"partitions-{free_port()}:"
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        client.set(RedisKeys(prefix).partition_count, "8")
+        changes: dict[str, str | None] = {"BILLING_REDIS_URL": redis_server.url, "BILLING_REDIS_PREFIX": prefix}
+        done = run_serve(changes, workers=workers, port=free_port())
+    finally:
+        client.delete(RedisKeys(prefix).partition_count)
+        client.close()
+    assert done.returncode == 1, done.stderr[-2000:]
+    refusals = [line for line in done.stderr.splitlines() if "BILLING_PARTITIONS is 16" in line]
+    assert refusals and "ledger of 8 partitions" in refusals[0]
+    assert "Traceback" not in done.stderr

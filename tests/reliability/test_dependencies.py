@@ -18,6 +18,7 @@ from billing.app import make_app
 from billing.bootstrap import bootstrap
 from billing.core.config import Settings
 from billing.infra.stores import connect_redis
+from billing.ledger.scripts import RedisKeys
 from tests.reliability.crash import TOKENS
 from tests.support.api import TEST_TOKENS, Api
 from tests.support.proxy import ReplyDroppingProxy
@@ -230,7 +231,8 @@ async def test_lost_reply_is_never_resent_by_the_redis_client(
     assert answer.status == 503 and answer.json["code"] == "unavailable" and answer.headers["Retry-After"]
     # The deposit ran once in Redis (the outcome was unknown to the caller), never twice.
     assert (await api.balance(1)).json["available"] == "10.00"
-    assert int(await direct.hget(f"{prefix}meta", "seq")) == 1
+    keys = RedisKeys(prefix)
+    assert int(await direct.hget(keys.meta(keys.partition_of(1)), "seq")) == 1
 
 
 async def test_lost_reply_then_retry_with_the_same_key_replays(

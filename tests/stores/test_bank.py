@@ -2,8 +2,11 @@
 
 8 clients run random deposits, transfers, withdrawals, reserves, partial recognitions and cancels (some of
 them sent twice with one Idempotency-Key, as a retrying client would) for BILLING_BANK_SECONDS (3 s by
-default). Meanwhile a reader takes atomic snapshots (MULTI) of every account and the totals hash. Then:
-- at every snapshot and at the end: sum(available + reserved) + revenue + withdrawn == deposited, nothing < 0;
+default). Meanwhile a reader takes atomic snapshots (MULTI) of every account and every partition's totals hash.
+Then:
+- at every snapshot and at the end, in each ledger partition: sum(available + reserved) of its accounts ==
+  deposited - withdrawn - revenue + transfers_in - transfers_out; over all partitions transfers_in ==
+  transfers_out; nothing < 0;
 - the totals hash equals the sums of the money that the responses say moved;
 - ordered by transaction id, each user's transactions chain exactly (each *_after follows from the previous
   one), ending at the balance the API reports: the responses are one serial history;
@@ -20,12 +23,15 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
+
 from billing.bootstrap import Context
+from billing.core.config import Settings
 from billing.core.money import format_kopecks
 from tests.support.api import Api, Response
 
 CLIENTS = 8
-USERS = 6
+USERS = 6  # in 6 partitions of 16 (users 1..6: 15, 5, 3, 0, 6, 12), all in one with BILLING_PARTITIONS=1
 SERVICES = 3
 SECONDS = float(os.environ.get("BILLING_BANK_SECONDS", "3"))
 INITIAL = 1_000_00  # kopecks each user starts with
@@ -165,31 +171,51 @@ class BankClient:
             await self.step()
 
 
-async def atomic_snapshot(ctx: Context) -> tuple[dict[int, tuple[int, int]], dict[str, int]]:
-    """Every account and the totals hash, read in one MULTI/EXEC: one instant of the ledger."""
+@pytest.fixture(params=[16, 1], ids=["16-partitions", "1-partition"])
+def settings(settings: Settings, request: pytest.FixtureRequest) -> Settings:
+    return settings.model_copy(update={"partitions": request.param})
+
+
+Totals = dict[int, dict[str, int]]  # partition -> its totals hash
+
+
+async def atomic_snapshot(ctx: Context) -> tuple[dict[int, tuple[int, int]], Totals]:
+    """Every account and every partition's totals hash, read in one MULTI/EXEC: one instant of the ledger."""
     keys = ctx.ledger.keys
     pipe = ctx.redis.pipeline(transaction=True)
     for user in range(1, USERS + 1):
         pipe.hmget(keys.account(user), "available", "reserved")
-    pipe.hgetall(keys.totals)
+    for partition in keys.all():
+        pipe.hgetall(keys.totals(partition))
     answers = await pipe.execute()
     accounts = {
         user: (int(a), int(r or 0))
-        for user, (a, r) in zip(range(1, USERS + 1), answers[:-1], strict=True)
+        for user, (a, r) in zip(range(1, USERS + 1), answers[:USERS], strict=True)
         if a is not None
     }
-    totals = {k.decode(): int(v) for k, v in answers[-1].items()}
+    totals = {
+        p: {k.decode(): int(v) for k, v in raw.items()} for p, raw in zip(keys.all(), answers[USERS:], strict=True)
+    }
     return accounts, totals
 
 
-def conservation_errors(accounts: dict[int, tuple[int, int]], totals: dict[str, int]) -> list[str]:
+def conservation_errors(ctx: Context, accounts: dict[int, tuple[int, int]], totals: Totals) -> list[str]:
     errors = [f"user {u} negative: {a}, {r}" for u, (a, r) in accounts.items() if a < 0 or r < 0]
-    held = sum(a + r for a, r in accounts.values())
-    outside = totals.get("revenue", 0) + totals.get("withdrawn", 0)
-    if held + outside != totals.get("deposited", 0):
-        errors.append(
-            f"not conserved: held {held} + revenue/withdrawn {outside} != deposited {totals.get('deposited')}"
+    for partition, t in totals.items():
+        held = sum(a + r for u, (a, r) in accounts.items() if ctx.ledger.keys.partition_of(u) == partition)
+        net = (
+            t.get("deposited", 0)
+            - t.get("withdrawn", 0)
+            - t.get("revenue", 0)
+            + t.get("transfers_in", 0)
+            - t.get("transfers_out", 0)
         )
+        if held != net:
+            errors.append(f"partition {partition} not conserved: held {held} != {net} by its totals {t}")
+    moved_in = sum(t.get("transfers_in", 0) for t in totals.values())
+    moved_out = sum(t.get("transfers_out", 0) for t in totals.values())
+    if moved_in != moved_out:
+        errors.append(f"transfers_in {moved_in} != transfers_out {moved_out} over all partitions")
     return errors
 
 
@@ -198,7 +224,7 @@ async def reader(ctx: Context, deadline: float, seen: Observed) -> int:
     reads = 0
     while loop.time() < deadline:
         accounts, totals = await atomic_snapshot(ctx)
-        seen.violations.extend(conservation_errors(accounts, totals))
+        seen.violations.extend(conservation_errors(ctx, accounts, totals))
         reads += 1
         await asyncio.sleep(0.01)
     return reads
@@ -252,9 +278,11 @@ async def test_bank_conserves_money_under_concurrent_clients(api: Api, ctx: Cont
     held = sum(a + r for a, r in final.values())
     assert held + seen.revenue + seen.withdrawn == seen.deposited  # from the responses alone
     totals = await ctx.ledger.totals()
+    moved = {name: totals.pop(name) for name in ("transfers_in", "transfers_out")}
     assert totals == {"deposited": seen.deposited, "withdrawn": seen.withdrawn, "revenue": seen.revenue}
-    accounts, totals = await atomic_snapshot(ctx)
-    assert accounts == final and conservation_errors(accounts, totals) == []
+    assert moved["transfers_in"] == moved["transfers_out"] > 0
+    accounts, snapshot = await atomic_snapshot(ctx)
+    assert accounts == final and conservation_errors(ctx, accounts, snapshot) == []
 
     # The responses form one serial history that ends at the balances.
     assert chain_errors(seen.transactions, final) == []

@@ -94,10 +94,13 @@ def reply_view(reply: Answer) -> Any:
 
 @pytest.mark.parametrize("seed", [1, 2])
 async def test_a_batch_equals_the_same_operations_one_by_one(redis_client: Redis, prefix: str, seed: int) -> None:
-    """Over BATCH_CHUNK operations on 4 accounts: every reply, balance, record and outbox entry is the same."""
+    """Over BATCH_CHUNK operations on 4 accounts: every reply, balance, record and outbox entry is the same.
+
+    One partition, so the batch runs every operation in the request's order (over several partitions, each
+    partition's operations keep their order: tests/stores/test_partitions.py)."""
     items = prepared(random_operations(random.Random(seed), BATCH_CHUNK * 2 + 37))
-    one_by_one = MoneyOperations(Ledger(redis_client, prefix + "single:", TTL))
-    batched = MoneyOperations(Ledger(redis_client, prefix + "batch:", TTL))
+    one_by_one = MoneyOperations(Ledger(redis_client, prefix + "single:", TTL, partitions=1))
+    batched = MoneyOperations(Ledger(redis_client, prefix + "batch:", TTL, partitions=1))
 
     expected = []
     for spec, request, idem in items:
@@ -128,34 +131,43 @@ async def test_an_operation_failing_inside_redis_stops_its_run(redis_client: Red
     it is complete, the one after it did not run (503); more in tests/stores/test_script_failures.py."""
     ledger = Ledger(redis_client, prefix, TTL)
     operations = MoneyOperations(ledger)
-    await redis_client.set(ledger.keys.account(2), "not a hash")  # HMGET on it fails with WRONGTYPE
+    users = (1, 24, 42)  # one partition, so one script run
+    partition = ledger.keys.partition_of(1)
+    assert {ledger.keys.partition_of(user) for user in users} == {partition}
+    await redis_client.set(ledger.keys.account(24), "not a hash")  # HMGET on it fails with WRONGTYPE
     spec = OPERATIONS["deposit"]
-    items = [(spec, spec.model.model_validate({"user_id": user, "amount": "1.00"}), None) for user in (1, 2, 3)]
+    items = [(spec, spec.model.model_validate({"user_id": user, "amount": "1.00"}), None) for user in users]
     replies = await run_many(operations, items)
     assert [reply.status for reply in replies] == [201, 500, 503]
     assert [reply.body["code"] for reply in replies[1:]] == ["internal_error", "unavailable"]
-    assert await ledger.balance(1) == (100, 0) and await ledger.balance(3) is None
-    assert int(await redis_client.hget(ledger.keys.meta, "seq")) == 1
-    assert await redis_client.xlen(ledger.keys.outbox) == 1
+    assert await ledger.balance(1) == (100, 0) and await ledger.balance(42) is None
+    assert int(await redis_client.hget(ledger.keys.meta(partition), "seq")) == 1
+    assert await redis_client.xlen(ledger.keys.outbox(partition)) == 1
     assert await ledger.totals() == {"deposited": 100}
 
 
 async def test_a_malformed_batch_call_changes_nothing(redis_client: Redis, prefix: str) -> None:
     ledger = Ledger(redis_client, prefix, TTL)
     await ledger.load_scripts()
-    keys = [ledger.keys.outbox, ledger.keys.meta, ledger.keys.totals, ledger.keys.idempotency(None)]
-    keys.append(ledger.keys.account(1))
-    good = ["90000", "deposit", "", "1", "100", ""]
+    p = ledger.keys.partition_of(1)
+    run_keys = [ledger.keys.outbox(p), ledger.keys.meta(p), ledger.keys.totals(p)]
+    keys = [*run_keys, ledger.keys.idempotency(None), ledger.keys.account(1)]
+    good = ["90000", "deposit", "", str(p), "1", "100", ""]
     command = ["EVALSHA", ledger._shas[BATCH], len(keys), *keys]
     await redis_client.execute_command(*command, *good)  # well formed: runs
     assert await ledger.balance(1) == (100, 0)
-    await redis_client.delete(ledger.keys.account(1), ledger.keys.outbox, ledger.keys.meta, ledger.keys.totals)
+    await redis_client.delete(ledger.keys.account(1), *run_keys)
     # too few arguments, an unknown operation, two operations with the keys of one
-    for args in (good[:-1], [*good, "x", "y"], ["90000", "nope", "", "1", "100", ""], [*good, *good[1:]]):
+    for args in (good[:-1], [*good, "x", "y"], ["90000", "nope", "", str(p), "1", "100", ""], [*good, *good[1:]]):
         with pytest.raises(ResponseError, match="batch:"):
             await redis_client.execute_command(*command, *args)
+    # two operations of different partitions in one run
+    other = [*keys, ledger.keys.idempotency(None), ledger.keys.account(2)]
+    mixed = [*good, "deposit", "", str(ledger.keys.partition_of(2)), "2", "100", ""]
+    with pytest.raises(ResponseError, match="batch: operations of more than one partition"):
+        await redis_client.execute_command("EVALSHA", ledger._shas[BATCH], len(other), *other, *mixed)
     assert await ledger.balance(1) is None
-    assert not await redis_client.exists(ledger.keys.outbox, ledger.keys.meta)
+    assert not await redis_client.exists(*run_keys)
 
 
 async def test_batch_scripts_reload_after_a_script_flush(redis_client: Redis, prefix: str) -> None:
@@ -172,7 +184,7 @@ async def test_batch_scripts_reload_after_a_script_flush(redis_client: Redis, pr
     replies = await run_many(operations, items)
     assert {reply.status for reply in replies} == {201}
     assert await ledger.balance(1) == (count, 0)
-    assert int(await redis_client.hget(ledger.keys.meta, "seq")) == count
+    assert int(await redis_client.hget(ledger.keys.meta(ledger.keys.partition_of(1)), "seq")) == count
 
 
 async def test_text_beyond_ascii_goes_through_a_batch_run_intact(redis_client: Redis) -> None:
@@ -185,4 +197,5 @@ async def test_text_beyond_ascii_goes_through_a_batch_run_intact(redis_client: R
     replies = await run_many(operations, items)
     assert [reply.body["transaction"]["comment"] for reply in replies] == [comment, comment]
     assert await ledger.balance(1) == (200, 0)
-    await redis_client.delete(ledger.keys.account(1), ledger.keys.outbox, ledger.keys.meta, ledger.keys.totals)
+    p = ledger.keys.partition_of(1)
+    await redis_client.delete(ledger.keys.account(1), ledger.keys.outbox(p), ledger.keys.meta(p), ledger.keys.totals(p))

@@ -27,15 +27,17 @@ from redis.asyncio import Redis
 
 from billing.api.jsonbody import parse_json_object
 from billing.api.outcomes import Answer
+from billing.core.config import default
 from billing.core.errors import ApiError
 from billing.core.money import MAX_BALANCE_KOPECKS, format_kopecks
-from billing.ledger.scripts import Idempotency, Ledger
+from billing.ledger.scripts import Idempotency, Ledger, partition_of
 from billing.ledger.service import OPERATIONS, MoneyOperations, validate
 from tests.support.answers import run_one
 
 EXAMPLES = int(os.environ.get("BILLING_MODEL_EXAMPLES", "50"))
 STEPS = int(os.environ.get("BILLING_MODEL_STEPS", "30"))
-USERS = (1, 2, 3)
+USERS = (1, 2, 3)  # each in a partition of its own
+PARTITIONS: int = default("partitions")
 SERVICES = (1, 2)
 ORDERS = (1, 2)
 SCOPES = ("alice", "bob")
@@ -115,7 +117,8 @@ class Model:
         self.accounts[r.from_user_id][0] -= r.amount
         target[0] += r.amount
         self.accounts[r.to_user_id] = target
-        self.movements += 1
+        # one outbox entry in each partition the transfer touches
+        self.movements += 1 if partition_of(r.from_user_id, PARTITIONS) == partition_of(r.to_user_id, PARTITIONS) else 2
         return 201, None
 
     def _reserve(self, r: Any) -> tuple[int, str | None]:
@@ -399,13 +402,19 @@ class LedgerMachine(RuleBasedStateMachine):
                 pipe.hmget(keys.account(user), "available", "reserved")
             for ref in all_refs:
                 pipe.hgetall(keys.reservation(*ref))
-            pipe.hgetall(keys.totals)
-            pipe.xlen(keys.outbox)
+            for partition in keys.all():
+                pipe.hgetall(keys.totals(partition))
+                pipe.xlen(keys.outbox(partition))
             return await pipe.execute()
 
         answers = self.backend.run(read())
-        accounts, reservations = answers[: len(USERS)], answers[len(USERS) : -2]
-        totals, outbox_length = answers[-2], answers[-1]
+        count = len(USERS) + len(all_refs)
+        accounts, reservations = answers[: len(USERS)], answers[len(USERS) : count]
+        totals: dict[bytes, int] = {}
+        for raw in answers[count::2]:
+            for k, v in raw.items():
+                totals[k] = totals.get(k, 0) + int(v)
+        outbox_length = sum(answers[count + 1 :: 2])
         for user, (available, reserved) in zip(USERS, accounts, strict=True):
             got = None if available is None else [int(available), int(reserved or 0)]
             assert got == self.model.accounts.get(user), (user, got, self.model.accounts)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from billing.bootstrap import Context
-from billing.core.config import Settings
+from billing.core.config import MAX_PARTITIONS, Settings
 from billing.ledger.outcomes import Applied, Refused, Unchanged
 from billing.projection.projector import Projector
 from billing.projection.recovery import RedisNotEmpty, rebuild, reconcile
@@ -44,14 +44,18 @@ async def check(ctx: Context):
 
 
 async def redis_state(ctx: Context) -> dict[str, Any]:
-    """Every key of the test's prefix but the stream, idempotency records, meta and the history watermark:
-    name -> hash."""
+    """Every key of the test's prefix but the streams, idempotency records, the partitions' meta and history
+    watermarks and the partition count: name -> hash."""
     state = {}
+    skipped = (":outbox", ":meta", ":projected")
     async for key in ctx.redis.scan_iter(match=f"{ctx.settings.redis_prefix}*"):
         name = key.decode()
-        if name.endswith(":outbox") or ":idem:" in name or name in (ctx.ledger.keys.meta, ctx.ledger.keys.projected):
+        if name.endswith(skipped) or ":idem:" in name or name == ctx.ledger.keys.partition_count:
             continue
-        state[name] = await ctx.redis.hgetall(name)
+        value = await ctx.redis.hgetall(name)
+        if name.endswith(":totals"):  # a total of 0 and one never written mean the same
+            value = {k: v for k, v in value.items() if v != b"0"}
+        state[name] = value
     return state
 
 
@@ -111,13 +115,30 @@ async def test_reconcile_reports_reservations_and_accounts_that_disagree(ctx: Co
     assert isinstance(await run(ledger, ledger.reserve_call(1, 5, 77, 4_000, "Доставка", None)), Applied)
     await ctx.redis.hset(ledger.keys.reservation(1, 5, 77), "status", "cancelled")  # no money moved
     await ctx.redis.delete(ledger.keys.account(2))
-    await ctx.redis.hincrby(ledger.keys.totals, "deposited", 5)
+    partition = ledger.keys.partition_of(1)
+    await ctx.redis.hincrby(ledger.keys.totals(partition), "deposited", 5)
     report = await check(ctx)
     found = {(m.kind, m.subject) for m in report.mismatches}
     assert found == {
         ("reservation", "reservation user 1 service 5 order 77 open amount"),
         ("account", "user 2 missing in Redis"),
-        ("totals", "deposited"),
+        ("totals", f"partition {partition} deposited"),
+    }
+
+
+async def test_reconcile_checks_the_transfers_between_partitions(ctx: Context) -> None:
+    ledger, keys = ctx.ledger, ctx.ledger.keys
+    sender, recipient = 1, 2
+    assert keys.partition_of(sender) != keys.partition_of(recipient)
+    await deposit(ledger, sender, 10_000)
+    assert isinstance(await run(ledger, ledger.transfer_call(sender, recipient, 2_500, None)), Applied)
+    assert (await check(ctx)).ok
+    # transfers_in of the recipient's partition no longer matches the ledger, nor the sender's transfers_out
+    await ctx.redis.hincrby(keys.totals(keys.partition_of(recipient)), "transfers_in", 1)
+    found = {(m.kind, m.subject) for m in (await check(ctx)).mismatches}
+    assert found == {
+        ("totals", f"partition {keys.partition_of(recipient)} transfers_in"),
+        ("totals", "transfers_in vs transfers_out of all partitions"),
     }
 
 
@@ -132,13 +153,16 @@ async def test_rebuild_restores_redis_from_the_ledger(ctx: Context) -> None:
     projector = Projector.from_context(ctx)
     await projector.drain()
     before = await redis_state(ctx)
-    seq_before = int(await ctx.redis.hget(ledger.keys.meta, "seq"))
+    partition = ledger.keys.partition_of(1)
+    seq_before = int(await ctx.redis.hget(ledger.keys.meta(partition), "seq"))
+    next_id = (seq_before + 1) * MAX_PARTITIONS + partition
     assert (await check(ctx)).ok
 
     await wipe(ctx)
     assert await ledger.balance(1) is None
     report = await rebuild(ctx.redis, ledger.keys, LedgerStore(ctx.mongo))
-    assert report.seq == seq_before and report.open_reservations >= 1
+    assert int(await ctx.redis.hget(ledger.keys.meta(partition), "seq")) == seq_before
+    assert report.open_reservations >= 1
     assert await redis_state(ctx) == before  # balances, every reservation, catalog, totals: as they were
     assert (await check(ctx)).ok
 
@@ -153,9 +177,9 @@ async def test_rebuild_restores_redis_from_the_ledger(ctx: Context) -> None:
     assert isinstance(again, Unchanged) and "transaction" not in again.body
     recognized = await run(ledger, ledger.recognize_call(1, 9, 900, 3_000))
     assert isinstance(recognized, Applied) and recognized.body["transaction"]["service_name"] == "Хостинг Pro"
-    assert int(recognized.body["transaction"]["id"]) == seq_before + 1  # ids go on, never repeat
+    assert int(recognized.body["transaction"]["id"]) == next_id  # ids go on, never repeat
     await projector.drain()
-    assert await ctx.mongo.transactions.count_documents({"_id": seq_before + 1}) == 1
+    assert await ctx.mongo.transactions.count_documents({"_id": next_id}) == 1
     assert (await check(ctx)).ok
 
 

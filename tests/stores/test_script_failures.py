@@ -81,35 +81,35 @@ def plain(call: tuple[str, list[str], list[Any]], idem: Idempotency | None = Non
 
 
 async def meta_seq_garbage(redis: Redis, ledger: Ledger) -> Call:
-    await redis.hset(ledger.keys.meta, "seq", "x")
+    await redis.hset(ledger.keys.meta(ledger.keys.partition_of(1)), "seq", "x")
     return plain(ledger.deposit_call(1, 100, None))
 
 
 async def meta_wrong_type(redis: Redis, ledger: Ledger) -> Call:
-    await redis.delete(ledger.keys.meta)
-    await redis.set(ledger.keys.meta, "not a hash")
+    await redis.delete(ledger.keys.meta(ledger.keys.partition_of(1)))
+    await redis.set(ledger.keys.meta(ledger.keys.partition_of(1)), "not a hash")
     return plain(ledger.deposit_call(1, 100, None))
 
 
 async def meta_clock_garbage(redis: Redis, ledger: Ledger) -> Call:
-    await redis.hset(ledger.keys.meta, "clock", "soon")
+    await redis.hset(ledger.keys.meta(ledger.keys.partition_of(1)), "clock", "soon")
     return plain(ledger.withdraw_call(1, 100, None))
 
 
 async def outbox_wrong_type(redis: Redis, ledger: Ledger) -> Call:
-    await redis.delete(ledger.keys.outbox)
-    await redis.set(ledger.keys.outbox, "not a stream")
+    await redis.delete(ledger.keys.outbox(ledger.keys.partition_of(1)))
+    await redis.set(ledger.keys.outbox(ledger.keys.partition_of(1)), "not a stream")
     return plain(ledger.deposit_call(1, 100, None))
 
 
 async def totals_garbage(redis: Redis, ledger: Ledger) -> Call:
-    await redis.hset(ledger.keys.totals, "deposited", "1e3")
+    await redis.hset(ledger.keys.totals(ledger.keys.partition_of(1)), "deposited", "1e3")
     return plain(ledger.deposit_call(1, 100, None))
 
 
 async def totals_wrong_type(redis: Redis, ledger: Ledger) -> Call:
-    await redis.delete(ledger.keys.totals)
-    await redis.set(ledger.keys.totals, "0")
+    await redis.delete(ledger.keys.totals(ledger.keys.partition_of(1)))
+    await redis.set(ledger.keys.totals(ledger.keys.partition_of(1)), "0")
     return plain(ledger.withdraw_call(1, 100, None))
 
 
@@ -264,30 +264,32 @@ async def test_an_error_stops_the_batch_run_and_completed_operations_stay_whole(
     first two and runs the rest."""
     ledger = Ledger(redis_client, prefix, TTL)
     operations = MoneyOperations(ledger)
-    await redis_client.set(ledger.keys.account(3), "not a hash")
+    users = (1, 24, 42, 51, 65)  # one partition: one script run
+    assert {ledger.keys.partition_of(user) for user in users} == {ledger.keys.partition_of(1)}
+    await redis_client.set(ledger.keys.account(42), "not a hash")
     spec = OPERATIONS["deposit"]
     items = [
-        (spec, spec.model.model_validate({"user_id": user, "amount": f"{user}.00"}), Idempotency("tok", f"k{user}"))
-        for user in range(1, 6)
+        (spec, spec.model.model_validate({"user_id": user, "amount": f"{n}.00"}), Idempotency("tok", f"k{n}"))
+        for n, user in enumerate(users, 1)
     ]
 
     replies = await run_many(operations, items)
     assert [reply.status for reply in replies] == [201, 201, 500, 503, 503]
     assert [reply.body.get("code") for reply in replies[2:]] == ["internal_error", "unavailable", "unavailable"]
-    assert [await ledger.balance(user) for user in (1, 2, 4, 5)] == [(100, 0), (200, 0), None, None]
+    assert [await ledger.balance(user) for user in (1, 24, 51, 65)] == [(100, 0), (200, 0), None, None]
     records = [await redis_client.exists(ledger.keys.idempotency(idem)) for _, _, idem in items]
     assert records == [1, 1, 0, 0, 0]
-    entries = await redis_client.xrange(ledger.keys.outbox)
+    entries = await redis_client.xrange(ledger.keys.outbox(ledger.keys.partition_of(1)))
     assert [entry[b"txns"].count(b'"user_id":"') for _, entry in entries] == [1, 1]
-    assert int(await redis_client.hget(ledger.keys.meta, "seq")) == 2
-    await redis_client.delete(ledger.keys.account(3))
+    assert int(await redis_client.hget(ledger.keys.meta(ledger.keys.partition_of(1)), "seq")) == 2
+    await redis_client.delete(ledger.keys.account(42))
     await reconcile(redis_client, ledger)
 
     replies = await run_many(operations, items)
     assert [(reply.status, reply.replayed) for reply in replies] == [(201, True)] * 2 + [(201, False)] * 3
-    assert [await ledger.balance(user) for user in range(1, 6)] == [(user * 100, 0) for user in range(1, 6)]
-    assert await redis_client.xlen(ledger.keys.outbox) == 5
-    assert int(await redis_client.hget(ledger.keys.meta, "seq")) == 5
+    assert [await ledger.balance(user) for user in users] == [(n * 100, 0) for n in range(1, 6)]
+    assert await redis_client.xlen(ledger.keys.outbox(ledger.keys.partition_of(1))) == 5
+    assert int(await redis_client.hget(ledger.keys.meta(ledger.keys.partition_of(1)), "seq")) == 5
     await reconcile(redis_client, ledger)
 
 
@@ -295,10 +297,10 @@ async def test_a_corrupt_ledger_refuses_the_whole_batch_run_before_any_write(red
     """What every operation of a run needs (the meta hash, the totals) is checked once, first."""
     ledger = await ledger_with_money(redis_client, prefix)
     operations = MoneyOperations(ledger)
-    await redis_client.hset(ledger.keys.totals, "withdrawn", "lots")
+    await redis_client.hset(ledger.keys.totals(ledger.keys.partition_of(1)), "withdrawn", "lots")
     before = await snapshot(redis_client, prefix)
     spec = OPERATIONS["deposit"]
-    items = [(spec, spec.model.model_validate({"user_id": user, "amount": "1.00"}), None) for user in (1, 2)]
+    items = [(spec, spec.model.model_validate({"user_id": user, "amount": "1.00"}), None) for user in (1, 24)]
     replies = await run_many(operations, items)
     assert [(reply.status, reply.body["code"]) for reply in replies] == [(500, "internal_error")] * 2
     assert await snapshot(redis_client, prefix) == before
@@ -318,6 +320,7 @@ async def test_redis_refusing_writes_for_memory_answers_503_and_changes_nothing(
     api = Api(f"http://127.0.0.1:{port}")
     try:
         await ctx.ledger.load_scripts()
+        await ctx.projector.drain()  # its streams, groups and watermarks made before the snapshot
         before = await snapshot(client, settings.redis_prefix)
         await client.config_set("maxmemory", 1)
         deposit = {"user_id": 1, "amount": "1.00"}

@@ -81,7 +81,10 @@ async def test_rebuild_writes_go_through_the_scripts_and_their_bounds(redis_clie
     await pipe.execute()
     assert await ledger.balance(1) == (900, 100)
     assert (await ledger.reservation(1, 2, 3) or {}).get("status") == "reserved"
-    assert await restore.meta(7, 10) == (7, 10) and await restore.meta(3, 20) == (7, 20)  # never lowered
+    assert await restore.meta(4, 7, 10) == (7, 10) and await restore.meta(4, 3, 20) == (7, 20)  # never lowered
+    assert await restore.meta(5, 1, 1) == (1, 1)  # each partition its own
+    with pytest.raises(ResponseError, match="ledger: "):  # a sequence beyond the ids below 2^53
+        await restore.meta(4, 2**43, 30)
 
 
 def test_recovery_writes_no_ledger_key_itself() -> None:

@@ -8,12 +8,13 @@ import logging
 import pytest
 
 from billing.bootstrap import Context
-from billing.core.config import Settings
+from billing.core.config import MAX_PARTITIONS, Settings
 from billing.projection.projector import Projector
 from billing.projection.recovery import rebuild
 from billing.projection.seq_guard import SequenceGuard
 from billing.projection.store import LedgerStore
 from tests.support.api import Api, problem
+from tests.support.state import last_sequences, outbox_entries
 
 pytestmark = pytest.mark.parametrize("mongo_backend", ["mongomock", "secantus"], indirect=True)
 
@@ -40,8 +41,8 @@ async def seed(api: Api, ctx: Context) -> int:
 
 
 async def assert_writes_refused(api: Api, ctx: Context) -> None:
-    seq_before = await ctx.redis.hget(ctx.ledger.keys.meta, "seq")
-    outbox_before = await ctx.redis.xlen(ctx.ledger.keys.outbox)
+    seq_before = await last_sequences(ctx.redis, ctx.ledger.keys)
+    outbox_before = await outbox_entries(ctx.redis, ctx.ledger.keys)
     r = await api.deposit(2, "5.00", key="during-outage")
     problem(r, 503, "unavailable")
     assert "billing rebuild" in r.json["detail"] and r.headers.get("Retry-After")
@@ -53,8 +54,8 @@ async def assert_writes_refused(api: Api, ctx: Context) -> None:
     assert ready.status == 503 and ready.json["checks"]["ledger_sequence"] != "ok"
     assert "billing rebuild" in ready.json["detail"]
     # a refusal changes nothing
-    assert await ctx.redis.hget(ctx.ledger.keys.meta, "seq") == seq_before
-    assert await ctx.redis.xlen(ctx.ledger.keys.outbox) == outbox_before
+    assert await last_sequences(ctx.redis, ctx.ledger.keys) == seq_before
+    assert await outbox_entries(ctx.redis, ctx.ledger.keys) == outbox_before
     assert await ctx.ledger.balance(2) is None
 
 
@@ -79,7 +80,7 @@ async def test_emptied_redis_refuses_writes_until_rebuild_then_ids_go_on(
     await rebuild(ctx.redis, ctx.ledger.keys, LedgerStore(ctx.mongo))
     assert await guard(ctx).tick() is None  # what the guard's background loop runs every second
     r = await api.deposit(1, "5.00", key="during-outage")
-    assert r.status == 201 and int(r.json["transaction"]["id"]) == largest + 1
+    assert r.status == 201 and int(r.json["transaction"]["id"]) == largest + MAX_PARTITIONS  # user 1's next id
     assert r.json["balance"]["available"] == "11.00"
     assert (await api.get("/readyz", token=None)).status == 200
 
@@ -87,7 +88,7 @@ async def test_emptied_redis_refuses_writes_until_rebuild_then_ids_go_on(
 async def test_redis_restored_from_an_old_snapshot_refuses_writes_until_forced_rebuild(api: Api, ctx: Context) -> None:
     largest = await seed(api, ctx)
     # The snapshot was taken after the first deposit: its seq is 1, its accounts still exist.
-    await ctx.redis.hset(ctx.ledger.keys.meta, "seq", "1")
+    await ctx.redis.hset(ctx.ledger.keys.meta(ctx.ledger.keys.partition_of(1)), "seq", "1")
     await ctx.redis.hset(ctx.ledger.keys.account(1), mapping={"available": "100", "reserved": "0"})
     assert await guard(ctx).check() is not None
     await assert_writes_refused(api, ctx)
@@ -95,14 +96,17 @@ async def test_redis_restored_from_an_old_snapshot_refuses_writes_until_forced_r
     await rebuild(ctx.redis, ctx.ledger.keys, LedgerStore(ctx.mongo), force=True)
     assert await guard(ctx).check() is None
     r = await api.deposit(1, "1.00")
-    assert r.status == 201 and int(r.json["transaction"]["id"]) == largest + 1
+    assert r.status == 201 and int(r.json["transaction"]["id"]) == largest + MAX_PARTITIONS
     assert r.json["balance"]["available"] == "7.00"
     await Projector.from_context(ctx).drain()
     assert await ctx.mongo.transactions.count_documents({}) == 4
 
 
 async def test_the_check_at_start_refuses_before_the_first_request(ctx: Context) -> None:
-    await ctx.mongo.transactions.insert_one({"_id": 10, "user_id": 1, "type": "deposit", "amount": 1})
+    partition = ctx.ledger.keys.partition_of(1)
+    top = 5 * MAX_PARTITIONS + partition  # user 1's fifth id, which this Redis never issued
+    await ctx.mongo.transactions.insert_one({"_id": top, "user_id": 1, "type": "deposit", "amount": 1})
+    await LedgerStore(ctx.mongo).raise_partition_tops({partition: top})
     fresh = SequenceGuard(ctx.redis, ctx.ledger.keys, LedgerStore(ctx.mongo))
     await fresh.start()
     try:
@@ -117,20 +121,20 @@ async def test_each_tick_reads_redis_and_asks_mongodb_only_when_due_or_suspect(
     await seed(api, ctx)
     checker = SequenceGuard(ctx.redis, ctx.ledger.keys, LedgerStore(ctx.mongo))  # not yet checked
     asked: list[int] = []
-    real = checker.store.max_transaction_id
+    real = checker.store.largest_ids
 
-    async def counted() -> int:
+    async def counted() -> dict[int, int]:
         asked.append(1)
         return await real()
 
-    monkeypatch.setattr(checker.store, "max_transaction_id", counted)
+    monkeypatch.setattr(checker.store, "largest_ids", counted)
     assert await checker.tick() is None and len(asked) == 1  # the first tick is a full check
     assert (await api.deposit(1, "1.00")).status == 201
     for _ in range(3):
         assert await checker.tick() is None
     assert len(asked) == 1  # seq only went forward: Redis alone
     assert await guard(ctx).tick() is None  # the service's own guard, as its loop does every second
-    await ctx.redis.hset(ctx.ledger.keys.meta, "seq", "1")  # Redis went back (an old snapshot)
+    await ctx.redis.hset(ctx.ledger.keys.meta(ctx.ledger.keys.partition_of(1)), "seq", "1")  # an old snapshot
     assert await checker.tick() is not None and len(asked) == 2  # asked MongoDB at once
     assert await guard(ctx).tick() is not None  # and on its next tick
     await assert_writes_refused(api, ctx)

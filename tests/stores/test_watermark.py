@@ -10,9 +10,10 @@ from urllib.parse import urlencode
 import pytest
 
 from billing.bootstrap import Context
-from billing.core.config import Settings
+from billing.core.config import MAX_PARTITIONS, Settings
 from billing.projection.projector import Projector
 from billing.projection.store import LedgerStore
+from billing.projection.watermark import ProjectionWatermark
 from tests.support.api import Api
 from tests.support.ledger_docs import SORTS
 from tests.support.workload import deposit
@@ -51,8 +52,20 @@ async def page(api: Api, user_id: int, **params: str) -> dict[str, Any]:
     return r.json
 
 
+# Every transaction here is user 1's, so of one partition: ids are seq * 1024 + that partition, and the tests
+# speak of seqs (1, 2, 3 ...).
+def seq(txn_id: int) -> int:
+    return txn_id // MAX_PARTITIONS
+
+
+def watermark(p: Projector, ctx: Context) -> ProjectionWatermark:
+    return p.watermarks[ctx.ledger.keys.outbox(ctx.ledger.keys.partition_of(1))]
+
+
 async def projected_ids(ctx: Context) -> list[int]:
-    return [int(d["_id"]) for d in await ctx.mongo.transactions.find({}, {"_id": 1}).sort("_id", 1).to_list(None)]
+    """The seqs of the transactions in MongoDB, in order."""
+    cursor = ctx.mongo.transactions.find({}, {"_id": 1}).sort("_id", 1)
+    return [seq(int(d["_id"])) for d in await cursor.to_list(None)]
 
 
 async def hold_a_batch(ctx: Context) -> tuple[HeldStore, asyncio.Task[None]]:
@@ -96,7 +109,7 @@ async def follow(api: Api, sort: str, order: str, cursor: str | None, pages: int
     for _ in range(pages):
         extra = {"cursor": cursor} if cursor else {}
         answer = await page(api, 1, sort=sort, order=order, limit="4", **extra)
-        ids += [item["id"] for item in answer["items"]]
+        ids += [seq(item["id"]) for item in answer["items"]]
         cursor = answer["next_cursor"]
         if not cursor:
             break
@@ -105,19 +118,20 @@ async def follow(api: Api, sort: str, order: str, cursor: str | None, pages: int
 
 async def test_the_watermark_passes_ids_that_never_arrive(api: Api, ctx: Context) -> None:
     keys = ctx.ledger.keys
-    await deposit(ctx.ledger, 1, 100)  # id 1
-    await ctx.redis.hincrby(keys.meta, "seq", 1)  # id 2: taken by a script that failed before its XADD
-    await ctx.redis.hincrby(keys.meta, "seq", 1)  # id 3: in an entry nobody can read (dead-lettered)
-    await ctx.redis.xadd(keys.outbox, {"txns": '[{"id": "3"}]'})
-    await deposit(ctx.ledger, 1, 400)  # id 4
+    partition = keys.partition_of(1)
+    await deposit(ctx.ledger, 1, 100)  # seq 1
+    await ctx.redis.hincrby(keys.meta(partition), "seq", 1)  # seq 2: taken by a script that failed before its XADD
+    await ctx.redis.hincrby(keys.meta(partition), "seq", 1)  # seq 3: in an entry nobody can read (dead-lettered)
+    await ctx.redis.xadd(keys.outbox(partition), {"txns": f'[{{"id": "{3 * MAX_PARTITIONS + partition}"}}]'})
+    await deposit(ctx.ledger, 1, 400)  # seq 4
     p = projector(ctx)
     await p.drain()
     assert p.poisoned == 1
-    assert await p.watermark.read() == 4
-    assert [item["id"] for item in (await page(api, 1))["items"]] == [4, 1]
-    await ctx.redis.hincrby(keys.meta, "seq", 1)  # a gap with nothing after it
+    assert seq(await watermark(p, ctx).read() or 0) == 4
+    assert [seq(item["id"]) for item in (await page(api, 1))["items"]] == [4, 1]
+    await ctx.redis.hincrby(keys.meta(partition), "seq", 1)  # a gap with nothing after it
     await p.drain()
-    assert await p.watermark.read() == 5
+    assert await watermark(p, ctx).read() == 5 * MAX_PARTITIONS + partition
 
 
 async def test_a_crashed_consumer_holds_the_watermark_until_its_batch_is_claimed(api: Api, ctx: Context) -> None:
@@ -128,17 +142,18 @@ async def test_a_crashed_consumer_holds_the_watermark_until_its_batch_is_claimed
     with contextlib.suppress(asyncio.CancelledError):
         await task
     watching = projector(ctx)
-    assert await watching.watermark.advance() == 0
+    first = MAX_PARTITIONS + ctx.ledger.keys.partition_of(1)  # the id of seq 1
+    assert await watermark(watching, ctx).advance() == first - 1
     assert (await page(api, 1))["items"] == []  # 4..6 wait for 1..3 rather than run ahead of them
     rescuer = projector(ctx, claim_idle_ms=0)
     await rescuer.drain()
     assert rescuer.entries_claimed == 3
-    assert await rescuer.watermark.read() == 6
-    assert [item["id"] for item in (await page(api, 1))["items"]] == [6, 5, 4, 3, 2, 1]
+    assert seq(await watermark(rescuer, ctx).read() or 0) == 6
+    assert [seq(item["id"]) for item in (await page(api, 1))["items"]] == [6, 5, 4, 3, 2, 1]
 
 
 async def test_watermark_is_monotonic(ctx: Context) -> None:
-    w = projector(ctx).watermark
+    w = watermark(projector(ctx), ctx)
     assert await w.read() is None
     assert await w.publish(7) == 7
     assert await w.publish(3) == 7  # a stale, lower computation never lowers it

@@ -6,6 +6,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from billing.ledger.scripts import RedisKeys
+
 
 async def redis_state(redis: Redis, prefix: str) -> dict[bytes, Any]:
     """Every key under the prefix with its full value (hashes, strings, streams, sets), TTLs left out."""
@@ -32,3 +34,14 @@ async def redis_state(redis: Redis, prefix: str) -> dict[bytes, Any]:
 def changed_keys(before: dict[bytes, Any], after: dict[bytes, Any]) -> list[bytes]:
     """Keys added, removed or changed between two snapshots (empty: nothing changed)."""
     return sorted(key for key in before.keys() | after.keys() if before.get(key) != after.get(key))
+
+
+async def outbox_entries(redis: Redis, keys: RedisKeys) -> int:
+    """Entries in the outbox streams of every partition."""
+    return sum([int(await redis.xlen(keys.outbox(partition))) for partition in keys.all()])
+
+
+async def last_sequences(redis: Redis, keys: RedisKeys) -> int:
+    """The partitions' sequence numbers added up: how many transaction ids were taken (the projector trims the
+    outboxes)."""
+    return sum([int(await redis.hget(keys.meta(partition), "seq") or 0) for partition in keys.all()])

@@ -101,4 +101,4 @@ def test_session_holds_the_digest_and_resolves_current_roles() -> None:
 
 def test_reservation_scan_pattern_escapes_the_prefix() -> None:
     assert glob_escape("a*b?[c]\\") == "a\\*b\\?\\[c\\]\\\\"
-    assert RedisKeys("p[1]:").user_reservation_pattern(5) == "p\\[1\\]:{u:5}:resv:*"
+    assert RedisKeys("p[1]:").user_reservation_pattern(5) == "p\\[1\\]:{p6}:resv:5:*"  # user 5: partition 6 of 16

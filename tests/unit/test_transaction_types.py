@@ -8,16 +8,18 @@ from pathlib import Path
 
 from billing.console.text import TEXT
 from billing.core.transactions import TOTALS, TransactionType
+from billing.ledger.scripts import TOTAL_FIELDS
 from billing.views.descriptions import SUPPORTED_LANGUAGES, describe
 
 LUA = Path(__file__).resolve().parents[2] / "lua"
 
 
 def lua_types() -> set[str]:
-    """The `type` of every transaction record a script writes: new_txn('<type>', ...) (lua/_prelude.lua)."""
+    """The `type` of every transaction record a script writes: new_txn(<partition>, '<type>', ...)
+    (lua/_prelude.lua)."""
     found: set[str] = set()
     for path in sorted(LUA.glob("*.lua")):
-        found |= set(re.findall(r"\bnew_txn\(\s*'([a-z_]+)'", path.read_text(encoding="utf-8")))
+        found |= set(re.findall(r"\bnew_txn\(\s*\w+,\s*'([a-z_]+)'", path.read_text(encoding="utf-8")))
     return found
 
 
@@ -38,7 +40,11 @@ def test_effects_keep_money_in_one_place() -> None:
         assert t.available in (-1, 0, 1) and t.reserved in (-1, 0, 1), t
         assert (t.available, t.reserved) != (0, 0), t
         assert t.of_reservation == (t.reserved != 0), t
-    assert set(TOTALS) == {"deposited", "withdrawn", "revenue"}
+    assert set(TOTALS) == {"deposited", "withdrawn", "revenue", "transfers_in", "transfers_out"}
+    assert set(TOTALS) == set(TOTAL_FIELDS)
+    prelude = (LUA / "_prelude.lua").read_text(encoding="utf-8")
+    fields = re.search(r"local TOTAL_FIELDS = \{([^}]*)\}", prelude)
+    assert fields is not None and tuple(re.findall(r"'(\w+)'", fields.group(1))) == TOTAL_FIELDS
 
 
 def test_every_type_has_a_description_and_a_console_label() -> None:

@@ -26,8 +26,11 @@ class ReadyHandler(BaseHandler):
             self.write_json(200, {"status": "ok", "checks": checks})
             return
         detail = "Redis or MongoDB does not answer"
-        if checks.get("ledger_sequence", "ok") != "ok":
+        verdict = checks.get("ledger_sequence", "ok")
+        if verdict.startswith("behind"):
             detail = "Redis's ledger sequence is behind MongoDB: money writes are refused until `billing rebuild`"
+        elif verdict != "ok":  # the partition count: another one in Redis, or not confirmed yet
+            detail = self.ctx.sequence_guard.refusal or f"{verdict}: money writes wait for Redis"
         self.set_header("Retry-After", "1")
         self.write_json(503, {**problem_body("unavailable", detail), "checks": checks})
 
