@@ -373,6 +373,22 @@ class Ledger:
     # Each returns (script name, keys, args); args begin with the partition the operation runs in (its
     # user's, the sender's for a transfer).
 
+    @staticmethod
+    def partitions_of_call(name: str, args: Sequence[Any]) -> frozenset[int]:
+        """The partitions a script call of the *_call methods below touches: its first argument's, and a
+        transfer's recipient's (its last argument)."""
+        if name == "transfer":
+            return frozenset((int(args[0]), int(args[-1])))
+        return frozenset((int(args[0]),))
+
+    def shared_keys_of_call(self, idem: Idempotency | None, keys: Sequence[str]) -> frozenset[str]:
+        """The keys outside every partition a call may write: its idempotency record (under a key) and the
+        services catalog (a reservation's name)."""
+        shared = {self.keys.idempotency(idem)} if idem is not None else set()
+        if self.keys.services in keys:
+            shared.add(self.keys.services)
+        return frozenset(shared)
+
     def deposit_call(self, user_id: int, amount: int, comment: str | None) -> tuple[str, list[str], list[Any]]:
         p = self.keys.partition_of(user_id)
         return "deposit", [self.keys.account(user_id)], [p, user_id, amount, comment or ""]

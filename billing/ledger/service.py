@@ -118,6 +118,41 @@ def request_fingerprint(spec: OperationSpec, request: Request) -> str:
     return fingerprint(spec.recorded_as, orjson.dumps(request.__dict__, option=orjson.OPT_SORT_KEYS))
 
 
+def batch_runs(touched: Sequence[frozenset[int]], shared: Sequence[frozenset[str]]) -> list[list[int]]:
+    """The script runs of a batch, as lists of item indexes, given the partitions each item touches and the
+    keys outside every partition it may write (its idempotency record, the services catalog).
+
+    A run is of one partition (its items in their order, at most BATCH_CHUNK), and the runs are sent in one
+    pipeline, which Redis executes in order. Items are gathered per partition into segments in which items
+    of different partitions cannot see each other: none touches two partitions, and no key outside the
+    partitions is written from two of them. So the order of a segment's runs does not matter. An item that
+    would break this starts a new segment, and one touching two partitions (a transfer between them) runs
+    alone: the batch gives every item exactly the state it would see if the items ran one by one.
+    """
+    runs: list[list[int]] = []
+    segment: dict[int, list[int]] = {}
+    owners: dict[str, int] = {}  # a key outside the partitions -> the partition whose items use it in the segment
+
+    def flush() -> None:
+        for indexes in segment.values():
+            runs.extend(indexes[start : start + BATCH_CHUNK] for start in range(0, len(indexes), BATCH_CHUNK))
+        segment.clear()
+        owners.clear()
+
+    for index, (partitions, keys) in enumerate(zip(touched, shared, strict=True)):
+        if len(partitions) > 1:
+            flush()
+            runs.append([index])
+            continue
+        (partition,) = partitions
+        if any(owners.get(key, partition) != partition for key in keys):
+            flush()
+        segment.setdefault(partition, []).append(index)
+        owners.update(dict.fromkeys(keys, partition))
+    flush()
+    return runs
+
+
 def reached_money(result: BatchResult) -> TypeGuard[Outcome]:
     """Whether the operation reached the money: the ledger decided it, now or when it first ran."""
     return isinstance(result, Applied | Unchanged | Refused)
@@ -167,24 +202,21 @@ class MoneyOperations:
     async def execute_many(
         self, items: Sequence[tuple[OperationSpec, Request, Idempotency | None]], lang: str
     ) -> list[BatchResult]:
-        """Each item atomic and idempotent on its own, run by batch script runs (lua/_batch.lua) of up to
-        BATCH_CHUNK operations of one partition, all sent to Redis in one pipeline: the operations of one
-        partition run in their order; a transfer runs with its sender's. Results come in the items' order."""
+        """Each item atomic and idempotent on its own, run by batch script runs (lua/_batch.lua) planned by
+        batch_runs(), all sent to Redis in one pipeline: every operation sees the effects of all the items
+        before it, as if they ran one by one. Results come in the items' order."""
         if self.write_gate is not None and items:
             self.write_gate()
-        # Each script run is of one partition: the operations of each partition, in their order, chunked.
-        by_partition: dict[int, list[int]] = {}
         calls = []
-        for index, (spec, request, idem) in enumerate(items):
+        touched: list[frozenset[int]] = []
+        shared: list[frozenset[str]] = []
+        for spec, request, idem in items:
             name, keys, args = spec.to_call(self.ledger, request)
             fp = recorded_fingerprint(request_fingerprint(spec, request), lang) if idem else ""
             calls.append((name, idem, fp, keys, args))
-            by_partition.setdefault(args[0], []).append(index)
-        runs = [
-            indexes[start : start + BATCH_CHUNK]
-            for indexes in by_partition.values()
-            for start in range(0, len(indexes), BATCH_CHUNK)
-        ]
+            touched.append(self.ledger.partitions_of_call(name, args))
+            shared.append(self.ledger.shared_keys_of_call(idem, keys))
+        runs = batch_runs(touched, shared)
         raw = await self._pipeline([[calls[index] for index in run] for run in runs])
         decoded: list[BatchResult | BatchOperationFailed | None] = [None] * len(items)
         for run, reply in zip(runs, raw, strict=True):

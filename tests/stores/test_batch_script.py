@@ -92,15 +92,16 @@ def reply_view(reply: Answer) -> Any:
     return comparable({"status": reply.status, "body": reply.body, "replayed": reply.replayed})
 
 
+@pytest.mark.parametrize("partitions", [1, 16])
 @pytest.mark.parametrize("seed", [1, 2])
-async def test_a_batch_equals_the_same_operations_one_by_one(redis_client: Redis, prefix: str, seed: int) -> None:
-    """Over BATCH_CHUNK operations on 4 accounts: every reply, balance, record and outbox entry is the same.
-
-    One partition, so the batch runs every operation in the request's order (over several partitions, each
-    partition's operations keep their order: tests/stores/test_partitions.py)."""
+async def test_a_batch_equals_the_same_operations_one_by_one(
+    redis_client: Redis, prefix: str, seed: int, partitions: int
+) -> None:
+    """Over BATCH_CHUNK operations on 4 accounts: every reply, balance, record and outbox entry is the same,
+    with one partition and with 16 (the accounts in several partitions, transfers between them)."""
     items = prepared(random_operations(random.Random(seed), BATCH_CHUNK * 2 + 37))
-    one_by_one = MoneyOperations(Ledger(redis_client, prefix + "single:", TTL, partitions=1))
-    batched = MoneyOperations(Ledger(redis_client, prefix + "batch:", TTL, partitions=1))
+    one_by_one = MoneyOperations(Ledger(redis_client, prefix + "single:", TTL, partitions=partitions))
+    batched = MoneyOperations(Ledger(redis_client, prefix + "batch:", TTL, partitions=partitions))
 
     expected = []
     for spec, request, idem in items:
