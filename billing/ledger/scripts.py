@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import zlib
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -381,10 +381,11 @@ class Ledger:
             return frozenset((int(args[0]), int(args[-1])))
         return frozenset((int(args[0]),))
 
-    def shared_keys_of_call(self, idem: Idempotency | None, keys: Sequence[str]) -> frozenset[str]:
-        """The keys outside every partition a call may write: its idempotency record (under a key) and the
-        services catalog (a reservation's name)."""
-        shared = {self.keys.idempotency(idem)} if idem is not None else set()
+    def shared_keys_of_call(self, idem: Idempotency | None, keys: Sequence[str]) -> frozenset[Hashable]:
+        """What a call may write outside every partition: its idempotency record (named by its Idempotency,
+        which names the record's key, so the key's digest is not computed twice) and the services catalog
+        (a reservation's name)."""
+        shared: set[Hashable] = {idem} if idem is not None else set()
         if self.keys.services in keys:
             shared.add(self.keys.services)
         return frozenset(shared)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
@@ -118,7 +118,7 @@ def request_fingerprint(spec: OperationSpec, request: Request) -> str:
     return fingerprint(spec.recorded_as, orjson.dumps(request.__dict__, option=orjson.OPT_SORT_KEYS))
 
 
-def batch_runs(touched: Sequence[frozenset[int]], shared: Sequence[frozenset[str]]) -> list[list[int]]:
+def batch_runs(touched: Sequence[frozenset[int]], shared: Sequence[frozenset[Hashable]]) -> list[list[int]]:
     """The script runs of a batch, as lists of item indexes, given the partitions each item touches and the
     keys outside every partition it may write (its idempotency record, the services catalog).
 
@@ -131,7 +131,7 @@ def batch_runs(touched: Sequence[frozenset[int]], shared: Sequence[frozenset[str
     """
     runs: list[list[int]] = []
     segment: dict[int, list[int]] = {}
-    owners: dict[str, int] = {}  # a key outside the partitions -> the partition whose items use it in the segment
+    owners: dict[Hashable, int] = {}  # a key outside the partitions -> the partition whose items use it in the segment
 
     def flush() -> None:
         for indexes in segment.values():
@@ -209,7 +209,7 @@ class MoneyOperations:
             self.write_gate()
         calls = []
         touched: list[frozenset[int]] = []
-        shared: list[frozenset[str]] = []
+        shared: list[frozenset[Hashable]] = []
         for spec, request, idem in items:
             name, keys, args = spec.to_call(self.ledger, request)
             fp = recorded_fingerprint(request_fingerprint(spec, request), lang) if idem else ""

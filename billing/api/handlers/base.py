@@ -159,8 +159,7 @@ class BaseHandler(RequestHooks):
             raise self.too_large()
 
     def declared_length(self) -> int | None:
-        declared = self.request.headers.get("Content-Length", "")
-        return int(declared) if declared.isascii() and declared.isdigit() else None
+        return content_length(self.request)
 
     def drain_before(self, error: Exception) -> bool:
         """Whether to read (and drop) the declared body before answering this refusal: True, and data_received()
@@ -336,10 +335,16 @@ def needs_streaming(request: HTTPServerRequest, limit: int) -> bool:
     headers = request.headers
     if "Transfer-Encoding" in headers or headers.get("Expect", "").lower() == "100-continue":
         return True
-    declared = headers.get("Content-Length")
-    if declared is None:
+    if "Content-Length" not in headers:
         return False
-    return not (declared.isascii() and declared.isdigit()) or int(declared) > limit  # (malformed: refused unread)
+    declared = content_length(request)
+    return declared is None or declared > limit  # (malformed: refused unread)
+
+
+def content_length(request: HTTPServerRequest) -> int | None:
+    """The declared body length; None when there is none or it is not ASCII digits."""
+    declared = request.headers.get("Content-Length", "")
+    return int(declared) if declared.isascii() and declared.isdigit() else None
 
 
 _STREAMED: dict[type[BaseHandler], type[BaseHandler]] = {}
