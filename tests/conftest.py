@@ -11,16 +11,16 @@ from typing import Any
 
 import fakeredis
 import pytest
-import tornado.httpserver
 from redis.asyncio import Redis
 
+from billing.api.handlers.base import MAX_BODY_BYTES
 from billing.app import make_app
 from billing.bootstrap import Context, bootstrap
 from billing.core.config import Settings
 from tests.support.api import TEST_TOKENS, Api
 from tests.support.console import ConsoleClient
 from tests.support.redis_cluster import LocalCluster
-from tests.support.servers import MongoWireServer, RedisServer, free_port
+from tests.support.servers import MongoWireServer, RedisServer, served
 
 REDIS_BACKENDS = ["fakeredis", "redis"]
 MONGO_BACKENDS = ["mongomock", "secantus"]
@@ -152,30 +152,22 @@ async def ctx(settings: Settings, redis_client: Redis, mongo_db: Any) -> AsyncIt
 
 @pytest.fixture
 async def api(ctx: Context) -> AsyncIterator[Api]:
-    port = free_port()
-    server = tornado.httpserver.HTTPServer(make_app(ctx), max_body_size=8 * 1024 * 1024)
-    server.listen(port, "127.0.0.1")
-    client = Api(f"http://127.0.0.1:{port}")
-    yield client
-    client.close()
-    server.stop()
-    await server.close_all_connections()
+    async with served(make_app(ctx), max_body_size=MAX_BODY_BYTES) as url:
+        client = Api(url)
+        yield client
+        client.close()
 
 
 @pytest.fixture
 async def https_console(ctx: Context, tmp_path: Path) -> AsyncIterator[ConsoleClient]:
     """The app served over HTTPS (a self-signed certificate for 127.0.0.1), and a console client of it."""
     cert, key = tls_files(tmp_path)
-    port = free_port()
-    server = tornado.httpserver.HTTPServer(make_app(ctx), ssl_options={"certfile": cert, "keyfile": key})
-    server.listen(port, "127.0.0.1")
-    client = ConsoleClient(f"https://127.0.0.1:{port}", validate_cert=False)
-    try:
-        yield client
-    finally:
-        client.close()
-        server.stop()
-        await server.close_all_connections()
+    async with served(make_app(ctx), ssl_options={"certfile": cert, "keyfile": key}) as url:
+        client = ConsoleClient(url, validate_cert=False)
+        try:
+            yield client
+        finally:
+            client.close()
 
 
 def tls_files(tmp_path: Path) -> tuple[str, str]:

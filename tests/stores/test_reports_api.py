@@ -12,7 +12,6 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode
 
 import pytest
-import tornado.httpserver
 
 from billing.app import make_app
 from billing.bootstrap import Context, bootstrap
@@ -20,7 +19,7 @@ from billing.core.config import Settings
 from billing.views.reports import Reports
 from tests.support.api import Api, Response
 from tests.support.report_docs import Ledger
-from tests.support.servers import free_port
+from tests.support.servers import served
 
 pytestmark = pytest.mark.parametrize("mongo_backend", ["mongomock", "secantus"], indirect=True)
 
@@ -274,16 +273,14 @@ async def second_instance(base: Context, reports_dir: Path) -> AsyncIterator[Api
     other = await bootstrap(settings, redis=base.redis, mongo=base.mongo)
     await other.start()
     await other.projector.drain()  # its index creation done before the test's requests
-    port = free_port()
-    server = tornado.httpserver.HTTPServer(make_app(other))
-    server.listen(port, "127.0.0.1")
-    client = Api(f"http://127.0.0.1:{port}")
     try:
-        yield client
+        async with served(make_app(other)) as url:
+            client = Api(url)
+            try:
+                yield client
+            finally:
+                client.close()
     finally:
-        client.close()
-        server.stop()
-        await server.close_all_connections()
         await other.stop()
 
 

@@ -1,4 +1,5 @@
-"""Real servers for tests: a redis-server and a SecantusDB (MongoDB wire) server on free ports."""
+"""Real servers for tests: a redis-server and a SecantusDB (MongoDB wire) server on free ports, and the app
+served in the test's own process."""
 
 from __future__ import annotations
 
@@ -9,12 +10,30 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import redis
+import tornado.httpserver
+import tornado.web
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+
+
+@asynccontextmanager
+async def served(app: tornado.web.Application, **options: Any) -> AsyncIterator[str]:
+    """The application served in this process on a free 127.0.0.1 port (HTTPS with ssl_options), by its base
+    URL; stopped, its connections closed, on the way out."""
+    port = free_port()
+    server = tornado.httpserver.HTTPServer(app, **options)
+    server.listen(port, "127.0.0.1")
+    try:
+        yield f"{'https' if 'ssl_options' in options else 'http'}://127.0.0.1:{port}"
+    finally:
+        server.stop()
+        await server.close_all_connections()
 
 
 def free_port() -> int:
