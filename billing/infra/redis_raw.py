@@ -2,13 +2,15 @@
 
 Against a Redis reached over TCP the commands go through RawConnection, a small RESP client of this module
 (asyncio protocol + hiredis.Reader, both public APIs): redis-py costs about 20 µs more per command in its
-generic packing, pool bookkeeping, per-command timers and check before reuse. Any other client (fakeredis,
-a UNIX socket, TLS) is driven through redis-py's public connection API instead.
+generic packing, pool bookkeeping, per-command timers and check before reuse. A worker keeps ONE such
+connection per client and pipelines every command of the loop on it: the commands of one pass of the loop go
+out in one write, so Redis reads and answers many requests per system call instead of one. Any other client
+(fakeredis, a UNIX socket, TLS) is driven through redis-py's public connection API instead.
 
 Money safety, on both paths: nothing is ever sent twice. A connection that failed in any way (closed, timed
-out, unparseable bytes, cancelled while waiting) is dropped, and its command's outcome is unknown to the
-caller, who gets redis-py's ConnectionError or TimeoutError (503; the client retries with its
-Idempotency-Key). An error reply (NOSCRIPT among them) is an answer: the connection is kept.
+out, unparseable bytes) is dropped, and the outcome of every command waiting on it is unknown to its caller,
+who gets redis-py's ConnectionError or TimeoutError (503; the client retries with its Idempotency-Key). An
+error reply (NOSCRIPT among them) is an answer: the connection is kept.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -81,14 +84,29 @@ def reply_error(message: str) -> redis_errors.RedisError:
 # ---- the RESP connection ---------------------------------------------------------------------------------
 
 
-class RawConnection(asyncio.Protocol):
-    """One TCP connection to Redis, used by one command (or one pipeline) at a time.
+class _Waiting:
+    """One command (or one pipeline of them) written on a connection and waiting for its replies."""
 
-    The loop feeds received bytes to a hiredis.Reader; the waiting command's future is resolved once its
-    replies are complete. Bytes that arrive while no command waits are marked stray: the connection is then
-    not reused. Timeouts: a command notes when it started waiting, and the loop's watchdog aborts a connection
-    that has waited longer than `timeout` (checked every CHECK_EVERY_SECONDS: a timeout fires between
-    `timeout` and `timeout` + 0.25 s), instead of a timer per command.
+    __slots__ = ("future", "expected", "replies", "since")
+
+    def __init__(self, future: asyncio.Future[list[Any]], expected: int, since: float | None) -> None:
+        self.future = future
+        self.expected = expected
+        self.replies: list[Any] = []
+        self.since = since
+
+
+class RawConnection(asyncio.Protocol):
+    """One TCP connection to Redis, shared by every command of its event loop: pipelined.
+
+    Commands written in one pass of the loop go out in one write (Redis then reads them with one system call
+    and answers them with one), and replies come back in the order the commands were written: each waiting
+    command takes the next `expected` replies. A command whose caller stopped waiting (cancelled) keeps its
+    place, so the replies after it still reach their own commands. Bytes that arrive while no command waits
+    are marked stray: the connection is then not reused. Timeouts: the loop's watchdog aborts a connection
+    whose oldest command has waited longer than `timeout` (checked every CHECK_EVERY_SECONDS: a timeout fires
+    between `timeout` and `timeout` + 0.25 s), instead of a timer per command; every command waiting on a
+    failed connection fails with it (its outcome unknown), and none is ever written again.
     """
 
     def __init__(self, address: str, timeout: float | None, encoding: str | None, errors: str) -> None:
@@ -100,10 +118,8 @@ class RawConnection(asyncio.Protocol):
             self.reader = hiredis.Reader(replyError=reply_error, encoding=encoding, errors=errors)
         self.transport: asyncio.Transport | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.waiter: asyncio.Future[list[Any]] | None = None
-        self.expected = 0
-        self.replies: list[Any] = []
-        self.waiting_since: float | None = None
+        self.waiting: deque[_Waiting] = deque()
+        self.outgoing: list[bytes] = []  # written at the end of this pass of the loop
         self.failure: redis_errors.RedisError | None = None  # once set, the connection is never used again
         self.stray = False
 
@@ -115,25 +131,23 @@ class RawConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)
-        waiter = self.waiter
-        if waiter is None:
-            self.stray = True  # nothing asked for these bytes
-            return
+        waiting = self.waiting
         try:
-            while len(self.replies) < self.expected:
-                reply = self.reader.gets()
-                if reply is False:
-                    return
-                self.replies.append(reply)
+            while waiting:
+                head = waiting[0]
+                while len(head.replies) < head.expected:
+                    reply = self.reader.gets()
+                    if reply is False:
+                        return
+                    head.replies.append(reply)
+                waiting.popleft()
+                if not head.future.done():  # else its caller stopped waiting: the replies are dropped
+                    head.future.set_result(head.replies)
         except hiredis.ProtocolError as exc:
             self.fail(RedisConnectionError(f"Protocol error from {self.address}: {exc}"))
             return
         if self.reader.has_data():
-            self.stray = True  # more than was asked for: answer this command, then drop the connection
-        self.waiter = None
-        self.waiting_since = None
-        if not waiter.done():
-            waiter.set_result(self.replies)
+            self.stray = True  # more than was asked for: answer the commands, then drop the connection
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.failure is None:
@@ -143,7 +157,7 @@ class RawConnection(asyncio.Protocol):
     # -- use
 
     def usable(self) -> bool:
-        """The check before reuse: open, not failed, nothing unasked-for received, on the running loop."""
+        """The check before use: open, not failed, nothing unasked-for received, on the running loop."""
         return (
             self.failure is None
             and not self.stray
@@ -153,36 +167,43 @@ class RawConnection(asyncio.Protocol):
         )
 
     async def execute(self, packed: bytes, replies: int) -> list[Any]:
-        """Write `packed` (holding `replies` commands) and wait for that many replies."""
+        """Write `packed` (holding `replies` commands) behind the commands already written, and wait for that
+        many replies."""
         if self.failure is not None:
             raise self.failure
-        assert self.transport is not None and self.loop is not None and self.waiter is None
-        waiter: asyncio.Future[list[Any]] = self.loop.create_future()
-        self.waiter = waiter
-        self.expected, self.replies = replies, []
-        if self.timeout:
-            self.waiting_since = time.monotonic()
-        self.transport.write(packed)
-        return await waiter
+        assert self.transport is not None and self.loop is not None
+        waiting = _Waiting(self.loop.create_future(), replies, time.monotonic() if self.timeout else None)
+        self.waiting.append(waiting)
+        if not self.outgoing:
+            self.loop.call_soon(self._flush)
+        self.outgoing.append(packed)
+        return await waiting.future
+
+    def _flush(self) -> None:
+        outgoing, self.outgoing = self.outgoing, []
+        if self.failure is None and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(outgoing[0] if len(outgoing) == 1 else b"".join(outgoing))
 
     def fail(self, error: redis_errors.RedisError) -> None:
-        """Unusable from now on: the waiting command (if any) gets `error`, the socket is closed."""
+        """Unusable from now on: every waiting command gets `error`, the socket is closed."""
         if self.failure is None:
             self.failure = error
-        waiter, self.waiter, self.waiting_since = self.waiter, None, None
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(error)
+        waiting, self.waiting = self.waiting, deque()
+        for w in waiting:
+            if not w.future.done():
+                w.future.set_exception(error)
         if self.transport is not None and not self.transport.is_closing():
             self.transport.abort()
 
     def abort_if_stalled(self, now: float) -> None:
-        since = self.waiting_since
+        since = self.waiting[0].since if self.waiting else None
         if since is not None and self.timeout is not None and now - since > self.timeout:
             self.fail(RedisTimeoutError(f"Timeout reading from {self.address}"))
 
     def close(self) -> None:
         if self.failure is None:
             self.failure = RedisConnectionError("Connection closed by the client.")
+        self.fail(self.failure)
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
 
@@ -258,38 +279,40 @@ def _watchdog(loop: asyncio.AbstractEventLoop) -> _Watchdog:
 
 
 class _RawLane:
-    """Idle RawConnections for one redis-py client, made from its pool's connection settings (at most as many
-    kept idle as the pool's max_connections; one is open per command in flight)."""
+    """The hot path's RawConnection for one redis-py client, made from its pool's connection settings: one
+    connection, pipelined, shared by every command of the loop; replaced (never re-sending anything) once it
+    failed or received bytes nobody asked for."""
 
     def __init__(self, pool: ConnectionPool) -> None:
         self.settings = dict(pool.connection_kwargs)
-        self.keep_at_most = pool.max_connections
-        self.idle: list[RawConnection] = []
+        self.connection: RawConnection | None = None
+        self.opening: asyncio.Future[RawConnection] | None = None
+
+    async def _connection(self) -> RawConnection:
+        connection = self.connection
+        if connection is not None and connection.usable():
+            return connection
+        if self.opening is None or self.opening.get_loop() is not asyncio.get_running_loop():
+            self.opening = asyncio.ensure_future(open_connection(self.settings))
+        opening = self.opening
+        try:
+            connection = await asyncio.shield(opening)
+        finally:
+            if self.opening is opening and opening.done():
+                self.opening = None
+        if self.connection is not connection:
+            if self.connection is not None and self.connection.failure is None and not self.connection.waiting:
+                self.connection.close()  # stray bytes, or another loop's: nothing waits on it
+            self.connection = connection
+        return connection
 
     async def execute(self, packed: bytes, replies: int) -> list[Any]:
-        connection = None
-        while self.idle:
-            candidate = self.idle.pop()
-            if candidate.usable():
-                connection = candidate
-                break
-            candidate.close()  # closed by the server, stray bytes, another loop's: a new socket instead
-        if connection is None:
-            connection = await open_connection(self.settings)
-        try:
-            answers = await connection.execute(packed, replies)
-        except BaseException as exc:  # the command's outcome is unknown: the connection goes, nothing is re-sent
-            connection.fail(exc if isinstance(exc, redis_errors.RedisError) else RedisConnectionError(repr(exc)))
-            raise
-        if connection.usable() and len(self.idle) < self.keep_at_most:
-            self.idle.append(connection)
-        else:
-            connection.close()
-        return answers
+        connection = await self._connection()
+        return await connection.execute(packed, replies)
 
     def close(self) -> None:
-        idle, self.idle = self.idle, []
-        for connection in idle:
+        connection, self.connection = self.connection, None
+        if connection is not None:
             connection.close()
 
 

@@ -21,7 +21,7 @@ from redis.exceptions import ResponseError
 from billing.core.config import Settings, default
 from billing.ledger.scripts import RedisKeys, transaction_partition
 from billing.projection.store import LedgerStore, ServiceName, transaction_document
-from billing.projection.watermark import ProjectionWatermark
+from billing.projection.watermark import ProjectionWatermark, advance_all
 
 log = logging.getLogger("billing.projection.projector")
 
@@ -307,8 +307,7 @@ class Projector:
         return False
 
     async def _advance_all(self) -> None:
-        for watermark in self.watermarks.values():
-            await watermark.advance()
+        await advance_all(self.redis, list(self.watermarks.values()))
 
     async def _prepare(self) -> None:
         if not self._group_ready:
@@ -418,8 +417,7 @@ class Projector:
         self.poisoned += len(batch.poison)
         if self.on_batch is not None:
             self.on_batch(len(batch.ids), time.perf_counter() - started)
-        for stream, _entries in read:
-            await self.watermarks[stream].advance()
+        await advance_all(self.redis, [self.watermarks[stream] for stream, _entries in read])
 
     def _partition(self, stream: str) -> int:
         return self.watermarks[stream].partition
@@ -431,6 +429,7 @@ class Projector:
             pipe.xinfo_groups(stream)
             pipe.xpending(stream, GROUP)
         replies = await pipe.execute()
+        trims = self.redis.pipeline(transaction=False)
         for index, stream in enumerate(self.streams):
             groups, pending = replies[2 * index], replies[2 * index + 1]
             group = next((g for g in groups if _text(g["name"]) == GROUP), None)
@@ -443,7 +442,8 @@ class Projector:
                 if delivered == "0-0":
                     continue
                 boundary = next_id(delivered)
-            self.entries_trimmed += int(await self.redis.xtrim(stream, minid=boundary, approximate=False))
+            trims.xtrim(stream, minid=boundary, approximate=False)
+        self.entries_trimmed += sum(int(n) for n in await trims.execute())
 
     async def _first_after(self, stream: str, entry_id: str) -> str | None:
         rows = await self.redis.xrange(stream, min=next_id(entry_id), max="+", count=1)

@@ -21,11 +21,13 @@ keeps the id consumed with no entry, and outbox entries that cannot be read go t
 
 Any consumer may compute it at any time from the group's state, so it holds with several consumers and
 after crashes; it is stored monotonically (a stale, lower computation never lowers it) in one Redis key,
-and costs one MULTI, one short XRANGE and one script call per projected batch of the partition.
+and the projector computes the watermarks of all the partitions a batch touched in three pipelined round
+trips (advance_all): the group states, one short XRANGE each, the stores.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -74,7 +76,7 @@ class ProjectionWatermark:
         self.meta = keys.meta(partition)
         self.key = keys.projected(partition)
         self.group = group
-        self._advance = redis.register_script(_ADVANCE)
+        self.store_script = redis.register_script(_ADVANCE)
 
     async def read(self) -> int | None:
         """The stored watermark; None when no projector has published one yet (then history is unbounded)."""
@@ -83,43 +85,87 @@ class ProjectionWatermark:
 
     async def compute(self) -> int | None:
         """The watermark as of now from the consumer group; None while the group does not exist."""
-        if self.group is None:
-            raise ValueError("computing the watermark needs the projector's consumer group")
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.xinfo_groups(self.stream)
-        pipe.xpending(self.stream, self.group)
-        pipe.hget(self.meta, "seq")
-        groups, pending, seq = await pipe.execute(raise_on_error=False)
-        if isinstance(seq, Exception):
-            raise seq
-        if isinstance(groups, Exception) or isinstance(pending, Exception):
-            return None  # no stream or no group yet: the projector's next start makes them
-        group = next((g for g in groups if _text(g["name"]) == self.group), None)
-        if group is None:
-            return None
-        # Everything before `start` is acknowledged; entries only ever get acknowledged or appended, so what
-        # the XRANGEs below see after the MULTI is still correct (an entry gone since was acknowledged).
-        start = _text(pending["min"]) if pending["pending"] else "(" + _text(group["last-delivered-id"])
-        while True:
-            rows = await self.redis.xrange(self.stream, min=start, max="+", count=SCAN)
-            for _entry_id, fields in rows:
-                first = _first_id(fields)
-                if first is not None:
-                    return first - 1
-            if len(rows) < SCAN:
-                # No unacknowledged transaction at the MULTI: every id up to seq's is in MongoDB or never
-                # was written (ids taken later are above it).
-                last = int(seq or 0)
-                return last * MAX_PARTITIONS + self.partition if last else 0
-            start = "(" + _text(rows[-1][0])
+        return (await compute_all([self]))[0]
 
     async def publish(self, value: int) -> int:
         """Store value unless a larger one is stored; the stored value."""
-        return int(await self._advance(keys=[self.key], args=[str(value)]))
+        return int(await self.store_script(keys=[self.key], args=[str(value)]))
 
     async def advance(self) -> int | None:
         """Compute and publish; the stored watermark (None while it cannot be computed)."""
-        value = await self.compute()
+        return (await advance_all(self.redis, [self]))[0]
+
+
+async def compute_all(watermarks: Sequence[ProjectionWatermark]) -> list[int | None]:
+    """The watermarks of several partitions as of now, in two round trips for all of them (more only while an
+    outbox holds more than SCAN unacknowledged entries without transactions); None where a group is missing."""
+    if not watermarks:
+        return []
+    redis = watermarks[0].redis
+    pipe = redis.pipeline(transaction=False)
+    for w in watermarks:
+        if w.group is None:
+            raise ValueError("computing the watermark needs the projector's consumer group")
+        # seq first: every id up to it was XADDed before the group state below is read, so that state either
+        # acknowledges it or shows it pending or undelivered. (No MULTI needed: the partitions may sit on
+        # different Redis Cluster nodes.)
+        pipe.hget(w.meta, "seq")
+        pipe.xinfo_groups(w.stream)
+        pipe.xpending(w.stream, w.group)
+    replies = await pipe.execute(raise_on_error=False)
+    starts: list[str | None] = []
+    seqs: list[int] = []
+    for index, w in enumerate(watermarks):
+        seq, groups, pending = replies[3 * index : 3 * index + 3]
+        if isinstance(seq, Exception):
+            raise seq
+        seqs.append(int(seq or 0))
+        starts.append(_scan_start(groups, pending, w.group))
+    # Everything before a start is acknowledged; entries only ever get acknowledged or appended, so what the
+    # XRANGEs see now is still correct (an entry gone since was acknowledged).
+    pipe = redis.pipeline(transaction=False)
+    scanned = [(w, start) for w, start in zip(watermarks, starts, strict=True) if start is not None]
+    for w, begin in scanned:
+        pipe.xrange(w.stream, min=begin, max="+", count=SCAN)
+    first_rows = iter(await pipe.execute() if scanned else [])
+    results: list[int | None] = []
+    for w, maybe_start, seq in zip(watermarks, starts, seqs, strict=True):
+        if maybe_start is None:
+            results.append(None)  # no stream or no group yet: the projector's next start makes them
+            continue
+        rows = next(first_rows)
+        while True:
+            first = next((f for _entry_id, fields in rows if (f := _first_id(fields)) is not None), None)
+            if first is not None:
+                results.append(first - 1)
+                break
+            if len(rows) < SCAN:
+                # No unacknowledged transaction when the group was read: every id up to seq's is in MongoDB
+                # or never was written (ids taken later are above it).
+                results.append(seq * MAX_PARTITIONS + w.partition if seq else 0)
+                break
+            rows = await redis.xrange(w.stream, min="(" + _text(rows[-1][0]), max="+", count=SCAN)
+    return results
+
+
+async def advance_all(redis: Redis, watermarks: Sequence[ProjectionWatermark]) -> list[int | None]:
+    """Compute and publish the watermarks of several partitions in three round trips; the stored values
+    (None where one cannot be computed and none is stored)."""
+    values = await compute_all(watermarks)
+    pipe = redis.pipeline(transaction=False)
+    for w, value in zip(watermarks, values, strict=True):
         if value is None:
-            return await self.read()
-        return await self.publish(value)
+            pipe.get(w.key)
+        else:
+            await w.store_script(keys=[w.key], args=[str(value)], client=pipe)
+    return [None if stored is None else int(stored) for stored in await pipe.execute()] if watermarks else []
+
+
+def _scan_start(groups: Any, pending: Any, group_name: str | None) -> str | None:
+    """Where the oldest unacknowledged entry may be, from XINFO GROUPS and XPENDING; None without the group."""
+    if isinstance(groups, Exception) or isinstance(pending, Exception):
+        return None
+    group = next((g for g in groups if _text(g["name"]) == group_name), None)
+    if group is None:
+        return None
+    return _text(pending["min"]) if pending["pending"] else "(" + _text(group["last-delivered-id"])

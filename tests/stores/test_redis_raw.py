@@ -12,6 +12,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from billing.infra import redis_raw
 from billing.infra.redis_raw import RawConnection, pack
@@ -173,15 +174,29 @@ async def test_a_lost_reply_after_evalsha_is_an_error_and_the_script_ran_once(re
         await proxy.close()
 
 
-async def test_a_cancelled_command_drops_its_connection(real: Redis) -> None:
+async def test_a_cancelled_command_keeps_its_place_and_the_next_reads_its_own_reply(real: Redis) -> None:
     before = await redis_raw.command(real, pack(["CLIENT", "ID"]))
     waiting = asyncio.ensure_future(redis_raw.command(real, pack(["BLPOP", "never-pushed", "0.3"])))
     await asyncio.sleep(0.05)
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting
-    # Its reply would arrive later on that connection: the next command must not read it as its own.
-    assert await redis_raw.command(real, pack(["CLIENT", "ID"])) not in (before, None)
+    # Its reply (nil) arrives later on the same connection: the next command must not read it as its own.
+    assert await redis_raw.command(real, pack(["CLIENT", "ID"])) == before
+    assert await redis_raw.command(real, pack(["ECHO", "mine"])) == b"mine"
+
+
+async def test_commands_of_one_pass_go_out_in_one_write_and_each_gets_its_replies(real: Redis) -> None:
+    await real.delete("counted")
+    answers = await asyncio.gather(
+        redis_raw.command(real, pack(["INCR", "counted"])),
+        redis_raw.pipeline(real, [pack(["INCR", "counted"]), pack(["GET", "nothing"])]),
+        redis_raw.command(real, pack(["ECHO", "third"])),
+        redis_raw.command(real, pack(["CLIENT", "ID"])),
+        redis_raw.command(real, pack(["CLIENT", "ID"])),
+    )
+    assert answers[:3] == [1, [2, None], b"third"]
+    assert answers[3] == answers[4]  # one connection serves them all
 
 
 class _Transport(asyncio.Transport):
@@ -254,3 +269,48 @@ async def test_a_connection_closed_while_waiting_fails_its_command() -> None:
     with pytest.raises(RedisConnectionError):
         await answer
     assert not connection.usable() and transport.aborted
+
+
+async def test_one_write_per_pass_replies_in_order_and_a_failure_fails_every_waiting_command() -> None:
+    connection, transport = _connection()
+    first = asyncio.ensure_future(connection.execute(b"A", 1))
+    second = asyncio.ensure_future(connection.execute(b"BC", 2))
+    cancelled = asyncio.ensure_future(connection.execute(b"D", 1))
+    last = asyncio.ensure_future(connection.execute(b"E", 1))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert transport.written == [b"ABCDE"]  # one write for the whole pass
+    cancelled.cancel()
+    connection.data_received(b":1\r\n:2\r\n")
+    assert await first == [1]
+    assert not second.done()
+    connection.data_received(b":3\r\n$4\r\nskip\r\n")  # the cancelled command's reply is nobody's
+    assert await second == [2, 3]
+    assert not last.done()
+    behind = asyncio.ensure_future(connection.execute(b"F", 1))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert transport.written == [b"ABCDE", b"F"]
+    connection.connection_lost(None)
+    for waiting in (last, behind):  # their outcome is unknown: both fail, neither is written again
+        with pytest.raises(RedisConnectionError):
+            await waiting
+    assert not connection.usable() and transport.written == [b"ABCDE", b"F"]
+
+
+async def test_the_watchdog_times_out_the_oldest_command_and_fails_the_connection() -> None:
+    connection = RawConnection("test:0", 0.5, None, "strict")
+    transport = _Transport()
+    connection.connection_made(transport)
+    connection.loop = asyncio.get_running_loop()
+    old = asyncio.ensure_future(connection.execute(b"A", 1))
+    await asyncio.sleep(0)
+    connection.abort_if_stalled(connection.waiting[0].since + 0.4)  # not yet
+    assert not old.done()
+    newer = asyncio.ensure_future(connection.execute(b"B", 1))
+    await asyncio.sleep(0)
+    connection.abort_if_stalled(connection.waiting[0].since + 0.6)
+    for waiting in (old, newer):
+        with pytest.raises(RedisTimeoutError):
+            await waiting
+    assert transport.aborted

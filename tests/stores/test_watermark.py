@@ -11,9 +11,10 @@ import pytest
 
 from billing.bootstrap import Context
 from billing.core.config import MAX_PARTITIONS, Settings
+from billing.ledger.outcomes import Applied
 from billing.projection.projector import Projector
 from billing.projection.store import LedgerStore
-from billing.projection.watermark import ProjectionWatermark
+from billing.projection.watermark import SCAN, ProjectionWatermark, advance_all
 from tests.support.api import Api
 from tests.support.ledger_docs import SORTS
 from tests.support.workload import deposit
@@ -158,3 +159,37 @@ async def test_watermark_is_monotonic(ctx: Context) -> None:
     assert await w.publish(7) == 7
     assert await w.publish(3) == 7  # a stale, lower computation never lowers it
     assert await w.publish(12) == 12
+
+
+async def test_one_advance_of_every_partition_computes_each_partition_on_its_own(ctx: Context) -> None:
+    keys = ctx.ledger.keys
+    held_partition = keys.partition_of(1)
+    others = [u for u in range(2, 400) if keys.partition_of(u) != held_partition][:40]
+    for n in range(1, 4):
+        await deposit(ctx.ledger, 1, n * 100)
+    held = HeldStore(ctx.mongo)
+    task = asyncio.create_task(projector(ctx, held, batch=1).drain(timeout=60))  # holds user 1's first deposit
+    await asyncio.wait_for(held.entered.wait(), 10)
+    for user in others:
+        await deposit(ctx.ledger, user, 100)
+    with pytest.raises(TimeoutError):  # projects everything but the held entry
+        await projector(ctx).drain(timeout=1)
+    # In one more partition, more than SCAN entries without transactions come before an undelivered deposit.
+    late_user = others[0]
+    late = keys.partition_of(late_user)
+    for _ in range(SCAN + 3):
+        await ctx.redis.xadd(keys.outbox(late), {"services": "{}"})
+    outcome = await deposit(ctx.ledger, late_user, 100)
+    assert isinstance(outcome, Applied)
+    late_id = int(outcome.body["transaction"]["id"])
+
+    marks = list(projector(ctx).watermarks.values())
+    stored = dict(zip([w.partition for w in marks], await advance_all(ctx.redis, marks), strict=True))
+    assert stored[held_partition] == MAX_PARTITIONS + held_partition - 1  # below user 1's first id
+    assert stored[late] == late_id - 1
+    for p in {keys.partition_of(u) for u in others} - {late}:
+        assert stored[p] == int(await ctx.redis.hget(keys.meta(p), "seq")) * MAX_PARTITIONS + p
+    held.release.set()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
