@@ -13,13 +13,19 @@ from pathlib import Path
 # a socket write called by Tornado counts as the event loop's, Tornado's header parsing as Tornado's).
 LAYERS = (
     (
-        "access log + metrics (billing observability, metrics; prometheus_client)",
-        r"\((billing/(observability|metrics)|prometheus_client/)",
+        "access log + metrics (billing/infra observability, metrics; prometheus_client)",
+        r"\((billing/infra/(observability|metrics)|prometheus_client/)",
     ),
-    ("outbox projector (billing/outbox; motor, pymongo, bson)", r"\((billing/outbox|motor/|pymongo/|bson/)"),
-    ("validation (pydantic; billing schemas, jsonbody, money)", r"\((pydantic|billing/(schemas|jsonbody|money))"),
-    ("rendering (billing render, descriptions, timefmt)", r"\(billing/(render|descriptions|timefmt)"),
-    ("Redis client (redis-py + hiredis)", r"\(redis/"),
+    ("outbox projector (billing/projection; motor, pymongo, bson)", r"\((billing/projection/|motor/|pymongo/|bson/)"),
+    (
+        "validation (pydantic; billing schemas, jsonbody, parsing, money)",
+        r"\((pydantic|billing/core/(schemas|parsing|money)|billing/api/jsonbody)",
+    ),
+    (
+        "rendering (billing/views render, descriptions; timefmt)",
+        r"\(billing/(views/(render|descriptions)|core/timefmt)",
+    ),
+    ("Redis client (redis-py + hiredis; billing/infra/redis_raw)", r"\((redis/|billing/infra/redis_raw)"),
     ("billing handlers, auth, ledger, operations", r"\(billing/"),
     ("floor app handler", r"\(bench/"),
     ("Tornado HTTP (parse, route, headers, write)", r"\(tornado/"),

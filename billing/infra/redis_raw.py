@@ -157,14 +157,9 @@ class RawConnection(asyncio.Protocol):
     # -- use
 
     def usable(self) -> bool:
-        """The check before use: open, not failed, nothing unasked-for received, on the running loop."""
-        return (
-            self.failure is None
-            and not self.stray
-            and self.transport is not None
-            and not self.transport.is_closing()
-            and self.loop is asyncio.get_running_loop()
-        )
+        """The check before use: not failed (closing sets a failure first: close(), fail(), connection_lost()),
+        nothing unasked-for received, on the running loop."""
+        return self.failure is None and not self.stray and self.loop is asyncio.get_running_loop()
 
     async def execute(self, packed: bytes, replies: int) -> list[Any]:
         """Write `packed` (holding `replies` commands) behind the commands already written, and wait for that
