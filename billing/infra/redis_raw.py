@@ -35,12 +35,11 @@ CHECK_EVERY_SECONDS = 0.25
 
 
 def pack(command: Sequence[str]) -> bytes:
-    """One command in RESP, an array of bulk strings, encoded once as a whole (redis-py's generic packer
-    costs about 1 µs per argument; this a fifth of it). Lengths are in UTF-8 bytes."""
-    parts = [f"*{len(command)}\r\n"]
-    for arg in command:
-        parts.append(f"${len(arg) if arg.isascii() else len(arg.encode())}\r\n{arg}\r\n")
-    return "".join(parts).encode()
+    """One command in RESP, an array of bulk strings (UTF-8), by hiredis's packer: about half the time of
+    building it in Python, a fifth of redis-py's generic packer."""
+    # (hiredis's stub types its argument as a 1-tuple and leaves the result untyped)
+    packed: bytes = hiredis.pack_command(tuple(command))  # type: ignore[arg-type]
+    return packed
 
 
 # ---- error replies ---------------------------------------------------------------------------------------

@@ -314,3 +314,8 @@ async def test_the_watchdog_times_out_the_oldest_command_and_fails_the_connectio
         with pytest.raises(RedisTimeoutError):
             await waiting
     assert transport.aborted
+
+
+def test_pack_is_resp_with_lengths_in_utf8_bytes() -> None:
+    assert pack(["SET", "k", "привет"]) == b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$12\r\n" + "привет".encode() + b"\r\n"
+    assert pack(["ECHO", ""]) == b"*2\r\n$4\r\nECHO\r\n$0\r\n\r\n"
