@@ -19,7 +19,7 @@ from billing.core.parsing import MAX_ID
 from billing.infra import redis_raw
 from billing.infra.data_files import data_dir
 from billing.infra.stores import awaited
-from billing.ledger.outcomes import BatchResult, KeyReused, NotRun, Outcome, outcome_from_record
+from billing.ledger.outcomes import Applied, BatchResult, KeyReused, NotRun, Outcome, outcome_from_record
 
 LUA_DIR = data_dir("lua", "_prelude.lua")
 # The fields of a partition's totals hash (lua/_prelude.lua TOTAL_FIELDS): kopecks deposited into, withdrawn
@@ -116,8 +116,13 @@ class RedisKeys:
 
     Users are spread over `partitions` ledger partitions (partition_of). Every key of partition N starts with
     `<prefix>{pN}:`, one Redis Cluster hash tag, so a partition (its accounts, reservations, sequence and
-    clock, totals and outbox streams) is one atomic unit a script can change at once. Global for now, outside
-    every partition: idempotency records, the services catalog, console sessions and the partition count.
+    clock, totals, outbox streams, idempotency records and services catalog) is one atomic unit a script can
+    change at once. Outside every partition: console sessions and the partition count.
+
+    An Idempotency-Key has a home partition (idempotency_home, a hash of its digest). An operation's record lives
+    in its user's partition (the sender's for a transfer); when that is not the key's home, the operation also
+    writes a pointer holding only its fingerprint at the home (idempotency_record), so a key reused for a user of
+    any other partition is still found. That pointer is the one key a script writes outside its partition.
     """
 
     def __init__(self, prefix: str, partitions: int = default("partitions")) -> None:
@@ -125,7 +130,6 @@ class RedisKeys:
             raise ValueError(f"partitions must be 1 .. {MAX_PARTITIONS}, not {partitions}")
         self.prefix = prefix
         self.partitions = partitions
-        self.services = f"{prefix}services"
         self.partition_count = f"{prefix}partitions"  # the count this ledger was laid out for (SET NX at start)
         self._tags = [f"{prefix}{{p{p}}}:" for p in range(partitions)]
 
@@ -173,11 +177,29 @@ class RedisKeys:
         """SCAN pattern for every reservation key of one user (glob characters of the prefix escaped)."""
         return f"{glob_escape(self._tags[self.partition_of(user_id)])}resv:{user_id}:*"
 
-    def idempotency(self, idem: Idempotency | None) -> str:
-        if idem is None:
-            return f"{self.prefix}idem:-"
+    def services(self, partition: int) -> str:
+        """Hash: the catalog as the partition's scripts know it: service_id -> name, and at:<service_id> -> the
+        partition's clock (ms) when it named the service (Ledger.services() merges the partitions: latest wins)."""
+        return self._tags[partition] + "services"
+
+    def idempotency_home(self, idem: Idempotency) -> tuple[int, str]:
+        """The home partition of an Idempotency-Key and the name of its records (scope and key digest)."""
         digest = hashlib.sha256(idem.key.encode()).hexdigest()
-        return f"{self.prefix}idem:{idem.scope}:{digest}"
+        return int(digest[:16], 16) % self.partitions, f"idem:{idem.scope}:{digest}"
+
+    def idempotency(self, idem: Idempotency) -> str:
+        """The key's record in its home partition: an operation's record or pointer, a batch's claim."""
+        home, name = self.idempotency_home(idem)
+        return self._tags[home] + name
+
+    def idempotency_record(self, idem: Idempotency | None, partition: int) -> tuple[str, str | None]:
+        """(record, pointer) of an operation of `partition` under idem: its record in that partition, and the
+        pointer key in the key's home partition, None when the home is this partition (the record is the
+        pointer). With no key: a name the script never reads nor writes, in the partition."""
+        if idem is None:
+            return self._tags[partition] + "idem:-", None
+        home, name = self.idempotency_home(idem)
+        return self._tags[partition] + name, None if home == partition else self._tags[home] + name
 
     def console_session(self, session_digest: str) -> str:
         """A console sign-in (billing/console/session.py): named by the SHA-256 of its id, never the id itself."""
@@ -289,7 +311,10 @@ class Restore:
         self._call(pipe, self.keys.totals(partition), "totals", *[totals[name] for name in TOTAL_FIELDS])
 
     def services(self, pipe: Pipeline, names: dict[int, str]) -> None:
-        self._call(pipe, self.keys.services, "services", *[part for item in sorted(names.items()) for part in item])
+        """The catalog, into every partition's copy."""
+        flat = [part for item in sorted(names.items()) for part in item]
+        for partition in self.keys.all():
+            self._call(pipe, self.keys.services(partition), "services", *flat)
 
     async def meta(self, partition: int, seq: int, clock: int) -> tuple[int, int]:
         """Raise a partition's sequence and clock to these (never lower them): (seq, clock) now."""
@@ -339,18 +364,23 @@ class Ledger:
     ) -> tuple[str, list[str], list[str]]:
         """(sha, keys, args) of one script call. An operation's args begin with its partition (the ..._call
         methods put it there), whose outbox, meta and totals the script runs on."""
-        common_keys = [self.keys.idempotency(idem), *self._partition_keys(int(args[0]))]
+        partition = int(args[0])
+        record, pointer = self.keys.idempotency_record(idem, partition)
+        common_keys = [record, pointer or record, *self._partition_keys(partition)]
         common_args = [fp if idem is not None else "", self.idempotency_ttl]
         return self._shas[name], common_keys + keys, common_args + [str(a) for a in args]
 
     def batch_command(self, calls: list[tuple[str, Idempotency | None, str, list[str], list[Any]]]) -> bytes:
         """The EVALSHA of one batch script run (lua/_batch.lua) of (name, idem, fingerprint, keys, args)
         operations, all of one partition, packed for billing/infra/redis_raw.py to send."""
-        keys = self._partition_keys(int(calls[0][4][0]) if calls else 0)
+        partition = int(calls[0][4][0]) if calls else 0
+        keys = self._partition_keys(partition)
         args = [self.idempotency_ttl]
-        idempotency = self.keys.idempotency
+        idempotency = self.keys.idempotency_record
         for name, idem, fp, op_keys, op_args in calls:
-            keys.append(idempotency(idem))
+            record, pointer = idempotency(idem, partition)
+            keys.append(record)
+            keys.append(pointer or record)
             keys.extend(op_keys)
             args.append(name)
             args.append(fp if idem is not None else "")
@@ -381,13 +411,14 @@ class Ledger:
             return frozenset((int(args[0]), int(args[-1])))
         return frozenset((int(args[0]),))
 
-    def shared_keys_of_call(self, idem: Idempotency | None, keys: Sequence[str]) -> frozenset[Hashable]:
-        """What a call may write outside every partition: its idempotency record (named by its Idempotency,
-        which names the record's key, so the key's digest is not computed twice) and the services catalog
-        (a reservation's name)."""
+    @staticmethod
+    def shared_keys_of_call(name: str, idem: Idempotency | None, args: Sequence[Any]) -> frozenset[Hashable]:
+        """What a call may write that a call of another partition sees: its Idempotency-Key (its pointer, named
+        by its Idempotency, so the key's digest is not computed twice) and a service's name (a reserve naming
+        it: Ledger.services() shows the latest name of every partition)."""
         shared: set[Hashable] = {idem} if idem is not None else set()
-        if self.keys.services in keys:
-            shared.add(self.keys.services)
+        if name == "reserve" and args[5]:
+            shared.add(("service", int(args[2])))
         return frozenset(shared)
 
     def deposit_call(self, user_id: int, amount: int, comment: str | None) -> tuple[str, list[str], list[Any]]:
@@ -409,7 +440,7 @@ class Ledger:
         return [
             self.keys.account(user_id),
             self.keys.reservation(user_id, service_id, order_id),
-            self.keys.services,
+            self.keys.services(self.keys.partition_of(user_id)),
         ]
 
     def reserve_call(
@@ -466,8 +497,25 @@ class Ledger:
         await awaited(self.redis.eval(_RELEASE_BATCH, 1, claim.key, claim.value))
 
     async def set_service(self, service_id: int, name: str) -> Outcome:
-        # a change of the catalog alone goes to partition 0's outbox (a reserve's goes to its user's)
-        return await self.run("set_service", None, "", [self.keys.services], [0, service_id, name])
+        """Name a service in every partition's catalog: one script run per partition (each atomic in its
+        partition, all sent in one pipeline). Each partition whose name changes puts the change in its outbox
+        (MongoDB keeps the latest). Applied when some partition changed, else unchanged; running it again
+        completes one that stopped half way."""
+        calls = [
+            self.script_call("set_service", None, "", [self.keys.services(p)], [p, service_id, name])
+            for p in self.keys.all()
+        ]
+        commands = [redis_raw.pack(["EVALSHA", sha, str(len(keys)), *keys, *args]) for sha, keys, args in calls]
+        replies = await redis_raw.pipeline(self.redis, commands)
+        if any(isinstance(reply, NoScriptError) for reply in replies):
+            await self.load_scripts()  # a run refused with NOSCRIPT did not run; the others are safe to run again
+            replies = await redis_raw.pipeline(self.redis, commands)
+        outcomes: list[Outcome] = []
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+            outcomes.append(decode_reply(reply))
+        return next((o for o in outcomes if isinstance(o, Applied)), outcomes[0])
 
     # ---- reads ------------------------------------------------------------------------------
 
@@ -517,8 +565,21 @@ class Ledger:
         return found[:limit]
 
     async def services(self) -> dict[int, str]:
-        raw = await awaited(self.redis.hgetall(self.keys.services))
-        return {int(k): v.decode() for k, v in raw.items()}
+        """The catalog: each service's latest name over the partitions' catalogs (by the time each partition
+        named it, then by partition)."""
+        commands = [redis_raw.pack(["HGETALL", self.keys.services(p)]) for p in self.keys.all()]
+        latest: dict[int, tuple[int, int, str]] = {}
+        for partition, reply in enumerate(await redis_raw.pipeline(self.redis, commands)):
+            if isinstance(reply, Exception):
+                raise reply
+            fields = {reply[i].decode(): reply[i + 1].decode() for i in range(0, len(reply), 2)}
+            for field, name in fields.items():
+                if field.startswith("at:"):
+                    continue
+                version = (int(fields.get(f"at:{field}", "0")), partition, name)
+                if version > latest.get(int(field), (-1, -1, "")):
+                    latest[int(field)] = version
+        return {service_id: name for service_id, (_, _, name) in latest.items()}
 
     async def totals(self) -> dict[str, int]:
         """The totals of every partition added up."""

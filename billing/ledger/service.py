@@ -119,19 +119,19 @@ def request_fingerprint(spec: OperationSpec, request: Request) -> str:
 
 
 def batch_runs(touched: Sequence[frozenset[int]], shared: Sequence[frozenset[Hashable]]) -> list[list[int]]:
-    """The script runs of a batch, as lists of item indexes, given the partitions each item touches and the
-    keys outside every partition it may write (its idempotency record, the services catalog).
+    """The script runs of a batch, as lists of item indexes, given the partitions each item touches and what
+    it may write that items of other partitions see (its Idempotency-Key's pointer, a service's name).
 
     A run is of one partition (its items in their order, at most BATCH_CHUNK), and the runs are sent in one
     pipeline, which Redis executes in order. Items are gathered per partition into segments in which items
-    of different partitions cannot see each other: none touches two partitions, and no key outside the
-    partitions is written from two of them. So the order of a segment's runs does not matter. An item that
+    of different partitions cannot see each other: none touches two partitions, and nothing shared is
+    written from two of them. So the order of a segment's runs does not matter. An item that
     would break this starts a new segment, and one touching two partitions (a transfer between them) runs
     alone: the batch gives every item exactly the state it would see if the items ran one by one.
     """
     runs: list[list[int]] = []
     segment: dict[int, list[int]] = {}
-    owners: dict[Hashable, int] = {}  # a key outside the partitions -> the partition whose items use it in the segment
+    owners: dict[Hashable, int] = {}  # something shared -> the partition whose items use it in the segment
 
     def flush() -> None:
         for indexes in segment.values():
@@ -215,7 +215,7 @@ class MoneyOperations:
             fp = recorded_fingerprint(request_fingerprint(spec, request), lang) if idem else ""
             calls.append((name, idem, fp, keys, args))
             touched.append(self.ledger.partitions_of_call(name, args))
-            shared.append(self.ledger.shared_keys_of_call(idem, keys))
+            shared.append(self.ledger.shared_keys_of_call(name, idem, args))
         runs = batch_runs(touched, shared)
         raw = await self._pipeline([[calls[index] for index in run] for run in runs])
         decoded: list[BatchResult | BatchOperationFailed | None] = [None] * len(items)

@@ -379,7 +379,7 @@ async def rebuild(
         if not force:
             raise RedisNotEmpty("Redis already holds accounts under this prefix; use --force to overwrite them")
         await _delete_matching(redis, [keys.account_pattern(), keys.reservation_pattern()], progress)
-        await redis.delete(*[keys.totals(p) for p in keys.all()], keys.services)
+        await redis.delete(*[key for p in keys.all() for key in (keys.totals(p), keys.services(p))])
     ledger = await load_ledger(store, EVERY_ID, progress)
     _largest, clock = await store.last_transaction()
     services = await store.service_names()
