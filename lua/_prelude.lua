@@ -13,9 +13,10 @@
       running exactly the same function as its single script, with its own idempotency record.
 
   A run belongs to one ledger partition (the user's; billing/ledger/scripts.py RedisKeys): its outbox, meta
-  and totals are the run's partition keys below. A transfer to a user of another partition names that
-  partition's keys too (lua/transfer.lua); every partition a run touches gets its own ids, clock, totals
-  and outbox entry.
+  and totals are the run's partition keys below. A transfer between partitions is three runs, one partition
+  each (lua/transfer_debit.lua, lua/transfer_credit.lua, lua/transfer_settle.lua); lua/transfer.lua can
+  name a second partition's keys, and then every partition the run touches gets its own ids, clock, totals
+  and outbox entry, but billing/ledger/scripts.py calls it within one partition only.
   Input of a single script:
     KEYS[1] idempotency record   (string "<fingerprint>\n<outcome json>" in the run's partition, read and
                                   written only if ARGV[1] ~= '')
@@ -24,8 +25,9 @@
     KEYS[3] outbox stream        (XADD one entry per money movement: field txns, optional services)
     KEYS[4] meta hash            (seq: the partition's last sequence number; clock: its last timestamp in
                                   ms, kept monotonic)
-    KEYS[5] totals hash          (deposited, withdrawn, revenue, transfers_in, transfers_out: kopecks of the
-                                  partition's accounts, for conservation checks)
+    KEYS[5] totals hash          (deposited, withdrawn, revenue, transfers_in, transfers_out,
+                                  transfers_reversed: kopecks of the partition's accounts, for conservation
+                                  checks)
     KEYS[6..] the operation's keys (see its file)
     ARGV[1] request fingerprint and the answer's language, '<fingerprint> <lang>' ('' = the request
             carries no Idempotency-Key); the language is recorded with the outcome (as "lang") so that a
@@ -51,6 +53,9 @@
     {"result": "applied", "body": {...}}    the operation changed the ledger; body: what it did
     {"result": "unchanged", "body": {...}}  the ledger already held what the operation asks (a repeat)
     {"result": "refused", "code": "<code>"} a business refusal (a code of billing/core/errors.py)
+    {"result": "pending", "transfer": {...}} a transfer between partitions whose debit is done and whose
+                                            credit and settlement are not (lua/transfer_debit.lua): the
+                                            caller completes them, and the record then holds the final outcome
   Ids and money travel as decimal strings: Lua numbers are doubles, and cjson prints 14 digits only.
 
   Errors (a script error reply, 'ledger: ...' or Redis's own, e.g. WRONGTYPE or OOM): an argument that is
@@ -134,7 +139,7 @@ end
 -- operation's writes never include a call that could fail on them.
 local PARTS = {} -- partition number (decimal string) -> state
 local run_time = nil -- TIME at the run's first timestamp
-local TOTAL_FIELDS = {'deposited', 'withdrawn', 'revenue', 'transfers_in', 'transfers_out'}
+local TOTAL_FIELDS = {'deposited', 'withdrawn', 'revenue', 'transfers_in', 'transfers_out', 'transfers_reversed'}
 -- Sequence numbers keep every id below 2^53 (an exact double), with room left for the ids one run takes
 -- (a batch run of 250 operations takes at most 500); times and TTLs stay exact doubles; totals stay far
 -- inside HINCRBY's int64.
@@ -249,10 +254,9 @@ end
 -- The partition of each transaction record new_txn made (records are JSON: the partition stays out of them).
 local TXN_PART = {}
 
--- Applied: append the transactions to their partitions' outboxes (catalog changes to the run's), then
--- record the outcome. One outbox entry per operation and partition, as when it runs alone (a batch's outbox
--- is the same as sequential calls').
-local function apply(body, txns, services)
+-- Append the transactions to their partitions' outboxes (catalog changes to the run's). One outbox entry per
+-- operation and partition, as when it runs alone (a batch's outbox is the same as sequential calls').
+local function append(txns, services)
   local entries, order = {}, {}
   for _, txn in ipairs(txns or {}) do
     local part = TXN_PART[txn]
@@ -278,6 +282,11 @@ local function apply(body, txns, services)
     end
     rcall('XADD', part.outbox, '*', unpack(fields))
   end
+end
+
+-- Applied: append the transactions, then record the outcome.
+local function apply(body, txns, services)
+  append(txns, services)
   return record({result = 'applied', body = body})
 end
 

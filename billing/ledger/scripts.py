@@ -5,10 +5,11 @@ from __future__ import annotations
 import hashlib
 import secrets
 import zlib
-from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
+import orjson
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError
@@ -19,13 +20,36 @@ from billing.core.parsing import MAX_ID
 from billing.infra import redis_raw
 from billing.infra.data_files import data_dir
 from billing.infra.stores import awaited
-from billing.ledger.outcomes import Applied, BatchResult, KeyReused, NotRun, Outcome, outcome_from_record
+from billing.ledger.outcomes import (
+    Applied,
+    BatchResult,
+    InTransit,
+    KeyReused,
+    NotRun,
+    Outcome,
+    outcome_from_record,
+    script_result,
+)
 
 LUA_DIR = data_dir("lua", "_prelude.lua")
 # The fields of a partition's totals hash (lua/_prelude.lua TOTAL_FIELDS): kopecks deposited into, withdrawn
-# from, recognized as revenue from, and transferred into and out of its accounts.
-TOTAL_FIELDS = ("deposited", "withdrawn", "revenue", "transfers_in", "transfers_out")
-SCRIPT_NAMES = ("deposit", "withdraw", "transfer", "reserve", "recognize", "cancel", "set_service")
+# from, recognized as revenue from, transferred into and out of its accounts, and given back to its senders
+# by reversed transfers.
+TOTAL_FIELDS = ("deposited", "withdrawn", "revenue", "transfers_in", "transfers_out", "transfers_reversed")
+# A transfer between partitions: debit in the sender's, credit in the recipient's, settle in the sender's.
+DEBIT, CREDIT, SETTLE = "transfer_debit", "transfer_credit", "transfer_settle"
+SCRIPT_NAMES = (
+    "deposit",
+    "withdraw",
+    "transfer",
+    "reserve",
+    "recognize",
+    "cancel",
+    "set_service",
+    DEBIT,
+    CREDIT,
+    SETTLE,
+)
 BATCH = "batch"
 RESTORE = "restore"  # lua/restore.lua: the writes of `billing rebuild`, see Restore
 # Operations per batch script run: a run blocks Redis while it lasts (about 5 µs per deposit), so a
@@ -169,6 +193,19 @@ class RedisKeys:
 
     def account(self, user_id: int) -> str:
         return f"{self._tags[self.partition_of(user_id)]}acct:{user_id}"
+
+    def transits(self, partition: int) -> str:
+        """Hash: transfer id -> transit JSON of the partition's transfers to other partitions whose debit is
+        done and whose settlement is not (lua/transfer_debit.lua)."""
+        return self._tags[partition] + "transits"
+
+    def credited(self, partition: int, transfer_id: int) -> str:
+        """String: what the credit of a transfer from another partition came to (lua/transfer_credit.lua)."""
+        return f"{self._tags[partition]}credited:{transfer_id}"
+
+    def settled(self, partition: int, transfer_id: int) -> str:
+        """String: the final outcome of a transfer of the partition's sender (lua/transfer_settle.lua)."""
+        return f"{self._tags[partition]}settled:{transfer_id}"
 
     def reservation(self, user_id: int, service_id: int, order_id: int) -> str:
         return f"{self._tags[self.partition_of(user_id)]}resv:{user_id}:{service_id}:{order_id}"
@@ -316,6 +353,10 @@ class Restore:
         for partition in self.keys.all():
             self._call(pipe, self.keys.services(partition), "services", *flat)
 
+    def transit(self, pipe: Pipeline, partition: int, transfer_id: int, transit: dict[str, Any]) -> None:
+        """A transfer in transit (billing/projection/recovery.py open_transfers), in its sender's partition."""
+        self._call(pipe, self.keys.transits(partition), "transit", transfer_id, orjson.dumps(transit).decode())
+
     async def meta(self, partition: int, seq: int, clock: int) -> tuple[int, int]:
         """Raise a partition's sequence and clock to these (never lower them): (seq, clock) now."""
         packed = redis_raw.pack(["EVALSHA", self.sha, "1", self.keys.meta(partition), "meta", str(seq), str(clock)])
@@ -339,6 +380,9 @@ class Ledger:
         self.idempotency_ttl = str(idempotency_ttl_seconds)
         self._sources = load_script_sources(limits)
         self._shas = {name: hashlib.sha1(src.encode()).hexdigest() for name, src in self._sources.items()}
+        # Fault injection for tests: awaited after a transfer's debit ("debited") and after its credit
+        # ("credited"), with its id; raising stops the completion there, as if the process died.
+        self.between_transfer_steps: Callable[[str, int], Awaitable[None]] | None = None
 
     async def load_scripts(self) -> None:
         for name, source in self._sources.items():
@@ -389,14 +433,66 @@ class Ledger:
         return redis_raw.pack(["EVALSHA", self._shas[BATCH], str(len(keys)), *keys, *args])
 
     async def run(self, name: str, idem: Idempotency | None, fp: str, keys: list[str], args: list[Any]) -> Outcome:
+        """Run one operation; a transfer between partitions (its debit, or its replay while still in transit)
+        is completed before it answers."""
+        result = decode_reply(await self._send(name, idem, fp, keys, args))
+        if isinstance(result, InTransit):
+            return await self.complete_transfer(result, idem)
+        return result
+
+    async def _send(self, name: str, idem: Idempotency | None, fp: str, keys: list[str], args: list[Any]) -> Any:
         sha, all_keys, all_args = self.script_call(name, idem, fp, keys, args)
         packed = redis_raw.pack(["EVALSHA", sha, str(len(all_keys)), *all_keys, *all_args])
         try:
-            reply = await redis_raw.command(self.redis, packed)
+            return await redis_raw.command(self.redis, packed)
         except NoScriptError:  # the script did not run: safe to send again once loaded
             await self.load_scripts()
-            reply = await redis_raw.command(self.redis, packed)
-        return decode_reply(reply)
+            return await redis_raw.command(self.redis, packed)
+
+    async def complete_transfer(self, transit: InTransit, idem: Idempotency | None) -> Outcome:
+        """Credit a transfer in transit in its recipient's partition, then settle it in its sender's: its final
+        outcome (replayed as the transit was). Each step is one script run that a repeat leaves as it is, so
+        any number of callers (the request, its retry, the recovery loop of any worker) may complete one
+        transfer at once: it is credited and settled exactly once, and all of them get its final outcome."""
+        record = self.keys.idempotency_record(idem, int(transit.transfer["from_partition"]))[0]
+        return replace(await self.complete_transit(transit.transfer, record), replayed=transit.replayed)
+
+    async def complete_transit(self, transfer: dict[str, Any], record: str) -> Outcome:
+        """complete_transfer() of a transit as lua/transfer_debit.lua recorded it (record: the idempotency
+        record it names, '' for none)."""
+        t = transfer
+        sender, recipient, transfer_id = int(t["from_partition"]), int(t["to_partition"]), int(t["id"])
+        if self.between_transfer_steps is not None:
+            await self.between_transfer_steps("debited", transfer_id)
+        credit_keys = [self.keys.account(int(t["to_user_id"])), self.keys.credited(recipient, transfer_id)]
+        credit_args = [recipient, transfer_id, t["from_user_id"], t["to_user_id"], t["amount"], t["comment"]]
+        _kind, credited = await self._send(CREDIT, None, "", credit_keys, credit_args)
+        if self.between_transfer_steps is not None:
+            await self.between_transfer_steps("credited", transfer_id)
+        settle_keys = [
+            self.keys.transits(sender),
+            self.keys.settled(sender, transfer_id),
+            self.keys.account(int(t["from_user_id"])),
+            record or self.keys.idempotency_record(None, sender)[0],
+        ]
+        _kind, final = await self._send(SETTLE, None, "", settle_keys, [sender, transfer_id, credited.decode()])
+        return outcome_from_record(final, replayed=False)
+
+    async def open_transits(self, min_age_ms: int = 0) -> list[tuple[dict[str, Any], str]]:
+        """The transits of every partition debited at least min_age_ms ago by Redis's clock: (transfer, the
+        idempotency record it names or '')."""
+        now_s, now_us = await awaited(self.redis.time())
+        now_ms = now_s * 1000 + now_us // 1000
+        commands = [redis_raw.pack(["HVALS", self.keys.transits(p)]) for p in self.keys.all()]
+        out = []
+        for reply in await redis_raw.pipeline(self.redis, commands):
+            if isinstance(reply, Exception):
+                raise reply
+            for raw in reply:
+                transit = orjson.loads(raw)
+                if now_ms - int(transit["transfer"]["created_at"]) >= min_age_ms:
+                    out.append((transit["transfer"], str(transit["record"])))
+        return out
 
     # ---- the operations -------------------------------------------------------------------
 
@@ -406,8 +502,9 @@ class Ledger:
     @staticmethod
     def partitions_of_call(name: str, args: Sequence[Any]) -> frozenset[int]:
         """The partitions a script call of the *_call methods below touches: its first argument's, and a
-        transfer's recipient's (its last argument)."""
-        if name == "transfer":
+        transfer's recipient's (its last argument; the debit of a transfer between partitions touches only the
+        sender's, but its completion, before the batch goes on, the recipient's)."""
+        if name in ("transfer", DEBIT):
             return frozenset((int(args[0]), int(args[-1])))
         return frozenset((int(args[0]),))
 
@@ -432,7 +529,11 @@ class Ledger:
     def transfer_call(
         self, from_user_id: int, to_user_id: int, amount: int, comment: str | None
     ) -> tuple[str, list[str], list[Any]]:
+        """One script within a partition; between two, the debit (Ledger.run completes the rest)."""
         p, q = self.keys.partition_of(from_user_id), self.keys.partition_of(to_user_id)
+        if p != q:
+            keys = [self.keys.account(from_user_id), self.keys.transits(p)]
+            return DEBIT, keys, [p, from_user_id, to_user_id, amount, comment or "", q]
         keys = [self.keys.account(from_user_id), self.keys.account(to_user_id), *self._partition_keys(q)]
         return "transfer", keys, [p, from_user_id, to_user_id, amount, comment or "", q]
 
@@ -514,7 +615,7 @@ class Ledger:
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
-            outcomes.append(decode_reply(reply))
+            outcomes.append(outcome_from_record(reply[1], replayed=False))
         return next((o for o in outcomes if isinstance(o, Applied)), outcomes[0])
 
     # ---- reads ------------------------------------------------------------------------------
@@ -594,12 +695,13 @@ class Ledger:
         return {k.decode(): int(v) for k, v in raw.items()}
 
 
-def decode_reply(reply: list[bytes]) -> Outcome:
-    """A single script's reply: its outcome; IdempotencyKeyReused when the key was used for another request."""
+def decode_reply(reply: list[bytes]) -> Outcome | InTransit:
+    """A single script's reply: its outcome (or its transfer in transit); IdempotencyKeyReused when the key was
+    used for another request."""
     kind, payload = reply
     if kind == b"reused":
         raise IdempotencyKeyReused()
-    return outcome_from_record(payload, replayed=kind == b"replay")
+    return script_result(payload, replayed=kind == b"replay")
 
 
 class BatchOperationFailed(Exception):
@@ -607,10 +709,10 @@ class BatchOperationFailed(Exception):
     (the operations before it are complete, the ones after it did not run)."""
 
 
-def decode_batch_reply(reply: list[bytes]) -> list[BatchResult | BatchOperationFailed]:
+def decode_batch_reply(reply: list[bytes]) -> list[BatchResult | InTransit | BatchOperationFailed]:
     """What each operation of a batch script run came to, in order: the failure that stopped the run (it
     changed nothing) for the operation that failed, NotRun(retryable) for the ones after it."""
-    out: list[BatchResult | BatchOperationFailed] = []
+    out: list[BatchResult | InTransit | BatchOperationFailed] = []
     for index in range(0, len(reply), 2):
         kind, payload = reply[index], reply[index + 1]
         if kind == b"error":
@@ -620,7 +722,7 @@ def decode_batch_reply(reply: list[bytes]) -> list[BatchResult | BatchOperationF
         elif kind == b"reused":
             out.append(KeyReused())
         else:
-            out.append(outcome_from_record(payload, replayed=kind == b"replay"))
+            out.append(script_result(payload, replayed=kind == b"replay"))
     return out
 
 

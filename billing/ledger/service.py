@@ -26,9 +26,10 @@ from billing.core.schemas import (
     WithdrawalRequest,
 )
 from billing.infra import redis_raw
-from billing.ledger.outcomes import Applied, BatchResult, KeyReused, NotRun, Outcome, Refused, Unchanged
+from billing.ledger.outcomes import Applied, BatchResult, InTransit, KeyReused, NotRun, Outcome, Refused, Unchanged
 from billing.ledger.scripts import (
     BATCH_CHUNK,
+    DEBIT,
     BatchOperationFailed,
     Idempotency,
     IdempotencyKeyReused,
@@ -153,6 +154,17 @@ def batch_runs(touched: Sequence[frozenset[int]], shared: Sequence[frozenset[Has
     return runs
 
 
+def _pipelines(runs: list[list[int]], calls: Sequence[tuple[str, Any, Any, Any, Any]]) -> list[list[list[int]]]:
+    """The runs cut into pipelines, each ending at a run of a transfer between partitions (batch_runs runs it
+    alone), which must be completed before anything after it runs."""
+    groups: list[list[list[int]]] = [[]]
+    for run in runs:
+        groups[-1].append(run)
+        if calls[run[0]][0] == DEBIT:
+            groups.append([])
+    return [group for group in groups if group]
+
+
 def reached_money(result: BatchResult) -> TypeGuard[Outcome]:
     """Whether the operation reached the money: the ledger decided it, now or when it first ran."""
     return isinstance(result, Applied | Unchanged | Refused)
@@ -203,8 +215,9 @@ class MoneyOperations:
         self, items: Sequence[tuple[OperationSpec, Request, Idempotency | None]], lang: str
     ) -> list[BatchResult]:
         """Each item atomic and idempotent on its own, run by batch script runs (lua/_batch.lua) planned by
-        batch_runs(), all sent to Redis in one pipeline: every operation sees the effects of all the items
-        before it, as if they ran one by one. Results come in the items' order."""
+        batch_runs(), sent to Redis in one pipeline (a transfer between partitions ends one: its credit and
+        settlement come before the runs after it): every operation sees the effects of all the items before
+        it, as if they ran one by one. Results come in the items' order."""
         if self.write_gate is not None and items:
             self.write_gate()
         calls = []
@@ -216,22 +229,26 @@ class MoneyOperations:
             calls.append((name, idem, fp, keys, args))
             touched.append(self.ledger.partitions_of_call(name, args))
             shared.append(self.ledger.shared_keys_of_call(name, idem, args))
-        runs = batch_runs(touched, shared)
-        raw = await self._pipeline([[calls[index] for index in run] for run in runs])
         decoded: list[BatchResult | BatchOperationFailed | None] = [None] * len(items)
-        for run, reply in zip(runs, raw, strict=True):
-            if isinstance(reply, Exception):
-                # The run did not run: NOSCRIPT, or Redis refused it for now (retry), or refused the call.
-                retryable = isinstance(reply, NoScriptError) or store_unavailable(reply)
-                if store_unavailable(reply):
-                    log.warning("batch script run of %d operations refused for now: %s", len(run), reply)
-                elif not retryable:
-                    log.error("batch script run of %d operations refused, nothing changed: %s", len(run), reply)
-                outcomes: list[BatchResult | BatchOperationFailed] = [NotRun(retryable)] * len(run)
-            else:
-                outcomes = decode_batch_reply(reply)
-            for index, outcome in zip(run, outcomes, strict=True):
-                decoded[index] = outcome
+        for group in _pipelines(batch_runs(touched, shared), calls):
+            raw = await self._pipeline([[calls[index] for index in run] for run in group])
+            for run, reply in zip(group, raw, strict=True):
+                if isinstance(reply, Exception):
+                    # The run did not run: NOSCRIPT, or Redis refused it for now (retry), or refused the call.
+                    retryable = isinstance(reply, NoScriptError) or store_unavailable(reply)
+                    if store_unavailable(reply):
+                        log.warning("batch script run of %d operations refused for now: %s", len(run), reply)
+                    elif not retryable:
+                        log.error("batch script run of %d operations refused, nothing changed: %s", len(run), reply)
+                    outcomes: list[BatchResult | InTransit | BatchOperationFailed] = [NotRun(retryable)] * len(run)
+                else:
+                    outcomes = decode_batch_reply(reply)
+                for index, outcome in zip(run, outcomes, strict=True):
+                    # A transfer between partitions is completed before the next pipeline runs: the items
+                    # after it see its credit, as one by one.
+                    if isinstance(outcome, InTransit):
+                        outcome = await self.ledger.complete_transfer(outcome, calls[index][1])
+                    decoded[index] = outcome
         results: list[BatchResult] = []
         observed: Counter[tuple[str, str | None, bool]] = Counter()
         for (spec, _request, _idem), item in zip(items, decoded, strict=True):
