@@ -17,6 +17,7 @@ from billing.infra.observability import RequestObserver
 from billing.infra.stores import EMBEDDED_WARNING, MongoDatabase, connect_mongo, connect_redis
 from billing.ledger.scripts import Ledger
 from billing.ledger.service import MoneyOperations
+from billing.ledger.transits import TransitRecovery
 from billing.ledger.unavailable import store_unavailable
 from billing.projection.projector import Projector
 from billing.projection.seq_guard import SequenceGuard
@@ -31,6 +32,8 @@ log = logging.getLogger("billing")
 class Context(ApiContext):
     """One process's components, with their start and stop."""
 
+    # Completes transfers between partitions whose request died between their steps (in every worker).
+    transit_recovery: TransitRecovery | None = None
     # Stores opened by bootstrap() are closed by stop(); stores passed in belong to the caller.
     owns_redis: bool = False
     owns_mongo: bool = False
@@ -51,6 +54,8 @@ class Context(ApiContext):
                 raise
             log.warning("could not check the partition count at start (%r); money writes wait for it", exc)
         await self.sequence_guard.start()
+        if self.transit_recovery is not None:
+            await self.transit_recovery.start()
         if self.settings.projector_enabled:
             # The projector makes the MongoDB indexes before its first batch (retrying while MongoDB is down).
             await self.projector.start()
@@ -58,6 +63,8 @@ class Context(ApiContext):
     async def stop(self) -> None:
         """Stop in reverse order, letting each part finish the work in hand; then close the stores opened here."""
         await self.projector.stop()
+        if self.transit_recovery is not None:
+            await self.transit_recovery.stop()
         await self.sequence_guard.stop()
         if self.owns_mongo:
             self.mongo.client.close()
@@ -96,6 +103,7 @@ async def bootstrap(settings: Settings, redis: Redis | None = None, mongo: Mongo
         projector=projector,
         sequence_guard=SequenceGuard(redis, ledger.keys, LedgerStore(mongo), ledger.claim_partition_count),
         reports=Reports(mongo, settings, lag_probe=projector.lag),
+        transit_recovery=TransitRecovery(ledger),
         owns_redis=owns_redis,
         owns_mongo=owns_mongo,
     )

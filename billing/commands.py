@@ -1,4 +1,4 @@
-"""The ledger's commands: `billing project`, `billing reconcile`, `billing rebuild`.
+"""The ledger's commands: `billing project`, `billing reconcile`, `billing rebuild`, `billing recover`.
 
 Each one first makes sure both stores answer, so an unreachable one is a single line on stderr; failures
 become CommandError (one line, exit status 2); progress goes to a terminal's stderr and results to stdout.
@@ -142,6 +142,25 @@ async def run_rebuild(
     return 0, report.summary()
 
 
+async def run_recover(ctx: Context, progress: Progress = no_progress) -> tuple[int, str]:
+    """Complete every transfer between partitions left in transit (as each worker's loop does)."""
+    assert ctx.transit_recovery is not None
+    completed = await ctx.transit_recovery.run_once()
+    return 0, f"recover: {completed} transfers in transit completed"
+
+
+def _recover(settings: Settings, args: argparse.Namespace) -> int:
+    return _run(settings, run_recover, show_progress=False)
+
+
+def _configure_recover(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Complete the transfers between partitions whose request died between the debit and the credit "
+        "(every `billing serve` worker does it within seconds): credit each, or reverse it when the recipient "
+        "cannot take it. Safe to run at any time, alongside the service."
+    )
+
+
 def _project(settings: Settings, args: argparse.Namespace) -> int:
     return _run(settings, project, show_progress=False)  # it runs until stopped: its log says what it does
 
@@ -204,6 +223,12 @@ COMMANDS: dict[str, Command] = {
         STORE_SETTINGS + PROJECTOR_SETTINGS,
         _configure_reconcile,
         _reconcile,
+    ),
+    "recover": Command(
+        "complete the transfers between partitions left in transit",
+        STORE_SETTINGS,
+        _configure_recover,
+        _recover,
     ),
     "rebuild": Command(
         "restore an empty Redis from the MongoDB ledger",

@@ -13,23 +13,34 @@
       running exactly the same function as its single script, with its own idempotency record.
 
   A run belongs to one ledger partition (the user's; billing/ledger/scripts.py RedisKeys): its outbox, meta
-  and totals are the run's partition keys below. A transfer to a user of another partition names that
-  partition's keys too (lua/transfer.lua); every partition a run touches gets its own ids, clock, totals
-  and outbox entry.
+  and totals are the run's partition keys below. A transfer between partitions is three runs, one partition
+  each (lua/transfer_debit.lua, lua/transfer_credit.lua, lua/transfer_settle.lua); lua/transfer.lua can
+  name a second partition's keys, and then every partition the run touches gets its own ids, clock, totals
+  and outbox entry, but billing/ledger/scripts.py calls it within one partition only.
   Input of a single script:
-    KEYS[1] idempotency record   (string "<fingerprint>\n<outcome json>", read only if ARGV[1] ~= '')
-    KEYS[2] outbox stream        (XADD one entry per money movement: field txns, optional services)
-    KEYS[3] meta hash            (seq: the partition's last sequence number; clock: its last timestamp in
+    KEYS[1] idempotency record   (string "<fingerprint>\n<outcome json>" in the run's partition, read and
+                                  written only if ARGV[1] ~= '')
+    KEYS[2] idempotency pointer  (the Idempotency-Key's home partition: string "<fingerprint>\n@<partition
+                                  of the record>"; KEYS[1] itself when the home is the run's partition)
+    KEYS[3] outbox stream        (XADD one entry per money movement: field txns, optional services)
+    KEYS[4] meta hash            (seq: the partition's last sequence number; clock: its last timestamp in
                                   ms, kept monotonic)
-    KEYS[4] totals hash          (deposited, withdrawn, revenue, transfers_in, transfers_out: kopecks of the
-                                  partition's accounts, for conservation checks)
-    KEYS[5..] the operation's keys (see its file)
+    KEYS[5] totals hash          (deposited, withdrawn, revenue, transfers_in, transfers_out,
+                                  transfers_reversed: kopecks of the partition's accounts, for conservation
+                                  checks)
+    KEYS[6..] the operation's keys (see its file)
     ARGV[1] request fingerprint and the answer's language, '<fingerprint> <lang>' ('' = the request
             carries no Idempotency-Key); the language is recorded with the outcome (as "lang") so that a
             replay renders exactly as the first answer did
     ARGV[2] idempotency record TTL in seconds
-    ARGV[3] the partition number (0 .. ID_SPAN - 1) of KEYS[2..4]
+    ARGV[3] the partition number (0 .. ID_SPAN - 1) of KEYS[3..5]
     ARGV[4..] the operation's arguments (see its file)
+  Idempotency: an operation's record holds its fingerprint and outcome; the key's home partition holds the
+  record itself (an operation of a user there) or a pointer (only the fingerprint) written with the record,
+  with the same TTL. The record answers a retry (replay) or another request (reused); with no record, a
+  home holding another fingerprint means the key was used for another request, of any partition (reused).
+  The pointer is the one key a run writes outside its partitions (under Redis Cluster it is checked and
+  written by a call of its own).
   Transaction ids: seq * ID_SPAN + partition, seq counting 1, 2, 3 ... in each partition, so ids are unique,
   the ids of one user (one partition) increase with the order of their operations, and every id stays
   below 2^53 (seq <= MAX_SEQ): exact in Lua's doubles and in JavaScript.
@@ -42,6 +53,9 @@
     {"result": "applied", "body": {...}}    the operation changed the ledger; body: what it did
     {"result": "unchanged", "body": {...}}  the ledger already held what the operation asks (a repeat)
     {"result": "refused", "code": "<code>"} a business refusal (a code of billing/core/errors.py)
+    {"result": "pending", "transfer": {...}} a transfer between partitions whose debit is done and whose
+                                            credit and settlement are not (lua/transfer_debit.lua): the
+                                            caller completes them, and the record then holds the final outcome
   Ids and money travel as decimal strings: Lua numbers are doubles, and cjson prints 14 digits only.
 
   Errors (a script error reply, 'ledger: ...' or Redis's own, e.g. WRONGTYPE or OOM): an argument that is
@@ -59,10 +73,14 @@
 ]]
 local rcall = redis.call
 
+-- What follows the fingerprint in a pointer (never the start of an outcome's JSON).
+local POINTER_MARK = '@'
+
 -- Set by the entry point for the whole run: the idempotency TTL and the run's partition (see partition()).
 local IDEM_TTL, PART
--- Set for each operation: its idempotency record key, request fingerprint and the answer's language.
-local IDEM_KEY, FINGERPRINT, LANG
+-- Set for each operation: its idempotency record key and pointer key (the record's own when the same),
+-- request fingerprint and the answer's language.
+local IDEM_KEY, IDEM_POINTER, FINGERPRINT, LANG
 -- The operations: OPS[name] = {nkeys = <its keys>, nargs = <its arguments>, run = function(k, a)},
 -- run reads its keys from KEYS[k], KEYS[k + 1], ... and its arguments from ARGV[a], ARGV[a + 1], ...
 local OPS = {}
@@ -121,7 +139,7 @@ end
 -- operation's writes never include a call that could fail on them.
 local PARTS = {} -- partition number (decimal string) -> state
 local run_time = nil -- TIME at the run's first timestamp
-local TOTAL_FIELDS = {'deposited', 'withdrawn', 'revenue', 'transfers_in', 'transfers_out'}
+local TOTAL_FIELDS = {'deposited', 'withdrawn', 'revenue', 'transfers_in', 'transfers_out', 'transfers_reversed'}
 -- Sequence numbers keep every id below 2^53 (an exact double), with room left for the ids one run takes
 -- (a batch run of 250 operations takes at most 500); times and TTLs stay exact doubles; totals stay far
 -- inside HINCRBY's int64.
@@ -216,6 +234,9 @@ local function record(outcome)
   local payload = cjson.encode(outcome)
   if FINGERPRINT ~= '' then
     rcall('SET', IDEM_KEY, FINGERPRINT .. '\n' .. payload, 'EX', IDEM_TTL)
+    if IDEM_POINTER ~= IDEM_KEY then
+      rcall('SET', IDEM_POINTER, FINGERPRINT .. '\n' .. POINTER_MARK .. int(PART.number), 'EX', IDEM_TTL)
+    end
   end
   return 'new', payload
 end
@@ -233,10 +254,9 @@ end
 -- The partition of each transaction record new_txn made (records are JSON: the partition stays out of them).
 local TXN_PART = {}
 
--- Applied: append the transactions to their partitions' outboxes (catalog changes to the run's), then
--- record the outcome. One outbox entry per operation and partition, as when it runs alone (a batch's outbox
--- is the same as sequential calls').
-local function apply(body, txns, services)
+-- Append the transactions to their partitions' outboxes (catalog changes to the run's). One outbox entry per
+-- operation and partition, as when it runs alone (a batch's outbox is the same as sequential calls').
+local function append(txns, services)
   local entries, order = {}, {}
   for _, txn in ipairs(txns or {}) do
     local part = TXN_PART[txn]
@@ -262,32 +282,57 @@ local function apply(body, txns, services)
     end
     rcall('XADD', part.outbox, '*', unpack(fields))
   end
+end
+
+-- Applied: append the transactions, then record the outcome.
+local function apply(body, txns, services)
+  append(txns, services)
   return record({result = 'applied', body = body})
 end
 
+-- A stored idempotency record or pointer: its fingerprint, and its outcome JSON (nil for a pointer).
+local function idempotency_entry(key)
+  local stored = rcall('GET', key)
+  if not stored then
+    return nil, nil
+  end
+  local sep = string.find(stored, '\n', 1, true)
+  if not sep then
+    fail('idempotency record ' .. key .. ' has no fingerprint')
+  end
+  local payload = string.sub(stored, sep + 1)
+  if string.sub(payload, 1, #POINTER_MARK) == POINTER_MARK then
+    return string.sub(stored, 1, sep - 1), nil
+  end
+  local ok, outcome = pcall(cjson.decode, payload)
+  if not ok or type(outcome) ~= 'table' or type(outcome.result) ~= 'string' then
+    fail('idempotency record ' .. key .. ' holds no outcome')
+  end
+  return string.sub(stored, 1, sep - 1), payload
+end
+
 -- One operation with its idempotency check: returns kind ('new', 'replay', 'reused') and outcome JSON.
-local function run_op(spec, idem_key, fingerprint, k, a)
-  IDEM_KEY = idem_key
+local function run_op(spec, idem_key, idem_pointer, fingerprint, k, a)
+  IDEM_KEY, IDEM_POINTER = idem_key, idem_pointer
   FINGERPRINT, LANG = string.match(fingerprint, '^(%S*) ?(.*)$')
   if FINGERPRINT ~= '' then
     if string.find(FINGERPRINT, '\n', 1, true) then
       fail('a fingerprint has no line break')
     end
-    local stored = rcall('GET', IDEM_KEY)
-    if stored then
-      local sep = string.find(stored, '\n', 1, true)
-      if not sep then
-        fail('idempotency record ' .. IDEM_KEY .. ' has no fingerprint')
-      end
-      if string.sub(stored, 1, sep - 1) ~= FINGERPRINT then
+    local stored, payload = idempotency_entry(IDEM_KEY)
+    if stored and stored ~= FINGERPRINT then
+      return 'reused', ''
+    end
+    if payload then
+      return 'replay', payload
+    end
+    -- No record of this request here (a pointer with its fingerprint points at this record). The key's home
+    -- tells whether a request of another partition used it.
+    if IDEM_POINTER ~= IDEM_KEY then
+      stored = idempotency_entry(IDEM_POINTER)
+      if stored and stored ~= FINGERPRINT then
         return 'reused', ''
       end
-      local payload = string.sub(stored, sep + 1)
-      local ok, outcome = pcall(cjson.decode, payload)
-      if not ok or type(outcome) ~= 'table' or type(outcome.result) ~= 'string' then
-        fail('idempotency record ' .. IDEM_KEY .. ' holds no outcome')
-      end
-      return 'replay', payload
     end
   end
   return spec.run(k, a)
@@ -408,8 +453,8 @@ end
 -- Entry point of a single script: one operation, laid out as described at the top.
 local function run_single(name)
   IDEM_TTL = ARGV[2]
-  begin_run(ARGV[3], KEYS[2], KEYS[3], KEYS[4])
-  local kind, payload = run_op(OPS[name], KEYS[1], ARGV[1], 5, 4)
+  begin_run(ARGV[3], KEYS[3], KEYS[4], KEYS[5])
+  local kind, payload = run_op(OPS[name], KEYS[1], KEYS[2], ARGV[1], 6, 4)
   end_run()
   return {kind, payload}
 end

@@ -1,6 +1,6 @@
 --[[
   reserve: move amount from available to reserved for (user, service, order); once per order, ever.
-    KEYS[k]    account hash;  KEYS[k + 1] reservation hash;  KEYS[k + 2] services catalog hash
+    KEYS[k]    account hash;  KEYS[k + 1] reservation hash;  KEYS[k + 2] the partition's services catalog hash
     ARGV[a]    user_id;  ARGV[a + 1] service_id;  ARGV[a + 2] order_id;
     ARGV[a + 3] amount in kopecks (1 .. MAX_AMOUNT);
     ARGV[a + 4] service_name ('' = keep the catalog as is);  ARGV[a + 5] comment ('' = none)
@@ -39,7 +39,7 @@ OPS.reserve = {nkeys = 3, nargs = 6, run = function(k, a)
   write_reservation(RESERVATION, h)
   local services = nil
   if service_name ~= '' and catalog_name ~= service_name then
-    rcall('HSET', SERVICES, service_id, service_name)
+    rcall('HSET', SERVICES, service_id, service_name, 'at:' .. service_id, now)
     services = {[service_id] = service_name}
     catalog_name = service_name
   end

@@ -6,7 +6,10 @@
                            recognized_amount ('' = none), created_at, updated_at
     ARGV[1] 'totals'       KEYS[1] a partition's totals hash;  ARGV[2..6] deposited, withdrawn, revenue,
                            transfers_in, transfers_out
-    ARGV[1] 'services'     KEYS[1] catalog hash;      ARGV[2..] service_id, name, service_id, name, ...
+    ARGV[1] 'services'     KEYS[1] a partition's catalog hash;  ARGV[2..] service_id, name, service_id, name, ...
+                           (each named at 0: any later name wins)
+    ARGV[1] 'transit'      KEYS[1] a partition's transits hash;  ARGV[2] transfer id;  ARGV[3] the transit JSON
+                           (as lua/transfer_debit.lua writes it)
     ARGV[1] 'meta'         KEYS[1] a partition's meta hash;  ARGV[2] seq;  ARGV[3] clock: each raised to the
                            value, never lowered (ids and times go on from the partition's last ones);
                            returns {seq, clock}
@@ -60,9 +63,25 @@ if what == 'services' then
       fail('service ' .. ARGV[i] .. ' has no name')
     end
   end
-  if #ARGV > 1 then
-    rcall('HSET', KEY, unpack(ARGV, 2))
+  local fields = {}
+  for i = 2, #ARGV, 2 do
+    fields[#fields + 1], fields[#fields + 2], fields[#fields + 3], fields[#fields + 4] =
+      ARGV[i], ARGV[i + 1], 'at:' .. ARGV[i], '0'
   end
+  if #fields > 0 then
+    rcall('HSET', KEY, unpack(fields))
+  end
+  return 1
+end
+if what == 'transit' then
+  check_type(KEY, 'hash')
+  local transfer_id = id_arg(ARGV[2], 'transfer id')
+  local ok, transit = pcall(cjson.decode, ARGV[3] or '')
+  if not ok or type(transit) ~= 'table' or type(transit.transfer) ~= 'table' or transit.transfer.id ~= transfer_id then
+    fail('not a transit of transfer ' .. transfer_id)
+  end
+  amount_arg(transit.transfer.amount, 'transit amount')
+  rcall('HSET', KEY, transfer_id, ARGV[3])
   return 1
 end
 if what == 'meta' then

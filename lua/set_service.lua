@@ -1,8 +1,10 @@
 --[[
-  set_service: name a service in the catalog (used by history descriptions and the revenue report).
-    KEYS[k]    services catalog hash (service_id -> name)
+  set_service: name a service in the partition's catalog (billing/ledger/scripts.py Ledger.set_service runs
+  it in every partition; used by history descriptions and the revenue report).
+    KEYS[k]    the partition's services catalog hash (service_id -> name, at:<service_id> -> when named)
     ARGV[a]    service_id;  ARGV[a + 1] name
-  Outcomes: applied {service_id, name} (the outbox gets the change) when the name is new, else unchanged.
+  Outcomes: applied {service_id, name} (the partition's outbox gets the change) when the name is new to the
+            partition, else unchanged.
   Errors (see the prelude): a bad service_id, a catalog key that is not a hash.
 ]]
 OPS.set_service = {nkeys = 1, nargs = 2, run = function(k, a)
@@ -13,6 +15,6 @@ OPS.set_service = {nkeys = 1, nargs = 2, run = function(k, a)
     return unchanged(body)
   end
   -- writes
-  rcall('HSET', SERVICES, service_id, name)
+  rcall('HSET', SERVICES, service_id, name, 'at:' .. service_id, int(clock(PART)))
   return apply(body, nil, {[service_id] = name})
 end}

@@ -99,7 +99,7 @@ MONEY_ROUTES: tuple[Route, ...] = (
         PAYMENTS,
         {201: schemas.TransferResult},
         ("account_not_found", "insufficient_funds", "balance_limit_exceeded"),
-        "Move money between two users, atomically",
+        "Move money between two users: both balances change, or neither",
     ),
     Route(
         _RESERVE.template,

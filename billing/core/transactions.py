@@ -11,9 +11,10 @@ from typing import Any
 
 # The running totals (each ledger partition's totals hash, lua/_prelude.lua TOTAL_FIELDS) that conservation
 # checks compare: per partition, available + reserved of its accounts = deposited - withdrawn - revenue +
-# transfers_in - transfers_out.
+# transfers_in - transfers_out + transfers_reversed; over all partitions, transfers_out - transfers_in -
+# transfers_reversed is the money in transit (debited, not yet credited nor reversed).
 DEPOSITED, WITHDRAWN, REVENUE = "deposited", "withdrawn", "revenue"
-TRANSFERS_IN, TRANSFERS_OUT = "transfers_in", "transfers_out"
+TRANSFERS_IN, TRANSFERS_OUT, TRANSFERS_REVERSED = "transfers_in", "transfers_out", "transfers_reversed"
 
 
 class TransactionType(StrEnum):
@@ -37,6 +38,8 @@ class TransactionType(StrEnum):
     WITHDRAWAL = ("withdrawal", -1, 0, WITHDRAWN, False)
     TRANSFER_IN = ("transfer_in", 1, 0, TRANSFERS_IN, False)
     TRANSFER_OUT = ("transfer_out", -1, 0, TRANSFERS_OUT, False)
+    # A transfer between partitions the recipient's partition could not credit, given back to the sender.
+    TRANSFER_REVERSAL = ("transfer_reversal", 1, 0, TRANSFERS_REVERSED, False)
     RESERVE = ("reserve", -1, 1, None, True)
     CHARGE = ("charge", 0, -1, REVENUE, True)
     RELEASE = ("release", 1, -1, None, True)

@@ -60,9 +60,30 @@ class NotRun:
 BatchResult = Outcome | KeyReused | NotRun
 
 
+@dataclass(frozen=True, slots=True)
+class InTransit:
+    """A transfer between partitions whose debit is done and whose credit and settlement are not yet
+    (lua/transfer_debit.lua): the ledger completes it (Ledger.complete_transfer) into its final Outcome.
+    transfer: its id, users, amount, comment and partitions, as the script recorded them."""
+
+    transfer: dict[str, Any]
+    replayed: bool = False
+
+
+def script_result(payload: bytes | str, replayed: bool) -> Outcome | InTransit:
+    """What a script returned or replayed: an outcome, or a transfer still in transit."""
+    record = orjson.loads(payload)
+    if record.get("result") == "pending":
+        return InTransit(record["transfer"], replayed)
+    return _outcome(record, replayed)
+
+
 def outcome_from_record(payload: bytes | str, replayed: bool) -> Outcome:
     """The outcome a script returned or replayed (the JSON after the fingerprint of an idempotency record)."""
-    record = orjson.loads(payload)
+    return _outcome(orjson.loads(payload), replayed)
+
+
+def _outcome(record: dict[str, Any], replayed: bool) -> Outcome:
     result = record.get("result")
     if result == "refused":
         return Refused(record["code"], replayed)

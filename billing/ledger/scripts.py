@@ -5,10 +5,11 @@ from __future__ import annotations
 import hashlib
 import secrets
 import zlib
-from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
+import orjson
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError
@@ -19,13 +20,36 @@ from billing.core.parsing import MAX_ID
 from billing.infra import redis_raw
 from billing.infra.data_files import data_dir
 from billing.infra.stores import awaited
-from billing.ledger.outcomes import BatchResult, KeyReused, NotRun, Outcome, outcome_from_record
+from billing.ledger.outcomes import (
+    Applied,
+    BatchResult,
+    InTransit,
+    KeyReused,
+    NotRun,
+    Outcome,
+    outcome_from_record,
+    script_result,
+)
 
 LUA_DIR = data_dir("lua", "_prelude.lua")
 # The fields of a partition's totals hash (lua/_prelude.lua TOTAL_FIELDS): kopecks deposited into, withdrawn
-# from, recognized as revenue from, and transferred into and out of its accounts.
-TOTAL_FIELDS = ("deposited", "withdrawn", "revenue", "transfers_in", "transfers_out")
-SCRIPT_NAMES = ("deposit", "withdraw", "transfer", "reserve", "recognize", "cancel", "set_service")
+# from, recognized as revenue from, transferred into and out of its accounts, and given back to its senders
+# by reversed transfers.
+TOTAL_FIELDS = ("deposited", "withdrawn", "revenue", "transfers_in", "transfers_out", "transfers_reversed")
+# A transfer between partitions: debit in the sender's, credit in the recipient's, settle in the sender's.
+DEBIT, CREDIT, SETTLE = "transfer_debit", "transfer_credit", "transfer_settle"
+SCRIPT_NAMES = (
+    "deposit",
+    "withdraw",
+    "transfer",
+    "reserve",
+    "recognize",
+    "cancel",
+    "set_service",
+    DEBIT,
+    CREDIT,
+    SETTLE,
+)
 BATCH = "batch"
 RESTORE = "restore"  # lua/restore.lua: the writes of `billing rebuild`, see Restore
 # Operations per batch script run: a run blocks Redis while it lasts (about 5 µs per deposit), so a
@@ -116,8 +140,13 @@ class RedisKeys:
 
     Users are spread over `partitions` ledger partitions (partition_of). Every key of partition N starts with
     `<prefix>{pN}:`, one Redis Cluster hash tag, so a partition (its accounts, reservations, sequence and
-    clock, totals and outbox streams) is one atomic unit a script can change at once. Global for now, outside
-    every partition: idempotency records, the services catalog, console sessions and the partition count.
+    clock, totals, outbox streams, idempotency records and services catalog) is one atomic unit a script can
+    change at once. Outside every partition: console sessions and the partition count.
+
+    An Idempotency-Key has a home partition (idempotency_home, a hash of its digest). An operation's record lives
+    in its user's partition (the sender's for a transfer); when that is not the key's home, the operation also
+    writes a pointer holding only its fingerprint at the home (idempotency_record), so a key reused for a user of
+    any other partition is still found. That pointer is the one key a script writes outside its partition.
     """
 
     def __init__(self, prefix: str, partitions: int = default("partitions")) -> None:
@@ -125,7 +154,6 @@ class RedisKeys:
             raise ValueError(f"partitions must be 1 .. {MAX_PARTITIONS}, not {partitions}")
         self.prefix = prefix
         self.partitions = partitions
-        self.services = f"{prefix}services"
         self.partition_count = f"{prefix}partitions"  # the count this ledger was laid out for (SET NX at start)
         self._tags = [f"{prefix}{{p{p}}}:" for p in range(partitions)]
 
@@ -166,6 +194,19 @@ class RedisKeys:
     def account(self, user_id: int) -> str:
         return f"{self._tags[self.partition_of(user_id)]}acct:{user_id}"
 
+    def transits(self, partition: int) -> str:
+        """Hash: transfer id -> transit JSON of the partition's transfers to other partitions whose debit is
+        done and whose settlement is not (lua/transfer_debit.lua)."""
+        return self._tags[partition] + "transits"
+
+    def credited(self, partition: int, transfer_id: int) -> str:
+        """String: what the credit of a transfer from another partition came to (lua/transfer_credit.lua)."""
+        return f"{self._tags[partition]}credited:{transfer_id}"
+
+    def settled(self, partition: int, transfer_id: int) -> str:
+        """String: the final outcome of a transfer of the partition's sender (lua/transfer_settle.lua)."""
+        return f"{self._tags[partition]}settled:{transfer_id}"
+
     def reservation(self, user_id: int, service_id: int, order_id: int) -> str:
         return f"{self._tags[self.partition_of(user_id)]}resv:{user_id}:{service_id}:{order_id}"
 
@@ -173,11 +214,29 @@ class RedisKeys:
         """SCAN pattern for every reservation key of one user (glob characters of the prefix escaped)."""
         return f"{glob_escape(self._tags[self.partition_of(user_id)])}resv:{user_id}:*"
 
-    def idempotency(self, idem: Idempotency | None) -> str:
-        if idem is None:
-            return f"{self.prefix}idem:-"
+    def services(self, partition: int) -> str:
+        """Hash: the catalog as the partition's scripts know it: service_id -> name, and at:<service_id> -> the
+        partition's clock (ms) when it named the service (Ledger.services() merges the partitions: latest wins)."""
+        return self._tags[partition] + "services"
+
+    def idempotency_home(self, idem: Idempotency) -> tuple[int, str]:
+        """The home partition of an Idempotency-Key and the name of its records (scope and key digest)."""
         digest = hashlib.sha256(idem.key.encode()).hexdigest()
-        return f"{self.prefix}idem:{idem.scope}:{digest}"
+        return int(digest[:16], 16) % self.partitions, f"idem:{idem.scope}:{digest}"
+
+    def idempotency(self, idem: Idempotency) -> str:
+        """The key's record in its home partition: an operation's record or pointer, a batch's claim."""
+        home, name = self.idempotency_home(idem)
+        return self._tags[home] + name
+
+    def idempotency_record(self, idem: Idempotency | None, partition: int) -> tuple[str, str | None]:
+        """(record, pointer) of an operation of `partition` under idem: its record in that partition, and the
+        pointer key in the key's home partition, None when the home is this partition (the record is the
+        pointer). With no key: a name the script never reads nor writes, in the partition."""
+        if idem is None:
+            return self._tags[partition] + "idem:-", None
+        home, name = self.idempotency_home(idem)
+        return self._tags[partition] + name, None if home == partition else self._tags[home] + name
 
     def console_session(self, session_digest: str) -> str:
         """A console sign-in (billing/console/session.py): named by the SHA-256 of its id, never the id itself."""
@@ -289,7 +348,14 @@ class Restore:
         self._call(pipe, self.keys.totals(partition), "totals", *[totals[name] for name in TOTAL_FIELDS])
 
     def services(self, pipe: Pipeline, names: dict[int, str]) -> None:
-        self._call(pipe, self.keys.services, "services", *[part for item in sorted(names.items()) for part in item])
+        """The catalog, into every partition's copy."""
+        flat = [part for item in sorted(names.items()) for part in item]
+        for partition in self.keys.all():
+            self._call(pipe, self.keys.services(partition), "services", *flat)
+
+    def transit(self, pipe: Pipeline, partition: int, transfer_id: int, transit: dict[str, Any]) -> None:
+        """A transfer in transit (billing/projection/recovery.py open_transfers), in its sender's partition."""
+        self._call(pipe, self.keys.transits(partition), "transit", transfer_id, orjson.dumps(transit).decode())
 
     async def meta(self, partition: int, seq: int, clock: int) -> tuple[int, int]:
         """Raise a partition's sequence and clock to these (never lower them): (seq, clock) now."""
@@ -314,6 +380,9 @@ class Ledger:
         self.idempotency_ttl = str(idempotency_ttl_seconds)
         self._sources = load_script_sources(limits)
         self._shas = {name: hashlib.sha1(src.encode()).hexdigest() for name, src in self._sources.items()}
+        # Fault injection for tests: awaited after a transfer's debit ("debited") and after its credit
+        # ("credited"), with its id; raising stops the completion there, as if the process died.
+        self.between_transfer_steps: Callable[[str, int], Awaitable[None]] | None = None
 
     async def load_scripts(self) -> None:
         for name, source in self._sources.items():
@@ -339,18 +408,23 @@ class Ledger:
     ) -> tuple[str, list[str], list[str]]:
         """(sha, keys, args) of one script call. An operation's args begin with its partition (the ..._call
         methods put it there), whose outbox, meta and totals the script runs on."""
-        common_keys = [self.keys.idempotency(idem), *self._partition_keys(int(args[0]))]
+        partition = int(args[0])
+        record, pointer = self.keys.idempotency_record(idem, partition)
+        common_keys = [record, pointer or record, *self._partition_keys(partition)]
         common_args = [fp if idem is not None else "", self.idempotency_ttl]
         return self._shas[name], common_keys + keys, common_args + [str(a) for a in args]
 
     def batch_command(self, calls: list[tuple[str, Idempotency | None, str, list[str], list[Any]]]) -> bytes:
         """The EVALSHA of one batch script run (lua/_batch.lua) of (name, idem, fingerprint, keys, args)
         operations, all of one partition, packed for billing/infra/redis_raw.py to send."""
-        keys = self._partition_keys(int(calls[0][4][0]) if calls else 0)
+        partition = int(calls[0][4][0]) if calls else 0
+        keys = self._partition_keys(partition)
         args = [self.idempotency_ttl]
-        idempotency = self.keys.idempotency
+        idempotency = self.keys.idempotency_record
         for name, idem, fp, op_keys, op_args in calls:
-            keys.append(idempotency(idem))
+            record, pointer = idempotency(idem, partition)
+            keys.append(record)
+            keys.append(pointer or record)
             keys.extend(op_keys)
             args.append(name)
             args.append(fp if idem is not None else "")
@@ -359,14 +433,66 @@ class Ledger:
         return redis_raw.pack(["EVALSHA", self._shas[BATCH], str(len(keys)), *keys, *args])
 
     async def run(self, name: str, idem: Idempotency | None, fp: str, keys: list[str], args: list[Any]) -> Outcome:
+        """Run one operation; a transfer between partitions (its debit, or its replay while still in transit)
+        is completed before it answers."""
+        result = decode_reply(await self._send(name, idem, fp, keys, args))
+        if isinstance(result, InTransit):
+            return await self.complete_transfer(result, idem)
+        return result
+
+    async def _send(self, name: str, idem: Idempotency | None, fp: str, keys: list[str], args: list[Any]) -> Any:
         sha, all_keys, all_args = self.script_call(name, idem, fp, keys, args)
         packed = redis_raw.pack(["EVALSHA", sha, str(len(all_keys)), *all_keys, *all_args])
         try:
-            reply = await redis_raw.command(self.redis, packed)
+            return await redis_raw.command(self.redis, packed)
         except NoScriptError:  # the script did not run: safe to send again once loaded
             await self.load_scripts()
-            reply = await redis_raw.command(self.redis, packed)
-        return decode_reply(reply)
+            return await redis_raw.command(self.redis, packed)
+
+    async def complete_transfer(self, transit: InTransit, idem: Idempotency | None) -> Outcome:
+        """Credit a transfer in transit in its recipient's partition, then settle it in its sender's: its final
+        outcome (replayed as the transit was). Each step is one script run that a repeat leaves as it is, so
+        any number of callers (the request, its retry, the recovery loop of any worker) may complete one
+        transfer at once: it is credited and settled exactly once, and all of them get its final outcome."""
+        record = self.keys.idempotency_record(idem, int(transit.transfer["from_partition"]))[0]
+        return replace(await self.complete_transit(transit.transfer, record), replayed=transit.replayed)
+
+    async def complete_transit(self, transfer: dict[str, Any], record: str) -> Outcome:
+        """complete_transfer() of a transit as lua/transfer_debit.lua recorded it (record: the idempotency
+        record it names, '' for none)."""
+        t = transfer
+        sender, recipient, transfer_id = int(t["from_partition"]), int(t["to_partition"]), int(t["id"])
+        if self.between_transfer_steps is not None:
+            await self.between_transfer_steps("debited", transfer_id)
+        credit_keys = [self.keys.account(int(t["to_user_id"])), self.keys.credited(recipient, transfer_id)]
+        credit_args = [recipient, transfer_id, t["from_user_id"], t["to_user_id"], t["amount"], t["comment"]]
+        _kind, credited = await self._send(CREDIT, None, "", credit_keys, credit_args)
+        if self.between_transfer_steps is not None:
+            await self.between_transfer_steps("credited", transfer_id)
+        settle_keys = [
+            self.keys.transits(sender),
+            self.keys.settled(sender, transfer_id),
+            self.keys.account(int(t["from_user_id"])),
+            record or self.keys.idempotency_record(None, sender)[0],
+        ]
+        _kind, final = await self._send(SETTLE, None, "", settle_keys, [sender, transfer_id, credited.decode()])
+        return outcome_from_record(final, replayed=False)
+
+    async def open_transits(self, min_age_ms: int = 0) -> list[tuple[dict[str, Any], str]]:
+        """The transits of every partition debited at least min_age_ms ago by Redis's clock: (transfer, the
+        idempotency record it names or '')."""
+        now_s, now_us = await awaited(self.redis.time())
+        now_ms = now_s * 1000 + now_us // 1000
+        commands = [redis_raw.pack(["HVALS", self.keys.transits(p)]) for p in self.keys.all()]
+        out = []
+        for reply in await redis_raw.pipeline(self.redis, commands):
+            if isinstance(reply, Exception):
+                raise reply
+            for raw in reply:
+                transit = orjson.loads(raw)
+                if now_ms - int(transit["transfer"]["created_at"]) >= min_age_ms:
+                    out.append((transit["transfer"], str(transit["record"])))
+        return out
 
     # ---- the operations -------------------------------------------------------------------
 
@@ -376,18 +502,20 @@ class Ledger:
     @staticmethod
     def partitions_of_call(name: str, args: Sequence[Any]) -> frozenset[int]:
         """The partitions a script call of the *_call methods below touches: its first argument's, and a
-        transfer's recipient's (its last argument)."""
-        if name == "transfer":
+        transfer's recipient's (its last argument; the debit of a transfer between partitions touches only the
+        sender's, but its completion, before the batch goes on, the recipient's)."""
+        if name in ("transfer", DEBIT):
             return frozenset((int(args[0]), int(args[-1])))
         return frozenset((int(args[0]),))
 
-    def shared_keys_of_call(self, idem: Idempotency | None, keys: Sequence[str]) -> frozenset[Hashable]:
-        """What a call may write outside every partition: its idempotency record (named by its Idempotency,
-        which names the record's key, so the key's digest is not computed twice) and the services catalog
-        (a reservation's name)."""
+    @staticmethod
+    def shared_keys_of_call(name: str, idem: Idempotency | None, args: Sequence[Any]) -> frozenset[Hashable]:
+        """What a call may write that a call of another partition sees: its Idempotency-Key (its pointer, named
+        by its Idempotency, so the key's digest is not computed twice) and a service's name (a reserve naming
+        it: Ledger.services() shows the latest name of every partition)."""
         shared: set[Hashable] = {idem} if idem is not None else set()
-        if self.keys.services in keys:
-            shared.add(self.keys.services)
+        if name == "reserve" and args[5]:
+            shared.add(("service", int(args[2])))
         return frozenset(shared)
 
     def deposit_call(self, user_id: int, amount: int, comment: str | None) -> tuple[str, list[str], list[Any]]:
@@ -401,7 +529,11 @@ class Ledger:
     def transfer_call(
         self, from_user_id: int, to_user_id: int, amount: int, comment: str | None
     ) -> tuple[str, list[str], list[Any]]:
+        """One script within a partition; between two, the debit (Ledger.run completes the rest)."""
         p, q = self.keys.partition_of(from_user_id), self.keys.partition_of(to_user_id)
+        if p != q:
+            keys = [self.keys.account(from_user_id), self.keys.transits(p)]
+            return DEBIT, keys, [p, from_user_id, to_user_id, amount, comment or "", q]
         keys = [self.keys.account(from_user_id), self.keys.account(to_user_id), *self._partition_keys(q)]
         return "transfer", keys, [p, from_user_id, to_user_id, amount, comment or "", q]
 
@@ -409,7 +541,7 @@ class Ledger:
         return [
             self.keys.account(user_id),
             self.keys.reservation(user_id, service_id, order_id),
-            self.keys.services,
+            self.keys.services(self.keys.partition_of(user_id)),
         ]
 
     def reserve_call(
@@ -466,8 +598,25 @@ class Ledger:
         await awaited(self.redis.eval(_RELEASE_BATCH, 1, claim.key, claim.value))
 
     async def set_service(self, service_id: int, name: str) -> Outcome:
-        # a change of the catalog alone goes to partition 0's outbox (a reserve's goes to its user's)
-        return await self.run("set_service", None, "", [self.keys.services], [0, service_id, name])
+        """Name a service in every partition's catalog: one script run per partition (each atomic in its
+        partition, all sent in one pipeline). Each partition whose name changes puts the change in its outbox
+        (MongoDB keeps the latest). Applied when some partition changed, else unchanged; running it again
+        completes one that stopped half way."""
+        calls = [
+            self.script_call("set_service", None, "", [self.keys.services(p)], [p, service_id, name])
+            for p in self.keys.all()
+        ]
+        commands = [redis_raw.pack(["EVALSHA", sha, str(len(keys)), *keys, *args]) for sha, keys, args in calls]
+        replies = await redis_raw.pipeline(self.redis, commands)
+        if any(isinstance(reply, NoScriptError) for reply in replies):
+            await self.load_scripts()  # a run refused with NOSCRIPT did not run; the others are safe to run again
+            replies = await redis_raw.pipeline(self.redis, commands)
+        outcomes: list[Outcome] = []
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+            outcomes.append(outcome_from_record(reply[1], replayed=False))
+        return next((o for o in outcomes if isinstance(o, Applied)), outcomes[0])
 
     # ---- reads ------------------------------------------------------------------------------
 
@@ -517,8 +666,21 @@ class Ledger:
         return found[:limit]
 
     async def services(self) -> dict[int, str]:
-        raw = await awaited(self.redis.hgetall(self.keys.services))
-        return {int(k): v.decode() for k, v in raw.items()}
+        """The catalog: each service's latest name over the partitions' catalogs (by the time each partition
+        named it, then by partition)."""
+        commands = [redis_raw.pack(["HGETALL", self.keys.services(p)]) for p in self.keys.all()]
+        latest: dict[int, tuple[int, int, str]] = {}
+        for partition, reply in enumerate(await redis_raw.pipeline(self.redis, commands)):
+            if isinstance(reply, Exception):
+                raise reply
+            fields = {reply[i].decode(): reply[i + 1].decode() for i in range(0, len(reply), 2)}
+            for field, name in fields.items():
+                if field.startswith("at:"):
+                    continue
+                version = (int(fields.get(f"at:{field}", "0")), partition, name)
+                if version > latest.get(int(field), (-1, -1, "")):
+                    latest[int(field)] = version
+        return {service_id: name for service_id, (_, _, name) in latest.items()}
 
     async def totals(self) -> dict[str, int]:
         """The totals of every partition added up."""
@@ -533,12 +695,13 @@ class Ledger:
         return {k.decode(): int(v) for k, v in raw.items()}
 
 
-def decode_reply(reply: list[bytes]) -> Outcome:
-    """A single script's reply: its outcome; IdempotencyKeyReused when the key was used for another request."""
+def decode_reply(reply: list[bytes]) -> Outcome | InTransit:
+    """A single script's reply: its outcome (or its transfer in transit); IdempotencyKeyReused when the key was
+    used for another request."""
     kind, payload = reply
     if kind == b"reused":
         raise IdempotencyKeyReused()
-    return outcome_from_record(payload, replayed=kind == b"replay")
+    return script_result(payload, replayed=kind == b"replay")
 
 
 class BatchOperationFailed(Exception):
@@ -546,10 +709,10 @@ class BatchOperationFailed(Exception):
     (the operations before it are complete, the ones after it did not run)."""
 
 
-def decode_batch_reply(reply: list[bytes]) -> list[BatchResult | BatchOperationFailed]:
+def decode_batch_reply(reply: list[bytes]) -> list[BatchResult | InTransit | BatchOperationFailed]:
     """What each operation of a batch script run came to, in order: the failure that stopped the run (it
     changed nothing) for the operation that failed, NotRun(retryable) for the ones after it."""
-    out: list[BatchResult | BatchOperationFailed] = []
+    out: list[BatchResult | InTransit | BatchOperationFailed] = []
     for index in range(0, len(reply), 2):
         kind, payload = reply[index], reply[index + 1]
         if kind == b"error":
@@ -559,7 +722,7 @@ def decode_batch_reply(reply: list[bytes]) -> list[BatchResult | BatchOperationF
         elif kind == b"reused":
             out.append(KeyReused())
         else:
-            out.append(outcome_from_record(payload, replayed=kind == b"replay"))
+            out.append(script_result(payload, replayed=kind == b"replay"))
     return out
 
 

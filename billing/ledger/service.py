@@ -26,9 +26,10 @@ from billing.core.schemas import (
     WithdrawalRequest,
 )
 from billing.infra import redis_raw
-from billing.ledger.outcomes import Applied, BatchResult, KeyReused, NotRun, Outcome, Refused, Unchanged
+from billing.ledger.outcomes import Applied, BatchResult, InTransit, KeyReused, NotRun, Outcome, Refused, Unchanged
 from billing.ledger.scripts import (
     BATCH_CHUNK,
+    DEBIT,
     BatchOperationFailed,
     Idempotency,
     IdempotencyKeyReused,
@@ -119,19 +120,19 @@ def request_fingerprint(spec: OperationSpec, request: Request) -> str:
 
 
 def batch_runs(touched: Sequence[frozenset[int]], shared: Sequence[frozenset[Hashable]]) -> list[list[int]]:
-    """The script runs of a batch, as lists of item indexes, given the partitions each item touches and the
-    keys outside every partition it may write (its idempotency record, the services catalog).
+    """The script runs of a batch, as lists of item indexes, given the partitions each item touches and what
+    it may write that items of other partitions see (its Idempotency-Key's pointer, a service's name).
 
     A run is of one partition (its items in their order, at most BATCH_CHUNK), and the runs are sent in one
     pipeline, which Redis executes in order. Items are gathered per partition into segments in which items
-    of different partitions cannot see each other: none touches two partitions, and no key outside the
-    partitions is written from two of them. So the order of a segment's runs does not matter. An item that
+    of different partitions cannot see each other: none touches two partitions, and nothing shared is
+    written from two of them. So the order of a segment's runs does not matter. An item that
     would break this starts a new segment, and one touching two partitions (a transfer between them) runs
     alone: the batch gives every item exactly the state it would see if the items ran one by one.
     """
     runs: list[list[int]] = []
     segment: dict[int, list[int]] = {}
-    owners: dict[Hashable, int] = {}  # a key outside the partitions -> the partition whose items use it in the segment
+    owners: dict[Hashable, int] = {}  # something shared -> the partition whose items use it in the segment
 
     def flush() -> None:
         for indexes in segment.values():
@@ -151,6 +152,17 @@ def batch_runs(touched: Sequence[frozenset[int]], shared: Sequence[frozenset[Has
         owners.update(dict.fromkeys(keys, partition))
     flush()
     return runs
+
+
+def _pipelines(runs: list[list[int]], calls: Sequence[tuple[str, Any, Any, Any, Any]]) -> list[list[list[int]]]:
+    """The runs cut into pipelines, each ending at a run of a transfer between partitions (batch_runs runs it
+    alone), which must be completed before anything after it runs."""
+    groups: list[list[list[int]]] = [[]]
+    for run in runs:
+        groups[-1].append(run)
+        if calls[run[0]][0] == DEBIT:
+            groups.append([])
+    return [group for group in groups if group]
 
 
 def reached_money(result: BatchResult) -> TypeGuard[Outcome]:
@@ -203,8 +215,9 @@ class MoneyOperations:
         self, items: Sequence[tuple[OperationSpec, Request, Idempotency | None]], lang: str
     ) -> list[BatchResult]:
         """Each item atomic and idempotent on its own, run by batch script runs (lua/_batch.lua) planned by
-        batch_runs(), all sent to Redis in one pipeline: every operation sees the effects of all the items
-        before it, as if they ran one by one. Results come in the items' order."""
+        batch_runs(), sent to Redis in one pipeline (a transfer between partitions ends one: its credit and
+        settlement come before the runs after it): every operation sees the effects of all the items before
+        it, as if they ran one by one. Results come in the items' order."""
         if self.write_gate is not None and items:
             self.write_gate()
         calls = []
@@ -215,23 +228,27 @@ class MoneyOperations:
             fp = recorded_fingerprint(request_fingerprint(spec, request), lang) if idem else ""
             calls.append((name, idem, fp, keys, args))
             touched.append(self.ledger.partitions_of_call(name, args))
-            shared.append(self.ledger.shared_keys_of_call(idem, keys))
-        runs = batch_runs(touched, shared)
-        raw = await self._pipeline([[calls[index] for index in run] for run in runs])
+            shared.append(self.ledger.shared_keys_of_call(name, idem, args))
         decoded: list[BatchResult | BatchOperationFailed | None] = [None] * len(items)
-        for run, reply in zip(runs, raw, strict=True):
-            if isinstance(reply, Exception):
-                # The run did not run: NOSCRIPT, or Redis refused it for now (retry), or refused the call.
-                retryable = isinstance(reply, NoScriptError) or store_unavailable(reply)
-                if store_unavailable(reply):
-                    log.warning("batch script run of %d operations refused for now: %s", len(run), reply)
-                elif not retryable:
-                    log.error("batch script run of %d operations refused, nothing changed: %s", len(run), reply)
-                outcomes: list[BatchResult | BatchOperationFailed] = [NotRun(retryable)] * len(run)
-            else:
-                outcomes = decode_batch_reply(reply)
-            for index, outcome in zip(run, outcomes, strict=True):
-                decoded[index] = outcome
+        for group in _pipelines(batch_runs(touched, shared), calls):
+            raw = await self._pipeline([[calls[index] for index in run] for run in group])
+            for run, reply in zip(group, raw, strict=True):
+                if isinstance(reply, Exception):
+                    # The run did not run: NOSCRIPT, or Redis refused it for now (retry), or refused the call.
+                    retryable = isinstance(reply, NoScriptError) or store_unavailable(reply)
+                    if store_unavailable(reply):
+                        log.warning("batch script run of %d operations refused for now: %s", len(run), reply)
+                    elif not retryable:
+                        log.error("batch script run of %d operations refused, nothing changed: %s", len(run), reply)
+                    outcomes: list[BatchResult | InTransit | BatchOperationFailed] = [NotRun(retryable)] * len(run)
+                else:
+                    outcomes = decode_batch_reply(reply)
+                for index, outcome in zip(run, outcomes, strict=True):
+                    # A transfer between partitions is completed before the next pipeline runs: the items
+                    # after it see its credit, as one by one.
+                    if isinstance(outcome, InTransit):
+                        outcome = await self.ledger.complete_transfer(outcome, calls[index][1])
+                    decoded[index] = outcome
         results: list[BatchResult] = []
         observed: Counter[tuple[str, str | None, bool]] = Counter()
         for (spec, _request, _idem), item in zip(items, decoded, strict=True):

@@ -5,19 +5,30 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
+import orjson
 from redis.asyncio import Redis
 
 from billing.core.config import DRAIN_TIMEOUT_SECONDS, MAX_PARTITIONS
 from billing.core.parsing import INT64_MAX
-from billing.core.transactions import RESERVATION_TYPES, TOTALS, TRANSFERS_IN, TRANSFERS_OUT, TransactionType
+from billing.core.timefmt import datetime_to_ms
+from billing.core.transactions import (
+    RESERVATION_TYPES,
+    TOTALS,
+    TRANSFERS_IN,
+    TRANSFERS_OUT,
+    TRANSFERS_REVERSED,
+    TransactionType,
+)
 from billing.ledger.scripts import RedisKeys, ReservationRecord, Restore
 from billing.projection.store import LedgerStore
 
 # How each transaction type moves an account: (change of available, change of reserved) per kopeck.
 EFFECTS: dict[str, tuple[int, int]] = {t.value: (t.available, t.reserved) for t in TransactionType}
 EVERY_ID = INT64_MAX  # a cut-off above every transaction id
+TRANSFER_KINDS = (TransactionType.TRANSFER_OUT, TransactionType.TRANSFER_IN, TransactionType.TRANSFER_REVERSAL)
 CHUNK = 500
 
 ResvKey = tuple[int, int, int]
@@ -49,6 +60,7 @@ class ReconcileReport:
     reservations: int = 0
     transactions: int = 0
     mismatches: list[Mismatch] = field(default_factory=list)
+    in_transit: int = 0  # kopecks debited by transfers between partitions, not yet credited nor reversed
 
     @property
     def ok(self) -> bool:
@@ -56,9 +68,10 @@ class ReconcileReport:
 
     def summary(self) -> str:
         verdict = "OK" if self.ok else f"{len(self.mismatches)} MISMATCH(ES)"
+        transit = f", {self.in_transit} kopecks in transit" if self.in_transit else ""
         return (
             f"reconcile: {self.accounts} accounts, {self.reservations} reservations, "
-            f"{self.transactions} ledger transactions: {verdict}"
+            f"{self.transactions} ledger transactions{transit}: {verdict}"
         )
 
 
@@ -68,13 +81,16 @@ class RebuildReport:
     reservations: int = 0
     open_reservations: int = 0
     services: int = 0
+    transits: int = 0  # transfers between partitions debited and not yet credited nor reversed
     seq: int = 0  # the largest sequence number of a partition restored
     clock: int = 0
 
     def summary(self) -> str:
         return (
             f"rebuild: {self.accounts} accounts, {self.reservations} reservations "
-            f"({self.open_reservations} open), {self.services} services, seq {self.seq}, clock {self.clock}"
+            f"({self.open_reservations} open), {self.services} services, "
+            + (f"{self.transits} transfers in transit, " if self.transits else "")
+            + f"seq {self.seq}, clock {self.clock}"
         )
 
 
@@ -220,6 +236,52 @@ async def _snapshot(
     return out
 
 
+async def money_in_transit(redis: Redis, keys: RedisKeys, attempts: int = 50) -> tuple[list[dict[str, int]], int]:
+    """Every partition's totals and the kopecks in transit (debited by a transfer between partitions, neither
+    credited nor reversed yet), at one instant: one MULTI reads the totals, the transits and the credit markers
+    of the transits known from the read before; it is read again while it finds a transit it had not asked
+    about."""
+    known: dict[str, int] = {}  # transfer id -> recipient partition
+    for _attempt in range(attempts):
+        pipe = redis.pipeline(transaction=True)
+        for p in keys.all():
+            pipe.hgetall(keys.totals(p))
+            pipe.hgetall(keys.transits(p))
+        asked = list(known.items())
+        for transfer_id, recipient in asked:
+            pipe.get(keys.credited(recipient, int(transfer_id)))
+        replies = await pipe.execute()
+        totals = [{_s(k): int(v) for k, v in replies[2 * p].items()} for p in keys.all()]
+        transits = {
+            _s(tid): orjson.loads(raw)["transfer"] for p in keys.all() for tid, raw in replies[2 * p + 1].items()
+        }
+        markers = dict(zip((tid for tid, _ in asked), replies[2 * keys.partitions :], strict=True))
+        if set(transits) <= set(markers):
+            uncredited = 0
+            for tid, transfer in transits.items():
+                marker = markers[tid]
+                if marker is None or orjson.loads(marker).get("result") != "applied":
+                    uncredited += int(transfer["amount"])
+            return totals, uncredited
+        known.update({tid: int(t["to_partition"]) for tid, t in transits.items()})
+    raise TimeoutError(f"transfers kept starting: no stable read of the money in transit in {attempts} reads")
+
+
+def transfer_mismatches(legs: list[dict[str, Any]]) -> list[Mismatch]:
+    """Each transfer between partitions in the ledger: at most one debit and at most one credit or reversal,
+    of the same amount (a leg may still be on its way to MongoDB, never doubled)."""
+    by_transfer: dict[int, dict[str, list[int]]] = defaultdict(lambda: {"debit": [], "close": []})
+    for doc in legs:
+        side = "debit" if doc["type"] == TransactionType.TRANSFER_OUT else "close"
+        by_transfer[int(doc["transfer_id"])][side].append(int(doc["amount"]))
+    out = []
+    for transfer_id, sides in sorted(by_transfer.items()):
+        debits, closes = sides["debit"], sides["close"]
+        if len(debits) > 1 or len(closes) > 1 or (debits and closes and debits != closes):
+            out.append(Mismatch("transfer", f"{transfer_id} (debit, credit or reversal)", debits, closes))
+    return out
+
+
 # ---- reconcile -------------------------------------------------------------------------------
 
 
@@ -245,11 +307,12 @@ async def reconcile(
     reservation_keys = await _scan(redis, keys.reservation_pattern())
     reservations = await _snapshot(redis, keys, reservation_keys, "hash", progress, "read reservations from Redis")
     totals_rows = await _snapshot(redis, keys, [keys.totals(p) for p in keys.all()], "hash")
+    all_totals, in_transit = await money_in_transit(redis, keys)
     if projector is not None:
         progress("project the outbox into MongoDB", 0, None)
         await projector.drain(timeout=drain_timeout)
     ledger = await load_ledger(store, _after(seq0), progress)
-    report = ReconcileReport(len(accounts), len(reservations), ledger.transactions)
+    report = ReconcileReport(len(accounts), len(reservations), ledger.transactions, in_transit=in_transit)
     bad = report.mismatches.append
 
     seen_users = set()
@@ -302,26 +365,88 @@ async def reconcile(
     progress("compare reservations", len(reservations), len(reservations))
 
     users = _users_by_partition(keys, ledger.by_user)
-    moved = {TRANSFERS_IN: 0, TRANSFERS_OUT: 0}
     for p, (_key, raw_totals, last_ids) in enumerate(totals_rows):
         totals = {_s(k): int(v) for k, v in raw_totals.items()}
         for name, kind in TOTALS.items():
             expected = ledger.partition_total(kind, users.get(p, []), last_ids[p])
             if totals.get(name, 0) != expected:
                 bad(Mismatch("totals", f"partition {p} {name}", totals.get(name, 0), expected))
-        for name in moved:
-            moved[name] += totals.get(name, 0)
-    # Each transfer is counted out of one partition and into one: the partitions' totals must agree.
-    if moved[TRANSFERS_IN] != moved[TRANSFERS_OUT]:
-        bad(Mismatch("totals", "transfers_in vs transfers_out of all partitions", *moved.values()))
-    sent = ledger.total(TransactionType.TRANSFER_OUT, EVERY_ID)
-    received = ledger.total(TransactionType.TRANSFER_IN, EVERY_ID)
+    # Each transfer is counted out of one partition, then into one or back to its sender; what is neither yet
+    # is in transit. At one instant: out - in - reversed of all partitions = the money in transit.
+    moved = {
+        name: sum(t.get(name, 0) for t in all_totals) for name in (TRANSFERS_OUT, TRANSFERS_IN, TRANSFERS_REVERSED)
+    }
+    if moved[TRANSFERS_OUT] - moved[TRANSFERS_IN] - moved[TRANSFERS_REVERSED] != in_transit:
+        transit = "transfers_in vs transfers_out of all partitions"  # out - in - reversed vs money in transit
+        bad(
+            Mismatch(
+                "totals", transit, moved[TRANSFERS_OUT] - moved[TRANSFERS_IN] - moved[TRANSFERS_REVERSED], in_transit
+            )
+        )
+    # In the ledger: a transfer within a partition is its two transactions; one between partitions, its legs.
+    legs = await store.transfer_legs()
+    for mismatch in transfer_mismatches(legs):
+        bad(mismatch)
+    cross = {kind: sum(int(d["amount"]) for d in legs if d["type"] == kind) for kind in TRANSFER_KINDS}
+    sent = ledger.total(TransactionType.TRANSFER_OUT, EVERY_ID) - cross[TransactionType.TRANSFER_OUT]
+    received = ledger.total(TransactionType.TRANSFER_IN, EVERY_ID) - cross[TransactionType.TRANSFER_IN]
     if sent != received:
-        bad(Mismatch("ledger", "transfers out vs in", sent, received))
+        bad(Mismatch("ledger", "transfers out vs in within partitions", sent, received))
     return report
 
 
 # ---- rebuild ---------------------------------------------------------------------------------
+
+
+def open_transfers(keys: RedisKeys, legs: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """The transfers between partitions the ledger holds the debit of and neither the credit nor the
+    reversal: transfer id -> its transit as lua/transfer_debit.lua writes it (naming no idempotency record:
+    rebuild restores none), for the recovery loop to complete."""
+    closed = {int(d["transfer_id"]) for d in legs if d["type"] != TransactionType.TRANSFER_OUT}
+    out: dict[int, dict[str, Any]] = {}
+    for doc in legs:
+        transfer_id = int(doc["transfer_id"])
+        if doc["type"] != TransactionType.TRANSFER_OUT or transfer_id in closed:
+            continue
+        sender, recipient = int(doc["user_id"]), int(doc["counterparty_user_id"])
+        created_at = str(_ms_of(doc["created_at"]))
+        txn = {
+            "id": str(transfer_id),
+            "type": str(doc["type"]),
+            "user_id": str(sender),
+            "amount": str(int(doc["amount"])),
+            "available_after": str(int(doc["available_after"])),
+            "reserved_after": str(int(doc["reserved_after"])),
+            "created_at": created_at,
+            "counterparty_user_id": str(recipient),
+            "transfer_id": str(transfer_id),
+        }
+        if doc.get("comment"):
+            txn["comment"] = str(doc["comment"])
+        transfer = {
+            "id": str(transfer_id),
+            "from_user_id": str(sender),
+            "to_user_id": str(recipient),
+            "amount": txn["amount"],
+            "comment": str(doc.get("comment") or ""),
+            "from_partition": str(keys.partition_of(sender)),
+            "to_partition": str(keys.partition_of(recipient)),
+            "created_at": created_at,
+        }
+        balance = {"user_id": str(sender), "available": txn["available_after"], "reserved": txn["reserved_after"]}
+        out[transfer_id] = {
+            "transfer": transfer,
+            "record": "",
+            "fingerprint": "",
+            "lang": "",
+            "balance": balance,
+            "transaction": txn,
+        }
+    return out
+
+
+def _ms_of(value: Any) -> int:
+    return datetime_to_ms(value) if isinstance(value, datetime) else int(value)
 
 
 def _users_by_partition(keys: RedisKeys, users: Iterable[int]) -> dict[int, list[int]]:
@@ -379,7 +504,7 @@ async def rebuild(
         if not force:
             raise RedisNotEmpty("Redis already holds accounts under this prefix; use --force to overwrite them")
         await _delete_matching(redis, [keys.account_pattern(), keys.reservation_pattern()], progress)
-        await redis.delete(*[keys.totals(p) for p in keys.all()], keys.services)
+        await redis.delete(*[key for p in keys.all() for key in (keys.totals(p), keys.services(p), keys.transits(p))])
     ledger = await load_ledger(store, EVERY_ID, progress)
     _largest, clock = await store.last_transaction()
     services = await store.service_names()
@@ -421,6 +546,9 @@ async def rebuild(
         await flush()
     progress("write reservations to Redis", len(orders), len(orders))
     restore.services(pipe, services)
+    for transfer_id, transit in open_transfers(keys, await store.transfer_legs()).items():
+        restore.transit(pipe, keys.partition_of(int(transit["transfer"]["from_user_id"])), transfer_id, transit)
+        report.transits += 1
     by_partition = _users_by_partition(keys, ledger.by_user)  # partitions without users have nothing to restore
     for p, members in sorted(by_partition.items()):
         restore.totals(

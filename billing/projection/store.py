@@ -32,6 +32,7 @@ INT_FIELDS = (
     "service_id",
     "order_id",
     "counterparty_user_id",
+    "transfer_id",  # a transfer between partitions: its transfer_out's id, on its credit or reversal too
 )
 STR_FIELDS = ("type", "comment", "service_name")
 
@@ -182,6 +183,12 @@ class LedgerStore:
             }
             for r in rows
         ]
+
+    async def transfer_legs(self) -> list[dict[str, Any]]:
+        """The transactions of transfers between partitions (those with a transfer_id): their debit, credit or
+        reversal, with every field."""
+        found: list[dict[str, Any]] = await self.transactions.find({"transfer_id": {"$exists": True}}).to_list(None)
+        return found
 
     async def transactions_after(self, txn_id: int) -> list[dict[str, Any]]:
         """Ledger documents with an id above txn_id (recent ones), in id order."""

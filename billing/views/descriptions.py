@@ -17,6 +17,8 @@ _TEMPLATES: dict[str, dict[str, str]] = {
         TransactionType.WITHDRAWAL: "Вывод {amount} ₽ с баланса",
         TransactionType.TRANSFER_OUT: "Перевод {amount} ₽ пользователю {counterparty}",
         TransactionType.TRANSFER_IN: "Перевод {amount} ₽ от пользователя {counterparty}",
+        TransactionType.TRANSFER_REVERSAL: "Возврат перевода {amount} ₽ пользователю {counterparty}: "
+        "получатель не может его принять",
         TransactionType.RESERVE: "Резервирование {amount} ₽ для оплаты услуги {service}, заказ {order}",
         TransactionType.CHARGE: "Списание {amount} ₽ за услугу {service}, заказ {order}",
         TransactionType.RELEASE: "Возврат {amount} ₽ из резерва: услуга {service}, заказ {order}",
@@ -28,6 +30,8 @@ _TEMPLATES: dict[str, dict[str, str]] = {
         TransactionType.WITHDRAWAL: "Withdrawal of {amount} RUB",
         TransactionType.TRANSFER_OUT: "Transfer of {amount} RUB to user {counterparty}",
         TransactionType.TRANSFER_IN: "Transfer of {amount} RUB from user {counterparty}",
+        TransactionType.TRANSFER_REVERSAL: "Transfer of {amount} RUB to user {counterparty} returned: "
+        "the recipient cannot take it",
         TransactionType.RESERVE: "{amount} RUB reserved to pay for service {service}, order {order}",
         TransactionType.CHARGE: "Charge of {amount} RUB for service {service}, order {order}",
         TransactionType.RELEASE: "{amount} RUB returned from a reservation: service {service}, order {order}",

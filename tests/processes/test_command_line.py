@@ -15,7 +15,7 @@ from billing.core.config import PROJECT_ROOT, Settings
 from tests.support.servers import RedisServer, free_port
 
 BILLING = str(Path(sys.executable).with_name("billing"))
-COMMANDS = ("serve", "report", "project", "reconcile", "rebuild", "console-user", "audit")
+COMMANDS = ("serve", "report", "project", "reconcile", "rebuild", "recover", "console-user", "audit")
 
 
 def env(**settings: str) -> dict[str, str]:
@@ -123,7 +123,7 @@ def test_an_error_is_one_line_on_stderr_and_a_failing_exit_status(case: str) -> 
     assert_one_line_error(billing(*args, environment=env(**settings)), expected)
 
 
-@pytest.mark.parametrize("command", ["reconcile", "rebuild", "project"])
+@pytest.mark.parametrize("command", ["reconcile", "rebuild", "recover", "project"])
 def test_an_unreachable_redis_is_one_line(command: str) -> None:
     environment = env(BILLING_REDIS_URL=unreachable_redis(), BILLING_MONGO_URL=unreachable_mongo())
     done = billing(command, environment=environment)

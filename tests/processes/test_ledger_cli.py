@@ -1,4 +1,4 @@
-"""`billing project`, `billing reconcile` and `billing rebuild` as processes, on redis-server and SecantusDB."""
+"""`billing project`, `billing reconcile`, `billing rebuild` and `billing recover` as processes, on redis-server and SecantusDB."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from billing.core.config import MAX_PARTITIONS, Settings
 from billing.projection.projector import GROUP
 from tests.support.servers import MongoWireServer, RedisServer
 from tests.support.terminal import run_in_terminal
-from tests.support.workload import deposit, mixed_workload
+from tests.support.workload import deposit, mixed_workload, run
 
 BILLING = str(Path(sys.executable).with_name("billing"))
 
@@ -157,3 +157,26 @@ async def test_long_commands_show_progress_on_a_terminal_and_nothing_when_piped(
     assert "write accounts to Redis" in screen and "rebuild: 3 accounts" in screen
     code, out, err = await billing(env, "rebuild", "--force")
     assert (code, err) == (0, "") and out.startswith("rebuild: 3 accounts") and out.count("\n") == 1
+
+
+async def test_recover_completes_a_transfer_left_in_transit(ctx: Context, env: dict[str, str]) -> None:
+    assert ctx.transit_recovery is not None
+    await ctx.transit_recovery.stop()  # `billing recover` is to do it
+    await deposit(ctx.ledger, 1, 10_000)
+
+    async def died(step: str, transfer_id: int) -> None:
+        raise RuntimeError("the process died after the debit")
+
+    ctx.ledger.between_transfer_steps = died
+    with pytest.raises(RuntimeError):
+        await run(ctx.ledger, ctx.ledger.transfer_call(1, 2, 2_500, None))
+    ctx.ledger.between_transfer_steps = None
+    assert await ctx.ledger.balance(2) is None
+    await asyncio.sleep(1.1)  # `billing recover` takes transits a second old, as the loop does
+
+    code, out, err = await billing(env, "recover")
+    assert (code, out) == (0, "recover: 1 transfers in transit completed\n"), (out, err)
+    assert "completed transfer" in err and "left in transit" in err  # logged as a warning: a request died
+    assert await ctx.ledger.balance(2) == (2_500, 0) and await ctx.ledger.open_transits() == []
+    code, out, _err = await billing(env, "recover")
+    assert (code, out) == (0, "recover: 0 transfers in transit completed\n")

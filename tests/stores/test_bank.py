@@ -23,6 +23,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import pytest
 
 from billing.bootstrap import Context
@@ -179,27 +180,47 @@ def settings(settings: Settings, request: pytest.FixtureRequest) -> Settings:
 Totals = dict[int, dict[str, int]]  # partition -> its totals hash
 
 
-async def atomic_snapshot(ctx: Context) -> tuple[dict[int, tuple[int, int]], Totals]:
-    """Every account and every partition's totals hash, read in one MULTI/EXEC: one instant of the ledger."""
+async def atomic_snapshot(ctx: Context) -> tuple[dict[int, tuple[int, int]], Totals, int]:
+    """Every account, every partition's totals hash and the money in transit (transfers between partitions
+    debited, not yet credited), read in one MULTI/EXEC: one instant of the ledger. The credit markers of the
+    transits are read in the same MULTI, so it is read again while it finds a transit the one before did not."""
     keys = ctx.ledger.keys
-    pipe = ctx.redis.pipeline(transaction=True)
-    for user in range(1, USERS + 1):
-        pipe.hmget(keys.account(user), "available", "reserved")
-    for partition in keys.all():
-        pipe.hgetall(keys.totals(partition))
-    answers = await pipe.execute()
-    accounts = {
-        user: (int(a), int(r or 0))
-        for user, (a, r) in zip(range(1, USERS + 1), answers[:USERS], strict=True)
-        if a is not None
-    }
-    totals = {
-        p: {k.decode(): int(v) for k, v in raw.items()} for p, raw in zip(keys.all(), answers[USERS:], strict=True)
-    }
-    return accounts, totals
+    known: dict[str, int] = {}
+    while True:
+        pipe = ctx.redis.pipeline(transaction=True)
+        for user in range(1, USERS + 1):
+            pipe.hmget(keys.account(user), "available", "reserved")
+        for partition in keys.all():
+            pipe.hgetall(keys.totals(partition))
+            pipe.hgetall(keys.transits(partition))
+        asked = list(known.items())
+        for transfer_id, recipient in asked:
+            pipe.get(keys.credited(recipient, int(transfer_id)))
+        answers = await pipe.execute()
+        accounts = {
+            user: (int(a), int(r or 0))
+            for user, (a, r) in zip(range(1, USERS + 1), answers[:USERS], strict=True)
+            if a is not None
+        }
+        rest = answers[USERS:]
+        totals = {p: {k.decode(): int(v) for k, v in rest[2 * p].items()} for p in keys.all()}
+        transits = {
+            tid.decode(): orjson.loads(raw)["transfer"] for p in keys.all() for tid, raw in rest[2 * p + 1].items()
+        }
+        markers = dict(zip((tid for tid, _ in asked), rest[2 * keys.partitions :], strict=True))
+        if set(transits) <= set(markers):
+            in_transit = sum(
+                int(t["amount"])
+                for tid, t in transits.items()
+                if markers[tid] is None or orjson.loads(markers[tid])["result"] != "applied"
+            )
+            return accounts, totals, in_transit
+        known.update({tid: int(t["to_partition"]) for tid, t in transits.items()})
 
 
-def conservation_errors(ctx: Context, accounts: dict[int, tuple[int, int]], totals: Totals) -> list[str]:
+def conservation_errors(
+    ctx: Context, accounts: dict[int, tuple[int, int]], totals: Totals, in_transit: int
+) -> list[str]:
     errors = [f"user {u} negative: {a}, {r}" for u, (a, r) in accounts.items() if a < 0 or r < 0]
     for partition, t in totals.items():
         held = sum(a + r for u, (a, r) in accounts.items() if ctx.ledger.keys.partition_of(u) == partition)
@@ -209,13 +230,14 @@ def conservation_errors(ctx: Context, accounts: dict[int, tuple[int, int]], tota
             - t.get("revenue", 0)
             + t.get("transfers_in", 0)
             - t.get("transfers_out", 0)
+            + t.get("transfers_reversed", 0)
         )
         if held != net:
             errors.append(f"partition {partition} not conserved: held {held} != {net} by its totals {t}")
-    moved_in = sum(t.get("transfers_in", 0) for t in totals.values())
+    moved_in = sum(t.get("transfers_in", 0) + t.get("transfers_reversed", 0) for t in totals.values())
     moved_out = sum(t.get("transfers_out", 0) for t in totals.values())
-    if moved_in != moved_out:
-        errors.append(f"transfers_in {moved_in} != transfers_out {moved_out} over all partitions")
+    if moved_out - moved_in != in_transit:
+        errors.append(f"transfers_out {moved_out} - in and reversed {moved_in} != {in_transit} in transit")
     return errors
 
 
@@ -223,8 +245,8 @@ async def reader(ctx: Context, deadline: float, seen: Observed) -> int:
     loop = asyncio.get_running_loop()
     reads = 0
     while loop.time() < deadline:
-        accounts, totals = await atomic_snapshot(ctx)
-        seen.violations.extend(conservation_errors(ctx, accounts, totals))
+        accounts, totals, in_transit = await atomic_snapshot(ctx)
+        seen.violations.extend(conservation_errors(ctx, accounts, totals, in_transit))
         reads += 1
         await asyncio.sleep(0.01)
     return reads
@@ -278,11 +300,11 @@ async def test_bank_conserves_money_under_concurrent_clients(api: Api, ctx: Cont
     held = sum(a + r for a, r in final.values())
     assert held + seen.revenue + seen.withdrawn == seen.deposited  # from the responses alone
     totals = await ctx.ledger.totals()
-    moved = {name: totals.pop(name) for name in ("transfers_in", "transfers_out")}
+    moved = {name: totals.pop(name, 0) for name in ("transfers_in", "transfers_out", "transfers_reversed")}
     assert totals == {"deposited": seen.deposited, "withdrawn": seen.withdrawn, "revenue": seen.revenue}
-    assert moved["transfers_in"] == moved["transfers_out"] > 0
-    accounts, snapshot = await atomic_snapshot(ctx)
-    assert accounts == final and conservation_errors(ctx, accounts, snapshot) == []
+    assert moved["transfers_in"] == moved["transfers_out"] > 0 and moved["transfers_reversed"] == 0
+    accounts, snapshot, in_transit = await atomic_snapshot(ctx)
+    assert accounts == final and in_transit == 0 and conservation_errors(ctx, accounts, snapshot, 0) == []
 
     # The responses form one serial history that ends at the balances.
     assert chain_errors(seen.transactions, final) == []

@@ -17,7 +17,7 @@ from billing.ledger.service import OPERATIONS, MoneyOperations
 from tests.support.answers import run_many, run_one
 
 TTL = 90_000
-_MS = re.compile(r'"(created_at|updated_at)":"\d+"')
+_MS = re.compile(r'"(created_at|updated_at|at:\d+)":"\d+"')
 _TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
 
@@ -152,7 +152,8 @@ async def test_a_malformed_batch_call_changes_nothing(redis_client: Redis, prefi
     await ledger.load_scripts()
     p = ledger.keys.partition_of(1)
     run_keys = [ledger.keys.outbox(p), ledger.keys.meta(p), ledger.keys.totals(p)]
-    keys = [*run_keys, ledger.keys.idempotency(None), ledger.keys.account(1)]
+    no_key = ledger.keys.idempotency_record(None, p)[0]
+    keys = [*run_keys, no_key, no_key, ledger.keys.account(1)]
     good = ["90000", "deposit", "", str(p), "1", "100", ""]
     command = ["EVALSHA", ledger._shas[BATCH], len(keys), *keys]
     await redis_client.execute_command(*command, *good)  # well formed: runs
@@ -163,7 +164,7 @@ async def test_a_malformed_batch_call_changes_nothing(redis_client: Redis, prefi
         with pytest.raises(ResponseError, match="batch:"):
             await redis_client.execute_command(*command, *args)
     # two operations of different partitions in one run
-    other = [*keys, ledger.keys.idempotency(None), ledger.keys.account(2)]
+    other = [*keys, no_key, no_key, ledger.keys.account(2)]
     mixed = [*good, "deposit", "", str(ledger.keys.partition_of(2)), "2", "100", ""]
     with pytest.raises(ResponseError, match="batch: operations of more than one partition"):
         await redis_client.execute_command("EVALSHA", ledger._shas[BATCH], len(other), *other, *mixed)

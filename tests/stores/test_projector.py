@@ -123,10 +123,18 @@ async def test_a_later_service_name_is_never_overwritten_by_an_earlier_one(ctx: 
     await ctx.ledger.set_service(3, "Old name")
     await ctx.ledger.set_service(3, "New name")
     await ctx.ledger.set_service(4, "Other")
-    raw = await ctx.redis.xrange(ctx.ledger.keys.outbox(0))  # catalog changes alone go to partition 0's
+    # each partition's catalog change goes to its own outbox: MongoDB keeps the latest entry's name
+    raw = await ctx.redis.xrange(ctx.ledger.keys.outbox(0))
+    latest: dict[int, tuple[str, int]] = {}
+    for p in ctx.ledger.keys.all():
+        for entry_id, fields in await ctx.redis.xrange(ctx.ledger.keys.outbox(p)):
+            for sid, name in orjson.loads(fields[b"services"]).items():
+                latest[int(sid)] = max(
+                    latest.get(int(sid), ("", 0)), (name, stream_seq(entry_id.decode())), key=lambda v: v[1]
+                )
     await projector(ctx).drain()
     names = {int(s["_id"]): (s["name"], int(s["seq"])) for s in await ctx.mongo.services.find({}).to_list(None)}
-    assert names == {3: ("New name", stream_seq(raw[1][0].decode())), 4: ("Other", stream_seq(raw[2][0].decode()))}
+    assert names == latest and {sid: name for sid, (name, _) in latest.items()} == {3: "New name", 4: "Other"}
     store = LedgerStore(ctx.mongo)
     # the earlier change arriving late (a claimed entry of a crashed consumer) leaves the name alone
     await store.upsert_service_names([ServiceName(3, "Old name", stream_seq(raw[0][0].decode()))])

@@ -44,13 +44,14 @@ async def check(ctx: Context):
 
 
 async def redis_state(ctx: Context) -> dict[str, Any]:
-    """Every key of the test's prefix but the streams, idempotency records, the partitions' meta and history
-    watermarks and the partition count: name -> hash."""
-    state = {}
-    skipped = (":outbox", ":meta", ":projected")
+    """Every key of the test's prefix but the streams, idempotency records and transfer markers, the
+    partitions' meta and history watermarks and the partition count: name -> hash; the partitions' catalogs as the catalog they make."""
+    state: dict[str, Any] = {"catalog": await ctx.ledger.services()}
+    skipped = (":outbox", ":meta", ":projected", ":services")
     async for key in ctx.redis.scan_iter(match=f"{ctx.settings.redis_prefix}*"):
         name = key.decode()
-        if name.endswith(skipped) or ":idem:" in name or name == ctx.ledger.keys.partition_count:
+        markers = (":idem:", ":credited:", ":settled:")  # a request's records, not the ledger's state
+        if name.endswith(skipped) or any(m in name for m in markers) or name == ctx.ledger.keys.partition_count:
             continue
         value = await ctx.redis.hgetall(name)
         if name.endswith(":totals"):  # a total of 0 and one never written mean the same

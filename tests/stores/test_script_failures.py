@@ -113,14 +113,19 @@ async def totals_wrong_type(redis: Redis, ledger: Ledger) -> Call:
     return plain(ledger.withdraw_call(1, 100, None))
 
 
+# A transfer within one partition (users 1, 24 and 42 share one) is one script: a broken recipient fails it
+# whole. Between partitions the recipient is checked by the credit, after the debit: the money stays in
+# transit until the account is repaired (tests/stores/test_transfers_between_partitions.py).
 async def recipient_fraction(redis: Redis, ledger: Ledger) -> Call:
-    await redis.hset(ledger.keys.account(2), "available", "1.5")
-    return plain(ledger.transfer_call(1, 2, 100, None))
+    assert ledger.keys.partition_of(24) == ledger.keys.partition_of(1)
+    await redis.hset(ledger.keys.account(24), "available", "1.5")
+    return plain(ledger.transfer_call(1, 24, 100, None))
 
 
 async def recipient_wrong_type(redis: Redis, ledger: Ledger) -> Call:
-    await redis.set(ledger.keys.account(3), "not a hash")
-    return plain(ledger.transfer_call(1, 3, 100, None))
+    assert ledger.keys.partition_of(42) == ledger.keys.partition_of(1)
+    await redis.set(ledger.keys.account(42), "not a hash")
+    return plain(ledger.transfer_call(1, 42, 100, None))
 
 
 async def reserved_garbage(redis: Redis, ledger: Ledger) -> Call:
@@ -139,20 +144,20 @@ async def account_without_available(redis: Redis, ledger: Ledger) -> Call:
 
 
 async def services_wrong_type_reserve(redis: Redis, ledger: Ledger) -> Call:
-    await redis.delete(ledger.keys.services)
-    await redis.set(ledger.keys.services, "not a hash")
+    await redis.delete(ledger.keys.services(ledger.keys.partition_of(1)))
+    await redis.set(ledger.keys.services(ledger.keys.partition_of(1)), "not a hash")
     return plain(ledger.reserve_call(1, 1, 2, 100, None, None))
 
 
 async def services_wrong_type_recognize(redis: Redis, ledger: Ledger) -> Call:
-    await redis.delete(ledger.keys.services)
-    await redis.set(ledger.keys.services, "not a hash")
+    await redis.delete(ledger.keys.services(ledger.keys.partition_of(1)))
+    await redis.set(ledger.keys.services(ledger.keys.partition_of(1)), "not a hash")
     return plain(ledger.recognize_call(1, 1, 1, 4_000))
 
 
 async def services_wrong_type_cancel(redis: Redis, ledger: Ledger) -> Call:
-    await redis.delete(ledger.keys.services)
-    await redis.set(ledger.keys.services, "not a hash")
+    await redis.delete(ledger.keys.services(ledger.keys.partition_of(1)))
+    await redis.set(ledger.keys.services(ledger.keys.partition_of(1)), "not a hash")
     return plain(ledger.cancel_call(1, 1, 1, None))
 
 
@@ -176,18 +181,22 @@ async def reservation_wrong_type(redis: Redis, ledger: Ledger) -> Call:
     return plain(ledger.reserve_call(1, 1, 5, 100, None, None))
 
 
+def record_of_user_1(ledger: Ledger) -> str:
+    return ledger.keys.idempotency_record(IDEM, ledger.keys.partition_of(1))[0]
+
+
 async def idempotency_record_without_fingerprint(redis: Redis, ledger: Ledger) -> Call:
-    await redis.set(ledger.keys.idempotency(IDEM), "garbage")
+    await redis.set(record_of_user_1(ledger), "garbage")
     return plain(ledger.deposit_call(1, 100, None), IDEM)
 
 
 async def idempotency_record_not_json(redis: Redis, ledger: Ledger) -> Call:
-    await redis.set(ledger.keys.idempotency(IDEM), FP + "\n{not json")
+    await redis.set(record_of_user_1(ledger), FP + "\n{not json")
     return plain(ledger.deposit_call(1, 100, None), IDEM)
 
 
 async def idempotency_record_wrong_type(redis: Redis, ledger: Ledger) -> Call:
-    await redis.hset(ledger.keys.idempotency(IDEM), "a", "b")
+    await redis.hset(record_of_user_1(ledger), "a", "b")
     return plain(ledger.deposit_call(1, 100, None), IDEM)
 
 
@@ -277,7 +286,10 @@ async def test_an_error_stops_the_batch_run_and_completed_operations_stay_whole(
     assert [reply.status for reply in replies] == [201, 201, 500, 503, 503]
     assert [reply.body.get("code") for reply in replies[2:]] == ["internal_error", "unavailable", "unavailable"]
     assert [await ledger.balance(user) for user in (1, 24, 51, 65)] == [(100, 0), (200, 0), None, None]
-    records = [await redis_client.exists(ledger.keys.idempotency(idem)) for _, _, idem in items]
+    records = [
+        await redis_client.exists(ledger.keys.idempotency_record(idem, ledger.keys.partition_of(1))[0])
+        for _, _, idem in items
+    ]
     assert records == [1, 1, 0, 0, 0]
     entries = await redis_client.xrange(ledger.keys.outbox(ledger.keys.partition_of(1)))
     assert [entry[b"txns"].count(b'"user_id":"') for _, entry in entries] == [1, 1]

@@ -40,7 +40,7 @@ def test_effects_keep_money_in_one_place() -> None:
         assert t.available in (-1, 0, 1) and t.reserved in (-1, 0, 1), t
         assert (t.available, t.reserved) != (0, 0), t
         assert t.of_reservation == (t.reserved != 0), t
-    assert set(TOTALS) == {"deposited", "withdrawn", "revenue", "transfers_in", "transfers_out"}
+    assert set(TOTALS) == {"deposited", "withdrawn", "revenue", "transfers_in", "transfers_out", "transfers_reversed"}
     assert set(TOTALS) == set(TOTAL_FIELDS)
     prelude = (LUA / "_prelude.lua").read_text(encoding="utf-8")
     fields = re.search(r"local TOTAL_FIELDS = \{([^}]*)\}", prelude)
