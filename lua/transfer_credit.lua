@@ -2,7 +2,9 @@
   transfer_credit: the second step of a transfer between partitions, in the recipient's partition R, named
   by the transfer's id: credit the recipient once, or refuse when the recipient's balance would pass
   MAX_BALANCE. The marker records what happened, so running it again (a retry, the recovery loop, another
-  worker) changes nothing and answers the same. It keeps the idempotency TTL (ARGV[2]).
+  worker) changes nothing and answers the same. It has no TTL while the transfer may still be settled
+  (however long that takes, a later run must find it): billing/ledger/scripts.py gives it the idempotency
+  TTL once the settle step has closed the transfer.
     KEYS[k]    recipient account hash (created on first credit);  KEYS[k + 1] R's credited marker of the
                transfer (string: this script's outcome JSON)
     ARGV[a]    transfer id;  ARGV[a + 1] from_user_id;  ARGV[a + 2] to_user_id;
@@ -30,7 +32,7 @@ OPS.transfer_credit = {nkeys = 2, nargs = 5, run = function(k, a)
   local outcome
   if to_available + to_reserved + kopecks > MAX_BALANCE then
     outcome = cjson.encode({result = 'refused', code = 'balance_limit_exceeded'})
-    rcall('SET', MARK, outcome, 'EX', IDEM_TTL)
+    rcall('SET', MARK, outcome)
     return 'new', outcome
   end
   check_total(PART, 'transfers_in', kopecks)
@@ -46,6 +48,6 @@ OPS.transfer_credit = {nkeys = 2, nargs = 5, run = function(k, a)
   append({in_txn})
   outcome = cjson.encode({result = 'applied', body = {
     recipient_balance = balance_body(to_id, to_available, to_reserved), recipient_transaction = in_txn}})
-  rcall('SET', MARK, outcome, 'EX', IDEM_TTL)
+  rcall('SET', MARK, outcome)
   return 'new', outcome
 end}

@@ -476,6 +476,10 @@ class Ledger:
             record or self.keys.idempotency_record(None, sender)[0],
         ]
         _kind, final = await self._send(SETTLE, None, "", settle_keys, [sender, transfer_id, credited.decode()])
+        # Settled: the credit marker may now expire (kept forever if this is lost; never too early).
+        await redis_raw.command(
+            self.redis, redis_raw.pack(["EXPIRE", self.keys.credited(recipient, transfer_id), self.idempotency_ttl])
+        )
         return outcome_from_record(final, replayed=False)
 
     async def open_transits(self, min_age_ms: int = 0) -> list[tuple[dict[str, Any], str]]:

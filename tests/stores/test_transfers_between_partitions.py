@@ -133,10 +133,14 @@ async def test_a_process_dying_after_the_credit_is_settled_by_recovery_and_the_r
         await transfer(ctx.operations, "30.00", key="k")
     assert await ctx.ledger.balance(RECIPIENT) == (30_00, 0)
     assert await conserved(ctx.ledger) == 0  # credited: no longer in transit, though not settled
-    assert len(await ctx.ledger.open_transits()) == 1
+    [(transit, _record)] = await ctx.ledger.open_transits()
+    keys = ctx.ledger.keys
+    marker = keys.credited(keys.partition_of(RECIPIENT), int(transit["id"]))
+    assert await ctx.redis.ttl(marker) == -1  # however long the settle waits, a later credit finds the marker
 
     assert await TransitRecovery(ctx.ledger).run_once(min_age_ms=0) == 1
     assert await ctx.ledger.open_transits() == []
+    assert 0 < await ctx.redis.ttl(marker) <= int(ctx.ledger.idempotency_ttl)  # settled: now it may expire
     retry = await transfer(ctx.operations, "30.00", key="k")
     assert isinstance(retry, Applied) and retry.replayed
     assert retry.body["recipient_balance"]["available"] == "3000"
