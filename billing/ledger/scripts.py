@@ -18,6 +18,7 @@ from billing.core.money import MAX_BALANCE_KOPECKS, MAX_OPERATION_KOPECKS
 from billing.core.parsing import MAX_ID
 from billing.infra import redis_raw
 from billing.infra.data_files import data_dir
+from billing.infra.redis_route import RedisClient, route
 from billing.infra.stores import awaited
 from billing.ledger.outcomes import BatchResult, KeyReused, NotRun, Outcome, outcome_from_record
 
@@ -127,6 +128,7 @@ class RedisKeys:
         self.partitions = partitions
         self.services = f"{prefix}services"
         self.partition_count = f"{prefix}partitions"  # the count this ledger was laid out for (SET NX at start)
+        self.projectors = f"{prefix}projectors"  # the projectors alive (billing/projection/leases.py)
         self._tags = [f"{prefix}{{p{p}}}:" for p in range(partitions)]
 
     def partition_of(self, user_id: int) -> int:
@@ -162,6 +164,10 @@ class RedisKeys:
     def projected(self, partition: int) -> str:
         """The partition's history watermark (billing/projection/watermark.py)."""
         return self._tags[partition] + "projected"
+
+    def projector_lease(self, partition: int) -> str:
+        """Which projector reads the partition's outbox now (billing/projection/leases.py; cluster mode)."""
+        return self._tags[partition] + "projector:lease"
 
     def account(self, user_id: int) -> str:
         return f"{self._tags[self.partition_of(user_id)]}acct:{user_id}"
@@ -303,21 +309,25 @@ class Ledger:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         prefix: str,
         idempotency_ttl_seconds: int,
         limits: Limits = Limits(),
         partitions: int = default("partitions"),
+        wait_replicas: int = default("redis_wait_replicas"),
+        wait_timeout_ms: int = default("redis_wait_timeout_ms"),
     ) -> None:
         self.redis = redis
+        # The scripts and the hot path's reads go by it: to the one Redis, or to the node of their keys.
+        self.route = route(redis, wait_replicas, wait_timeout_ms)
         self.keys = RedisKeys(prefix, partitions)
         self.idempotency_ttl = str(idempotency_ttl_seconds)
         self._sources = load_script_sources(limits)
         self._shas = {name: hashlib.sha1(src.encode()).hexdigest() for name, src in self._sources.items()}
 
     async def load_scripts(self) -> None:
-        for name, source in self._sources.items():
-            self._shas[name] = await self.redis.script_load(source)
+        """Load the scripts wherever they may run (in a Redis Cluster: on every node)."""
+        self._shas.update(await self.route.load_scripts(self._sources))
 
     async def claim_partition_count(self) -> None:
         """Store the partition count on the first start; PartitionCountChanged when Redis holds another."""
@@ -343,9 +353,9 @@ class Ledger:
         common_args = [fp if idem is not None else "", self.idempotency_ttl]
         return self._shas[name], common_keys + keys, common_args + [str(a) for a in args]
 
-    def batch_command(self, calls: list[tuple[str, Idempotency | None, str, list[str], list[Any]]]) -> bytes:
+    def batch_command(self, calls: list[tuple[str, Idempotency | None, str, list[str], list[Any]]]) -> list[str]:
         """The EVALSHA of one batch script run (lua/_batch.lua) of (name, idem, fingerprint, keys, args)
-        operations, all of one partition, packed for billing/infra/redis_raw.py to send."""
+        operations, all of one partition, for send_batches."""
         keys = self._partition_keys(int(calls[0][4][0]) if calls else 0)
         args = [self.idempotency_ttl]
         idempotency = self.keys.idempotency
@@ -356,16 +366,21 @@ class Ledger:
             args.append(fp if idem is not None else "")
             # op_args begin with the partition: the batch script checks it is the run's
             args.extend([str(arg) for arg in op_args])
-        return redis_raw.pack(["EVALSHA", self._shas[BATCH], str(len(keys)), *keys, *args])
+        return ["EVALSHA", self._shas[BATCH], str(len(keys)), *keys, *args]
+
+    async def send_batches(self, commands: list[list[str]]) -> list[Any]:
+        """Batch script runs (batch_command) in one pipeline: each run's reply, or its error reply as an
+        exception; a lost connection raises (the runs' outcomes are unknown)."""
+        return await self.route.pipeline(commands, write=True)
 
     async def run(self, name: str, idem: Idempotency | None, fp: str, keys: list[str], args: list[Any]) -> Outcome:
         sha, all_keys, all_args = self.script_call(name, idem, fp, keys, args)
-        packed = redis_raw.pack(["EVALSHA", sha, str(len(all_keys)), *all_keys, *all_args])
+        command = ["EVALSHA", sha, str(len(all_keys)), *all_keys, *all_args]
         try:
-            reply = await redis_raw.command(self.redis, packed)
+            reply = await self.route.write(command)
         except NoScriptError:  # the script did not run: safe to send again once loaded
             await self.load_scripts()
-            reply = await redis_raw.command(self.redis, packed)
+            reply = await self.route.write(command)
         return decode_reply(reply)
 
     # ---- the operations -------------------------------------------------------------------
@@ -472,19 +487,17 @@ class Ledger:
     # ---- reads ------------------------------------------------------------------------------
 
     async def balance(self, user_id: int) -> tuple[int, int] | None:
-        packed = redis_raw.pack(["HMGET", self.keys.account(user_id), "available", "reserved"])
-        available, reserved = await redis_raw.command(self.redis, packed)
+        available, reserved = await self.route.command(["HMGET", self.keys.account(user_id), "available", "reserved"])
         if available is None:
             return None
         return int(available), int(reserved or 0)
 
     async def balances(self, user_ids: Sequence[int]) -> list[tuple[int, int] | None]:
-        """balance() of each user, in order, in one round trip (one pipelined write of HMGETs)."""
-        commands = [
-            redis_raw.pack(["HMGET", self.keys.account(user_id), "available", "reserved"]) for user_id in user_ids
-        ]
+        """balance() of each user, in order, in one round trip (one pipelined write of HMGETs; in a Redis Cluster
+        one to each node holding some of them, all at once)."""
+        commands = [["HMGET", self.keys.account(user_id), "available", "reserved"] for user_id in user_ids]
         out: list[tuple[int, int] | None] = []
-        for reply in await redis_raw.pipeline(self.redis, commands):
+        for reply in await self.route.pipeline(commands):
             if isinstance(reply, Exception):
                 raise reply
             available, reserved = reply

@@ -25,7 +25,6 @@ from billing.core.schemas import (
     TransferRequest,
     WithdrawalRequest,
 )
-from billing.infra import redis_raw
 from billing.ledger.outcomes import Applied, BatchResult, KeyReused, NotRun, Outcome, Refused, Unchanged
 from billing.ledger.scripts import (
     BATCH_CHUNK,
@@ -257,7 +256,7 @@ class MoneyOperations:
         pending = list(range(len(chunks)))
         for attempt in range(2):
             commands = [self.ledger.batch_command(chunks[index]) for index in pending]
-            answers = await redis_raw.pipeline(self.ledger.redis, commands)
+            answers = await self.ledger.send_batches(commands)
             for index, answer in zip(pending, answers, strict=True):
                 results[index] = answer
             # A run refused with NOSCRIPT never ran, so it may be sent again once the scripts are loaded, but
