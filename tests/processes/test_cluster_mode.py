@@ -32,7 +32,7 @@ from billing.projection.projector import Projector
 from billing.projection.store import LedgerStore
 from tests.support.api import TEST_TOKENS, Api, problem
 from tests.support.redis_cluster import LocalCluster
-from tests.support.servers import served
+from tests.support.servers import RedisServer, served
 from tests.support.workload import deposit
 
 PARTITIONS = 16
@@ -435,3 +435,37 @@ async def test_two_projectors_on_the_cluster_share_the_partitions_and_project_ea
             await projector.stop()
         await context.stop()
     assert await cluster.exists(*[keys.projector_lease(p) for p in keys.all()]) == 0  # given back on stop
+
+
+# ---- waiting for replicas in single mode ------------------------------------------------------------
+
+
+async def test_a_write_without_its_replicas_in_time_is_answered_and_counted(
+    redis_server: RedisServer, prefix: str, tmp_path: Path, mongo_db: Any
+) -> None:
+    """A Redis with no replica: every WAIT 1 comes back with 0; the deposits are applied and answered as usual
+    (the write is done), each counted in billing_redis_wait_short_total, the batch's once per pipeline."""
+    settings = Settings(
+        redis_url=redis_server.url,
+        redis_wait_replicas=1,
+        redis_wait_timeout_ms=20,
+        tokens=TEST_TOKENS,
+        redis_prefix=prefix,
+        reports_dir=tmp_path / "reports",
+        _env_file=None,
+    )
+    context = await bootstrap(settings, mongo=mongo_db)
+    await context.start()
+    try:
+        async with served(make_app(context)) as url:
+            api = Api(url)
+            assert (await api.deposit(1, "5.00")).status == 201
+            assert (await api.deposit(1, "2.50")).status == 201
+            batch = {"operations": [{"op": "deposit", "user_id": u, "amount": "1.00"} for u in (1, 2, 3)]}
+            assert (await api.post("/v1/batch", batch, token="tok-payments")).status == 200
+            assert (await api.balance(1)).json["available"] == "8.50"
+            metrics = (await api.get("/metrics", token=None)).body.decode()
+            api.close()
+    finally:
+        await context.stop()
+    assert "billing_redis_wait_short_total 3.0" in metrics.splitlines()
