@@ -7,14 +7,12 @@ import logging
 import secrets
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
-
 from billing.api.auth import Authenticator
 from billing.api.context import ApiContext
 from billing.core.config import Settings
-from billing.infra import redis_raw
 from billing.infra.observability import RequestObserver
-from billing.infra.stores import EMBEDDED_WARNING, MongoDatabase, connect_mongo, connect_redis
+from billing.infra.redis_route import RedisClient
+from billing.infra.stores import EMBEDDED_WARNING, MongoDatabase, close_redis, connect_mongo, connect_redis
 from billing.ledger.scripts import Ledger
 from billing.ledger.service import MoneyOperations
 from billing.ledger.transits import TransitRecovery
@@ -44,6 +42,7 @@ class Context(ApiContext):
         self.operations.observer = self.metrics.observe_operation
         self.projector.on_batch = self.metrics.observe_projector_batch
         self.projector.on_conflict = self.metrics.observe_projector_conflicts
+        self.ledger.route.on_short_wait = self.metrics.observe_short_wait
         self.operations.write_gate = self.sequence_guard.ensure_writable
         # Before anything reads or writes the ledger: its keys are laid out for one partition count. A Redis
         # down now is checked by the sequence guard, which refuses money writes until the count is confirmed.
@@ -69,11 +68,12 @@ class Context(ApiContext):
         if self.owns_mongo:
             self.mongo.client.close()
         if self.owns_redis:
-            redis_raw.close(self.redis)
-            await self.redis.aclose()
+            await close_redis(self.redis)
 
 
-async def bootstrap(settings: Settings, redis: Redis | None = None, mongo: MongoDatabase | None = None) -> Context:
+async def bootstrap(
+    settings: Settings, redis: RedisClient | None = None, mongo: MongoDatabase | None = None
+) -> Context:
     """Build every component; `redis` and `mongo` replace the stores the settings name (tests pass fakes)."""
     from billing.infra.metrics import Metrics
 
@@ -82,7 +82,14 @@ async def bootstrap(settings: Settings, redis: Redis | None = None, mongo: Mongo
     owns_redis, owns_mongo = redis is None, mongo is None
     redis = redis if redis is not None else connect_redis(settings)
     mongo = mongo if mongo is not None else connect_mongo(settings)
-    ledger = Ledger(redis, settings.redis_prefix, settings.idempotency_ttl_seconds, partitions=settings.partitions)
+    ledger = Ledger(
+        redis,
+        settings.redis_prefix,
+        settings.idempotency_ttl_seconds,
+        partitions=settings.partitions,
+        wait_replicas=settings.redis_wait_replicas,
+        wait_timeout_ms=settings.redis_wait_timeout_ms,
+    )
     try:
         await ledger.load_scripts()
     except Exception as exc:  # Redis may be down at start; scripts load on first NOSCRIPT

@@ -14,11 +14,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from pymongo.errors import PyMongoError
+from redis.asyncio import Redis
 
 from billing.bootstrap import Context, bootstrap
 from billing.core.config import DRAIN_TIMEOUT_SECONDS, Settings
-from billing.infra import redis_raw
-from billing.infra.stores import connect_mongo, connect_redis
+from billing.infra.stores import close_redis, connect_mongo, connect_redis
 from billing.ledger.scripts import PartitionCountChanged
 from billing.ledger.unavailable import store_unavailable
 from billing.projection.recovery import Progress, RedisNotEmpty, no_progress, rebuild, reconcile
@@ -29,7 +29,15 @@ log = logging.getLogger("billing.ledger.scripts")
 
 NEEDS_STORES = "needs BILLING_REDIS_URL and BILLING_MONGO_URL (the embedded stores live inside one process)"
 # The settings every ledger command reads; `billing <command> --help` lists them with their defaults.
-STORE_SETTINGS = ("redis_url", "mongo_url", "mongo_db", "redis_prefix", "partitions", "request_timeout_seconds")
+STORE_SETTINGS = (
+    "redis_url",
+    "redis_mode",
+    "mongo_url",
+    "mongo_db",
+    "redis_prefix",
+    "partitions",
+    "request_timeout_seconds",
+)
 PROJECTOR_SETTINGS = ("projector_batch", "projector_block_ms", "projector_claim_idle_ms")
 
 # What a command does once connected: the exit status and the text for stdout.
@@ -57,8 +65,7 @@ async def _reach(settings: Settings) -> tuple[Any, Any]:
 
 
 async def _close(redis: Any, mongo: Any) -> None:
-    redis_raw.close(redis)
-    await redis.aclose()
+    await close_redis(redis)
     mongo.client.close()
 
 
@@ -115,10 +122,23 @@ async def project(ctx: Context, progress: Progress = no_progress) -> tuple[int, 
     return 0, ""
 
 
+def _single_redis(ctx: Context, command: str) -> Redis:
+    """The one Redis of single mode: reconcile and rebuild read and write the whole ledger through one
+    connection's transactions, which a Redis Cluster does not have across partitions."""
+    if not isinstance(ctx.redis, Redis):
+        raise CommandError(f"billing {command} runs with BILLING_REDIS_MODE=single only (docs/operations.md)")
+    return ctx.redis
+
+
 async def run_reconcile(ctx: Context, drain_timeout: float, progress: Progress = no_progress) -> tuple[int, str]:
     try:
         report = await reconcile(
-            ctx.redis, ctx.ledger.keys, LedgerStore(ctx.mongo), ctx.projector, drain_timeout, progress=progress
+            _single_redis(ctx, "reconcile"),
+            ctx.ledger.keys,
+            LedgerStore(ctx.mongo),
+            ctx.projector,
+            drain_timeout,
+            progress=progress,
         )
     except TimeoutError as exc:
         raise CommandError(f"could not project the outbox first: {one_line(exc)}") from None
@@ -129,6 +149,7 @@ async def run_reconcile(ctx: Context, drain_timeout: float, progress: Progress =
 async def run_rebuild(
     ctx: Context, force: bool, drain_timeout: float, progress: Progress = no_progress
 ) -> tuple[int, str]:
+    redis = _single_redis(ctx, "rebuild")
     if force:  # Redis may still hold transactions MongoDB lacks: project them before overwriting
         progress("project the outbox into MongoDB", 0, None)
         try:
@@ -136,7 +157,7 @@ async def run_rebuild(
         except TimeoutError as exc:
             raise CommandError(f"could not project the outbox first: {one_line(exc)}") from None
     try:
-        report = await rebuild(ctx.redis, ctx.ledger.keys, LedgerStore(ctx.mongo), force=force, progress=progress)
+        report = await rebuild(redis, ctx.ledger.keys, LedgerStore(ctx.mongo), force=force, progress=progress)
     except RedisNotEmpty as exc:
         raise CommandError(f"refused: {exc}") from None
     return 0, report.summary()

@@ -15,7 +15,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, cast
 
 import orjson
-from redis.asyncio import Redis
 
 from billing.console.accounts import MIN_PASSWORD_LENGTH, AccountError, Accounts, NameTaken, check_password, parse_roles
 from billing.console.audit import AuditLog
@@ -24,19 +23,19 @@ from billing.core.parsing import ParseError
 from billing.core.parsing import timestamp as parse_timestamp
 from billing.core.roles import ROLES
 from billing.core.timefmt import datetime_to_ms
-from billing.infra import redis_raw
-from billing.infra.stores import connect_redis
+from billing.infra.redis_route import RedisClient
+from billing.infra.stores import close_redis, connect_redis
 from billing.ledger.scripts import RedisKeys
 from billing.ledger.unavailable import store_unavailable
 from billing.terminal import Command, CommandError, one_line
 
 T = TypeVar("T")
 NEEDS_REDIS = "needs BILLING_REDIS_URL (the embedded store lives inside one process)"
-REDIS_SETTINGS = ("redis_url", "redis_prefix", "request_timeout_seconds")
+REDIS_SETTINGS = ("redis_url", "redis_mode", "redis_prefix", "request_timeout_seconds")
 NOT_FOUND = 1  # exit status: no such account, or the name is taken
 
 
-def _with_redis(settings: Settings, work: Callable[[Redis, RedisKeys], Awaitable[T]]) -> T:
+def _with_redis(settings: Settings, work: Callable[[RedisClient, RedisKeys], Awaitable[T]]) -> T:
     """Run the work against Redis on a fresh event loop; an unreachable Redis is one line."""
     if not settings.redis_url:
         raise CommandError(NEEDS_REDIS)
@@ -52,8 +51,7 @@ def _with_redis(settings: Settings, work: Callable[[Redis, RedisKeys], Awaitable
                 raise CommandError(f"Redis unreachable (BILLING_REDIS_URL): {one_line(exc)}") from None
             return await work(redis, RedisKeys(settings.redis_prefix))
         finally:
-            redis_raw.close(redis)
-            await redis.aclose()
+            await close_redis(redis)
 
     try:
         return asyncio.run(run())
@@ -99,7 +97,7 @@ def _console_user(settings: Settings, args: argparse.Namespace) -> int:
         roles = parse_roles(args.roles)  # checked before the password is asked for
         password = read_password(args.password_stdin)
 
-        async def add(redis: Redis, keys: RedisKeys) -> str:
+        async def add(redis: RedisClient, keys: RedisKeys) -> str:
             account = await Accounts(redis, keys).add(args.name, roles, password)
             return f"added {account.name} (roles: {', '.join(sorted(account.roles))})"
 
@@ -107,7 +105,7 @@ def _console_user(settings: Settings, args: argparse.Namespace) -> int:
     elif action == "passwd":
         password = read_password(args.password_stdin)
 
-        async def passwd(redis: Redis, keys: RedisKeys) -> str:
+        async def passwd(redis: RedisClient, keys: RedisKeys) -> str:
             try:
                 await Accounts(redis, keys).set_password(args.name, password)
             except LookupError:
@@ -117,7 +115,7 @@ def _console_user(settings: Settings, args: argparse.Namespace) -> int:
         print(_with_redis(settings, passwd))
     elif action == "remove":
 
-        async def remove(redis: Redis, keys: RedisKeys) -> str:
+        async def remove(redis: RedisClient, keys: RedisKeys) -> str:
             if not await Accounts(redis, keys).remove(args.name):
                 raise CommandError(f"no account named {args.name!r}", NOT_FOUND)
             return f"removed {args.name}; its open console sessions have ended"
@@ -125,7 +123,7 @@ def _console_user(settings: Settings, args: argparse.Namespace) -> int:
         print(_with_redis(settings, remove))
     else:
 
-        async def listing(redis: Redis, keys: RedisKeys) -> list[Any]:
+        async def listing(redis: RedisClient, keys: RedisKeys) -> list[Any]:
             return await Accounts(redis, keys).all()
 
         for account in _with_redis(settings, listing):
@@ -166,7 +164,7 @@ def _audit(settings: Settings, args: argparse.Namespace) -> int:
         except ParseError as exc:
             raise CommandError(f"--since {exc}") from None
 
-    async def export(redis: Redis, keys: RedisKeys) -> int:
+    async def export(redis: RedisClient, keys: RedisKeys) -> int:
         count = 0
         async for entry in AuditLog(redis, keys, settings.console_audit_maxlen).since(start_ms):
             sys.stdout.buffer.write(orjson.dumps(entry.json()) + b"\n")

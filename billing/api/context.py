@@ -9,11 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from redis.asyncio import Redis
-
 from billing.api.auth import Authenticator
 from billing.core.config import Settings
 from billing.infra.observability import RequestObserver
+from billing.infra.redis_route import RedisClient
 from billing.infra.stores import MongoDatabase
 from billing.ledger.scripts import Ledger
 from billing.ledger.service import MoneyOperations
@@ -29,7 +28,7 @@ if TYPE_CHECKING:  # prometheus_client must load after the metrics directory is 
 @dataclass
 class ApiContext:
     settings: Settings
-    redis: Redis
+    redis: RedisClient
     mongo: MongoDatabase
     ledger: Ledger
     operations: MoneyOperations

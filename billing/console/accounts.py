@@ -17,11 +17,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import Redis
-
 from billing.api.auth import Principal
 from billing.core.roles import ROLES
 from billing.core.timefmt import format_ms
+from billing.infra.redis_route import RedisClient
 from billing.ledger.scripts import RedisKeys
 
 NAME_PATTERN = re.compile(r"[a-z0-9._-]{1,64}")
@@ -130,7 +129,7 @@ def _account(name: str, fields: Mapping[str, str]) -> Account | None:
 class Accounts:
     """The console's people: one Redis hash per account (RedisKeys.console_account)."""
 
-    def __init__(self, redis: Redis, keys: RedisKeys) -> None:
+    def __init__(self, redis: RedisClient, keys: RedisKeys) -> None:
         self.redis = redis
         self.keys = keys
 
@@ -187,7 +186,7 @@ class Accounts:
 class SignInLimit:
     """At most MAX_FAILURES failed sign-ins per account name and per client address per window."""
 
-    def __init__(self, redis: Redis, keys: RedisKeys) -> None:
+    def __init__(self, redis: RedisClient, keys: RedisKeys) -> None:
         self.redis = redis
         self.keys = keys
 
@@ -207,11 +206,11 @@ class SignInLimit:
         return max(wait, 0)
 
     async def failed(self, name: str | None, address: str) -> None:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            for key in self._keys(name, address):
+        for key in self._keys(name, address):  # one transaction per key: in a Redis Cluster they are apart
+            async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.incr(key)
                 pipe.expire(key, FAILURE_WINDOW_SECONDS, nx=True)  # the window starts at the first failure
-            await pipe.execute()
+                await pipe.execute()
 
     async def succeeded(self, name: str) -> None:
         await self.redis.delete(self.keys.console_signin_failures("name", name))

@@ -11,10 +11,9 @@ from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from redis.asyncio import Redis
-
 from billing.api.auth import Principal
 from billing.core.timefmt import format_ms
+from billing.infra.redis_route import RedisClient
 from billing.ledger.scripts import RedisKeys
 
 PAGE_SIZE = 50  # entries on one page of the console's audit page
@@ -54,7 +53,7 @@ def _entry(entry_id: Any, fields: dict[Any, Any]) -> AuditEntry:
 
 
 class AuditLog:
-    def __init__(self, redis: Redis, keys: RedisKeys, maxlen: int) -> None:
+    def __init__(self, redis: RedisClient, keys: RedisKeys, maxlen: int) -> None:
         self.redis = redis
         self.key = keys.console_audit()
         self.maxlen = maxlen

@@ -13,11 +13,10 @@ import hmac
 import secrets
 from typing import Any
 
-from redis.asyncio import Redis
-
 from billing.api.auth import Authenticator, Principal, token_digest
 from billing.console.accounts import Account, Accounts
 from billing.core.config import Settings
+from billing.infra.redis_route import RedisClient
 from billing.ledger.scripts import RedisKeys
 
 SESSION_COOKIE = "console_session"
@@ -70,7 +69,7 @@ def resolve(value: bytes | str | None, auth: Authenticator) -> Principal | None:
 class Sessions:
     """Signed-in console sessions in Redis, one key per session with SESSION_TTL_SECONDS to live."""
 
-    def __init__(self, redis: Redis, keys: RedisKeys) -> None:
+    def __init__(self, redis: RedisClient, keys: RedisKeys) -> None:
         self.redis = redis
         self.keys = keys
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BILLING_", env_file=_env_file(), extra="ignore")
 
     redis_url: str | None = None
+    # single: BILLING_REDIS_URL names one Redis; cluster: any node of a Redis Cluster (docs/operations.md)
+    redis_mode: Literal["single", "cluster"] = "single"
+    # N > 0: each money write waits (WAIT N) until N replicas of its node have it, at most redis_wait_timeout_ms
+    redis_wait_replicas: int = 0
+    redis_wait_timeout_ms: int = 100
     mongo_url: str | None = None
     mongo_db: str = "billing"
     redis_prefix: str = "billing:"
@@ -109,6 +114,17 @@ def check_settings(settings: Settings) -> None:
             )
     if settings.redis_url:
         _check_redis_url(settings.redis_url)
+    if settings.redis_mode == "cluster" and not settings.redis_url:
+        raise ConfigError("BILLING_REDIS_MODE: cluster needs BILLING_REDIS_URL (a node of the Redis Cluster)")
+    if settings.redis_wait_replicas < 0:
+        raise ConfigError(f"BILLING_REDIS_WAIT_REPLICAS: must be 0 or more, not {settings.redis_wait_replicas}")
+    wait_ms = settings.redis_wait_timeout_ms
+    if wait_ms <= 0 or (settings.redis_wait_replicas and wait_ms >= settings.request_timeout_seconds * 1000):
+        # WAIT 0 blocks forever; a WAIT longer than the socket timeout would drop the connection
+        raise ConfigError(
+            "BILLING_REDIS_WAIT_TIMEOUT_MS: must be above 0 (and with BILLING_REDIS_WAIT_REPLICAS below "
+            f"BILLING_REQUEST_TIMEOUT_SECONDS), not {wait_ms}"
+        )
     if settings.mongo_url:
         _check_mongo_url(settings.mongo_url)
     try:

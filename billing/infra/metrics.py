@@ -87,6 +87,11 @@ class Metrics:
             "Transactions whose id MongoDB already held with other content (kept in the outbox:conflicts stream)",
             registry=self.registry,
         )
+        self.short_waits = Counter(
+            "billing_redis_wait_short",
+            "Money writes answered although fewer replicas than BILLING_REDIS_WAIT_REPLICAS acknowledged them in time",
+            registry=self.registry,
+        )
         # Label children by their label values. Bounded: routes are templates, methods and statuses few.
         self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._operation_children: dict[tuple[str, str | None, bool], Any] = {}
@@ -170,6 +175,10 @@ class Metrics:
     def observe_projector_conflicts(self, count: int) -> None:
         """For the outbox projector: transactions dead-lettered because their id was taken (via ctx.metrics)."""
         self.projector_conflicts.inc(count)
+
+    def observe_short_wait(self, asked: int, acknowledged: int) -> None:
+        """For the ledger's route: a write's WAIT came back with fewer replicas than asked for."""
+        self.short_waits.inc()
 
     # ---- exposition ---------------------------------------------------------------------------------
 

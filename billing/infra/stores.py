@@ -7,10 +7,13 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar, cast
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from billing.core.config import Settings
+from billing.infra import redis_raw
+from billing.infra.redis_route import RedisClient
 
 if TYPE_CHECKING:  # motor loads only when a MongoDB URL is given (connect_mongo)
     from motor.motor_asyncio import AsyncIOMotorDatabase
@@ -34,7 +37,18 @@ EMBEDDED_WARNING = (
 )
 
 
-def connect_redis(settings: Settings) -> Redis:
+def connect_redis(settings: Settings) -> RedisClient:
+    """The client of BILLING_REDIS_MODE: a Redis, a Redis Cluster (any node's URL), or the embedded fake."""
+    if settings.redis_url and settings.redis_mode == "cluster":
+        # No retries here either: redis-py's cluster client then never sends a command again after a
+        # connection error (it still follows MOVED and ASK, which mean the node did not run the command).
+        return RedisCluster.from_url(
+            settings.redis_url,
+            retry=Retry(NoBackoff(), 0),
+            socket_timeout=settings.request_timeout_seconds,
+            socket_connect_timeout=min(settings.request_timeout_seconds, 2.0),
+            max_connections=256,  # per node
+        )
     if settings.redis_url:
         # No automatic retries: a script re-sent after a lost reply could move money twice.
         # Callers retry with their Idempotency-Key instead.
@@ -48,6 +62,13 @@ def connect_redis(settings: Settings) -> Redis:
     import fakeredis
 
     return fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
+
+
+async def close_redis(redis: RedisClient) -> None:
+    """Close a client of connect_redis() with the hot path's idle connections of it."""
+    if isinstance(redis, Redis):
+        redis_raw.close(redis)
+    await redis.aclose()
 
 
 def connect_mongo(settings: Settings) -> MongoDatabase:

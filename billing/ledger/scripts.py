@@ -19,6 +19,7 @@ from billing.core.money import MAX_BALANCE_KOPECKS, MAX_OPERATION_KOPECKS
 from billing.core.parsing import MAX_ID
 from billing.infra import redis_raw
 from billing.infra.data_files import data_dir
+from billing.infra.redis_route import RedisClient, route
 from billing.infra.stores import awaited
 from billing.ledger.outcomes import (
     Applied,
@@ -113,6 +114,28 @@ if v == ARGV[1] or not v then
   redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
 end
 """
+
+# An operation's idempotency pointer (RedisKeys.idempotency_record), claimed on its own where one script
+# cannot name keys of two partitions (Redis Cluster), before the operation runs: 'reused' when the key's
+# home holds another request's fingerprint, else 'ok' (written now, or already this request's). The same
+# layout as lua/_prelude.lua's record(): '<fingerprint>\n@<record's partition>'.
+#   KEYS[1] the pointer;  ARGV[1] fingerprint;  ARGV[2] the record's partition;  ARGV[3] TTL in seconds
+_CLAIM_POINTER = """
+local stored = redis.call('GET', KEYS[1])
+if not stored then
+  redis.call('SET', KEYS[1], ARGV[1] .. '\\n@' .. ARGV[2], 'EX', ARGV[3])
+  return 'ok'
+end
+local sep = string.find(stored, '\\n', 1, true)
+if not sep then
+  return redis.error_reply('ledger: idempotency record ' .. KEYS[1] .. ' has no fingerprint')
+end
+if string.sub(stored, 1, sep - 1) ~= ARGV[1] then
+  return 'reused'
+end
+return 'ok'
+"""
+
 _RELEASE_BATCH = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
@@ -155,6 +178,7 @@ class RedisKeys:
         self.prefix = prefix
         self.partitions = partitions
         self.partition_count = f"{prefix}partitions"  # the count this ledger was laid out for (SET NX at start)
+        self.projectors = f"{prefix}projectors"  # the projectors alive (billing/projection/leases.py)
         self._tags = [f"{prefix}{{p{p}}}:" for p in range(partitions)]
 
     def partition_of(self, user_id: int) -> int:
@@ -190,6 +214,10 @@ class RedisKeys:
     def projected(self, partition: int) -> str:
         """The partition's history watermark (billing/projection/watermark.py)."""
         return self._tags[partition] + "projected"
+
+    def projector_lease(self, partition: int) -> str:
+        """Which projector reads the partition's outbox now (billing/projection/leases.py; cluster mode)."""
+        return self._tags[partition] + "projector:lease"
 
     def account(self, user_id: int) -> str:
         return f"{self._tags[self.partition_of(user_id)]}acct:{user_id}"
@@ -369,13 +397,17 @@ class Ledger:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         prefix: str,
         idempotency_ttl_seconds: int,
         limits: Limits = Limits(),
         partitions: int = default("partitions"),
+        wait_replicas: int = default("redis_wait_replicas"),
+        wait_timeout_ms: int = default("redis_wait_timeout_ms"),
     ) -> None:
         self.redis = redis
+        # The scripts and the hot path's reads go by it: to the one Redis, or to the node of their keys.
+        self.route = route(redis, wait_replicas, wait_timeout_ms)
         self.keys = RedisKeys(prefix, partitions)
         self.idempotency_ttl = str(idempotency_ttl_seconds)
         self._sources = load_script_sources(limits)
@@ -385,8 +417,8 @@ class Ledger:
         self.between_transfer_steps: Callable[[str, int], Awaitable[None]] | None = None
 
     async def load_scripts(self) -> None:
-        for name, source in self._sources.items():
-            self._shas[name] = await self.redis.script_load(source)
+        """Load the scripts wherever they may run (in a Redis Cluster: on every node)."""
+        self._shas.update(await self.route.load_scripts(self._sources))
 
     async def claim_partition_count(self) -> None:
         """Store the partition count on the first start; PartitionCountChanged when Redis holds another."""
@@ -414,9 +446,9 @@ class Ledger:
         common_args = [fp if idem is not None else "", self.idempotency_ttl]
         return self._shas[name], common_keys + keys, common_args + [str(a) for a in args]
 
-    def batch_command(self, calls: list[tuple[str, Idempotency | None, str, list[str], list[Any]]]) -> bytes:
+    def batch_command(self, calls: list[tuple[str, Idempotency | None, str, list[str], list[Any]]]) -> list[str]:
         """The EVALSHA of one batch script run (lua/_batch.lua) of (name, idem, fingerprint, keys, args)
-        operations, all of one partition, packed for billing/infra/redis_raw.py to send."""
+        operations, all of one partition, for send_batches."""
         partition = int(calls[0][4][0]) if calls else 0
         keys = self._partition_keys(partition)
         args = [self.idempotency_ttl]
@@ -424,13 +456,43 @@ class Ledger:
         for name, idem, fp, op_keys, op_args in calls:
             record, pointer = idempotency(idem, partition)
             keys.append(record)
-            keys.append(pointer or record)
+            # (under Redis Cluster the pointer was claimed before: claim_pointers)
+            keys.append(pointer if pointer and self.route.keys_of_any_slot else record)
             keys.extend(op_keys)
             args.append(name)
             args.append(fp if idem is not None else "")
             # op_args begin with the partition: the batch script checks it is the run's
             args.extend([str(arg) for arg in op_args])
-        return redis_raw.pack(["EVALSHA", self._shas[BATCH], str(len(keys)), *keys, *args])
+        return ["EVALSHA", self._shas[BATCH], str(len(keys)), *keys, *args]
+
+    async def claim_pointers(
+        self, calls: Sequence[tuple[str, Idempotency | None, str, list[str], list[Any]]]
+    ) -> list[bool]:
+        """Where one script cannot name keys of two partitions (Redis Cluster), the idempotency pointers of
+        (name, idem, fingerprint, keys, args) calls are claimed first, in one pipeline: False for a call whose
+        key another request used (it must not run), True otherwise. On one Redis the scripts do it themselves."""
+        claimed = [True] * len(calls)
+        if self.route.keys_of_any_slot:
+            return claimed
+        commands, where = [], []
+        for index, (_name, idem, fp, _keys, args) in enumerate(calls):
+            pointer = self.keys.idempotency_record(idem, int(args[0]))[1]
+            if pointer is not None:
+                commands.append(self._claim_pointer(pointer, fp, args[0]))
+                where.append(index)
+        for index, reply in zip(where, await self.route.pipeline(commands, write=True), strict=True):
+            if isinstance(reply, Exception):
+                raise reply
+            claimed[index] = reply not in (b"reused", "reused")
+        return claimed
+
+    def _claim_pointer(self, pointer: str, fp: str, partition: Any) -> list[str]:
+        return ["EVAL", _CLAIM_POINTER, "1", pointer, fp.split(" ", 1)[0], str(partition), self.idempotency_ttl]
+
+    async def send_batches(self, commands: list[list[str]]) -> list[Any]:
+        """Batch script runs (batch_command) in one pipeline: each run's reply, or its error reply as an
+        exception; a lost connection raises (the runs' outcomes are unknown)."""
+        return await self.route.pipeline(commands, write=True)
 
     async def run(self, name: str, idem: Idempotency | None, fp: str, keys: list[str], args: list[Any]) -> Outcome:
         """Run one operation; a transfer between partitions (its debit, or its replay while still in transit)
@@ -442,12 +504,18 @@ class Ledger:
 
     async def _send(self, name: str, idem: Idempotency | None, fp: str, keys: list[str], args: list[Any]) -> Any:
         sha, all_keys, all_args = self.script_call(name, idem, fp, keys, args)
-        packed = redis_raw.pack(["EVALSHA", sha, str(len(all_keys)), *all_keys, *all_args])
+        record, pointer = all_keys[0], all_keys[1]
+        if pointer != record and not self.route.keys_of_any_slot:
+            claimed = await self.route.write(self._claim_pointer(pointer, fp, args[0]))
+            if claimed in (b"reused", "reused"):
+                return [b"reused", b""]
+            all_keys[1] = record  # claimed: the script checks and writes its record alone
+        command = ["EVALSHA", sha, str(len(all_keys)), *all_keys, *all_args]
         try:
-            return await redis_raw.command(self.redis, packed)
+            return await self.route.write(command)
         except NoScriptError:  # the script did not run: safe to send again once loaded
             await self.load_scripts()
-            return await redis_raw.command(self.redis, packed)
+            return await self.route.write(command)
 
     async def complete_transfer(self, transit: InTransit, idem: Idempotency | None) -> Outcome:
         """Credit a transfer in transit in its recipient's partition, then settle it in its sender's: its final
@@ -477,9 +545,7 @@ class Ledger:
         ]
         _kind, final = await self._send(SETTLE, None, "", settle_keys, [sender, transfer_id, credited.decode()])
         # Settled: the credit marker may now expire (kept forever if this is lost; never too early).
-        await redis_raw.command(
-            self.redis, redis_raw.pack(["EXPIRE", self.keys.credited(recipient, transfer_id), self.idempotency_ttl])
-        )
+        await self.route.command(["EXPIRE", self.keys.credited(recipient, transfer_id), self.idempotency_ttl])
         return outcome_from_record(final, replayed=False)
 
     async def open_transits(self, min_age_ms: int = 0) -> list[tuple[dict[str, Any], str]]:
@@ -487,9 +553,9 @@ class Ledger:
         idempotency record it names or '')."""
         now_s, now_us = await awaited(self.redis.time())
         now_ms = now_s * 1000 + now_us // 1000
-        commands = [redis_raw.pack(["HVALS", self.keys.transits(p)]) for p in self.keys.all()]
+        commands = [["HVALS", self.keys.transits(p)] for p in self.keys.all()]
         out = []
-        for reply in await redis_raw.pipeline(self.redis, commands):
+        for reply in await self.route.pipeline(commands):
             if isinstance(reply, Exception):
                 raise reply
             for raw in reply:
@@ -610,11 +676,11 @@ class Ledger:
             self.script_call("set_service", None, "", [self.keys.services(p)], [p, service_id, name])
             for p in self.keys.all()
         ]
-        commands = [redis_raw.pack(["EVALSHA", sha, str(len(keys)), *keys, *args]) for sha, keys, args in calls]
-        replies = await redis_raw.pipeline(self.redis, commands)
+        commands = [["EVALSHA", sha, str(len(keys)), *keys, *args] for sha, keys, args in calls]
+        replies = await self.route.pipeline(commands, write=True)
         if any(isinstance(reply, NoScriptError) for reply in replies):
             await self.load_scripts()  # a run refused with NOSCRIPT did not run; the others are safe to run again
-            replies = await redis_raw.pipeline(self.redis, commands)
+            replies = await self.route.pipeline(commands, write=True)
         outcomes: list[Outcome] = []
         for reply in replies:
             if isinstance(reply, Exception):
@@ -625,19 +691,17 @@ class Ledger:
     # ---- reads ------------------------------------------------------------------------------
 
     async def balance(self, user_id: int) -> tuple[int, int] | None:
-        packed = redis_raw.pack(["HMGET", self.keys.account(user_id), "available", "reserved"])
-        available, reserved = await redis_raw.command(self.redis, packed)
+        available, reserved = await self.route.command(["HMGET", self.keys.account(user_id), "available", "reserved"])
         if available is None:
             return None
         return int(available), int(reserved or 0)
 
     async def balances(self, user_ids: Sequence[int]) -> list[tuple[int, int] | None]:
-        """balance() of each user, in order, in one round trip (one pipelined write of HMGETs)."""
-        commands = [
-            redis_raw.pack(["HMGET", self.keys.account(user_id), "available", "reserved"]) for user_id in user_ids
-        ]
+        """balance() of each user, in order, in one round trip (one pipelined write of HMGETs; in a Redis Cluster
+        one to each node holding some of them, all at once)."""
+        commands = [["HMGET", self.keys.account(user_id), "available", "reserved"] for user_id in user_ids]
         out: list[tuple[int, int] | None] = []
-        for reply in await redis_raw.pipeline(self.redis, commands):
+        for reply in await self.route.pipeline(commands):
             if isinstance(reply, Exception):
                 raise reply
             available, reserved = reply
@@ -672,9 +736,9 @@ class Ledger:
     async def services(self) -> dict[int, str]:
         """The catalog: each service's latest name over the partitions' catalogs (by the time each partition
         named it, then by partition)."""
-        commands = [redis_raw.pack(["HGETALL", self.keys.services(p)]) for p in self.keys.all()]
+        commands = [["HGETALL", self.keys.services(p)] for p in self.keys.all()]
         latest: dict[int, tuple[int, int, str]] = {}
-        for partition, reply in enumerate(await redis_raw.pipeline(self.redis, commands)):
+        for partition, reply in enumerate(await self.route.pipeline(commands)):
             if isinstance(reply, Exception):
                 raise reply
             fields = {reply[i].decode(): reply[i + 1].decode() for i in range(0, len(reply), 2)}

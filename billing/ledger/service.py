@@ -25,7 +25,6 @@ from billing.core.schemas import (
     TransferRequest,
     WithdrawalRequest,
 )
-from billing.infra import redis_raw
 from billing.ledger.outcomes import Applied, BatchResult, InTransit, KeyReused, NotRun, Outcome, Refused, Unchanged
 from billing.ledger.scripts import (
     BATCH_CHUNK,
@@ -230,7 +229,12 @@ class MoneyOperations:
             touched.append(self.ledger.partitions_of_call(name, args))
             shared.append(self.ledger.shared_keys_of_call(name, idem, args))
         decoded: list[BatchResult | BatchOperationFailed | None] = [None] * len(items)
-        for group in _pipelines(batch_runs(touched, shared), calls):
+        claimed = await self.ledger.claim_pointers(calls)
+        for index, ok in enumerate(claimed):
+            if not ok:
+                decoded[index] = KeyReused()
+        runs = [kept for run in batch_runs(touched, shared) if (kept := [index for index in run if claimed[index]])]
+        for group in _pipelines(runs, calls):
             raw = await self._pipeline([[calls[index] for index in run] for run in group])
             for run, reply in zip(group, raw, strict=True):
                 if isinstance(reply, Exception):
@@ -274,7 +278,7 @@ class MoneyOperations:
         pending = list(range(len(chunks)))
         for attempt in range(2):
             commands = [self.ledger.batch_command(chunks[index]) for index in pending]
-            answers = await redis_raw.pipeline(self.ledger.redis, commands)
+            answers = await self.ledger.send_batches(commands)
             for index, answer in zip(pending, answers, strict=True):
                 results[index] = answer
             # A run refused with NOSCRIPT never ran, so it may be sent again once the scripts are loaded, but

@@ -9,6 +9,7 @@ from redis.exceptions import (
     OutOfMemoryError,
     ReadOnlyError,
     ResponseError,
+    SlotNotCoveredError,
     TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError  # BusyLoadingError (LOADING) among them
@@ -24,6 +25,7 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     MasterDownError,
     TryAgainError,
     ClusterDownError,
+    SlotNotCoveredError,  # a Redis Cluster client whose map lacks the slot: nothing was sent
     PyMongoError,
     ConnectionError,
     TimeoutError,

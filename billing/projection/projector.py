@@ -15,11 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from billing.core.config import Settings, default
+from billing.infra.redis_route import RedisClient
 from billing.ledger.scripts import RedisKeys, transaction_partition
+from billing.projection.leases import PartitionLeases
 from billing.projection.store import LedgerStore, ServiceName, transaction_document
 from billing.projection.watermark import ProjectionWatermark, advance_all
 
@@ -91,11 +93,16 @@ class Projector:
 
     Reads every partition's stream at once (one XREADGROUP); a batch may mix partitions, and each entry is
     acknowledged in its own stream and advances its own partition's watermark.
+
+    With `leases` (cluster mode) it reads only the partitions it holds a lease on (billing/projection/leases.py),
+    one XREADGROUP per stream (streams of different slots cannot be read by one), polled every block_ms; a
+    partition taken over has its former projector's unacknowledged entries read first, so each partition is
+    projected in order. claim_idle_ms is then the lease's length.
     """
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         keys: RedisKeys,
         store: LedgerStore,
         *,
@@ -103,6 +110,7 @@ class Projector:
         block_ms: int = default("projector_block_ms"),
         claim_idle_ms: int = default("projector_claim_idle_ms"),
         consumer: str | None = None,
+        leases: bool = False,
     ) -> None:
         self.redis = redis
         self.keys = keys
@@ -113,6 +121,9 @@ class Projector:
         self.block_ms = block_ms
         self.claim_idle_ms = claim_idle_ms
         self.consumer = consumer or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.leases = PartitionLeases(redis, keys, self.consumer, claim_idle_ms) if leases else None
+        # Partitions taken over, and where XAUTOCLAIM goes on in each: their pending entries come first.
+        self._taken_over: dict[int, str] = {}
         # counters for metrics
         self.batches = 0
         self.transactions_written = 0
@@ -142,7 +153,7 @@ class Projector:
         self._last_prune = 0.0
 
     @classmethod
-    def from_settings(cls, settings: Settings, redis: Redis, keys: RedisKeys, store: LedgerStore) -> Projector:
+    def from_settings(cls, settings: Settings, redis: RedisClient, keys: RedisKeys, store: LedgerStore) -> Projector:
         return cls(
             redis,
             keys,
@@ -150,6 +161,7 @@ class Projector:
             batch=settings.projector_batch,
             block_ms=settings.projector_block_ms,
             claim_idle_ms=settings.projector_claim_idle_ms,
+            leases=settings.redis_mode == "cluster",
         )
 
     @classmethod
@@ -182,9 +194,30 @@ class Projector:
                     await task
         with contextlib.suppress(Exception):
             await self._forget_consumer()
+        if self.leases is not None:
+            with contextlib.suppress(Exception):
+                await self.leases.release_all()
+            self._taken_over.clear()
+
+    async def refresh_leases(self) -> None:
+        """Renew, give back and take partition leases (leases only); the loop calls it when due."""
+        if self.leases is None:
+            return
+        taken, lost = await self.leases.refresh()
+        for partition in lost:
+            self._taken_over.pop(partition, None)
+        for partition in taken:
+            self._taken_over[partition] = "0-0"
+
+    def _read_streams(self) -> list[str]:
+        """The streams this projector reads: every one, or with leases those of the partitions it holds."""
+        if self.leases is None:
+            return self.streams
+        return [self.keys.outbox(partition) for partition in sorted(self.leases.owned)]
 
     async def drain(self, timeout: float = 5.0) -> None:
-        """Project everything in the streams now; TimeoutError when it cannot within `timeout` seconds."""
+        """Project everything in the streams now (with leases: of the partitions held); TimeoutError when it cannot
+        within `timeout` seconds."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         last_error: Exception | None = None
@@ -193,9 +226,11 @@ class Projector:
             try:
                 async with asyncio.timeout(max(0.05, deadline - loop.time())):
                     async with self._lock:
+                        if self.leases is not None and self.leases.due():
+                            await self.refresh_leases()
                         await self._prepare()
                         handled = await self._step(block=False, claim=True)
-                        if handled == 0 and (await self.lag())["entries"] == 0:
+                        if handled == 0 and (await self.lag(self._read_streams()))["entries"] == 0:
                             await self._trim()
                             await self._advance_all()
                             return
@@ -207,19 +242,33 @@ class Projector:
             if handled == 0:
                 await asyncio.sleep(0.05 if last_error is None else 0.2)
 
-    async def lag(self) -> dict[str, Any]:
-        """Entries not yet projected (pending + not yet delivered, over every stream) and the age of the oldest."""
-        pipe = self.redis.pipeline(transaction=True)
-        for stream in self.streams:
+    def _states_pipeline(self, streams: list[str]) -> Any:
+        """A pipeline asking XINFO GROUPS, then XPENDING, of each stream: in one MULTI, or in a Redis Cluster
+        (where streams of different slots are apart) a plain pipeline, each stream's two in that order on its
+        node. Trimming stays safe either way: nothing pending at XPENDING means everything delivered up to the
+        XINFO before it was acknowledged."""
+        pipe = self.redis.pipeline(transaction=not isinstance(self.redis, RedisCluster))
+        for stream in streams:
             pipe.xinfo_groups(stream)
             pipe.xpending(stream, GROUP)
-        pipe.time()
-        *replies, now = await pipe.execute(raise_on_error=False)
+        return pipe
+
+    async def lag(self, streams: list[str] | None = None) -> dict[str, Any]:
+        """Entries not yet projected (pending + not yet delivered, over every stream, or these) and the age of the
+        oldest."""
+        streams = self.streams if streams is None else streams
+        pipe = self._states_pipeline(streams)
+        if isinstance(self.redis, RedisCluster):  # its pipelines refuse TIME (no key to route it by)
+            replies = await pipe.execute(raise_on_error=False)
+            now = await self.redis.time()
+        else:
+            pipe.time()
+            *replies, now = await pipe.execute(raise_on_error=False)
         if isinstance(now, Exception):
             raise now
         now_ms = int(now[0]) * 1000 + int(now[1]) // 1000
         entries, oldest_ms = 0, None
-        for index, stream in enumerate(self.streams):
+        for index, stream in enumerate(streams):
             count, oldest = await self._stream_lag(stream, replies[2 * index], replies[2 * index + 1])
             entries += count
             if oldest is not None:
@@ -274,6 +323,8 @@ class Projector:
             started = time.monotonic()
             try:
                 async with self._lock:
+                    if self.leases is not None and self.leases.due():
+                        await self.refresh_leases()
                     await self._prepare()
                     handled = await self._step(block=True, claim=self._due("_last_claim", CLAIM_EVERY_SECONDS))
                     if self._due("_last_trim", TRIM_EVERY_SECONDS):
@@ -307,7 +358,7 @@ class Projector:
         return False
 
     async def _advance_all(self) -> None:
-        await advance_all(self.redis, list(self.watermarks.values()))
+        await advance_all(self.redis, [self.watermarks[stream] for stream in self._read_streams()])
 
     async def _prepare(self) -> None:
         if not self._group_ready:
@@ -327,12 +378,15 @@ class Projector:
             self._watermark_ready = True
 
     async def _step(self, block: bool, claim: bool) -> int:
-        """Project one batch: this consumer's unacked entries, else idle ones of others, else new ones."""
+        """Project one batch: this consumer's unacked entries, else those of the partitions it took over (leases)
+        or idle ones of others (no leases), else new ones."""
         read: Read = []
         if self._own_pending:
             read = await self._read("0", None)
             self._own_pending = bool(read)
-        if not read and claim:
+        if not read and self._taken_over:
+            read = await self._take_over()
+        elif not read and claim and self.leases is None:
             read = await self._claim()
         if not read:
             read = await self._read(">", self.block_ms if block else None)
@@ -345,10 +399,21 @@ class Projector:
         return handled
 
     async def _read(self, start: str, block_ms: int | None) -> Read:
+        streams = self._read_streams()
+        if start == ">" and self._taken_over:  # a partition taken over: its former projector's entries first
+            streams = [s for s in streams if self.watermarks[s].partition not in self._taken_over]
+        if not streams:
+            return []
         try:
-            reply = await self.redis.xreadgroup(
-                GROUP, self.consumer, dict.fromkeys(self.streams, start), count=self.batch, block=block_ms
-            )
+            if isinstance(self.redis, RedisCluster):  # one XREADGROUP per stream, each to its node, none blocking
+                pipe = self.redis.pipeline()
+                for stream in streams:
+                    pipe.xreadgroup(GROUP, self.consumer, {stream: start}, count=self.batch)
+                reply = [item for answer in await pipe.execute() for item in answer or []]
+            else:
+                reply = await self.redis.xreadgroup(
+                    GROUP, self.consumer, dict.fromkeys(streams, start), count=self.batch, block=block_ms
+                )
         except ResponseError as exc:
             if "NOGROUP" in str(exc):  # a stream was deleted (e.g. Redis wiped): make the groups again
                 self._group_ready = False
@@ -368,6 +433,26 @@ class Projector:
                 read.append((stream, entries))
                 self.entries_claimed += len(entries)
                 log.info("claimed %d entries of %s idle over %d ms", len(entries), stream, self.claim_idle_ms)
+        return read
+
+    async def _take_over(self) -> Read:
+        """The unacknowledged entries of the partitions taken over (their former projector died or gave them
+        back), claimed whatever their idle time: only the lease holder reads a partition."""
+        read: Read = []
+        for partition, start in sorted(self._taken_over.items()):
+            stream = self.keys.outbox(partition)
+            reply = await self.redis.xautoclaim(
+                stream, GROUP, self.consumer, min_idle_time=0, start_id=start, count=self.batch
+            )
+            entries = _entries(reply[1])
+            if _text(reply[0]) == "0-0":
+                del self._taken_over[partition]  # every pending entry is this projector's now
+            else:
+                self._taken_over[partition] = _text(reply[0])
+            if entries:
+                read.append((stream, entries))
+                self.entries_claimed += len(entries)
+                log.info("took over %d unacknowledged entries of %s", len(entries), stream)
         return read
 
     async def _project(self, read: Read) -> None:
@@ -423,14 +508,14 @@ class Projector:
         return self.watermarks[stream].partition
 
     async def _trim(self) -> None:
-        """Delete acknowledged entries: everything below the oldest pending entry or the last delivered one."""
-        pipe = self.redis.pipeline(transaction=True)
-        for stream in self.streams:
-            pipe.xinfo_groups(stream)
-            pipe.xpending(stream, GROUP)
-        replies = await pipe.execute()
+        """Delete acknowledged entries of the streams read: everything below the oldest pending entry or the last
+        delivered one."""
+        streams = self._read_streams()
+        if not streams:
+            return
+        replies = await self._states_pipeline(streams).execute()
         trims = self.redis.pipeline(transaction=False)
-        for index, stream in enumerate(self.streams):
+        for index, stream in enumerate(streams):
             groups, pending = replies[2 * index], replies[2 * index + 1]
             group = next((g for g in groups if _text(g["name"]) == GROUP), None)
             if group is None:

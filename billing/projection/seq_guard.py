@@ -32,10 +32,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from redis.asyncio import Redis
-
 from billing.core.config import MAX_PARTITIONS
 from billing.core.errors import ApiError
+from billing.infra.redis_route import RedisClient
 from billing.ledger.scripts import PartitionCountChanged, RedisKeys
 from billing.projection.store import LedgerStore
 
@@ -53,7 +52,7 @@ class SequenceGuard:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         keys: RedisKeys,
         store: LedgerStore,
         partition_count: Callable[[], Awaitable[None]] | None = None,

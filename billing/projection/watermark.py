@@ -31,9 +31,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
-from redis.asyncio import Redis
 
 from billing.core.config import MAX_PARTITIONS
+from billing.infra.redis_route import RedisClient
+from billing.infra.stores import awaited
 from billing.ledger.scripts import RedisKeys
 
 SCAN = 16  # entries read per XRANGE while looking for the oldest one that carries transactions
@@ -69,14 +70,13 @@ def _first_id(fields: dict[Any, Any]) -> int | None:
 class ProjectionWatermark:
     """Computes, stores (monotonically) and reads the watermark of one ledger partition."""
 
-    def __init__(self, redis: Redis, keys: RedisKeys, partition: int, group: str | None = None) -> None:
+    def __init__(self, redis: RedisClient, keys: RedisKeys, partition: int, group: str | None = None) -> None:
         self.redis = redis
         self.partition = partition
         self.stream = keys.outbox(partition)
         self.meta = keys.meta(partition)
         self.key = keys.projected(partition)
         self.group = group
-        self.store_script = redis.register_script(_ADVANCE)
 
     async def read(self) -> int | None:
         """The stored watermark; None when no projector has published one yet (then history is unbounded)."""
@@ -89,7 +89,7 @@ class ProjectionWatermark:
 
     async def publish(self, value: int) -> int:
         """Store value unless a larger one is stored; the stored value."""
-        return int(await self.store_script(keys=[self.key], args=[str(value)]))
+        return int(await awaited(self.redis.eval(_ADVANCE, 1, self.key, str(value))))
 
     async def advance(self) -> int | None:
         """Compute and publish; the stored watermark (None while it cannot be computed)."""
@@ -148,7 +148,7 @@ async def compute_all(watermarks: Sequence[ProjectionWatermark]) -> list[int | N
     return results
 
 
-async def advance_all(redis: Redis, watermarks: Sequence[ProjectionWatermark]) -> list[int | None]:
+async def advance_all(redis: RedisClient, watermarks: Sequence[ProjectionWatermark]) -> list[int | None]:
     """Compute and publish the watermarks of several partitions in three round trips; the stored values
     (None where one cannot be computed and none is stored)."""
     values = await compute_all(watermarks)
@@ -157,7 +157,8 @@ async def advance_all(redis: Redis, watermarks: Sequence[ProjectionWatermark]) -
         if value is None:
             pipe.get(w.key)
         else:
-            await w.store_script(keys=[w.key], args=[str(value)], client=pipe)
+            # EVAL (a short script): a Redis Cluster pipeline refuses EVALSHA
+            pipe.eval(_ADVANCE, 1, w.key, str(value))
     return [None if stored is None else int(stored) for stored in await pipe.execute()] if watermarks else []
 
 

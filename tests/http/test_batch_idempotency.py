@@ -10,7 +10,7 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from billing.bootstrap import Context
-from billing.ledger import service as operations_module
+from billing.infra import redis_raw
 from billing.ledger.scripts import BATCH_CLAIM_TTL_SECONDS, Idempotency, batch_scope
 from tests.support.api import Api, Response, problem
 
@@ -100,16 +100,16 @@ async def test_batch_where_no_operation_reached_the_money_keeps_no_record(api: A
 
 
 async def test_batch_refused_with_503_keeps_no_record(api: Api, ctx: Context, monkeypatch: pytest.MonkeyPatch) -> None:
-    real_pipeline = operations_module.redis_raw.pipeline
+    real_pipeline = redis_raw.pipeline
 
     async def unreachable(*args: Any) -> Any:
         raise RedisConnectionError("Redis went away")
 
-    monkeypatch.setattr(operations_module.redis_raw, "pipeline", unreachable)
+    monkeypatch.setattr(redis_raw, "pipeline", unreachable)
     ops = {"operations": [{"op": "deposit", "user_id": 5, "amount": "1.00"}]}
     problem(await api.post("/v1/batch", ops, key="down"), 503, "unavailable")
     assert await ctx.redis.exists(batch_record(ctx, "down")) == 0
-    monkeypatch.setattr(operations_module.redis_raw, "pipeline", real_pipeline)
+    monkeypatch.setattr(redis_raw, "pipeline", real_pipeline)
     other = await api.post("/v1/batch", {"operations": [{"op": "deposit", "user_id": 5, "amount": "7.00"}]}, key="down")
     assert statuses(other) == [201] and REPLAYED not in other.headers
     assert (await api.balance(5)).json["available"] == "7.00"

@@ -257,7 +257,8 @@ async def test_a_failing_operation_changes_nothing(redis_client: Redis, prefix: 
     assert await snapshot(redis_client, prefix) == before
 
     try:  # the same operation in a batch script run: an error for it (or for the run), nothing changed
-        reply = await redis_raw.command(redis_client, ledger.batch_command([(name, idem, fp, keys, args)]))
+        command = redis_raw.pack(ledger.batch_command([(name, idem, fp, keys, args)]))
+        reply = await redis_raw.command(redis_client, command)
     except ResponseError:
         pass
     else:

@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from redis.exceptions import NoScriptError
 
-from billing.ledger import service as ops_module
 from billing.ledger.service import MoneyOperations
 
 
 class FakeLedger:
-    redis = None
+    """Sends each pipeline of batch commands to `answer`, which answers it."""
 
-    def __init__(self) -> None:
+    def __init__(self, answer: Callable[[list[Any]], list[Any]]) -> None:
         self.loads = 0
+        self.answer = answer
 
     def batch_command(self, chunk: Any) -> Any:
         return chunk
+
+    async def send_batches(self, commands: list[Any]) -> list[Any]:
+        return self.answer(commands)
 
     async def load_scripts(self) -> None:
         self.loads += 1
@@ -34,17 +38,16 @@ class FakeLedger:
         (["ran-0", "ran-1"], None, ["ran-0", "ran-1"]),
     ],
 )
-async def test_noscript_runs_are_resent_only_as_a_suffix(monkeypatch, first, resent, expected) -> None:
+async def test_noscript_runs_are_resent_only_as_a_suffix(first, resent, expected) -> None:
     sent: list[list[Any]] = []
     answers = [first, resent]
 
-    async def pipeline(_redis: Any, commands: list[Any]) -> list[Any]:
+    def pipeline(commands: list[Any]) -> list[Any]:
         sent.append(commands)
         batch = answers[len(sent) - 1]
         return [NoScriptError("NOSCRIPT") if a == "noscript" else a for a in batch]
 
-    monkeypatch.setattr(ops_module.redis_raw, "pipeline", pipeline)
-    ledger = FakeLedger()
+    ledger = FakeLedger(pipeline)
     results = await MoneyOperations(ledger)._pipeline([[i] for i in range(len(first))])  # type: ignore[arg-type]
     shown = ["noscript" if isinstance(r, NoScriptError) else r for r in results]
     assert shown == expected
