@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import AsyncIterator, Mapping
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -34,6 +35,7 @@ from billing.views.history import BAD_VALUE
 from billing.views.report_month import Month, parse_month
 from billing.views.reports import LINE_END, kopecks
 
+log = logging.getLogger("billing.views.accounting")
 STATEMENT = load_pipeline("statement")  # reports/statement.jsonc
 # The index both the balance lookups and the statement use (billing/projection/store.py TRANSACTION_INDEXES).
 USER_CREATED = [("user_id", 1), ("created_at", 1), ("_id", 1)]
@@ -163,6 +165,7 @@ class Accounting:
         self._ledger = ledger
         self.zone = load_zone(settings.report_tz)
         self._watermarks = [ProjectionWatermark(ledger.redis, ledger.keys, p) for p in ledger.keys.all()]
+        self._warned = False
 
     def month(self, text: str) -> Month:
         """A "YYYY-MM" month in BILLING_REPORT_TZ (400 validation_error naming `month` otherwise)."""
@@ -203,25 +206,48 @@ class Accounting:
         )
         return cursor.hint(USER_CREATED) if hint else cursor
 
-    def month_cursor(self, user_id: int, month: Month, upto: int) -> Any:
-        """The month's transactions oldest first (the planner picks user_created: user_id is an equality)."""
-        return self._transactions.find(self.month_filter(user_id, month, upto), sort=OLDEST_FIRST)
+    def month_cursor(self, user_id: int, month: Month, upto: int, hint: bool = True) -> Any:
+        """The month's transactions oldest first, hinted to user_created (unhinted, a planner may scan all)."""
+        cursor = self._transactions.find(self.month_filter(user_id, month, upto), sort=OLDEST_FIRST)
+        return cursor.hint(USER_CREATED) if hint else cursor
 
     def statement_pipeline(self, user_id: int, month: Month, upto: int) -> list[dict[str, Any]]:
         return STATEMENT.bind(user_id=Int64(user_id), start=month.start, end=month.end, upto=Int64(upto))
 
     async def _balance_before(self, user_id: int, moment: datetime, upto: int, inclusive: bool) -> tuple[int, int]:
         filter_ = self.before_filter(user_id, moment, upto, inclusive)
-        try:
-            found = await self.latest_cursor(filter_).to_list(1)
-        except OperationFailure as exc:
-            if exc.code != BAD_VALUE or "hint" not in str(exc):
-                raise
-            # The projector creates the indexes; until it has, the planner picks (slower, same rows).
-            found = await self.latest_cursor(filter_, hint=False).to_list(1)
+        found: list[dict[str, Any]] = await self._hinted(lambda hint: self.latest_cursor(filter_, hint).to_list(1))
         if not found:
             return 0, 0
         return int(found[0]["available_after"]), int(found[0]["reserved_after"])
+
+    async def _hinted(self, read: Callable[[bool], Awaitable[Any]]) -> Any:
+        """read(hint=True); until the projector has made the index (a hint naming none fails), read(False):
+        the planner picks, slower, same rows."""
+        try:
+            return await read(True)
+        except OperationFailure as exc:
+            if exc.code != BAD_VALUE or "hint" not in str(exc):
+                raise
+            if not self._warned:
+                self._warned = True
+                log.warning("index user_created is missing; accounting views query without a hint")
+            return await read(False)
+
+    async def _month_docs(self, user_id: int, month: Month, upto: int) -> AsyncIterator[dict[str, Any]]:
+        cursor = self.month_cursor(user_id, month, upto)
+        try:
+            first = await anext(cursor, None)
+        except OperationFailure as exc:
+            if exc.code != BAD_VALUE or "hint" not in str(exc):
+                raise
+            cursor = self.month_cursor(user_id, month, upto, hint=False)
+            first = await anext(cursor, None)
+        if first is None:
+            return
+        yield first
+        async for doc in cursor:
+            yield doc
 
     # ---- the views ---------------------------------------------------------------------------------
 
@@ -243,7 +269,13 @@ class Accounting:
         closing = await self._balance_before(user_id, month.end, upto, inclusive=False)
         totals = dict.fromkeys(TRANSACTION_TYPES, 0)
         count = 0
-        async for group in self._transactions.aggregate(self.statement_pipeline(user_id, month, upto)):
+        pipeline = self.statement_pipeline(user_id, month, upto)
+        groups: list[dict[str, Any]] = await self._hinted(
+            lambda hint: self._transactions.aggregate(
+                pipeline, **({"hint": dict(USER_CREATED)} if hint else {})
+            ).to_list(None)
+        )
+        for group in groups:
             totals[str(group["_id"])] = kopecks(group["total"])
             count += int(group["n"])
         return Statement(user_id, month, opening, closing, totals, count)
@@ -261,7 +293,7 @@ class Accounting:
         writer.writerow(_frame("opening", month.start, opening))
         balance = opening
         rows = 0
-        async for doc in self.month_cursor(user_id, month, upto):
+        async for doc in self._month_docs(user_id, month, upto):
             writer.writerow(_transaction_row(doc))
             balance = int(doc["available_after"]), int(doc["reserved_after"])
             rows += 1
