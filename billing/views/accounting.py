@@ -37,6 +37,9 @@ STATEMENT = load_pipeline("statement")  # reports/statement.jsonc
 USER_CREATED = [("user_id", 1), ("created_at", 1), ("_id", 1)]
 # Latest transactions read per balance lookup: those past the watermark (at most ~1 s of them) are skipped.
 LATEST_SCAN = 16
+# The bands a balance lookup reads backwards from its moment, each [moment - band, the previous band's start):
+# 1 hour, 8 hours, 2.7 days, 21 days, 171 days, 3.7 years, 30 years; then everything before.
+BANDS_MS = tuple(3_600_000 * 8**k for k in range(7))
 LATEST_FIRST = [("created_at", -1), ("_id", -1)]
 OLDEST_FIRST = [("created_at", 1), ("_id", 1)]
 CSV_HEADER = (
@@ -184,10 +187,14 @@ class Accounting:
     # user_created, as on mongod (reports/statement.jsonc drops the ids past the watermark in its $group).
 
     @staticmethod
-    def before_filter(user_id: int, moment: datetime, upto: int | None = None) -> dict[str, Any]:
-        """The user's transactions before `moment`; with `upto`, ids up to it only. (At or before a moment is
-        before its next millisecond: SecantusDB 0.7's index walk misses rows equal to a `$lte` bound.)"""
-        filter_: dict[str, Any] = {"user_id": Int64(user_id), "created_at": {"$lt": moment}}
+    def before_filter(
+        user_id: int, moment: datetime, upto: int | None = None, since: datetime | None = None
+    ) -> dict[str, Any]:
+        """The user's transactions before `moment` (and at or after `since`); with `upto`, ids up to it only.
+        (At or before a moment is before its next millisecond: SecantusDB 0.7's index walk misses rows equal
+        to a `$lte` bound.)"""
+        window: dict[str, Any] = {"$lt": moment} if since is None else {"$gte": since, "$lt": moment}
+        filter_: dict[str, Any] = {"user_id": Int64(user_id), "created_at": window}
         if upto is not None:
             filter_["_id"] = {"$lte": Int64(upto)}
         return filter_
@@ -206,16 +213,27 @@ class Accounting:
         return STATEMENT.bind(user_id=Int64(user_id), start=month.start, end=month.end, upto=Int64(upto))
 
     async def _balance_before(self, user_id: int, moment: datetime, upto: int) -> tuple[int, int]:
-        """The balance after the user's last transaction up to the watermark before `moment`."""
-        latest = await self.latest_cursor(self.before_filter(user_id, moment)).to_list(LATEST_SCAN)
-        settled = [doc for doc in latest if int(doc["_id"]) <= upto]
-        if not settled and len(latest) == LATEST_SCAN:
-            # more than LATEST_SCAN transactions past the watermark (the projection is behind): bound the ids
-            latest = await self.latest_cursor(self.before_filter(user_id, moment, upto), 1).to_list(1)
-            settled = latest
-        if not settled:
-            return 0, 0
-        return int(settled[0]["available_after"]), int(settled[0]["reserved_after"])
+        """The balance after the user's last transaction up to the watermark before `moment`.
+
+        Read band by band backwards from `moment` (BANDS_MS), the whole rest last: SecantusDB sorts every row a
+        range holds (mongod would stop at the first), so one band with a transaction costs what the band holds
+        rather than the user's whole history."""
+        moment_ms = datetime_to_ms(moment)
+        end = moment
+        for band_ms in (*BANDS_MS, None):
+            since = _at_or_none(moment_ms - band_ms) if band_ms is not None else None
+            filter_ = self.before_filter(user_id, end, since=since)
+            latest = await self.latest_cursor(filter_).to_list(LATEST_SCAN)
+            settled = [doc for doc in latest if int(doc["_id"]) <= upto]
+            if not settled and len(latest) == LATEST_SCAN:
+                # LATEST_SCAN transactions past the watermark (the projection is behind): bound the ids
+                settled = await self.latest_cursor(self.before_filter(user_id, end, upto), 1).to_list(1)
+            if settled:
+                return int(settled[0]["available_after"]), int(settled[0]["reserved_after"])
+            if since is None:
+                return 0, 0
+            end = since
+        return 0, 0  # pragma: no cover - the last band has no lower bound
 
     async def _month_docs(self, user_id: int, month: Month, upto: int) -> AsyncIterator[dict[str, Any]]:
         async for doc in self.month_cursor(user_id, month):
@@ -271,6 +289,14 @@ class Accounting:
                 yield _take(buffer)
         writer.writerow(_frame("closing", month.end, balance))
         yield _take(buffer)
+
+
+def _at_or_none(ms: int) -> datetime | None:
+    """The moment at epoch ms, or None before year 1 (no lower bound then)."""
+    try:
+        return ms_to_datetime(ms)
+    except OverflowError:
+        return None
 
 
 def _take(buffer: io.StringIO) -> bytes:

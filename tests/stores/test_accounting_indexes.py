@@ -44,8 +44,10 @@ async def test_balance_lookups_walk_user_created_backwards_with_no_sort(ctx: Con
     views = ctx.accounting
     for moment_ms in (BASE_MS + 50, BASE_MS + 51):
         moment = datetime.fromtimestamp(moment_ms / 1000, tz=UTC)
-        for upto, limit in ((None, LATEST_SCAN), (120, 1)):  # the usual read, and the one for a lagging projection
-            filter_ = views.before_filter(1, moment, upto)
+        # a band of the usual read, the rest before it, and the read for a lagging projection
+        band = datetime.fromtimestamp((moment_ms - 20) / 1000, tz=UTC)
+        for upto, limit, since in ((None, LATEST_SCAN, band), (None, LATEST_SCAN, None), (120, 1, None)):
+            filter_ = views.before_filter(1, moment, upto, since)
             explained = await views.latest_cursor(filter_, limit).explain()
             plan = explained["queryPlanner"]["winningPlan"]
             names, scanned = scans(plan)
@@ -91,4 +93,8 @@ async def test_the_views_answer_before_the_projector_makes_the_index(ctx: Contex
     # the watermark: ids above it are not read, however many of the latest there are
     assert await views._balance_before(1, moment, 2) == (200, 0)
     assert (await views._statement(1, month, 20)).closing == (2000, 0)
+    # the bands: the latest transaction years before the moment, and a moment near year 1 (no overflow)
+    years_later = datetime(2036, 1, 1, tzinfo=UTC)
+    assert await views._balance_before(1, years_later, INT64_MAX) == (3000, 0)
+    assert await views._balance_before(1, datetime(1, 1, 2, tzinfo=UTC), INT64_MAX) == (0, 0)
     assert [line async for line in views._month_docs(1, month, INT64_MAX)][-1]["_id"] == 30
