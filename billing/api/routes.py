@@ -258,6 +258,7 @@ ROUTES: tuple[Route, ...] = (
                 roles(Role.SUPPORT, Role.ACCOUNTING),
                 {200: schemas.Statement},
                 params=(USER_ID, Param("month", "path", "The month, YYYY-MM, in BILLING_REPORT_TZ", MONTH, True)),
+                also=("text/csv",),
                 errors=("account_not_found",),
                 tag="history",
                 description="Opening and closing balances (at the month's start and end), the sum of each "

@@ -127,7 +127,7 @@ def parse_at(text: str | None) -> int:
             raise ParseError("is required")
         moment = timestamp(text)
         at_ms = datetime_to_ms(moment)
-        ms_to_datetime(at_ms)  # representable as a date
+        ms_to_datetime(at_ms + 1)  # representable as a date, and so is the bound read (the next millisecond)
     except ParseError as exc:
         raise field_error("at", exc) from None
     except OverflowError:

@@ -109,10 +109,21 @@ async def test_balance_at_a_moment_is_the_balance_after_the_last_transaction_up_
 
 async def test_balance_at_refuses_what_is_not_exactly_rfc_3339(api: Api, ctx: Context) -> None:
     await deposit(api, 1, "1.00")
-    for bad in ("2031-11-05T12:00:00", "2031-11-05", "", "2031-11-05T12:00:00+03", " 2031-11-05T12:00:00Z", "now"):
+    await ctx.projector.drain()
+    out_of_range = ("9999-12-31T23:59:59.999Z", "0001-01-01T00:00:00+01:00", "2031-11-05T12:00:00+24:00")
+    for bad in (
+        "2031-11-05T12:00:00",
+        "2031-11-05",
+        "",
+        "2031-11-05T12:00:00+03",
+        " 2031-11-05T12:00:00Z",
+        *out_of_range,
+    ):
         answer = await api.get(f"/v1/users/1/balance?at={quote(bad, safe='')}", token="tok-support")
         problem(answer, 400, "validation_error")
         assert answer.json["errors"][0]["field"] == "at", bad
+    assert (await balance_at(api, 1, "9999-12-31T23:59:59.998Z"))["available"] == "1.00"
+    assert (await balance_at(api, 1, "0001-01-01T00:00:00Z"))["available"] == "0.00"
     twice = await api.get("/v1/users/1/balance?at=2031-11-05T12:00:00Z&at=2031-11-05T12:00:00Z", token="tok-support")
     problem(twice, 400, "validation_error")
     problem(
