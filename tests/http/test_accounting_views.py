@@ -16,7 +16,7 @@ from bson.int64 import Int64
 from billing.bootstrap import Context
 from billing.core.timefmt import datetime_to_ms
 from billing.core.transactions import TRANSACTION_TYPES
-from billing.views.accounting import movement, revenue_kopecks
+from billing.views.accounting import Accounting, movement, revenue_kopecks
 from tests.support.api import Api, problem
 
 pytestmark = [
@@ -257,3 +257,15 @@ async def test_statement_refuses_bad_months_roles_and_unknown_users(api: Api, ct
     empty = await statement(api, 1, "1970-01")
     assert empty["opening"] == empty["closing"] == {"available": "0.00", "reserved": "0.00"}
     assert empty["count"] == 0 and set(empty["totals"].values()) == {"0.00"}
+
+
+async def test_statement_months_follow_billing_report_tz(api: Api, ctx: Context) -> None:
+    await at_time(ctx, [1], NOV_START)  # 1 November 00:00 in Moscow, still 31 October in New York
+    await deposit(api, 1, "5.00")
+    await ctx.projector.drain()
+    new_york = Accounting(ctx.mongo, ctx.ledger, ctx.settings.model_copy(update={"report_tz": "America/New_York"}))
+    october = (await new_york.statement(1, "2031-10")).body()
+    assert october["count"] == 1 and october["closing"]["available"] == "5.00"
+    assert (await new_york.statement(1, "2031-11")).count == 0
+    moscow = await statement(api, 1, "2031-11")  # the service's zone: Europe/Moscow
+    assert moscow["count"] == 1 and moscow["opening"]["available"] == "0.00"
