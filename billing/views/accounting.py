@@ -4,7 +4,9 @@ Both read only transactions up to the projection watermark of the user's partiti
 watermark.py), as the history does: every id up to it is in MongoDB, so the transactions read are a prefix
 of the user's ledger, and a balance read from them is one the account really had (at most the history's
 freshness behind). A transaction's `available_after`/`reserved_after` is the balance right after it, so a
-balance at a moment is one indexed step: the user's last transaction at or before it, by (created_at, _id).
+balance at a moment is that of the user's last transaction at or before it, by (created_at, _id), read from
+the user_created index. That order is the order the scripts wrote them: a user's ids all come from the
+user's partition, whose ids rise and whose clock never goes back (lua/_prelude.lua).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from billing.core.timefmt import datetime_to_ms, format_ms, load_zone, ms_to_dat
 from billing.core.transactions import TRANSACTION_TYPES, TransactionType
 from billing.infra.pipelines import load_pipeline
 from billing.ledger.scripts import Ledger
-from billing.projection.store import TRANSACTIONS
+from billing.projection.store import TRANSACTION_INDEXES, TRANSACTIONS
 from billing.projection.watermark import ProjectionWatermark
 from billing.views.csv_cells import text_cell
 from billing.views.report_month import Month, parse_month
@@ -34,7 +36,7 @@ from billing.views.reports import LINE_END, kopecks
 
 STATEMENT = load_pipeline("statement")  # reports/statement.jsonc
 # The index both the balance lookups and the statement use (billing/projection/store.py TRANSACTION_INDEXES).
-USER_CREATED = [("user_id", 1), ("created_at", 1), ("_id", 1)]
+USER_CREATED = dict(TRANSACTION_INDEXES)["user_created"]
 # Latest transactions read per balance lookup: those past the watermark (at most ~1 s of them) are skipped.
 LATEST_SCAN = 16
 # The bands a balance lookup reads backwards from its moment, each [moment - band, the previous band's start):
