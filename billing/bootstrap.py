@@ -20,6 +20,7 @@ from billing.ledger.unavailable import store_unavailable
 from billing.projection.projector import Projector
 from billing.projection.seq_guard import SequenceGuard
 from billing.projection.store import LedgerStore
+from billing.views.accounting import Accounting
 from billing.views.history import History
 from billing.views.reports import Reports
 
@@ -111,6 +112,7 @@ async def bootstrap(
         sequence_guard=SequenceGuard(redis, ledger.keys, LedgerStore(mongo), ledger.claim_partition_count),
         reports=Reports(mongo, settings, lag_probe=projector.lag),
         transit_recovery=TransitRecovery(ledger),
+        accounting=Accounting(mongo, ledger, settings),
         owns_redis=owns_redis,
         owns_mongo=owns_mongo,
     )

@@ -18,6 +18,7 @@ from billing.ledger.scripts import Ledger
 from billing.ledger.service import MoneyOperations
 from billing.projection.projector import Projector
 from billing.projection.seq_guard import SequenceGuard
+from billing.views.accounting import Accounting
 from billing.views.history import History
 from billing.views.reports import Reports
 
@@ -39,3 +40,4 @@ class ApiContext:
     projector: Projector  # the outbox projector; runs in this process when settings.projector_enabled
     sequence_guard: SequenceGuard
     reports: Reports
+    accounting: Accounting  # balances at a moment and monthly statements, from the MongoDB ledger

@@ -40,6 +40,7 @@ class Endpoint:
     description: str = ""
     store: bool = True  # touches Redis/MongoDB, so may answer 503 unavailable
     extra: Mapping[str, Any] = field(default_factory=dict)
+    also: tuple[str, ...] = ()  # other media types of the success answer, chosen by Accept ("text/csv")
 
 
 @dataclass(frozen=True)

@@ -110,6 +110,8 @@ def _operation(method: str, path: str, op: Endpoint, refs: Mapping[tuple[Any, Js
     responses: dict[str, Any] = {}
     for status, target in sorted(op.responses.items()):
         responses[str(status)] = _success(method, status, target, refs)
+        for media_type in op.also:  # the same answer in another form, by Accept
+            responses[str(status)]["content"][media_type] = {"schema": {"type": "string"}}
     by_status: dict[int, list[str]] = {}
     for code in _error_codes(method, op):
         by_status.setdefault(PROBLEMS[code][0], []).append(code)

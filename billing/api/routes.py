@@ -29,12 +29,13 @@ from billing.api.handlers.ops import (
 from billing.api.handlers.reports import RevenueCsvHandler, RevenueReportHandler
 from billing.api.handlers.reservations import ReservationsHandler
 from billing.api.handlers.services import ServiceHandler, ServicesHandler
+from billing.api.handlers.statements import StatementHandler
 from billing.core import schemas
 from billing.core.parsing import MAX_CURSOR_LENGTH
 from billing.core.roles import ANY_ROLE, Role, roles
 from billing.core.transactions import TRANSACTION_TYPES
 from billing.ledger.service import OPERATIONS
-from billing.views import history
+from billing.views import accounting, history
 from billing.views.report_month import MONTH_PATTERN
 
 PAYMENTS = roles(Role.PAYMENTS)
@@ -156,11 +157,22 @@ ROUTES: tuple[Route, ...] = (
         BalanceHandler,
         {
             "GET": Endpoint(
-                "A user's balance",
+                "A user's balance; with `at`, the balance at that moment from the MongoDB ledger",
                 BALANCE_READERS,
-                {200: schemas.Balance},
-                params=(USER_ID,),
+                {200: schemas.BalanceMaybeAt},
+                params=(
+                    USER_ID,
+                    Param(
+                        "at",
+                        "query",
+                        "RFC 3339 moment: the balance after every transaction with created_at <= at",
+                        {"type": "string", "format": "date-time"},
+                    ),
+                ),
                 errors=("account_not_found",),
+                description="Without `at`: the current balance (Redis). With `at`: the balance after the user's "
+                "last transaction at or before it (0.00 and 0.00 before the first), read from the MongoDB "
+                "ledger within the history's freshness, and `as_of`: `at` in UTC to the millisecond.",
             )
         },
     ),
@@ -234,6 +246,26 @@ ROUTES: tuple[Route, ...] = (
                 errors=("invalid_cursor", "account_not_found"),
                 tag="history",
                 description="Send `Accept-Language: en` for English descriptions (Russian by default).",
+            )
+        },
+    ),
+    Route(
+        "/v1/users/{user_id}/statements/{month}",
+        StatementHandler,
+        {
+            "GET": Endpoint(
+                "A user's monthly statement (JSON, or CSV with Accept: text/csv)",
+                roles(Role.SUPPORT, Role.ACCOUNTING),
+                {200: schemas.Statement},
+                params=(USER_ID, Param("month", "path", "The month, YYYY-MM, in BILLING_REPORT_TZ", MONTH, True)),
+                also=("text/csv",),
+                errors=("account_not_found",),
+                tag="history",
+                description="Opening and closing balances (at the month's start and end), the sum of each "
+                "transaction type and the count of the month's transactions; opening plus the movements "
+                "equals closing. `Accept: text/csv`: `;`-separated UTF-8, CRLF, quoted as the revenue report: "
+                "header `" + ";".join(accounting.CSV_HEADER) + "`, an `opening` line, one `transaction` line "
+                "per transaction (oldest first), a `closing` line.",
             )
         },
     ),

@@ -1,5 +1,5 @@
 """The console's pages under /console: sign in and out, user lookup (support), monthly revenue (accounting),
-the audit log (admin)."""
+users' monthly statements (support, accounting), the audit log (admin)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import tornado.web
 from billing.api.auth import Principal
 from billing.api.context import ApiContext
 from billing.api.handlers.base import UNAVAILABLE_ERRORS, OriginAware, RequestHooks
+from billing.console.accounting_pages import balance_at_view, parse_user, statement_view
 from billing.console.accounts import NAME_PATTERN, Accounts, SignInLimit
 from billing.console.audit import AuditLog
 from billing.console.display import shown
@@ -64,6 +65,7 @@ SECURITY_HEADERS = {
 SUPPORT = roles(Role.SUPPORT)  # the user page: balance, reservations, history
 ACCOUNTING = roles(Role.ACCOUNTING)  # the reports page
 ADMIN = roles(Role.ADMIN)  # the audit log
+STATEMENTS = roles(Role.SUPPORT, Role.ACCOUNTING)  # a user's monthly statement
 STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 
 
@@ -165,6 +167,7 @@ class ConsoleHandler(RequestHooks):
             principal=principal,
             can_users=principal is not None and principal.has_any(SUPPORT),
             can_reports=principal is not None and principal.has_any(ACCOUNTING),
+            can_statements=principal is not None and principal.has_any(STATEMENTS),
             can_audit=principal is not None and principal.has_any(ADMIN),
             switch_url=self.url_with(lang=other_language(self.lang)),
             css_url=CSS_URL,
@@ -299,6 +302,7 @@ class UserHandler(ConsoleHandler):
         view: dict[str, Any] = {"state": None, "error": None, "balance": None, "reservations": [], "history": None}
         raw_user = form_value(self.request.query_arguments, "user")
         view.update(history_error=None, lag=None, types=TRANSACTION_TYPES, raw_user=raw_user)
+        view.update(raw_at="", balance_at=None, zone=self.ctx.settings.report_tz, this_month=self._this_month())
         if view["raw_user"]:
             try:
                 state = HistoryState.from_query(query_lists(self.request.query_arguments))
@@ -319,6 +323,13 @@ class UserHandler(ConsoleHandler):
         if self.principal is not None:  # always, after prepare(); recorded before anything is shown
             await self.audit.record(self.principal, self.route_name, state.user_id, self.origin.remote_ip)
         view["balance"] = tuple(format_kopecks(k) for k in balance)
+        raw_at = form_value(self.request.query_arguments, "at")
+        view["raw_at"] = raw_at
+        if raw_at:
+            try:
+                view["balance_at"] = await balance_at_view(self.ctx.accounting, state.user_id, raw_at, self.lang)
+            except UNAVAILABLE_ERRORS:
+                view["balance_at"] = {"error": TEXT[self.lang]["store_down"]}
         names = await self.ctx.ledger.services()
         view["reservations"] = [
             {**render_reservation(r), "service_name": names.get(int(r["service_id"]))}
@@ -336,6 +347,79 @@ class UserHandler(ConsoleHandler):
             view["history_error"] = TEXT[self.lang]["history_error"].format(detail=exc.detail)
         except UNAVAILABLE_ERRORS:
             view["history_error"] = TEXT[self.lang]["store_down"]
+
+    def _this_month(self) -> str:
+        return datetime.now(ZoneInfo(self.ctx.settings.report_tz)).strftime("%Y-%m")
+
+
+class StatementHandler(ConsoleHandler):
+    """A user's monthly statement: opening and closing balances, every type's sum, a CSV download."""
+
+    roles = STATEMENTS
+    route_name = "/console/statements"
+
+    async def get(self) -> None:
+        raw_user = form_value(self.request.query_arguments, "user")
+        month = form_value(self.request.query_arguments, "month") or datetime.now(self._zone).strftime("%Y-%m")
+        view: dict[str, Any] = {"raw_user": raw_user, "month": month, "error": None, "statement": None}
+        view.update(zone=self.ctx.settings.report_tz, types=TRANSACTION_TYPES, csv_url=None)
+        if raw_user:
+            user_id = parse_user(raw_user)
+            if user_id is None:
+                self.set_status(400)
+                view["error"] = TEXT[self.lang]["bad_user_id"]
+            elif not _is_month(month):
+                self.set_status(400)
+                view["error"] = TEXT[self.lang]["bad_month"]
+            else:
+                await self._fill(user_id, month, view)
+        self.render("console_statement.html", **view)
+
+    @property
+    def _zone(self) -> ZoneInfo:
+        return ZoneInfo(self.ctx.settings.report_tz)
+
+    async def _fill(self, user_id: int, month: str, view: dict[str, Any]) -> None:
+        try:
+            statement = await self.ctx.accounting.statement(user_id, month)
+        except ApiError as exc:
+            self.set_status(exc.status)
+            view["error"] = TEXT[self.lang]["unknown_user"].format(user_id=user_id) if exc.status == 404 else exc.detail
+            return
+        except UNAVAILABLE_ERRORS:
+            self.set_status(503)
+            view["error"] = TEXT[self.lang]["store_down"]
+            return
+        if self.principal is not None:
+            await self.audit.record(self.principal, self.route_name, user_id, self.origin.remote_ip)
+        view["statement"] = statement_view(statement, self._zone)
+        view["csv_url"] = "/console/statements.csv?" + urlencode({"user": user_id, "month": statement.month.label})
+
+
+class StatementCsvHandler(ConsoleHandler):
+    """The statement's CSV (GET /v1/users/{id}/statements/{month} with Accept: text/csv) for a console session."""
+
+    roles = STATEMENTS
+    route_name = "/console/statements.csv"
+
+    async def get(self) -> None:
+        user_id = parse_user(form_value(self.request.query_arguments, "user"))
+        month = form_value(self.request.query_arguments, "month")
+        if user_id is None or not _is_month(month):
+            raise ConsoleError(400, "bad_statement")
+        chunks = self.ctx.accounting.statement_csv(user_id, month)
+        try:
+            first = await anext(chunks)
+        except ApiError as exc:
+            raise ConsoleError(exc.status, "unknown_user", user_id=user_id) from exc
+        if self.principal is not None:
+            await self.audit.record(self.principal, self.route_name, user_id, self.origin.remote_ip)
+        self.set_header("Content-Type", "text/csv; charset=utf-8")
+        self.set_header("Content-Disposition", f'attachment; filename="statement-{user_id}-{month}.csv"')
+        self.write(first)
+        async for chunk in chunks:
+            self.write(chunk)
+        self.finish()
 
 
 class ReportsHandler(ConsoleHandler):
@@ -424,6 +508,8 @@ def console_routes(ctx: ApiContext) -> list[Any]:
         (r"/console/logout", LogoutHandler, args),
         (r"/console/users", UserHandler, args),
         (r"/console/reports", ReportsHandler, args),
+        (r"/console/statements", StatementHandler, args),
+        (r"/console/statements\.csv", StatementCsvHandler, args),
         (r"/console/audit", AuditHandler, args),
         (r"/console/static/(.*)", ConsoleStaticHandler, {"path": str(STATIC_DIR)}),
     ]

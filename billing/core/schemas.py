@@ -17,6 +17,7 @@ from pydantic import (
     WithJsonSchema,
     model_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
 
 from billing.core.money import (
     KOPECKS_PER_RUBLE,
@@ -156,6 +157,41 @@ class Balance(BaseModel):
     user_id: int
     available: Money
     reserved: Money
+
+
+def _absent_not_null(schema: dict[str, Any]) -> None:
+    """An optional field that is left out, never null: no `default: null` in the published schema."""
+    schema.pop("default", None)
+
+
+class BalanceMaybeAt(Balance):
+    """A balance; read with `at`, also the moment it is the balance at."""
+
+    as_of: Annotated[
+        Timestamp | SkipJsonSchema[None],
+        Field(
+            description="Only with `at`: `at` in UTC, to the millisecond (the ledger's precision)",
+            json_schema_extra=_absent_not_null,
+        ),
+    ] = None
+
+
+class BalanceAmounts(BaseModel):
+    available: Money
+    reserved: Money
+
+
+class Statement(BaseModel):
+    """One user's month in BILLING_REPORT_TZ: opening + movements (each type by its effect) = closing."""
+
+    user_id: int
+    month: Annotated[str, Field(examples=["2026-11"])]
+    opening: BalanceAmounts
+    closing: BalanceAmounts
+    totals: Annotated[
+        dict[TransactionTypeValue, Money], Field(description="The sum of each transaction type's amounts, every type")
+    ]
+    count: Annotated[int, Field(description="The month's transactions")]
 
 
 class MissingBalance(BaseModel):

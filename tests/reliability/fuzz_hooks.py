@@ -35,6 +35,7 @@ IDS = frozenset({"user_id", "service_id", "order_id", "from_user_id", "to_user_i
 
 AMOUNT = re.compile(r"[0-9]+(\.[0-9]{1,2})?")
 PATH_ID = re.compile(r"[0-9]+(\.0+)?")
+MONTH = re.compile(r"[0-9]{4}-[0-9]{2}")
 VISIBLE_ASCII = re.compile(r"[!-~]{1,255}")
 # Every value of a query string or path here is ASCII without whitespace or control characters; only an
 # RFC 3339 time may put one space between date and time.
@@ -151,8 +152,10 @@ def text_malformed(name: str, value: Any) -> bool:
     text = str(value)
     if name in IDS:
         return not PATH_ID.fullmatch(text)
-    if name in ("from", "to"):
+    if name in ("from", "to", "at"):
         return not (PLAIN.fullmatch(text) or TIME_WITH_SPACE.fullmatch(text))
+    if name == "month":  # a path parameter arrives percent-encoded ("%0B2026-11"): judge its grammar
+        return not MONTH.fullmatch(text)
     return not PLAIN.fullmatch(text)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from billing.api.handlers.base import BaseHandler
+from billing.api.handlers.reports import query_text
 from billing.core.errors import ApiError
 from billing.core.money import format_kopecks
 
@@ -19,6 +20,10 @@ def balance_body(user_id: int, available: int, reserved: int) -> dict[str, Any]:
 class BalanceHandler(BaseHandler):
     async def get(self, raw_user_id: str) -> None:
         user_id = self.path_id(raw_user_id, "user_id")
+        if "at" in self.request.query_arguments:  # the balance at a moment, from the MongoDB ledger
+            at = query_text(self.request.query_arguments, "at")
+            self.write_json(200, (await self.ctx.accounting.balance_at(user_id, at)).body())
+            return
         balance = await self.ctx.ledger.balance(user_id)
         if balance is None:
             raise ApiError("account_not_found", f"User {user_id} has no account yet")
