@@ -21,6 +21,7 @@ from billing.ledger.unavailable import store_unavailable
 from billing.projection.projector import Projector
 from billing.projection.seq_guard import SequenceGuard
 from billing.projection.store import LedgerStore
+from billing.views.events import EventFeed
 from billing.views.history import History
 from billing.views.reports import Reports
 
@@ -57,6 +58,7 @@ class Context(ApiContext):
 
     async def stop(self) -> None:
         """Stop in reverse order, letting each part finish the work in hand; then close the stores opened here."""
+        await self.events.close()
         await self.projector.stop()
         await self.sequence_guard.stop()
         if self.owns_mongo:
@@ -81,6 +83,8 @@ async def bootstrap(settings: Settings, redis: Redis | None = None, mongo: Mongo
     except Exception as exc:  # Redis may be down at start; scripts load on first NOSCRIPT
         log.warning("could not load Lua scripts at start: %s", exc)
     metrics = Metrics()
+    # History and feed cursors are signed with the service secret; without one they hold only in this process.
+    secret = settings.secret or secrets.token_urlsafe(32)
     projector = Projector.from_settings(settings, redis, ledger.keys, LedgerStore(mongo))
     return Context(
         settings=settings,
@@ -91,8 +95,8 @@ async def bootstrap(settings: Settings, redis: Redis | None = None, mongo: Mongo
         auth=Authenticator(settings.tokens),
         metrics=metrics,
         request_observer=RequestObserver(metrics, settings.log_requests),
-        # History cursors are signed with the service secret; without one they hold only in this process.
-        history=History(mongo, ledger, settings.secret or secrets.token_urlsafe(32)),
+        history=History(mongo, ledger, secret),
+        events=EventFeed(mongo, redis, ledger.keys, secret),
         projector=projector,
         sequence_guard=SequenceGuard(redis, ledger.keys, LedgerStore(mongo), ledger.claim_partition_count),
         reports=Reports(mongo, settings, lag_probe=projector.lag),
