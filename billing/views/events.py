@@ -147,6 +147,12 @@ class FeedWaker:
         self._advanced = asyncio.Event()
         self._subscribed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self.released = False
+
+    def release(self) -> None:
+        """At shutdown: wake every waiting request and let none wait from now on (they answer what they have)."""
+        self.released = True
+        self._wake()
 
     def _wake(self) -> None:
         advanced, self._advanced = self._advanced, asyncio.Event()
@@ -260,11 +266,11 @@ class EventFeed:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + q.wait
         # Subscribed before the first read: an advance after that read sets `advanced`.
-        advanced = await self.waker.subscribed(q.wait) if q.wait else None
+        advanced = await self.waker.subscribed(q.wait) if q.wait and not self.waker.released else None
         while True:
             docs, seqs = await self._read(seqs, q.limit)
             remaining = deadline - loop.time()
-            if docs or advanced is None or remaining <= 0:
+            if docs or advanced is None or remaining <= 0 or self.waker.released:
                 break
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(advanced.wait(), remaining)

@@ -231,3 +231,12 @@ async def test_limit_bounds_are_accepted(api: Api, ctx: Context) -> None:
     assert len((await feed(api, limit="1"))["items"]) == 1
     assert len((await feed(api, limit=str(MAX_LIMIT)))["items"]) == 3
     assert len((await feed(api, limit="2", wait="0"))["items"]) == 2
+
+
+async def test_a_held_request_answers_at_once_when_the_process_stops(api: Api, ctx: Context) -> None:
+    waiting = asyncio.create_task(feed(api, wait="30"))
+    await asyncio.sleep(0.3)  # (ordering only: the request is most likely held open by now)
+    ctx.events.waker.release()  # what a stopping worker does before it drains its requests
+    page = await asyncio.wait_for(waiting, 20)
+    assert page["items"] == [] and page["next"]
+    assert await asyncio.wait_for(feed(api, wait="30"), 20) == page  # and nothing waits any more
