@@ -159,7 +159,8 @@ class FeedWaker:
         advanced.set()
 
     async def subscribed(self, timeout: float) -> asyncio.Event:
-        """An event set on the next advance, taken once the subscription is live (or after timeout without)."""
+        """An event set on the next advance, taken once the subscription is live (or after timeout without: then
+        only the request's deadline ends its wait)."""
         if self._task is None:
             self._task = asyncio.create_task(self._listen(), name="events-waker")
         with contextlib.suppress(TimeoutError):
@@ -266,11 +267,18 @@ class EventFeed:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + q.wait
         # Subscribed before the first read: an advance after that read sets `advanced`.
-        advanced = await self.waker.subscribed(q.wait) if q.wait and not self.waker.released else None
+        advanced = None
+        if q.wait and not self.waker.released:
+            advanced = await self.waker.subscribed(min(q.wait, RECONNECT_SECONDS))
         while True:
-            docs, seqs = await self._read(seqs, q.limit)
+            docs, read_to = await self._read(seqs, q.limit)
+            moved, seqs = read_to != seqs, read_to
+            if docs:
+                break
+            if moved:  # only ids that never got a transaction were passed: read on, something may follow
+                continue
             remaining = deadline - loop.time()
-            if docs or advanced is None or remaining <= 0 or self.waker.released:
+            if advanced is None or remaining <= 0 or self.waker.released:
                 break
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(advanced.wait(), remaining)
@@ -288,8 +296,11 @@ class EventFeed:
     async def _read(self, seqs: list[int], limit: int) -> tuple[list[dict[str, Any]], list[int]]:
         """Up to `limit` events after the positions, merged by (created_at, id); the positions after them."""
         marks = [_seq_below(mark, p) for p, mark in enumerate(await self.watermarks())]
-        # Per partition with news, the next `limit` sequence numbers up to its watermark's.
-        probes = {p: (seqs[p], min(marks[p], seqs[p] + limit)) for p in self._keys.all() if marks[p] > seqs[p]}
+        news = [p for p in self._keys.all() if marks[p] > seqs[p]]
+        # Per partition with news, its share of the page: the next sequence numbers up to its watermark's. A page
+        # may so hold fewer than `limit` events while more wait; lookups stay about `limit` (each id is a probe).
+        share = -(-limit // len(news)) if news else 0
+        probes = {p: (seqs[p], min(marks[p], seqs[p] + share)) for p in news}
         found = await asyncio.gather(*(self._partition(p, low, high) for p, (low, high) in probes.items()))
         merged = heapq.merge(*found, key=lambda doc: (datetime_to_ms(doc["created_at"]), int(doc["_id"])))
         docs = [doc for doc, _ in zip(merged, range(limit), strict=False)]
