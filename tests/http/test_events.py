@@ -105,7 +105,7 @@ async def test_exactly_once_under_concurrent_writers_and_a_projector_restart(api
 
     async def writer(seed: int) -> None:
         rng = random.Random(seed)
-        for _ in range(25):
+        for _ in range(10):
             uid = rng.randint(1, 12)
             if rng.random() < 0.7:
                 call = ctx.ledger.deposit_call(uid, rng.randint(1, 5000), None)
@@ -123,13 +123,16 @@ async def test_exactly_once_under_concurrent_writers_and_a_projector_restart(api
             if stop.is_set() and not page["items"]:
                 return
 
+    async def writers(phase: int) -> None:
+        await asyncio.gather(*(writer(phase * 8 + n) for n in range(8)))
+
     following = asyncio.create_task(follower())
-    writers = [asyncio.create_task(writer(seed)) for seed in range(8)]
-    await asyncio.sleep(0.2)
-    await ctx.projector.stop()  # mid-way: entries pile up, then a new run picks them (and pending ones) up
-    await asyncio.sleep(0.2)
-    await ctx.projector.start()
-    await asyncio.gather(*writers)
+    await writers(0)  # 8 concurrent writers, projected as they go, followed as they land
+    await ctx.projector.stop()
+    await writers(1)  # entries pile up in the outbox while no projector runs
+    restarted = asyncio.create_task(ctx.projector.start())
+    await writers(2)  # the new run catches up while writers go on
+    await restarted
     await ctx.projector.drain()
     stop.set()
     await asyncio.wait_for(following, 60)
