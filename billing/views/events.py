@@ -47,9 +47,10 @@ PARAMETERS = ("after", "limit", "wait")
 DEFAULT_LIMIT = MAX_LIMIT = 100
 MAX_WAIT = 30  # seconds a request may be held open
 CURSOR_VERSION = 1
-# The longest cursor: a version byte, the count, and at most 9 varint bytes per partition, base64url, plus the
-# signature.
-MAX_EVENT_CURSOR_LENGTH = 4 * (3 + 9 * MAX_PARTITIONS) // 3 + 4 + 1 + 43
+# The longest cursor accepted. Written as 4-byte UTF-8 characters, percent-encoded, it still fits Tornado's 64 KiB
+# request head. A position takes 1 to 9 bytes (5 up to 2^35 transactions of a partition), so every cursor of up
+# to 337 partitions fits (the default is 16), and of 600 up to 2^35 transactions each.
+MAX_EVENT_CURSOR_LENGTH = 4096
 _DOMAIN = b"billing:events-cursor:v1"
 RECONNECT_SECONDS = 1.0
 log = logging.getLogger("billing.views.events")
