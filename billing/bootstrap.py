@@ -7,12 +7,21 @@ import logging
 import secrets
 from dataclasses import dataclass
 
+from redis.asyncio import Redis
+
 from billing.api.auth import Authenticator
 from billing.api.context import ApiContext
 from billing.core.config import Settings
 from billing.infra.observability import RequestObserver
 from billing.infra.redis_route import RedisClient
-from billing.infra.stores import EMBEDDED_WARNING, MongoDatabase, close_redis, connect_mongo, connect_redis
+from billing.infra.stores import (
+    EMBEDDED_WARNING,
+    MongoDatabase,
+    close_redis,
+    connect_mongo,
+    connect_node,
+    connect_redis,
+)
 from billing.ledger.scripts import Ledger
 from billing.ledger.service import MoneyOperations
 from billing.ledger.transits import TransitRecovery
@@ -21,6 +30,7 @@ from billing.projection.projector import Projector
 from billing.projection.seq_guard import SequenceGuard
 from billing.projection.store import LedgerStore
 from billing.views.accounting import Accounting
+from billing.views.events import EventFeed
 from billing.views.history import History
 from billing.views.reports import Reports
 
@@ -62,6 +72,7 @@ class Context(ApiContext):
 
     async def stop(self) -> None:
         """Stop in reverse order, letting each part finish the work in hand; then close the stores opened here."""
+        await self.events.close()
         await self.projector.stop()
         if self.transit_recovery is not None:
             await self.transit_recovery.stop()
@@ -96,6 +107,8 @@ async def bootstrap(
     except Exception as exc:  # Redis may be down at start; scripts load on first NOSCRIPT
         log.warning("could not load Lua scripts at start: %s", exc)
     metrics = Metrics()
+    # History and feed cursors are signed with the service secret; without one they hold only in this process.
+    secret = settings.secret or secrets.token_urlsafe(32)
     projector = Projector.from_settings(settings, redis, ledger.keys, LedgerStore(mongo))
     return Context(
         settings=settings,
@@ -106,8 +119,10 @@ async def bootstrap(
         auth=Authenticator(settings.tokens),
         metrics=metrics,
         request_observer=RequestObserver(metrics, settings.log_requests),
-        # History cursors are signed with the service secret; without one they hold only in this process.
-        history=History(mongo, ledger, settings.secret or secrets.token_urlsafe(32)),
+        history=History(mongo, ledger, secret),
+        events=EventFeed(
+            mongo, redis, ledger.keys, secret, redis if isinstance(redis, Redis) else connect_node(settings)
+        ),
         projector=projector,
         sequence_guard=SequenceGuard(redis, ledger.keys, LedgerStore(mongo), ledger.claim_partition_count),
         reports=Reports(mongo, settings, lag_probe=projector.lag),

@@ -1,4 +1,5 @@
-"""The ledger's commands: `billing project`, `billing reconcile`, `billing rebuild`, `billing recover`.
+"""The ledger's commands: `billing project`, `billing reconcile`, `billing rebuild`, `billing recover`,
+`billing events tail`.
 
 Each one first makes sure both stores answer, so an unreachable one is a single line on stderr; failures
 become CommandError (one line, exit status 2); progress goes to a terminal's stderr and results to stdout.
@@ -10,20 +11,25 @@ import argparse
 import asyncio
 import logging
 import signal
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
+import orjson
 from pymongo.errors import PyMongoError
 from redis.asyncio import Redis
 
 from billing.bootstrap import Context, bootstrap
 from billing.core.config import DRAIN_TIMEOUT_SECONDS, Settings
+from billing.core.errors import ApiError
 from billing.infra.stores import close_redis, connect_mongo, connect_redis
 from billing.ledger.scripts import PartitionCountChanged
 from billing.ledger.unavailable import store_unavailable
 from billing.projection.recovery import Progress, RedisNotEmpty, no_progress, rebuild, reconcile
 from billing.projection.store import LedgerStore
 from billing.terminal import Command, CommandError, StepProgress, one_line
+from billing.views.descriptions import negotiate_language
+from billing.views.events import MAX_LIMIT, MAX_WAIT
 
 log = logging.getLogger("billing.ledger.scripts")
 
@@ -182,6 +188,73 @@ def _configure_recover(parser: argparse.ArgumentParser) -> None:
     )
 
 
+async def tail_events(ctx: Context, after: str | None, limit: int | None) -> tuple[int, str]:
+    """Print the event feed (GET /v1/events, read from the stores), one JSON line per event, following it with
+    long polls: until `limit` events were printed, or SIGTERM or SIGINT. The position to resume from goes to
+    stderr at the end."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    lang = negotiate_language(None)
+    printed = 0
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        while limit is None or printed < limit:
+            page_size = MAX_LIMIT if limit is None else min(MAX_LIMIT, limit - printed)
+            query = {"limit": str(page_size), "wait": str(MAX_WAIT), **({"after": after} if after else {})}
+            reading = asyncio.create_task(ctx.events.page(query, lang))
+            await asyncio.wait({reading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not reading.done():  # stopped while waiting: the page is not taken
+                reading.cancel()
+                break
+            try:
+                page = reading.result()
+            except ApiError as exc:
+                raise CommandError(f"--after: {exc.detail}") from None
+            for event in page["items"]:
+                sys.stdout.write(orjson.dumps(event).decode() + "\n")
+            sys.stdout.flush()
+            printed += len(page["items"])
+            after = page["next"]
+            if stop.is_set():
+                break
+    finally:
+        stopping.cancel()
+    if after:
+        print(f"next: {after}", file=sys.stderr, flush=True)
+    return 0, ""
+
+
+def _events(settings: Settings, args: argparse.Namespace) -> int:
+    if args.limit is not None and args.limit < 1:
+        raise CommandError("--limit must be at least 1")
+    return _run(settings, lambda ctx, progress: tail_events(ctx, args.after, args.limit), show_progress=False)
+
+
+def _configure_events(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "tail: print the event feed (every ledger transaction, as GET /v1/events gives it), one JSON line per "
+        "event, following it until --limit events or SIGTERM/SIGINT; then the position to resume from "
+        "(`next: <cursor>`) on stderr. It reads the stores directly, so it needs no token; its cursors "
+        "are the API's when BILLING_SECRET is the servers'."
+    )
+    parser.add_argument("action", choices=["tail"], help="what to do: tail (the only action)")
+    parser.add_argument(
+        "--after",
+        default=None,
+        metavar="CURSOR",
+        help="start after this position (a `next` of the API or of an earlier tail; default: the oldest event)",
+    )
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        metavar="N",
+        help="stop after N events (default: follow until stopped)",
+    )
+
+
 def _project(settings: Settings, args: argparse.Namespace) -> int:
     return _run(settings, project, show_progress=False)  # it runs until stopped: its log says what it does
 
@@ -256,5 +329,11 @@ COMMANDS: dict[str, Command] = {
         STORE_SETTINGS + PROJECTOR_SETTINGS,
         _configure_rebuild,
         _rebuild,
+    ),
+    "events": Command(
+        "events tail: print the event feed as JSON lines, following it",
+        (*STORE_SETTINGS, "secret"),
+        _configure_events,
+        _events,
     ),
 }

@@ -52,6 +52,7 @@ async def run_worker(settings: Settings, sockets: list[socket.socket], ready: Ca
     await stop.wait()
     log.info("worker %d stopping: no new connections, finishing requests in flight", os.getpid())
     server.stop()
+    ctx.events.waker.release()  # held long polls of the event feed answer now instead of holding the drain
     await _drain(server, ctx)
     await ctx.stop()
     flush_gathered(ctx)

@@ -19,6 +19,7 @@ from billing.ledger.service import MoneyOperations
 from billing.projection.projector import Projector
 from billing.projection.seq_guard import SequenceGuard
 from billing.views.accounting import Accounting
+from billing.views.events import EventFeed
 from billing.views.history import History
 from billing.views.reports import Reports
 
@@ -37,6 +38,7 @@ class ApiContext:
     metrics: Metrics
     request_observer: RequestObserver  # the access log, request metrics and the in-flight count
     history: History
+    events: EventFeed  # GET /v1/events
     projector: Projector  # the outbox projector; runs in this process when settings.projector_enabled
     sequence_guard: SequenceGuard
     reports: Reports

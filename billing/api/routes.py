@@ -15,6 +15,7 @@ from pydantic import BaseModel, TypeAdapter
 from billing.api.endpoint import NO_AUTH, Endpoint, Param, Route
 from billing.api.handlers.accounts import MAX_BALANCE_IDS, BalanceHandler, BalancesHandler
 from billing.api.handlers.batch import BatchHandler
+from billing.api.handlers.events import EventsHandler
 from billing.api.handlers.health import HealthHandler, ReadyHandler
 from billing.api.handlers.history import TransactionsHandler
 from billing.api.handlers.operations import OperationHandler
@@ -35,7 +36,7 @@ from billing.core.parsing import MAX_CURSOR_LENGTH
 from billing.core.roles import ANY_ROLE, Role, roles
 from billing.core.transactions import TRANSACTION_TYPES
 from billing.ledger.service import OPERATIONS
-from billing.views import accounting, history
+from billing.views import accounting, events, history
 from billing.views.report_month import MONTH_PATTERN
 
 PAYMENTS = roles(Role.PAYMENTS)
@@ -266,6 +267,42 @@ ROUTES: tuple[Route, ...] = (
                 "equals closing. `Accept: text/csv`: `;`-separated UTF-8, CRLF, quoted as the revenue report: "
                 "header `" + ";".join(accounting.CSV_HEADER) + "`, an `opening` line, one `transaction` line "
                 "per transaction (oldest first), a `closing` line.",
+            )
+        },
+    ),
+    Route(
+        "/v1/events",
+        EventsHandler,
+        {
+            "GET": Endpoint(
+                "The event feed: every ledger transaction as an event, for other services",
+                roles(Role.EVENTS),
+                {200: schemas.EventPage},
+                params=(
+                    Param(
+                        "after",
+                        "query",
+                        "`next` of the previous page (opaque); without it the feed starts at the oldest event",
+                        {**CURSOR, "maxLength": events.MAX_EVENT_CURSOR_LENGTH},
+                    ),
+                    Param(
+                        "limit",
+                        "query",
+                        "Most events in the page",
+                        {"type": "integer", "minimum": 1, "maximum": events.MAX_LIMIT, "default": events.DEFAULT_LIMIT},
+                    ),
+                    Param(
+                        "wait",
+                        "query",
+                        "Seconds to hold the request open while no event is available (long poll)",
+                        {"type": "integer", "minimum": 0, "maximum": events.MAX_WAIT, "default": 0},
+                    ),
+                ),
+                errors=("invalid_cursor",),
+                tag="events",
+                description="Following `next` yields every event exactly once, each user's events in their order. "
+                "`next` is returned with every page, empty ones too. Send `Accept-Language: en` for English "
+                "descriptions in `data` (Russian by default).",
             )
         },
     ),

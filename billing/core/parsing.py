@@ -109,6 +109,13 @@ def small_number(text: str, largest: int) -> int:
     return value
 
 
+def whole_seconds(text: str, largest: int) -> int:
+    """A duration such as a long poll's wait: ASCII digits, 0 to largest (at most 999)."""
+    if not _fullmatch(_SMALL_NUMBER, text) or int(text) > largest:
+        raise ParseError(f"must be whole seconds from 0 to {largest}")
+    return int(text)
+
+
 def epoch_seconds(text: str) -> int:
     """Seconds since 1970 as written in a signed link: 1 to 12 ASCII digits."""
     if not _fullmatch(_EPOCH_SECONDS, text):
@@ -207,9 +214,9 @@ def idempotency_key(text: str) -> str:
     return text
 
 
-def cursor_parts(text: str) -> tuple[str, str]:
-    """A history cursor `<payload>.<signature>`, both base64url without padding, at most 512 characters."""
-    match = _fullmatch(_CURSOR, text) if len(text) <= MAX_CURSOR_LENGTH else None
+def cursor_parts(text: str, longest: int = MAX_CURSOR_LENGTH) -> tuple[str, str]:
+    """A cursor `<payload>.<signature>`, both base64url without padding, at most `longest` characters."""
+    match = _fullmatch(_CURSOR, text) if len(text) <= longest else None
     if match is None:
         raise ParseError("is malformed; use next_cursor exactly as returned")
     return match.group(1), match.group(2)

@@ -10,6 +10,7 @@ class Role(StrEnum):
     ORDERS = "orders"
     SUPPORT = "support"
     ACCOUNTING = "accounting"
+    EVENTS = "events"  # reads the event feed (GET /v1/events)
     ADMIN = "admin"
 
 

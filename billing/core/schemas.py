@@ -262,6 +262,22 @@ class HistoryPage(BaseModel):
     next_cursor: str | None
 
 
+class EventData(Transaction):
+    user_id: int
+
+
+class Event(BaseModel):
+    id: int
+    type: Literal["transaction.created"]
+    created_at: Timestamp
+    data: EventData
+
+
+class EventPage(BaseModel):
+    items: list[Event]
+    next: str
+
+
 class ReportLink(BaseModel):
     month: str
     url: str

@@ -64,6 +64,13 @@ def connect_redis(settings: Settings) -> RedisClient:
     return fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
 
 
+def connect_node(settings: Settings) -> Redis:
+    """A client of the one node BILLING_REDIS_URL names (under Redis Cluster: for pub/sub, which reaches every
+    node's subscribers)."""
+    assert settings.redis_url
+    return Redis.from_url(settings.redis_url, socket_connect_timeout=min(settings.request_timeout_seconds, 2.0))
+
+
 async def close_redis(redis: RedisClient) -> None:
     """Close a client of connect_redis() with the hot path's idle connections of it."""
     if isinstance(redis, Redis):

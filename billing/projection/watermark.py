@@ -40,11 +40,13 @@ from billing.ledger.scripts import RedisKeys
 SCAN = 16  # entries read per XRANGE while looking for the oldest one that carries transactions
 
 # SET the key to ARGV[1] unless it already holds a larger id. Compared as decimal strings (no leading
-# zeros): exact for any int64, where Lua's doubles are exact only below 2^53.
+# zeros): exact for any int64, where Lua's doubles are exact only below 2^53. An advance is also PUBLISHed on
+# the channel named as the key: the event feed's long polls wake on it (billing/views/events.py).
 _ADVANCE = """
 local new, cur = ARGV[1], redis.call('GET', KEYS[1])
 if not cur or #new > #cur or (#new == #cur and new > cur) then
   redis.call('SET', KEYS[1], new)
+  redis.call('PUBLISH', KEYS[1], new)
   return new
 end
 return cur

@@ -188,7 +188,7 @@ class History:
             docs += await self._read(filter_, sort, wanted)
         has_more = len(docs) > q.limit
         docs = docs[: q.limit]
-        names = await self._service_names(docs)
+        names = await service_names(self._services, docs)
         next_cursor = None
         if has_more:
             last = docs[-1]
@@ -217,10 +217,12 @@ class History:
             found = await self.find_cursor(filter_, sort, limit, hint=False).to_list(limit)
             return found
 
-    async def _service_names(self, docs: list[dict[str, Any]]) -> dict[int, str]:
-        """Current catalog names of the services these rows mention (the row's snapshot is the fallback)."""
-        ids = sorted({int(doc["service_id"]) for doc in docs if doc.get("service_id") is not None})
-        if not ids:
-            return {}
-        found = await self._services.find({"_id": {"$in": ids}}, {"name": 1}).to_list(len(ids))
-        return {int(row["_id"]): row["name"] for row in found if row.get("name")}
+
+async def service_names(services: Any, docs: list[dict[str, Any]]) -> dict[int, str]:
+    """Current catalog names (the `services` collection) of the services these ledger rows mention; a row's
+    own snapshot of the name is the fallback (billing/views/render.py)."""
+    ids = sorted({int(doc["service_id"]) for doc in docs if doc.get("service_id") is not None})
+    if not ids:
+        return {}
+    found = await services.find({"_id": {"$in": ids}}, {"name": 1}).to_list(len(ids))
+    return {int(row["_id"]): row["name"] for row in found if row.get("name")}

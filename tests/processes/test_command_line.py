@@ -15,7 +15,7 @@ from billing.core.config import PROJECT_ROOT, Settings
 from tests.support.servers import RedisServer, free_port
 
 BILLING = str(Path(sys.executable).with_name("billing"))
-COMMANDS = ("serve", "report", "project", "reconcile", "rebuild", "recover", "console-user", "audit")
+COMMANDS = ("serve", "report", "project", "reconcile", "rebuild", "recover", "events", "console-user", "audit")
 
 
 def env(**settings: str) -> dict[str, str]:
@@ -112,6 +112,8 @@ ERRORS: dict[str, tuple[list[str], dict[str, str], str]] = {
     "bad month": (["report", "--month", "2025-13"], {"BILLING_MONGO_URL": "mongodb://127.0.0.1:1/"}, "YYYY-MM"),
     "report on the embedded store": (["report", "--month", "2025-11"], {}, "needs BILLING_MONGO_URL"),
     "reconcile on the embedded stores": (["reconcile"], {}, "needs BILLING_REDIS_URL and BILLING_MONGO_URL"),
+    "events tail on the embedded stores": (["events", "tail"], {}, "needs BILLING_REDIS_URL and BILLING_MONGO_URL"),
+    "events without its action": (["events"], {}, "required: action"),
     "bad setting": (["rebuild"], {"BILLING_PROJECTOR_BATCH": "0"}, "BILLING_PROJECTOR_BATCH"),
     "bad --drain-timeout": (["reconcile", "--drain-timeout", "soon"], {}, "--drain-timeout"),
 }

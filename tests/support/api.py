@@ -15,6 +15,7 @@ TEST_TOKENS: dict[str, list[str]] = {
     "tok-orders": ["orders"],
     "tok-support": ["support"],
     "tok-accounting": ["accounting"],
+    "tok-events": ["events"],
     "tok-admin": ["admin"],
 }
 

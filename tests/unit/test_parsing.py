@@ -24,6 +24,7 @@ from billing.core.money import AmountError, format_kopecks, parse_amount
 from billing.core.parsing import AMOUNT_GRAMMAR, ParseError
 from billing.core.transactions import TRANSACTION_TYPES
 from billing.views.descriptions import negotiate_language
+from billing.views.events import MAX_EVENT_CURSOR_LENGTH
 
 ASCII_DIGITS = "0123456789"
 WHITESPACE = [" ", "\t", "\n", "\r", "\x0b", "\x0c", "\x1c", "\x85", "\xa0", "\u2003", "\u2028", "\u3000", "\ufeff"]
@@ -313,6 +314,7 @@ VALID: list[tuple[str, Callable[[str], Any], str]] = [
     ("amount", parsing.amount_kopecks, "100.50"),
     ("id", parsing.id_text, "42"),
     ("limit", lambda t: parsing.small_number(t, 100), "20"),
+    ("wait", lambda t: parsing.whole_seconds(t, 30), "0"),
     ("expires", parsing.epoch_seconds, "1795000000"),
     ("month", parsing.month, "2026-11"),
     ("date", parsing.calendar_date, "2026-11-26"),
@@ -440,6 +442,7 @@ PUBLISHED_GRAMMARS: list[tuple[str, Callable[[str], Any]]] = [
     ("expires", parsing.epoch_seconds),
     ("signature", parsing.hex_sha256),
     ("cursor", parsing.cursor_parts),
+    ("after", lambda t: parsing.cursor_parts(t, MAX_EVENT_CURSOR_LENGTH)),
     ("type", lambda t: parsing.choices(t, TRANSACTION_TYPES)),
     ("Idempotency-Key", parsing.idempotency_key),
 ]
@@ -462,3 +465,13 @@ def test_ids_and_limits_are_published_as_integers_in_range() -> None:
     for name in ("user_id", "service_id", "order_id"):
         assert PUBLISHED[name] == {"type": "integer", "minimum": 1, "maximum": parsing.MAX_ID, "examples": [42]}
     assert PUBLISHED["limit"]["type"] == "integer" and PUBLISHED["limit"]["maximum"] == 100
+
+
+@pytest.mark.parametrize(("text", "value"), [("0", 0), ("1", 1), ("30", 30), ("07", 7)])
+def test_whole_seconds_take_digits_up_to_the_bound(text: str, value: int) -> None:
+    assert parsing.whole_seconds(text, 30) == value
+
+
+@pytest.mark.parametrize("text", ["31", "-1", "+1", "1.0", "0.5", "", "1e1", "٣", "1000", " 1"])
+def test_whole_seconds_refuse_anything_else(text: str) -> None:
+    assert refused(lambda t: parsing.whole_seconds(t, 30), text)
