@@ -84,9 +84,14 @@ class Route(abc.ABC):
     async def command(self, parts: Parts) -> Any:
         """One command (a read, or a write that needs no WAIT); an error reply raises."""
 
-    @abc.abstractmethod
     async def write(self, parts: Parts) -> Any:
         """One write, then WAIT when configured; an error reply of the write raises."""
+        if not self.wait_replicas:
+            return await self.command(parts)
+        (reply,) = await self.pipeline([parts], write=True)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
 
     @abc.abstractmethod
     async def pipeline(self, commands: Sequence[Parts], write: bool = False) -> list[Any]:
@@ -111,14 +116,6 @@ class SingleRoute(Route):
 
     async def command(self, parts: Parts) -> Any:
         return await redis_raw.command(self.redis, redis_raw.pack(parts))
-
-    async def write(self, parts: Parts) -> Any:
-        if not self.wait_replicas:
-            return await self.command(parts)
-        (reply,) = await self.pipeline([parts], write=True)
-        if isinstance(reply, Exception):
-            raise reply
-        return reply
 
     async def pipeline(self, commands: Sequence[Parts], write: bool = False) -> list[Any]:
         if not (write and self.wait_replicas and commands):
@@ -150,14 +147,6 @@ class ClusterRoute(Route):
 
     async def command(self, parts: Parts) -> Any:
         return await self.cluster.execute_command(*parts)
-
-    async def write(self, parts: Parts) -> Any:
-        if not self.wait_replicas:
-            return await self.command(parts)
-        (reply,) = await self.pipeline([parts], write=True)
-        if isinstance(reply, Exception):
-            raise reply
-        return reply
 
     async def pipeline(self, commands: Sequence[Parts], write: bool = False) -> list[Any]:
         """redis-py sends each node its commands on one connection, the nodes at once, and follows MOVED and
