@@ -176,10 +176,10 @@ class ClusterRoute(Route):
         except AttributeError as exc:
             await self._refresh(nodes.values())
             raise closed_under(exc) from exc
-        lost = next((reply for reply in replies if isinstance(reply, _LOST)), None)
+        lost = next((reply for reply in replies if isinstance(reply, (*_LOST, AttributeError))), None)
         if lost is not None:
             await self._refresh(nodes.values())
-            raise lost
+            raise closed_under(lost) if isinstance(lost, AttributeError) else lost
         for acknowledged in replies[len(commands) :]:
             self._waited(acknowledged)
         return replies[: len(commands)]
@@ -224,6 +224,7 @@ def _text(value: Any) -> str:
 
 def closed_under(exc: AttributeError) -> RedisConnectionError:
     """redis-py (7.4) answers a ClusterDownError by closing every connection of its cluster client, those in use by
-    other commands too; a command then writing on one fails on its stream, now None (AttributeError). Whether it
-    was sent is unknown: a lost connection, as when the node drops it."""
+    other commands too; a command then writing or reading on one fails on its stream, now None (AttributeError,
+    raised, or in a pipeline's replies). Whether it was sent is unknown: a lost connection, as when the node drops
+    it."""
     return RedisConnectionError(f"connection closed under the command by redis-py: {exc}")

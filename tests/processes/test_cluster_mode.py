@@ -314,6 +314,9 @@ class ClosedUnderTheCommand:
     """A cluster client whose commands fail as redis-py's do on a connection it closed while they used it (after a
     ClusterDownError of another command, seen in bench/failover.py): AttributeError on the stream."""
 
+    def __init__(self, in_replies: bool = False) -> None:
+        self.in_replies = in_replies
+
     async def initialize(self) -> None:
         pass
 
@@ -331,15 +334,17 @@ class ClosedUnderTheCommand:
                 pass
 
             async def execute(self, raise_on_error: bool = True) -> list[Any]:
+                if client.in_replies:  # failed reading: the error in place of the reply
+                    return [AttributeError("'NoneType' object has no attribute 'read'"), 1]
                 return [await client.execute_command()]
 
         return Pipeline()
 
 
-@pytest.mark.parametrize("wait_replicas", [0, 1])
-async def test_a_connection_closed_under_a_command_is_a_lost_connection(wait_replicas: int) -> None:
+@pytest.mark.parametrize(("wait_replicas", "in_replies"), [(0, False), (1, False), (1, True)])
+async def test_a_connection_closed_under_a_command_is_a_lost_connection(wait_replicas: int, in_replies: bool) -> None:
     """Answered 503 (store unavailable; the client retries with its Idempotency-Key), never 500."""
-    route = ClusterRoute(ClosedUnderTheCommand(), wait_replicas=wait_replicas)  # type: ignore[arg-type]
+    route = ClusterRoute(ClosedUnderTheCommand(in_replies), wait_replicas=wait_replicas)  # type: ignore[arg-type]
     with pytest.raises(RedisConnectionError, match="connection closed under the command"):
         await route.write(["EVALSHA", "0", "1", "{p1}:k"])
     with pytest.raises(RedisConnectionError):
