@@ -146,7 +146,10 @@ class ClusterRoute(Route):
         self.cluster = cluster
 
     async def command(self, parts: Parts) -> Any:
-        return await self.cluster.execute_command(*parts)
+        try:
+            return await self.cluster.execute_command(*parts)
+        except AttributeError as exc:
+            raise closed_under(exc) from exc
 
     async def pipeline(self, commands: Sequence[Parts], write: bool = False) -> list[Any]:
         """redis-py sends each node its commands on one connection, the nodes at once, and follows MOVED and
@@ -170,10 +173,13 @@ class ClusterRoute(Route):
         except _LOST:
             await self._refresh(nodes.values())
             raise
-        lost = next((reply for reply in replies if isinstance(reply, _LOST)), None)
+        except AttributeError as exc:
+            await self._refresh(nodes.values())
+            raise closed_under(exc) from exc
+        lost = next((reply for reply in replies if isinstance(reply, (*_LOST, AttributeError))), None)
         if lost is not None:
             await self._refresh(nodes.values())
-            raise lost
+            raise closed_under(lost) if isinstance(lost, AttributeError) else lost
         for acknowledged in replies[len(commands) :]:
             self._waited(acknowledged)
         return replies[: len(commands)]
@@ -214,3 +220,11 @@ def route(redis: RedisClient, wait_replicas: int = 0, wait_timeout_ms: int = WAI
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def closed_under(exc: AttributeError) -> RedisConnectionError:
+    """redis-py (7.4) answers a ClusterDownError by closing every connection of its cluster client, those in use by
+    other commands too; a command then writing or reading on one fails on its stream, now None (AttributeError,
+    raised, or in a pipeline's replies). Whether it was sent is unknown: a lost connection, as when the node drops
+    it."""
+    return RedisConnectionError(f"connection closed under the command by redis-py: {exc}")

@@ -15,8 +15,9 @@ from typing import Any
 
 import fakeredis
 import pytest
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from billing.app import make_app
@@ -307,6 +308,47 @@ async def test_a_script_whose_reply_is_lost_is_not_sent_again(
 
         await eventually(ran)
         assert await route.command(["GET", key]) == b"2"  # ran once: nothing was sent again
+
+
+class ClosedUnderTheCommand:
+    """A cluster client whose commands fail as redis-py's do on a connection it closed while they used it (after a
+    ClusterDownError of another command, seen in bench/failover.py): AttributeError on the stream."""
+
+    def __init__(self, in_replies: bool = False) -> None:
+        self.in_replies = in_replies
+
+    async def initialize(self) -> None:
+        pass
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        raise AttributeError("'NoneType' object has no attribute 'writelines'")
+
+    def get_node_from_key(self, key: str) -> Any:
+        return ClusterNode("127.0.0.1", 1)
+
+    def pipeline(self) -> Any:
+        client = self
+
+        class Pipeline:
+            def execute_command(self, *args: Any, **kwargs: Any) -> None:
+                pass
+
+            async def execute(self, raise_on_error: bool = True) -> list[Any]:
+                if client.in_replies:  # failed reading: the error in place of the reply
+                    return [AttributeError("'NoneType' object has no attribute 'read'"), 1]
+                return [await client.execute_command()]
+
+        return Pipeline()
+
+
+@pytest.mark.parametrize(("wait_replicas", "in_replies"), [(0, False), (1, False), (1, True)])
+async def test_a_connection_closed_under_a_command_is_a_lost_connection(wait_replicas: int, in_replies: bool) -> None:
+    """Answered 503 (store unavailable; the client retries with its Idempotency-Key), never 500."""
+    route = ClusterRoute(ClosedUnderTheCommand(in_replies), wait_replicas=wait_replicas)  # type: ignore[arg-type]
+    with pytest.raises(RedisConnectionError, match="connection closed under the command"):
+        await route.write(["EVALSHA", "0", "1", "{p1}:k"])
+    with pytest.raises(RedisConnectionError):
+        await route.command(["GET", "{p1}:k"])
 
 
 async def test_a_write_waits_for_a_replica_and_a_short_wait_is_counted(
