@@ -100,6 +100,12 @@ local function checked_int(value, limit, what)
   if not value then
     return nil
   end
+  -- The usual case first, at about half the cost of the pattern below: a number within the limit that
+  -- prints back as exactly this text is a canonical integer. Anything else takes the full check.
+  local n = tonumber(value)
+  if n and math.abs(n) <= limit and string.format('%d', n) == value then
+    return n
+  end
   if type(value) ~= 'string' or not (value == '0' or string.match(value, '^%-?[1-9]%d*$'))
       or #value > 20 or math.abs(tonumber(value)) > limit then
     fail(what .. ' is not an integer within +-' .. int(limit) .. ': ' .. tostring(value))

@@ -266,6 +266,22 @@ async def test_a_failing_operation_changes_nothing(redis_client: Redis, prefix: 
     assert await snapshot(redis_client, prefix) == before
 
 
+# Texts Lua's tonumber() reads as a number but this ledger never writes: each is refused as a stored value.
+NOT_CANONICAL = [" 50000", "50000 ", "+50000", "0x1F4", "5e4", "50000.0", "-0", "inf", "nan", "050000", "5_0000"]
+
+
+@pytest.mark.parametrize("stored", NOT_CANONICAL)
+async def test_a_stored_integer_is_read_only_in_the_form_the_ledger_writes(
+    redis_client: Redis, prefix: str, stored: str
+) -> None:
+    ledger = await ledger_with_money(redis_client, prefix)
+    await redis_client.hset(ledger.keys.account(2), "available", stored)
+    before = await snapshot(redis_client, prefix)
+    with pytest.raises(ResponseError, match="is not an integer within"):
+        await ledger.run(*plain(ledger.deposit_call(2, 100, None)))
+    assert await snapshot(redis_client, prefix) == before
+
+
 async def test_an_error_stops_the_batch_run_and_completed_operations_stay_whole(
     redis_client: Redis, prefix: str
 ) -> None:
