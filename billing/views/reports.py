@@ -72,14 +72,16 @@ class Reports:
     # ---- figures -----------------------------------------------------------------------------
 
     async def totals(self, month: str) -> list[tuple[str, int]]:
-        """(service display name, revenue in kopecks) per service with charges in the month, by name."""
+        """(service display name, revenue in kopecks) per service with a charge or a refund in the month, by
+        name: its charges minus its refunds, so a month that refunds more than it charges has a negative total."""
         period = self.month(month)
         rows: list[tuple[str, int, int]] = []
         async for group in self.mongo[TRANSACTIONS].aggregate(REVENUE.bind(start=period.start, end=period.end)):
             service_id = group["_id"]
             names = [doc.get("name") for doc in group.get("service") or []]
             name = names[0] if names and isinstance(names[0], str) and names[0] else f"service {service_id}"
-            rows.append((name, service_id if isinstance(service_id, int) else -1, kopecks(group["total"])))
+            total = kopecks(group["charged"]) - kopecks(group["refunded"])
+            rows.append((name, service_id if isinstance(service_id, int) else -1, total))
         rows.sort(key=lambda row: (row[0], row[1]))  # str order is Unicode code point order
         return [(name, total) for name, _, total in rows]
 
