@@ -27,14 +27,15 @@ async def deposit(ledger: Ledger, user_id: int, amount: int, comment: str | None
 
 
 async def mixed_workload(ledger: Ledger, rng: random.Random, operations: int, users: int = 6) -> dict[str, int]:
-    """Random deposits, withdrawals, transfers, reservations, recognitions and cancels; counts by outcome
-    ("deposit:applied", "withdraw:refused:insufficient_funds", ...)."""
+    """Random deposits, withdrawals, transfers, reservations, recognitions, cancels and refunds; counts by
+    outcome ("deposit:applied", "withdraw:refused:insufficient_funds", ...)."""
     open_orders: list[tuple[int, int, int]] = []
+    recognized: list[tuple[int, int, int]] = []  # some refused (over the reservation): their refunds are refused
     statuses: dict[str, int] = {}
     next_order = 1
     for _ in range(operations):
         uid = rng.randint(1, users)
-        kind = rng.choice(["deposit", "deposit", "withdraw", "transfer", "reserve", "reserve", "settle"])
+        kind = rng.choice(["deposit", "deposit", "withdraw", "transfer", "reserve", "reserve", "settle", "refund"])
         if kind == "deposit":
             call = ledger.deposit_call(uid, rng.randint(1, 50_000), rng.choice([None, "top-up"]))
         elif kind == "withdraw":
@@ -47,10 +48,14 @@ async def mixed_workload(ledger: Ledger, rng: random.Random, operations: int, us
             call = ledger.reserve_call(uid, sid, next_order, rng.randint(1, 15_000), f"Service {sid}", None)
             open_orders.append((uid, sid, next_order))
             next_order += 1
+        elif kind == "refund" and recognized:
+            u, s, o = rng.choice(recognized)
+            call = ledger.refund_call(u, s, o, rng.randint(1, 8_000), rng.choice([None, "damaged"]))
         elif open_orders:
             u, s, o = open_orders.pop(rng.randrange(len(open_orders)))
             if rng.random() < 0.6:
                 call = ledger.recognize_call(u, s, o, rng.randint(1, 15_000))
+                recognized.append((u, s, o))
             else:
                 call = ledger.cancel_call(u, s, o, "changed my mind")
         else:
