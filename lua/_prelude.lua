@@ -26,8 +26,8 @@
     KEYS[4] meta hash            (seq: the partition's last sequence number; clock: its last timestamp in
                                   ms, kept monotonic)
     KEYS[5] totals hash          (deposited, withdrawn, revenue, transfers_in, transfers_out,
-                                  transfers_reversed: kopecks of the partition's accounts, for conservation
-                                  checks)
+                                  transfers_reversed, refunded: kopecks of the partition's accounts, for
+                                  conservation checks)
     KEYS[6..] the operation's keys (see its file)
     ARGV[1] request fingerprint and the answer's language, '<fingerprint> <lang>' ('' = the request
             carries no Idempotency-Key); the language is recorded with the outcome (as "lang") so that a
@@ -145,7 +145,8 @@ end
 -- operation's writes never include a call that could fail on them.
 local PARTS = {} -- partition number (decimal string) -> state
 local run_time = nil -- TIME at the run's first timestamp
-local TOTAL_FIELDS = {'deposited', 'withdrawn', 'revenue', 'transfers_in', 'transfers_out', 'transfers_reversed'}
+local TOTAL_FIELDS = {
+  'deposited', 'withdrawn', 'revenue', 'transfers_in', 'transfers_out', 'transfers_reversed', 'refunded'}
 -- Sequence numbers keep every id below 2^53 (an exact double), with room left for the ids one run takes
 -- (a batch run of 250 operations takes at most 500); times and TTLs stay exact doubles; totals stay far
 -- inside HINCRBY's int64.
@@ -417,6 +418,10 @@ local function reservation(key)
   if h.recognized_amount then
     amount_arg(h.recognized_amount, key .. ' recognized_amount')
   end
+  -- refunded_amount: kopecks given back by refunds (lua/refund.lua), absent until the first one
+  if h.refunded_amount then
+    amount_arg(h.refunded_amount, key .. ' refunded_amount')
+  end
   return h
 end
 
@@ -427,9 +432,11 @@ local function check_holds(key, reserved, h)
   end
 end
 
--- A whole reservation hash from its fields (recognized_amount only once recognized): the one writer of its layout.
+-- A whole reservation hash from its fields (recognized_amount only once recognized, refunded_amount only once
+-- refunded): the one writer of its layout.
 local RESERVATION_FIELDS = {
-  'user_id', 'service_id', 'order_id', 'amount', 'status', 'recognized_amount', 'created_at', 'updated_at'}
+  'user_id', 'service_id', 'order_id', 'amount', 'status', 'recognized_amount', 'created_at', 'updated_at',
+  'refunded_amount'}
 local function write_reservation(key, h)
   local args = {}
   for _, field in ipairs(RESERVATION_FIELDS) do
@@ -446,6 +453,7 @@ local function reservation_body(h)
   return {
     user_id = h.user_id, service_id = h.service_id, order_id = h.order_id,
     amount = h.amount, status = h.status, recognized_amount = h.recognized_amount or cjson.null,
+    refunded_amount = h.refunded_amount or '0',
     created_at = h.created_at, updated_at = h.updated_at,
   }
 end

@@ -2,10 +2,11 @@
   restore: what `billing rebuild` (billing/projection/recovery.py) derived from the MongoDB ledger, written in
   this ledger's layout and within its bounds, one record per call (built as the prelude + this file):
     ARGV[1] 'account'      KEYS[1] account hash;      ARGV[2] available;  ARGV[3] reserved
-    ARGV[1] 'reservation'  KEYS[1] reservation hash;  ARGV[2..9] user_id, service_id, order_id, amount, status,
-                           recognized_amount ('' = none), created_at, updated_at
-    ARGV[1] 'totals'       KEYS[1] a partition's totals hash;  ARGV[2..6] deposited, withdrawn, revenue,
-                           transfers_in, transfers_out
+    ARGV[1] 'reservation'  KEYS[1] reservation hash;  ARGV[2..10] user_id, service_id, order_id, amount, status,
+                           recognized_amount ('' = none), created_at, updated_at, refunded_amount ('' = none)
+    ARGV[1] 'totals'       KEYS[1] a partition's totals hash;  ARGV[2..8] the prelude's TOTAL_FIELDS in
+                           order (deposited, withdrawn, revenue, transfers_in, transfers_out,
+                           transfers_reversed, refunded)
     ARGV[1] 'services'     KEYS[1] a partition's catalog hash;  ARGV[2..] service_id, name, service_id, name, ...
                            (each named at 0: any later name wins)
     ARGV[1] 'transit'      KEYS[1] a partition's transits hash;  ARGV[2] transfer id;  ARGV[3] the transit JSON
@@ -38,6 +39,12 @@ if what == 'reservation' then
   if ARGV[7] ~= '' then
     amount_arg(ARGV[7], 'recognized_amount')
     h.recognized_amount = ARGV[7]
+  end
+  if (ARGV[10] or '') ~= '' then
+    if not h.recognized_amount or amount_arg(ARGV[10], 'refunded_amount') > tonumber(h.recognized_amount) then
+      fail('refunded_amount ' .. ARGV[10] .. ' is not within the recognized amount')
+    end
+    h.refunded_amount = ARGV[10]
   end
   checked_int(h.created_at or '', MAX_TIME, 'created_at')
   checked_int(h.updated_at or '', MAX_TIME, 'updated_at')

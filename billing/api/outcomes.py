@@ -23,6 +23,7 @@ APPLIED_STATUS: dict[str, int] = {
     "reserve": 201,
     "recognize": 200,
     "cancel": 200,
+    "refund": 201,
     "set_service": 200,
 }
 UNCHANGED_STATUS = 200

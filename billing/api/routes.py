@@ -141,6 +141,15 @@ MONEY_ROUTES: tuple[Route, ...] = (
         "Cancel a reservation: the reserved amount returns to available",
         tag="reservations",
     ),
+    _money(
+        "refund",
+        "/v1/refunds",
+        ORDERS,
+        {201: schemas.RefundResult},
+        ("reservation_not_found", "reservation_not_recognized", "refund_exceeds_charge", "balance_limit_exceeded"),
+        "Refund part or all of a recognized reservation's charge to the user's available balance",
+        tag="reservations",
+    ),
 )
 
 # operation name -> its route; a batch operation may be run by whoever may call that route

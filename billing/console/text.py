@@ -122,6 +122,7 @@ TEXT: dict[str, dict[str, str]] = {
         "t_reserve": "Резерв",
         "t_charge": "Списание",
         "t_release": "Возврат из резерва",
+        "t_refund": "Возврат за услугу",
     },
     "en": {
         "title": "Billing console",
@@ -240,6 +241,7 @@ TEXT: dict[str, dict[str, str]] = {
         "t_reserve": "Reservation",
         "t_charge": "Charge",
         "t_release": "Release",
+        "t_refund": "Refund",
     },
 }
 

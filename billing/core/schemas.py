@@ -142,6 +142,11 @@ class CancelRequest(ReservationRef):
     comment: Comment = None
 
 
+class RefundRequest(ReservationRef):
+    amount: Amount
+    comment: Comment = None
+
+
 class ServiceNameRequest(Request):
     name: ServiceName
 
@@ -237,6 +242,7 @@ class Reservation(BaseModel):
     amount: Money
     status: Literal["reserved", "recognized", "cancelled"]
     recognized_amount: Money | None
+    refunded_amount: Annotated[Money, Field(description="The sum of the refunds of the charge; 0.00 until one")]
     created_at: Timestamp
     updated_at: Timestamp
 
@@ -246,6 +252,12 @@ class ReservationResult(BaseModel):
     balance: Balance
     transaction: Transaction | None = None
     release_transaction: Transaction | None = None
+
+
+class RefundResult(BaseModel):
+    reservation: Reservation
+    balance: Balance
+    transaction: Transaction
 
 
 class Service(BaseModel):
@@ -312,6 +324,7 @@ BATCH_OPERATIONS: dict[str, type[Request]] = {
     "reserve": ReserveRequest,
     "recognize": RecognizeRequest,
     "cancel": CancelRequest,
+    "refund": RefundRequest,
 }
 
 

@@ -11,16 +11,17 @@ from typing import Any
 
 # The running totals (each ledger partition's totals hash, lua/_prelude.lua TOTAL_FIELDS) that conservation
 # checks compare: per partition, available + reserved of its accounts = deposited - withdrawn - revenue +
-# transfers_in - transfers_out + transfers_reversed; over all partitions, transfers_out - transfers_in -
-# transfers_reversed is the money in transit (debited, not yet credited nor reversed).
-DEPOSITED, WITHDRAWN, REVENUE = "deposited", "withdrawn", "revenue"
+# refunded + transfers_in - transfers_out + transfers_reversed; over all partitions, transfers_out -
+# transfers_in - transfers_reversed is the money in transit (debited, not yet credited nor reversed).
+DEPOSITED, WITHDRAWN, REVENUE, REFUNDED = "deposited", "withdrawn", "revenue", "refunded"
 TRANSFERS_IN, TRANSFERS_OUT, TRANSFERS_REVERSED = "transfers_in", "transfers_out", "transfers_reversed"
 
 
 class TransactionType(StrEnum):
     """A type, and its effect on the account it is recorded for: kopecks of `amount` times `available` and
-    `reserved` (+1, -1 or 0) move each balance field; `total` names the running total it adds to (revenue:
-    what the revenue report sums); `of_reservation`: it belongs to a reservation (carries service and order)."""
+    `reserved` (+1, -1 or 0) move each balance field; `total` names the running total it adds to (revenue
+    and refunded: what the revenue report nets); `of_reservation`: it belongs to a reservation (carries
+    service and order)."""
 
     available: int
     reserved: int
@@ -43,6 +44,8 @@ class TransactionType(StrEnum):
     RESERVE = ("reserve", -1, 1, None, True)
     CHARGE = ("charge", 0, -1, REVENUE, True)
     RELEASE = ("release", 1, -1, None, True)
+    # Part or all of a recognized reservation's charge given back to the user's available balance.
+    REFUND = ("refund", 1, 0, REFUNDED, True)
 
 
 TRANSACTION_TYPES: tuple[str, ...] = tuple(t.value for t in TransactionType)

@@ -34,9 +34,17 @@ from billing.ledger.outcomes import (
 
 LUA_DIR = data_dir("lua", "_prelude.lua")
 # The fields of a partition's totals hash (lua/_prelude.lua TOTAL_FIELDS): kopecks deposited into, withdrawn
-# from, recognized as revenue from, transferred into and out of its accounts, and given back to its senders
-# by reversed transfers.
-TOTAL_FIELDS = ("deposited", "withdrawn", "revenue", "transfers_in", "transfers_out", "transfers_reversed")
+# from, recognized as revenue from, transferred into and out of its accounts, given back to its senders by
+# reversed transfers, and refunded to its accounts out of recognized revenue.
+TOTAL_FIELDS = (
+    "deposited",
+    "withdrawn",
+    "revenue",
+    "transfers_in",
+    "transfers_out",
+    "transfers_reversed",
+    "refunded",
+)
 # A transfer between partitions: debit in the sender's, credit in the recipient's, settle in the sender's.
 DEBIT, CREDIT, SETTLE = "transfer_debit", "transfer_credit", "transfer_settle"
 SCRIPT_NAMES = (
@@ -46,6 +54,7 @@ SCRIPT_NAMES = (
     "reserve",
     "recognize",
     "cancel",
+    "refund",
     "set_service",
     DEBIT,
     CREDIT,
@@ -197,7 +206,7 @@ class RedisKeys:
         return self._tags[partition] + "meta"
 
     def totals(self, partition: int) -> str:
-        """Hash: deposited, withdrawn, revenue, transfers_in, transfers_out of the partition's accounts."""
+        """Hash: TOTAL_FIELDS (deposited, withdrawn, revenue, transfers_in, ...) of the partition's accounts."""
         return self._tags[partition] + "totals"
 
     def outbox(self, partition: int) -> str:
@@ -334,7 +343,8 @@ def load_script_sources(limits: Limits = Limits()) -> dict[str, str]:
 
 
 class ReservationRecord(NamedTuple):
-    """A reservation as `billing rebuild` restores it (recognized_amount: None unless recognized)."""
+    """A reservation as `billing rebuild` restores it (recognized_amount: None unless recognized;
+    refunded_amount: 0 until a refund)."""
 
     user_id: int
     service_id: int
@@ -344,6 +354,7 @@ class ReservationRecord(NamedTuple):
     recognized_amount: int | None
     created_at: int
     updated_at: int
+    refunded_amount: int = 0
 
 
 class Restore:
@@ -369,7 +380,8 @@ class Restore:
     def reservation(self, pipe: Pipeline, r: ReservationRecord) -> None:
         recognized = "" if r.recognized_amount is None else r.recognized_amount
         key = self.keys.reservation(r.user_id, r.service_id, r.order_id)
-        self._call(pipe, key, "reservation", *r[:5], recognized, r.created_at, r.updated_at)
+        refunded = r.refunded_amount or ""
+        self._call(pipe, key, "reservation", *r[:5], recognized, r.created_at, r.updated_at, refunded)
 
     def totals(self, pipe: Pipeline, partition: int, totals: dict[str, int]) -> None:
         """A partition's totals (every one of TOTAL_FIELDS)."""
@@ -632,6 +644,13 @@ class Ledger:
     ) -> tuple[str, list[str], list[Any]]:
         keys = self._reservation_keys(user_id, service_id, order_id)
         return "cancel", keys, [self.keys.partition_of(user_id), user_id, service_id, order_id, comment or ""]
+
+    def refund_call(
+        self, user_id: int, service_id: int, order_id: int, amount: int, comment: str | None
+    ) -> tuple[str, list[str], list[Any]]:
+        keys = self._reservation_keys(user_id, service_id, order_id)
+        p = self.keys.partition_of(user_id)
+        return "refund", keys, [p, user_id, service_id, order_id, amount, comment or ""]
 
     async def claim_batch_key(self, idem: Idempotency, fp: str) -> BatchClaim | None:
         """Hold a batch's Idempotency-Key for this run before any of its operations runs.

@@ -20,6 +20,7 @@ from billing.core.schemas import (
     CancelRequest,
     DepositRequest,
     RecognizeRequest,
+    RefundRequest,
     Request,
     ReserveRequest,
     TransferRequest,
@@ -97,6 +98,12 @@ OPERATIONS: dict[str, OperationSpec] = {
             "POST /v1/reservations/cancel",
             CancelRequest,
             lambda ledger, r: ledger.cancel_call(r.user_id, r.service_id, r.order_id, r.comment),
+        ),
+        OperationSpec(
+            "refund",
+            "POST /v1/refunds",
+            RefundRequest,
+            lambda ledger, r: ledger.refund_call(r.user_id, r.service_id, r.order_id, r.amount, r.comment),
         ),
     )
 }

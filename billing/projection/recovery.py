@@ -133,7 +133,7 @@ class LedgerView:
         return available, reserved, count
 
     def reservation(self, key: ResvKey, upto: int) -> dict[str, int]:
-        """reserve / charge / release sums (and the number of reserves) of one order, ids <= upto."""
+        """reserve / charge / release / refund sums (and the number of reserves) of one order, ids <= upto."""
         rows = self.by_resv.get(key, {})
         sums = {kind: rows.get(kind, {}).get("total", 0) for kind in RESERVATION_TYPES}
         sums["reserves"] = rows.get(TransactionType.RESERVE, {}).get("n", 0)
@@ -357,6 +357,9 @@ async def reconcile(
         if h["status"] == "recognized" and int(h.get("recognized_amount") or 0) != sums[TransactionType.CHARGE]:
             recognized = int(h.get("recognized_amount") or 0)
             bad(Mismatch("reservation", subject + " recognized", recognized, sums[TransactionType.CHARGE]))
+        if int(h.get("refunded_amount") or 0) != sums[TransactionType.REFUND]:
+            refunded = int(h.get("refunded_amount") or 0)
+            bad(Mismatch("reservation", subject + " refunded", refunded, sums[TransactionType.REFUND]))
     for rkey in sorted(set(ledger.by_resv) - seen_resv):
         sums = ledger.reservation(rkey, seq0[keys.partition_of(rkey[0])])
         if sums["reserves"] > 0:
@@ -463,10 +466,12 @@ async def redis_has_accounts(redis: Redis, keys: RedisKeys) -> bool:
 
 
 def _reservation(key: ResvKey, rows: dict[str, dict[str, int]]) -> ReservationRecord:
-    """A reservation as its reserve, charge and release transactions left it."""
+    """A reservation as its reserve, charge, release and refund transactions left it."""
     reserve = rows[TransactionType.RESERVE]
-    charge = rows.get(TransactionType.CHARGE, {"total": 0, "n": 0, "last": reserve["first"]})
-    release = rows.get(TransactionType.RELEASE, {"total": 0, "n": 0, "last": reserve["first"]})
+    none = {"total": 0, "n": 0, "last": reserve["first"]}
+    charge = rows.get(TransactionType.CHARGE, none)
+    release = rows.get(TransactionType.RELEASE, none)
+    refund = rows.get(TransactionType.REFUND, none)
     open_amount = reserve["total"] - charge["total"] - release["total"]
     recognized = None
     if open_amount > 0:
@@ -475,8 +480,10 @@ def _reservation(key: ResvKey, rows: dict[str, dict[str, int]]) -> ReservationRe
         status, recognized = "recognized", charge["total"]
     else:
         status = "cancelled"
-    updated_at = max(reserve["first"], charge["last"], release["last"])
-    return ReservationRecord(*key, reserve["total"], status, recognized, reserve["first"], updated_at)
+    updated_at = max(reserve["first"], charge["last"], release["last"], refund["last"])
+    return ReservationRecord(
+        *key, reserve["total"], status, recognized, reserve["first"], updated_at, refunded_amount=refund["total"]
+    )
 
 
 async def _delete_matching(redis: Redis, patterns: Iterable[str], progress: Progress = no_progress) -> None:

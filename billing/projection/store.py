@@ -168,7 +168,7 @@ class LedgerStore:
         return [(int(r["_id"]["u"]), str(r["_id"]["t"]), int(r["total"]), int(r["n"]), int(r["last"])) for r in rows]
 
     async def sums_by_reservation(self) -> list[dict[str, int | str]]:
-        """Per (user, service, order, type) of reserve/charge/release: sum, count, first and last time (ms)."""
+        """Per (user, service, order, type) of reserve/charge/release/refund: sum, count, first and last time (ms)."""
         rows = await self.transactions.aggregate(RESERVATION_SUMS.bind()).to_list(None)
         return [
             {

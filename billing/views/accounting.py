@@ -62,10 +62,9 @@ _REFERENCES = ("service_id", "order_id", "counterparty_user_id")
 
 
 def revenue_kopecks(totals: Mapping[str, int]) -> int:
-    """Revenue of a set of per-type sums, as the revenue report counts it: charges, minus refunds once the
-    ledger has a `refund` type (TransactionType names every type; a missing one sums to 0)."""
-    refund = totals.get("refund", 0) if "refund" in TRANSACTION_TYPES else 0
-    return totals.get(TransactionType.CHARGE, 0) - refund
+    """Revenue of a set of per-type sums, as the revenue report counts it: charges minus refunds (a missing
+    type sums to 0)."""
+    return totals.get(TransactionType.CHARGE, 0) - totals.get(TransactionType.REFUND, 0)
 
 
 def movement(totals: Mapping[str, int]) -> tuple[int, int]:

@@ -57,6 +57,7 @@ def render_reservation(raw: Mapping[str, Any]) -> dict[str, Any]:
         "amount": format_kopecks(int(raw["amount"])),
         "status": raw["status"],
         "recognized_amount": format_kopecks(int(recognized)) if recognized is not None else None,
+        "refunded_amount": format_kopecks(int(raw.get("refunded_amount") or 0)),
         "created_at": format_ms(int(raw["created_at"])),
         "updated_at": format_ms(int(raw["updated_at"])),
     }

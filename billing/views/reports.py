@@ -39,7 +39,8 @@ CACHE_GRACE = timedelta(minutes=10)
 # neutralized), so a file cached by an older build is never served again.
 CACHE_FORMAT = "v2"
 
-REVENUE = load_pipeline("revenue")  # reports/revenue.jsonc
+REVENUE = load_pipeline("revenue")  # reports/revenue.jsonc: charges per service
+REFUNDS = load_pipeline("revenue_refunds")  # reports/revenue_refunds.jsonc: refunds per service
 
 LagProbe = Callable[[], Awaitable[dict[str, Any] | None]]
 
@@ -72,14 +73,24 @@ class Reports:
     # ---- figures -----------------------------------------------------------------------------
 
     async def totals(self, month: str) -> list[tuple[str, int]]:
-        """(service display name, revenue in kopecks) per service with charges in the month, by name."""
+        """(service display name, revenue in kopecks) per service with a charge or a refund in the month, by
+        name: its charges minus its refunds, so a month that refunds more than it charges has a negative total."""
         period = self.month(month)
-        rows: list[tuple[str, int, int]] = []
-        async for group in self.mongo[TRANSACTIONS].aggregate(REVENUE.bind(start=period.start, end=period.end)):
-            service_id = group["_id"]
-            names = [doc.get("name") for doc in group.get("service") or []]
-            name = names[0] if names and isinstance(names[0], str) and names[0] else f"service {service_id}"
-            rows.append((name, service_id if isinstance(service_id, int) else -1, kopecks(group["total"])))
+        bounds = {"start": period.start, "end": period.end}
+        collection = self.mongo[TRANSACTIONS]
+        totals: dict[Any, int] = {}
+        names: dict[Any, str] = {}
+        for pipeline, sign in ((REVENUE, 1), (REFUNDS, -1)):
+            async for group in collection.aggregate(pipeline.bind(**bounds)):
+                service_id = group["_id"]
+                totals[service_id] = totals.get(service_id, 0) + sign * kopecks(group["total"])
+                found = [doc.get("name") for doc in group.get("service") or []]
+                if found and isinstance(found[0], str) and found[0]:
+                    names[service_id] = found[0]
+        rows = [
+            (names.get(service_id) or f"service {service_id}", service_id if isinstance(service_id, int) else -1, total)
+            for service_id, total in totals.items()
+        ]
         rows.sort(key=lambda row: (row[0], row[1]))  # str order is Unicode code point order
         return [(name, total) for name, _, total in rows]
 

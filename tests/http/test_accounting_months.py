@@ -1,5 +1,6 @@
 """Statements over a generated ledger of several months: each month's opening plus its movements is its
-closing and the next month's opening, and all users' charges of a month are the revenue report's total."""
+closing and the next month's opening, and all users' charges minus refunds of a month are the revenue report's
+total."""
 
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ async def test_statements_chain_and_add_up_to_the_revenue_report(api: Api, ctx: 
         assert stored >= 10_000 and done.applied > 0
     crossing = 0
     revenue = dict.fromkeys(MONTHS, 0)
+    refunded = dict.fromkeys(MONTHS, 0)
     for user_id in range(1, users + 1):
         previous: dict[str, Any] = {"available": "0.00", "reserved": "0.00"}
         for month in MONTHS:
@@ -55,10 +57,12 @@ async def test_statements_chain_and_add_up_to_the_revenue_report(api: Api, ctx: 
             assert kop(body["opening"]["reserved"]) + reserved == kop(body["closing"]["reserved"])
             crossing += month != MONTHS[0] and kop(body["opening"]["reserved"]) > 0
             revenue[month] += revenue_kopecks(totals)
+            refunded[month] += totals["refund"]
             previous = body["closing"]
         available_now, reserved_now = await ctx.ledger.balance(user_id) or (0, 0)
         assert (kop(previous["available"]), kop(previous["reserved"])) == (available_now, reserved_now)
     assert crossing > 0  # money reserved in one month and settled in a later one
+    assert all(refunded[month] > 0 for month in MONTHS[1:]), refunded  # the report nets them
     for month in MONTHS:
         report = sum(total for _, total in await ctx.reports.totals(month))
         assert revenue[month] == report > 0, month

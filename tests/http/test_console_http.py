@@ -232,3 +232,24 @@ async def test_console_requests_are_logged_without_the_token(console: ConsoleCli
     ]
     assert lines[-1]["token"] == token_digest("tok-support").hex()[:12]
     assert "tok-support" not in text
+
+
+async def test_a_refund_shows_under_its_order_in_the_history(console: ConsoleClient, api: Api, ctx: Context) -> None:
+    await console.sign_in("tok-support")
+    await api.deposit(8, "100.00")
+    ref = {"user_id": 8, "service_id": 3, "order_id": 42}
+    orders = {"token": "tok-orders"}
+    await api.post("/v1/reservations", {**ref, "amount": "30.00", "service_name": "Продвижение"}, **orders)
+    await api.post("/v1/reservations/recognize", {**ref, "amount": "30.00"}, **orders)
+    assert (await api.post("/v1/refunds", {**ref, "amount": "10.00"}, **orders)).status == 201
+    await ctx.projector.drain()
+    page = await console.get("/console/users?user=8&type=refund")
+    assert page.status == 200
+    rows = page.text.split('id="history"')[1].split("</table>")[0].split("<tr data-id=")[1:]
+    assert len(rows) == 1
+    assert '<span class="tag tag-refund">Возврат за услугу</span>' in rows[0] and "10.00 ₽" in rows[0]
+    assert "Возврат 10.00 ₽ за услугу «<bdi>Продвижение</bdi>», заказ 42" in rows[0]
+    assert 'name="type" value="refund" checked' in page.text
+    english = await console.get("/console/users?user=8&lang=en")
+    assert '<span class="tag tag-refund">Refund</span>' in english.text
+    assert "Refund of 10.00 RUB for service “<bdi>Продвижение</bdi>”, order 42" in english.text

@@ -27,7 +27,9 @@ from tests.support.workload import Expected, Workload, expected_from
 
 TOKEN = "crash-payments-token"
 ADMIN_TOKEN = "crash-admin-token"
-TOKENS = {TOKEN: ["payments"], ADMIN_TOKEN: ["admin"]}
+TOKENS = {TOKEN: ["payments", "orders"], ADMIN_TOKEN: ["admin"]}
+# The share of a client's turns that pay for an order and refund part of it (tests/support/workload.py).
+ORDERS = 0.2
 FAULT_CYCLE = ("service_kill", "redis_kill", "worker_kill", "redis_pause", "supervisor_kill")
 # Redis commands time out after this long in the service; a pause outlasts it, so requests in flight
 # get 503 while Redis still runs their scripts once it resumes (applied, not acknowledged).
@@ -44,6 +46,7 @@ class CrashReport:
     stats: Counter = field(default_factory=Counter)
     operations: int = 0
     moved: int = 0
+    refunded: int = 0  # kopecks refunded by acknowledged refunds
     acked_by_replay: int = 0
     transactions: int = 0
     lost: int = 0
@@ -62,7 +65,8 @@ class CrashReport:
         )
         return (
             f"crash run: {self.rounds} rounds, {self.clients} clients, {self.seconds:.1f} s; "
-            f"operations acknowledged {self.operations} (money moved {self.moved}, transactions {self.transactions}); "
+            f"operations acknowledged {self.operations} (money moved {self.moved}, transactions {self.transactions}, "
+            f"kopecks refunded {self.refunded}); "
             f"faults injected {sum(self.faults.values())} ({dict(self.faults)}); "
             f"requests {self.stats['requests']}, retries {self.stats['retries']} "
             f"(connection errors {self.stats['connection_errors']}, 503 {self.stats['unavailable_503']}), "
@@ -143,7 +147,7 @@ async def crash_run(
         mongo_db=mongo_db,
         extra_env={"BILLING_REQUEST_TIMEOUT_SECONDS": str(REQUEST_TIMEOUT_SECONDS)},
     ).start()
-    workload = Workload(service.url, TOKEN, seed=seed)
+    workload = Workload(service.url, TOKEN, seed=seed, orders=ORDERS)
     faults = Faults(service, redis_server, rng)
     stop = asyncio.Event()
     tasks = [asyncio.create_task(workload.run_client(i, stop)) for i in range(clients)]
@@ -163,6 +167,7 @@ async def crash_run(
         expected = expected_from(workload.acked)
         report.operations = len(workload.acked)
         report.moved = expected.moved
+        report.refunded = expected.refunded
         report.acked_by_replay = sum(1 for a in workload.acked if a.replayed)
         check_balances(service, redis_server, expected, workload.users, report)
         await check_replays(workload)
@@ -226,6 +231,8 @@ def check_balances(
         client.close()
     assert totals.get("deposited", 0) == expected.deposited, (totals, expected.deposited)
     assert totals.get("withdrawn", 0) == expected.withdrawn, (totals, expected.withdrawn)
+    assert totals.get("revenue", 0) == expected.revenue, (totals, expected.revenue)
+    assert totals.get("refunded", 0) == expected.refunded, (totals, expected.refunded)
     # every transfer was answered, so none is in transit: each one out of a partition came into one or back
     moved_in = totals.get("transfers_in", 0) + totals.get("transfers_reversed", 0)
     assert moved_in == totals.get("transfers_out", 0), totals

@@ -21,7 +21,7 @@ async def run_and_print(own_redis: RedisServer, mongo_server: MongoWireServer, r
     print("\n" + report.summary())
     assert report.lost == 0 and report.doubled == 0
     assert sum(report.faults.values()) == rounds
-    assert report.operations > 0 and report.moved > 0
+    assert report.operations > 0 and report.moved > 0 and report.refunded > 0
 
 
 async def test_no_acknowledged_operation_lost_or_doubled_across_kills(

@@ -1,4 +1,5 @@
-"""explain() of the accounting views' queries on a MongoDB wire server (SecantusDB): each walks user_created."""
+"""explain() of the accounting views' queries on a MongoDB wire server (SecantusDB): each walks user_created;
+the revenue report's walks type_created."""
 
 from __future__ import annotations
 
@@ -7,11 +8,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from bson import Int64
 
 from billing.bootstrap import Context
 from billing.core.config import Settings
 from billing.core.parsing import INT64_MAX
+from billing.projection.store import TRANSACTION_INDEXES
 from billing.views.accounting import LATEST_SCAN, USER_CREATED
+from billing.views.reports import REFUNDS, REVENUE
 from tests.stores.test_history_indexes import stages
 from tests.support.ledger_docs import BASE_MS, create_history_indexes, insert, ledger
 
@@ -31,6 +35,7 @@ def settings(settings: Settings) -> Settings:
 # sort after the user_id equality shows a SORT stage over FETCH over IXSCAN, bounded by the limit where there
 # is one; mongod reports none for these queries (the walk already yields that order).
 RECORDED = (["SORT", "FETCH", "IXSCAN"], ["LIMIT", "FETCH", "IXSCAN"], ["FETCH", "IXSCAN"])
+TYPE_CREATED = dict(TRANSACTION_INDEXES)["type_created"]
 
 
 def scans(plan: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
@@ -98,3 +103,28 @@ async def test_the_views_answer_before_the_projector_makes_the_index(ctx: Contex
     assert await views._balance_before(1, years_later, INT64_MAX) == (3000, 0)
     assert await views._balance_before(1, datetime(1, 1, 2, tzinfo=UTC), INT64_MAX) == (0, 0)
     assert [line async for line in views._month_docs(1, month, INT64_MAX)][-1]["_id"] == 30
+
+
+async def test_the_revenue_report_reads_charges_and_refunds_by_type_created(ctx: Context) -> None:
+    """Each of the report's two aggregations (charges, refunds) reads a range of type_created."""
+    await create_history_indexes(ctx.mongo)
+    docs = ledger(300, users=(1, 2, 3))
+    for doc in docs:
+        doc["service_id"] = Int64(int(doc["_id"]) % 4 + 1)
+    await insert(ctx.mongo, docs)
+    month = ctx.reports.month("2026-09")
+    for pipeline in (REVENUE, REFUNDS):
+        explain = {"aggregate": "transactions", "pipeline": pipeline.bind(start=month.start, end=month.end)}
+        answer = await ctx.mongo.command({"explain": {**explain, "cursor": {}}})
+        planner = answer.get("queryPlanner") or answer["stages"][0]["$cursor"]["queryPlanner"]
+        names, [scan] = scans(planner["winningPlan"])
+        assert names == ["FETCH", "IXSCAN"], json.dumps(answer, default=str)
+        assert scan["keyPattern"] == dict(TYPE_CREATED), json.dumps(answer, default=str)
+    # and it answers: charges minus refunds of the month, per service
+    expected: dict[int, int] = {}
+    for doc in docs:
+        if doc["type"] in ("charge", "refund") and month.start <= doc["created_at"] < month.end:
+            sign = 1 if doc["type"] == "charge" else -1
+            expected[int(doc["service_id"])] = expected.get(int(doc["service_id"]), 0) + sign * int(doc["amount"])
+    assert sorted(await ctx.reports.totals("2026-09")) == sorted((f"service {s}", t) for s, t in expected.items())
+    assert expected and any(doc["type"] == "refund" for doc in docs)

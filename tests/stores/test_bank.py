@@ -1,17 +1,17 @@
 """A Jepsen-style bank test: concurrent clients move money over HTTP; money is conserved to the kopeck.
 
-8 clients run random deposits, transfers, withdrawals, reserves, partial recognitions and cancels (some of
-them sent twice with one Idempotency-Key, as a retrying client would) for BILLING_BANK_SECONDS (3 s by
+8 clients run random deposits, transfers, withdrawals, reserves, partial recognitions, cancels and partial
+refunds (some of them sent twice with one Idempotency-Key, as a retrying client would) for BILLING_BANK_SECONDS (3 s by
 default). Meanwhile a reader takes atomic snapshots (MULTI) of every account and every partition's totals hash.
 Then:
 - at every snapshot and at the end, in each ledger partition: sum(available + reserved) of its accounts ==
-  deposited - withdrawn - revenue + transfers_in - transfers_out; over all partitions transfers_in ==
+  deposited - withdrawn - revenue + refunded + transfers_in - transfers_out; over all partitions transfers_in ==
   transfers_out; nothing < 0;
 - the totals hash equals the sums of the money that the responses say moved;
 - ordered by transaction id, each user's transactions chain exactly (each *_after follows from the previous
   one), ending at the balance the API reports: the responses are one serial history;
 - after the projector drains, MongoDB holds exactly the transactions the responses returned; each
-  reservation's status agrees with the reserved balance.
+  reservation's status agrees with the reserved balance, and no reservation's refunds pass its charge.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ DELTAS = {
     "reserve": (-1, 1),
     "charge": (0, -1),
     "release": (1, -1),
+    "refund": (1, 0),
 }
 
 
@@ -63,8 +64,10 @@ class Observed:
     deposited: int = 0
     withdrawn: int = 0
     revenue: int = 0
+    refunded: int = 0
     transactions: dict[int, dict[str, Any]] = field(default_factory=dict)
     reservations: list[tuple[int, int, int, int]] = field(default_factory=list)  # user, service, order, amount
+    charged: list[tuple[int, int, int, int]] = field(default_factory=list)  # user, service, order, charge
     counts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     violations: list[str] = field(default_factory=list)
     next_order: int = 1
@@ -155,7 +158,7 @@ class BankClient:
         elif seen.reservations:
             user, service, order, amount = self.rng.choice(seen.reservations)
             ref = {"user_id": user, "service_id": service, "order_id": order}
-            if roll < 0.86:
+            if roll < 0.80:
                 charge = self.rng.randint(1, amount + amount // 10)  # sometimes above the reservation: 409
                 r = await self.send(
                     "recognize", "/v1/reservations/recognize", "tok-orders", {**ref, "amount": format_kopecks(charge)}
@@ -163,6 +166,16 @@ class BankClient:
                 body = seen.record("recognize", r)
                 if body and body.get("transaction"):
                     seen.revenue += charge
+                    seen.charged.append((user, service, order, charge))
+            elif roll < 0.92:
+                # part of a charge back, sometimes more than is left (409), or of a reservation not recognized (409)
+                if seen.charged and self.rng.random() < 0.8:
+                    user, service, order, amount = self.rng.choice(seen.charged)
+                    ref = {"user_id": user, "service_id": service, "order_id": order}
+                amount = self.rng.randint(1, max(1, amount // 2))
+                r = await self.send("refund", "/v1/refunds", "tok-orders", {**ref, "amount": format_kopecks(amount)})
+                if seen.record("refund", r):
+                    seen.refunded += amount
             else:
                 seen.record("cancel", await self.send("cancel", "/v1/reservations/cancel", "tok-orders", ref))
 
@@ -228,6 +241,7 @@ def conservation_errors(
             t.get("deposited", 0)
             - t.get("withdrawn", 0)
             - t.get("revenue", 0)
+            + t.get("refunded", 0)
             + t.get("transfers_in", 0)
             - t.get("transfers_out", 0)
             + t.get("transfers_reversed", 0)
@@ -286,7 +300,16 @@ async def test_bank_conserves_money_under_concurrent_clients(api: Api, ctx: Cont
     assert reads > 0
 
     # Every kind of operation really happened, both succeeding and refused.
-    for name in ("deposit:201", "transfer:201", "withdrawal:201", "reserve:201", "recognize:200", "cancel:200"):
+    for name in (
+        "deposit:201",
+        "transfer:201",
+        "withdrawal:201",
+        "reserve:201",
+        "recognize:200",
+        "cancel:200",
+        "refund:201",
+        "refund:409",
+    ):
         assert seen.counts[name] > 0, dict(seen.counts)
     assert any(k.endswith(":409") for k in seen.counts), dict(seen.counts)
 
@@ -298,10 +321,15 @@ async def test_bank_conserves_money_under_concurrent_clients(api: Api, ctx: Cont
         final[user] = (kop(r.json["available"]), kop(r.json["reserved"]))
         assert final[user][0] >= 0 and final[user][1] >= 0
     held = sum(a + r for a, r in final.values())
-    assert held + seen.revenue + seen.withdrawn == seen.deposited  # from the responses alone
+    assert held + seen.revenue + seen.withdrawn == seen.deposited + seen.refunded  # from the responses alone
     totals = await ctx.ledger.totals()
     moved = {name: totals.pop(name, 0) for name in ("transfers_in", "transfers_out", "transfers_reversed")}
-    assert totals == {"deposited": seen.deposited, "withdrawn": seen.withdrawn, "revenue": seen.revenue}
+    assert totals == {
+        "deposited": seen.deposited,
+        "withdrawn": seen.withdrawn,
+        "revenue": seen.revenue,
+        "refunded": seen.refunded,
+    }
     assert moved["transfers_in"] == moved["transfers_out"] > 0 and moved["transfers_reversed"] == 0
     accounts, snapshot, in_transit = await atomic_snapshot(ctx)
     assert accounts == final and in_transit == 0 and conservation_errors(ctx, accounts, snapshot, 0) == []
@@ -327,6 +355,7 @@ async def test_bank_conserves_money_under_concurrent_clients(api: Api, ctx: Cont
 
     # Each user's reserved balance is the sum of that user's open reservations.
     open_amounts: dict[int, int] = defaultdict(int)
+    refunded = 0
     for user, service, order, _ in seen.reservations:
         resv = await ctx.ledger.reservation(user, service, order)
         assert resv is not None
@@ -334,4 +363,7 @@ async def test_bank_conserves_money_under_concurrent_clients(api: Api, ctx: Cont
             open_amounts[user] += int(resv["amount"])
         elif resv["status"] == "recognized":
             assert 0 < int(resv["recognized_amount"]) <= int(resv["amount"])
+            assert int(resv.get("refunded_amount", 0)) <= int(resv["recognized_amount"])
+        refunded += int(resv.get("refunded_amount", 0))
+    assert refunded == seen.refunded
     assert {u: r for u, (_, r) in final.items() if r} == dict(open_amounts)

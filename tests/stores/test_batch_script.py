@@ -29,7 +29,9 @@ def random_operations(rng: random.Random, count: int, users: int = 4) -> list[tu
         if rng.random() < 0.08 and used_keys:
             items.append(rng.choice([item for item in items if item[2] is not None]))  # a retry: replayed
             continue
-        op = rng.choice(["deposit", "deposit", "withdrawal", "transfer", "reserve", "reserve", "recognize", "cancel"])
+        op = rng.choice(
+            ["deposit", "deposit", "withdrawal", "transfer", "reserve", "reserve", "recognize", "cancel", "refund"]
+        )
         user = rng.randint(1, users)
         amount = f"{rng.randint(1, 300)}.{rng.randint(0, 99):02d}"
         ref = {"user_id": user, "service_id": rng.randint(1, 2), "order_id": rng.randint(1, 12)}
@@ -40,7 +42,7 @@ def random_operations(rng: random.Random, count: int, users: int = 4) -> list[tu
             fields = {"from_user_id": user, "to_user_id": other, "amount": amount}
         elif op == "reserve":
             fields = {**ref, "amount": amount, "service_name": rng.choice([None, "Ads", "Hosting"])}
-        elif op == "recognize":
+        elif op in ("recognize", "refund"):
             fields = {**ref, "amount": amount}
         else:
             fields = dict(ref)

@@ -291,7 +291,7 @@ async def test_bad_parameters_answer_problem_json(api: Api, seeded: list[dict[st
         ({"limit": "ten"}, "limit"),
         ({"sort": "id"}, "sort"),
         ({"order": "random"}, "order"),
-        ({"type": "deposit,refund"}, "type"),
+        ({"type": "deposit,refunds"}, "type"),
         ({"from": "2026-11-26"}, "from"),
         ({"to": "2026-11-26T04:16:01.123"}, "to"),
         ({"from": "2026-11-27T00:00:00Z", "to": "2026-11-26T00:00:00Z"}, "to"),

@@ -1,7 +1,7 @@
 """Stateful property test: the money service against a plain Python model of balances and reservations.
 
 Hypothesis drives random sequences of deposits, withdrawals, transfers, reserves, recognitions (partial and
-full), cancels, replays with the same Idempotency-Key, key reuse, and invalid requests through
+full), cancels, refunds (partial, whole and over the charge), replays with the same Idempotency-Key, key reuse, and invalid requests through
 billing.ledger.service.MoneyOperations (the layer the HTTP handlers and the batch endpoint share), on fakeredis
 and on a real redis-server, each example under a fresh key prefix. After every step the replies, every
 balance, every reservation, the totals hash and the outbox length must agree with the model.
@@ -64,6 +64,7 @@ class Resv:
     amount: int
     status: str = "reserved"
     recognized: int | None = None
+    refunded: int = 0
 
 
 @dataclass
@@ -75,6 +76,7 @@ class Model:
     deposited: int = 0
     withdrawn: int = 0
     revenue: int = 0
+    refunded: int = 0
     movements: int = 0  # outbox entries
     keys: dict[tuple[str, str], tuple[str, dict[str, Any], Answer]] = field(default_factory=dict)
 
@@ -170,6 +172,23 @@ class Model:
         self.movements += 1
         return 200, None
 
+    def _refund(self, r: Any) -> tuple[int, str | None]:
+        resv = self.reservations.get((r.user_id, r.service_id, r.order_id))
+        if resv is None:
+            return 404, "reservation_not_found"
+        if resv.status != "recognized" or resv.recognized is None:
+            return 409, "reservation_not_recognized"
+        if resv.refunded + r.amount > resv.recognized:
+            return 409, "refund_exceeds_charge"
+        account = self.accounts[r.user_id]
+        if sum(account) + r.amount > MAX_BALANCE_KOPECKS:
+            return 409, "balance_limit_exceeded"
+        account[0] += r.amount
+        resv.refunded += r.amount
+        self.refunded += r.amount
+        self.movements += 1
+        return 201, None
+
 
 INVALID: list[tuple[str, Any]] = [
     ("deposit", {"user_id": 1, "amount": "1.005"}),
@@ -188,6 +207,8 @@ INVALID: list[tuple[str, Any]] = [
     ("reserve", {"user_id": 1, "service_id": 1, "order_id": 1, "amount": "1", "service_name": ""}),
     ("recognize", {"user_id": 1, "service_id": 1, "order_id": -1, "amount": "1"}),
     ("cancel", {"user_id": 1, "service_id": 1}),
+    ("refund", {"user_id": 1, "service_id": 1, "order_id": 1}),
+    ("refund", {"user_id": 1, "service_id": 1, "order_id": 1, "amount": "0.001"}),
     ("cancel", [1, 1, 1]),
     ("deposit", b'{"user_id": 1, "amount": NaN}'),
     ("deposit", b'{"user_id": 1, "amount": 1e999999}'),
@@ -279,6 +300,10 @@ class LedgerMachine(RuleBasedStateMachine):
         assert (shown["amount"], shown["status"]) == (format_kopecks(resv.amount), resv.status)
         recognized = format_kopecks(resv.recognized) if resv.recognized is not None else None
         assert shown["recognized_amount"] == recognized
+        assert shown["refunded_amount"] == format_kopecks(resv.refunded)
+        if op == "refund":
+            assert body["transaction"]["type"] == "refund"
+            assert body["transaction"]["amount"] == format_kopecks(request.amount)
 
     # ---- rules ------------------------------------------------------------------------------
 
@@ -331,6 +356,23 @@ class LedgerMachine(RuleBasedStateMachine):
     def cancel_any(self, ref: tuple[int, int, int], scope: str | None) -> None:
         user, service, order = ref
         self.execute("cancel", {"user_id": user, "service_id": service, "order_id": order}, scope)
+
+    @precondition(lambda self: self.model.reservations)
+    @rule(data=st.data(), how=spellings, scope=key_scopes, part=st.sampled_from(["rest", "half", "over", "any"]))
+    def refund(self, data: st.DataObject, how: str, scope: str | None, part: str) -> None:
+        """Part of a recognized charge back (of any reservation: one not recognized is refused)."""
+        ref = data.draw(st.sampled_from(sorted(self.model.reservations)))
+        resv = self.model.reservations[ref]
+        left = (resv.recognized or resv.amount) - resv.refunded
+        amount = {
+            "rest": max(1, left),
+            "half": max(1, left // 2),
+            "over": left + 1,
+            "any": data.draw(amounts),
+        }[part]
+        user, service, order = ref
+        payload = {"user_id": user, "service_id": service, "order_id": order, "amount": spell(amount, how)}
+        self.execute("refund", payload, scope)
 
     @precondition(lambda self: self.model.keys)
     @rule(data=st.data(), how=spellings)
@@ -427,13 +469,14 @@ class LedgerMachine(RuleBasedStateMachine):
             h = {k.decode(): v.decode() for k, v in raw.items()}
             assert (int(h["amount"]), h["status"]) == (resv.amount, resv.status), (ref, h)
             assert h.get("recognized_amount") == (str(resv.recognized) if resv.recognized is not None else None)
+            assert int(h.get("refunded_amount", 0)) == resv.refunded
         got_totals = {k.decode(): int(v) for k, v in totals.items()}
         m = self.model
-        expected = {"deposited": m.deposited, "withdrawn": m.withdrawn, "revenue": m.revenue}
+        expected = {"deposited": m.deposited, "withdrawn": m.withdrawn, "revenue": m.revenue, "refunded": m.refunded}
         assert {k: got_totals.get(k, 0) for k in expected} == expected
         assert outbox_length == m.movements
         held = sum(sum(account) for account in m.accounts.values())
-        assert held + m.revenue + m.withdrawn == m.deposited
+        assert held + m.revenue + m.withdrawn == m.deposited + m.refunded
 
 
 @pytest.fixture

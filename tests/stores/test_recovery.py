@@ -26,6 +26,7 @@ SIGN = {  # written out independently of billing.projection.recovery: how each t
     "reserve": (-1, 1),
     "charge": (0, -1),
     "release": (1, -1),
+    "refund": (1, 0),
 }
 
 
@@ -127,6 +128,32 @@ async def test_reconcile_reports_reservations_and_accounts_that_disagree(ctx: Co
     }
 
 
+async def test_reconcile_counts_refunds(ctx: Context) -> None:
+    ledger, keys = ctx.ledger, ctx.ledger.keys
+    await deposit(ledger, 1, 10_000)
+    assert isinstance(await run(ledger, ledger.reserve_call(1, 5, 77, 4_000, "Доставка", None)), Applied)
+    assert isinstance(await run(ledger, ledger.recognize_call(1, 5, 77, 3_000)), Applied)
+    for amount in (1_000, 500):
+        assert isinstance(await run(ledger, ledger.refund_call(1, 5, 77, amount, None)), Applied)
+    report = await check(ctx)
+    assert report.ok, [str(m) for m in report.mismatches]
+    assert await ledger.balance(1) == (10_000 - 3_000 + 1_500, 0)
+    partition = keys.partition_of(1)
+    # a reservation whose refunded amount, or a partition whose refunded total, is not the ledger's refunds
+    await ctx.redis.hset(keys.reservation(1, 5, 77), "refunded_amount", "1499")
+    await ctx.redis.hincrby(keys.totals(partition), "refunded", 1)
+    mismatches = {(m.kind, m.subject): (m.redis, m.ledger) for m in (await check(ctx)).mismatches}
+    assert mismatches == {
+        ("reservation", "reservation user 1 service 5 order 77 refunded"): (1_499, 1_500),
+        ("totals", f"partition {partition} refunded"): (1_501, 1_500),
+    }
+    # money given back without a refund in the ledger
+    await ctx.redis.hset(keys.reservation(1, 5, 77), "refunded_amount", "1500")
+    await ctx.redis.hincrby(keys.totals(partition), "refunded", -1)
+    await ctx.redis.hincrby(keys.account(1), "available", 1)
+    assert [(m.kind, m.subject) for m in (await check(ctx)).mismatches] == [("account", "user 1 (available, reserved)")]
+
+
 async def test_reconcile_checks_the_transfers_between_partitions(ctx: Context) -> None:
     ledger, keys = ctx.ledger, ctx.ledger.keys
     sender, recipient = 1, 2
@@ -150,6 +177,7 @@ async def test_rebuild_restores_redis_from_the_ledger(ctx: Context) -> None:
     assert isinstance(await run(ledger, ledger.reserve_call(1, 9, 900, 3_000, "Хостинг", None)), Applied)
     assert isinstance(await run(ledger, ledger.reserve_call(1, 9, 901, 2_000, None, None)), Applied)
     assert isinstance(await run(ledger, ledger.recognize_call(1, 9, 901, 1_500)), Applied)
+    assert isinstance(await run(ledger, ledger.refund_call(1, 9, 901, 400, "damaged")), Applied)
     assert isinstance(await ledger.set_service(9, "Хостинг Pro"), Applied)
     projector = Projector.from_context(ctx)
     await projector.drain()
@@ -176,11 +204,14 @@ async def test_rebuild_restores_redis_from_the_ledger(ctx: Context) -> None:
     assert isinstance(closed, Unchanged) and closed.body["reservation"]["status"] == "recognized"
     again = await run(ledger, ledger.recognize_call(1, 9, 901, 1_500))
     assert isinstance(again, Unchanged) and "transaction" not in again.body
+    assert again.body["reservation"]["refunded_amount"] == "400"  # the refund came back with the reservation
+    assert await run(ledger, ledger.refund_call(1, 9, 901, 1_101, None)) == Refused("refund_exceeds_charge")
+    assert isinstance(await run(ledger, ledger.refund_call(1, 9, 901, 1_100, None)), Applied)
     recognized = await run(ledger, ledger.recognize_call(1, 9, 900, 3_000))
     assert isinstance(recognized, Applied) and recognized.body["transaction"]["service_name"] == "Хостинг Pro"
-    assert int(recognized.body["transaction"]["id"]) == next_id  # ids go on, never repeat
+    assert int(recognized.body["transaction"]["id"]) == next_id + MAX_PARTITIONS  # ids go on, never repeat
     await projector.drain()
-    assert await ctx.mongo.transactions.count_documents({"_id": next_id}) == 1
+    assert await ctx.mongo.transactions.count_documents({"_id": {"$in": [next_id, next_id + MAX_PARTITIONS]}}) == 2
     assert (await check(ctx)).ok
 
 

@@ -85,6 +85,28 @@ async def test_sums_charges_per_service_excluding_held_and_cancelled_money(api: 
     assert await report_csv(api, "2025-10") == "service;total\r\n"
 
 
+async def test_refunds_net_against_charges_in_the_month_they_happen(api: Api, ledger: Ledger, ctx: Context) -> None:
+    await ledger.name(1, "Продвижение")
+    await ledger.name(2, "Ads")
+    await ledger.name(3, "-Minus")  # a formula-like name: neutralized, the total next to it stays a number
+    await ledger.charge(1, 100_00, NOV)
+    await ledger.refund(1, 30_00, NOV + timedelta(days=1))
+    await ledger.charge(2, 50_00, NOV)
+    await ledger.refund(2, 50_00, NOV)  # refunded whole in the same month: a line with 0.00
+    await ledger.charge(3, 7_00, NOV)
+    await ledger.refund(1, 20_00, DEC)  # November's charge refunded in December: December's revenue
+    await ledger.refund(3, 7_00, DEC)
+    await ledger.refund(4, 1, DEC)  # only a refund that month, and no catalog name
+    await ledger.charge(4, 2, DEC)
+    await ledger.refund(4, 3, DEC)
+    assert await report_csv(api, "2025-11") == "service;total\r\n'-Minus;7.00\r\nAds;0.00\r\nПродвижение;70.00\r\n"
+    december = await report_csv(api, "2025-12")
+    assert december == "service;total\r\n'-Minus;-7.00\r\nservice 4;-0.02\r\nПродвижение;-20.00\r\n"
+    assert await ctx.reports.totals("2025-12") == [("-Minus", -7_00), ("service 4", -2), ("Продвижение", -20_00)]
+    rows = list(csv.reader(io.StringIO(december), delimiter=";"))
+    assert [row[1] for row in rows[1:]] == ["-7.00", "-0.02", "-20.00"]
+
+
 async def test_month_boundary_is_moscow_time(api: Api, ledger: Ledger) -> None:
     await ledger.name(1, "s")
     last_october_evening = datetime(2025, 10, 31, 23, 30, tzinfo=UTC)  # 02:30 on 1 November in Moscow

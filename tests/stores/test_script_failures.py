@@ -48,13 +48,14 @@ async def snapshot(redis: Redis, prefix: str) -> dict[str, Any]:
 
 
 async def reconcile(redis: Redis, ledger: Ledger) -> None:
-    """Money is conserved: the accounts hold what was deposited minus withdrawn minus revenue."""
+    """Money is conserved: the accounts hold what was deposited minus withdrawn minus revenue plus refunds."""
     held = 0
     async for key in redis.scan_iter(match=ledger.keys.account_pattern(), count=1000):
         account = await redis.hgetall(key)
         held += int(account[b"available"]) + int(account.get(b"reserved", b"0"))
     totals = await ledger.totals()
-    assert held == totals.get("deposited", 0) - totals.get("withdrawn", 0) - totals.get("revenue", 0)
+    net = totals.get("deposited", 0) - totals.get("withdrawn", 0) - totals.get("revenue", 0)
+    assert held == net + totals.get("refunded", 0)
 
 
 async def ledger_with_money(redis: Redis, prefix: str, ttl: int = TTL) -> Ledger:
@@ -181,6 +182,31 @@ async def reservation_wrong_type(redis: Redis, ledger: Ledger) -> Call:
     return plain(ledger.reserve_call(1, 1, 5, 100, None, None))
 
 
+async def recognized(ledger: Ledger) -> None:
+    """The reservation of user 1 (service 1, order 1) recognized for 40.00 of its 100.00."""
+    name, keys, args = ledger.recognize_call(1, 1, 1, 4_000)
+    assert isinstance(await ledger.run(name, None, "", keys, args), Applied)
+
+
+async def refunded_amount_garbage(redis: Redis, ledger: Ledger) -> Call:
+    await recognized(ledger)
+    await redis.hset(ledger.keys.reservation(1, 1, 1), "refunded_amount", "01")
+    return plain(ledger.refund_call(1, 1, 1, 100, None))
+
+
+async def services_wrong_type_refund(redis: Redis, ledger: Ledger) -> Call:
+    await recognized(ledger)
+    await redis.delete(ledger.keys.services(ledger.keys.partition_of(1)))
+    await redis.set(ledger.keys.services(ledger.keys.partition_of(1)), "not a hash")
+    return plain(ledger.refund_call(1, 1, 1, 100, None))
+
+
+async def refund_of_a_recognized_reservation_without_account(redis: Redis, ledger: Ledger) -> Call:
+    await recognized(ledger)
+    await redis.delete(ledger.keys.account(1))
+    return plain(ledger.refund_call(1, 1, 1, 100, None))
+
+
 def record_of_user_1(ledger: Ledger) -> str:
     return ledger.keys.idempotency_record(IDEM, ledger.keys.partition_of(1))[0]
 
@@ -236,6 +262,9 @@ CASES: list[Setup] = [
     reserved_below_reservation,
     reservation_amount_garbage,
     reservation_wrong_type,
+    refunded_amount_garbage,
+    services_wrong_type_refund,
+    refund_of_a_recognized_reservation_without_account,
     idempotency_record_without_fingerprint,
     idempotency_record_not_json,
     idempotency_record_wrong_type,

@@ -69,6 +69,9 @@ async def test_rebuild_writes_go_through_the_scripts_and_their_bounds(redis_clie
         lambda pipe: restore.account(pipe, 1, 900, 101),
         lambda pipe: restore.reservation(pipe, ReservationRecord(1, 2, 3, 501, "reserved", None, 1, 1)),
         lambda pipe: restore.reservation(pipe, ReservationRecord(1, 2, 3, 5, "lost", None, 1, 1)),
+        # refunds beyond the charge, or of a reservation not recognized
+        lambda pipe: restore.reservation(pipe, ReservationRecord(1, 2, 3, 5, "recognized", 4, 1, 1, 5)),
+        lambda pipe: restore.reservation(pipe, ReservationRecord(1, 2, 3, 5, "cancelled", None, 1, 1, 1)),
     ):
         pipe = redis_client.pipeline(transaction=False)
         write(pipe)
@@ -81,6 +84,10 @@ async def test_rebuild_writes_go_through_the_scripts_and_their_bounds(redis_clie
     await pipe.execute()
     assert await ledger.balance(1) == (900, 100)
     assert (await ledger.reservation(1, 2, 3) or {}).get("status") == "reserved"
+    pipe = redis_client.pipeline(transaction=False)
+    restore.reservation(pipe, ReservationRecord(1, 2, 4, 100, "recognized", 80, 5, 7, 80))
+    await pipe.execute()
+    assert (await ledger.reservation(1, 2, 4) or {}).get("refunded_amount") == "80"
     assert await restore.meta(4, 7, 10) == (7, 10) and await restore.meta(4, 3, 20) == (7, 20)  # never lowered
     assert await restore.meta(5, 1, 1) == (1, 1)  # each partition its own
     with pytest.raises(ResponseError, match="ledger: "):  # a sequence beyond the ids below 2^53

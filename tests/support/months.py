@@ -36,16 +36,18 @@ class MonthsWorkload:
 async def months_workload(
     ledger: Ledger, rng: random.Random, start: datetime, end: datetime, operations: int, users: int
 ) -> MonthsWorkload:
-    """Deposits, withdrawals, transfers, reservations, partial and full recognitions and cancels of `users`
-    users, at times evenly spread over [start, end). Reservations stay open for a random while, so many are
-    recognized or cancelled in a later month than the one they were made in."""
+    """Deposits, withdrawals, transfers, reservations, partial and full recognitions, cancels and partial
+    refunds of `users` users, at times evenly spread over [start, end). Reservations stay open for a random
+    while, so many are recognized or cancelled in a later month than the one they were made in, and refunds
+    come any time after their charge, often in a later month."""
     first, last = datetime_to_ms(start), datetime_to_ms(end)
     result = MonthsWorkload()
     next_order = 1
+    charged: list[tuple[int, int, int, int]] = []  # user, service, order, charge (some refused: over the reservation)
     for step in range(operations):
         now = first + (last - first) * step // operations
         uid = rng.randint(1, users)
-        kind = rng.choices(["deposit", "withdraw", "transfer", "reserve", "settle"], [3, 1, 1, 3, 3])[0]
+        kind = rng.choices(["deposit", "withdraw", "transfer", "reserve", "settle", "refund"], [3, 1, 1, 3, 3, 1])[0]
         involved = [uid]
         reserving: tuple[int, int, int, int] | None = None
         if kind == "deposit" or step < users:
@@ -56,6 +58,10 @@ async def months_workload(
             other = rng.choice([u for u in range(1, users + 1) if u != uid])
             involved.append(other)
             call = ledger.transfer_call(uid, other, rng.randint(1, 50_000), "gift")
+        elif kind == "refund" and charged:
+            u, s, o, charge = rng.choice(charged)
+            involved = [u]
+            call = ledger.refund_call(u, s, o, rng.randint(1, max(1, charge // 2)), rng.choice([None, "=refund"]))
         elif kind == "reserve" or not result.open_orders:
             sid, amount = rng.randint(1, 5), rng.randint(1, 80_000)
             call = ledger.reserve_call(uid, sid, next_order, amount, f"Service {sid}", None)
@@ -67,7 +73,9 @@ async def months_workload(
             u, s, o, held = result.open_orders.pop(index)
             involved = [u]
             if rng.random() < 0.7:
-                call = ledger.recognize_call(u, s, o, rng.choice([held, rng.randint(1, held)]))
+                charge = rng.choice([held, rng.randint(1, held)])
+                call = ledger.recognize_call(u, s, o, charge)
+                charged.append((u, s, o, charge))
             else:
                 call = ledger.cancel_call(u, s, o, "changed my mind")
         await set_clock(ledger, involved, now)

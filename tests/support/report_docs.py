@@ -52,6 +52,11 @@ class Ledger:
     async def cancelled(self, service_id: int, amount: int, when: datetime) -> None:
         await self.add(txn_doc("reserve", amount, when, service_id), txn_doc("release", amount, when, service_id))
 
+    async def refund(self, service_id: int, amount: int, when: datetime) -> None:
+        """A refund of part of an earlier charge (its reservation's other records are left out: the report
+        reads charges and refunds only)."""
+        await self.add(txn_doc("refund", amount, when, service_id))
+
     async def reserved(self, service_id: int, amount: int, when: datetime) -> None:
         await self.add(txn_doc("reserve", amount, when, service_id))
 

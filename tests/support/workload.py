@@ -27,14 +27,15 @@ async def deposit(ledger: Ledger, user_id: int, amount: int, comment: str | None
 
 
 async def mixed_workload(ledger: Ledger, rng: random.Random, operations: int, users: int = 6) -> dict[str, int]:
-    """Random deposits, withdrawals, transfers, reservations, recognitions and cancels; counts by outcome
-    ("deposit:applied", "withdraw:refused:insufficient_funds", ...)."""
+    """Random deposits, withdrawals, transfers, reservations, recognitions, cancels and refunds; counts by
+    outcome ("deposit:applied", "withdraw:refused:insufficient_funds", ...)."""
     open_orders: list[tuple[int, int, int]] = []
+    recognized: list[tuple[int, int, int]] = []  # some refused (over the reservation): their refunds are refused
     statuses: dict[str, int] = {}
     next_order = 1
     for _ in range(operations):
         uid = rng.randint(1, users)
-        kind = rng.choice(["deposit", "deposit", "withdraw", "transfer", "reserve", "reserve", "settle"])
+        kind = rng.choice(["deposit", "deposit", "withdraw", "transfer", "reserve", "reserve", "settle", "refund"])
         if kind == "deposit":
             call = ledger.deposit_call(uid, rng.randint(1, 50_000), rng.choice([None, "top-up"]))
         elif kind == "withdraw":
@@ -47,10 +48,14 @@ async def mixed_workload(ledger: Ledger, rng: random.Random, operations: int, us
             call = ledger.reserve_call(uid, sid, next_order, rng.randint(1, 15_000), f"Service {sid}", None)
             open_orders.append((uid, sid, next_order))
             next_order += 1
+        elif kind == "refund" and recognized:
+            u, s, o = rng.choice(recognized)
+            call = ledger.refund_call(u, s, o, rng.randint(1, 8_000), rng.choice([None, "damaged"]))
         elif open_orders:
             u, s, o = open_orders.pop(rng.randrange(len(open_orders)))
             if rng.random() < 0.6:
                 call = ledger.recognize_call(u, s, o, rng.randint(1, 15_000))
+                recognized.append((u, s, o))
             else:
                 call = ledger.cancel_call(u, s, o, "changed my mind")
         else:
@@ -64,8 +69,9 @@ async def mixed_workload(ledger: Ledger, rng: random.Random, operations: int, us
 
 # ---- HTTP clients through faults ----------------------------------------------------------
 
-# Answers that settle an operation: money moved (201) or a business refusal the ledger recorded.
-FINAL = {201: "moved", 404: "account_not_found", 409: "refused"}
+# Answers that settle an operation: money moved (201, 200 for a recognize) or a business refusal the ledger
+# recorded.
+FINAL = {200: "recognized", 201: "moved", 404: "account_not_found", 409: "refused"}
 # Answers that mean "not applied, or not known to be": retry with the same key.
 RETRYABLE = {599, 503}
 
@@ -86,12 +92,14 @@ class Acked:
 
 @dataclass
 class Workload:
-    """Several clients depositing, withdrawing and transferring among a few users."""
+    """Several clients depositing, withdrawing and transferring among a few users, and (a share `orders` of
+    their turns, with a token that has the orders role) paying for orders and refunding part of the charge."""
 
     base_url: str
     token: str
     users: int = 6
     seed: int = 7
+    orders: float = 0.0
     acked: list[Acked] = field(default_factory=list)
     stats: Counter = field(default_factory=Counter)
     unexpected: list[tuple[str, int, bytes]] = field(default_factory=list)
@@ -107,8 +115,27 @@ class Workload:
         n = 0
         while not stop.is_set():
             n += 1
+            if self.orders and rng.random() < self.orders:
+                await self.order(rng, client_id * 1_000_000 + n, f"c{client_id}-op{n}")
+                continue
             op, path, payload = self._next_operation(rng)
             await self.until_acked(op, path, payload, f"c{client_id}-op{n}")
+
+    async def order(self, rng: random.Random, order_id: int, key: str) -> None:
+        """Reserve, recognize part or all, refund part of the charge, then ask for a second refund that may fit
+        or is over what is left (409). Each step is retried with its own key until answered, so the order is
+        always settled (nothing stays reserved) once it is reserved."""
+        ref = {"user_id": rng.randint(1, self.users), "service_id": rng.randint(1, 3), "order_id": order_id}
+        amount = rng.randint(2, 50_000)
+        reserved = await self.until_acked("reserve", "/v1/reservations", {**ref, "amount": _rubles(amount)}, key + "r")
+        if reserved.status != 201:
+            return
+        charge = rng.choice([amount, rng.randint(1, amount)])
+        await self.until_acked("recognize", "/v1/reservations/recognize", {**ref, "amount": _rubles(charge)}, key + "c")
+        first = rng.randint(1, charge)
+        await self.until_acked("refund", "/v1/refunds", {**ref, "amount": _rubles(first)}, key + "f1")
+        second = rng.choice([charge - first + 1, rng.randint(1, charge)])
+        await self.until_acked("refund", "/v1/refunds", {**ref, "amount": _rubles(second)}, key + "f2")
 
     def _next_operation(self, rng: random.Random) -> tuple[str, str, dict[str, Any]]:
         user = rng.randint(1, self.users)
@@ -184,14 +211,17 @@ class Expected:
     withdrawn: int
     transaction_ids: list[int]
     moved: int
+    revenue: int = 0
+    refunded: int = 0
 
 
 def expected_from(acked: list[Acked]) -> Expected:
+    """What the acknowledged operations must have done; balances are available ones (every order is settled)."""
     balances: dict[int, int] = {}
-    deposited = withdrawn = moved = 0
+    deposited = withdrawn = moved = revenue = refunded = 0
     ids: list[int] = []
     for a in acked:
-        if a.status != 201:
+        if a.status not in (200, 201) or "transaction" not in a.body:
             continue
         moved += 1
         p = a.payload
@@ -204,8 +234,18 @@ def expected_from(acked: list[Acked]) -> Expected:
         elif a.op == "withdrawal":
             balances[p["user_id"]] = balances.get(p["user_id"], 0) - amount
             withdrawn += amount
+        elif a.op == "reserve":
+            balances[p["user_id"]] = balances.get(p["user_id"], 0) - amount
+        elif a.op == "recognize":  # the charge leaves reserved; the remainder comes back to available
+            balances[p["user_id"]] += kopecks(a.body["reservation"]["amount"]) - amount
+            revenue += amount
+            if a.body.get("release_transaction"):
+                ids.append(int(a.body["release_transaction"]["id"]))
+        elif a.op == "refund":
+            balances[p["user_id"]] += amount
+            refunded += amount
         else:
             balances[p["from_user_id"]] = balances.get(p["from_user_id"], 0) - amount
             balances[p["to_user_id"]] = balances.get(p["to_user_id"], 0) + amount
             ids.append(int(a.body["recipient_transaction"]["id"]))
-    return Expected(balances, deposited, withdrawn, ids, moved)
+    return Expected(balances, deposited, withdrawn, ids, moved, revenue, refunded)

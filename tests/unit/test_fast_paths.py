@@ -93,6 +93,7 @@ def test_the_fingerprint_is_the_sorted_json_of_every_validated_field() -> None:
         "reserve": {"user_id": 1, "service_id": 2, "order_id": 3, "amount": "4", "service_name": "S"},
         "recognize": {"user_id": 1, "service_id": 2, "order_id": 3, "amount": "4"},
         "cancel": {"user_id": 1, "service_id": 2, "order_id": 3},
+        "refund": {"user_id": 1, "service_id": 2, "order_id": 3, "amount": "0.5", "comment": "y"},
     }
     assert set(examples) == set(BATCH_OPERATIONS)
     for op, fields in examples.items():

@@ -41,7 +41,7 @@ def test_defaults() -> None:
         ({"limit": "١٠"}, "limit"),  # Arabic-Indic digits are digits to str.isdigit, not to us
         ({"sort": "id"}, "sort"),
         ({"order": "descending"}, "order"),
-        ({"type": "refund"}, "type"),
+        ({"type": "refunds"}, "type"),
         ({"type": "deposit,"}, "type"),
         ({"type": ""}, "type"),
         ({"type": "Deposit"}, "type"),
@@ -70,16 +70,16 @@ def test_types_are_canonical_and_times_round_up_to_whole_milliseconds() -> None:
     q = parse_history_query(
         1,
         {
-            "type": "charge,deposit,charge",
+            "type": "charge,refund,deposit,charge",
             "from": "2026-11-26T07:16:01.1234+03:00",
             "to": "2026-11-26T04:16:02Z",
             "limit": "100",
         },
     )
-    assert q.types == ("deposit", "charge") and q.limit == 100
+    assert q.types == ("deposit", "charge", "refund") and q.limit == 100
     assert ms_to_datetime(q.start_ms).isoformat() == "2026-11-26T04:16:01.124000+00:00"
     assert ms_to_datetime(q.end_ms).isoformat() == "2026-11-26T04:16:02+00:00"
-    same = parse_history_query(1, {"type": "deposit,charge", "from": "2026-11-26T04:16:01.124Z", "to": q_to(q)})
+    same = parse_history_query(1, {"type": "refund,deposit,charge", "from": "2026-11-26T04:16:01.124Z", "to": q_to(q)})
     assert same.fingerprint() == q.fingerprint()
 
 

@@ -48,6 +48,9 @@ def test_revenue_binds_the_months_bounds_into_its_match() -> None:
         }
     }
     assert [next(iter(stage)) for stage in stages] == ["$match", "$group", "$lookup"]
+    refunds = load_pipeline("revenue_refunds").bind(start=period.start, end=period.end)
+    assert refunds[0] == {"$match": {**stages[0]["$match"], "type": "refund"}}
+    assert refunds[1:] == stages[1:]  # the same sums, per service, named the same way
 
 
 def test_a_bound_pipeline_is_a_fresh_structure_each_time() -> None:

@@ -66,6 +66,10 @@ RECORDED = {
         {"user_id": 1, "service_id": 2, "order_id": 3},
         "0cd8dc5c56a69b7a76b1e999d724274535cf39b828e08319864eb79bcc3e3dfa",
     ),
+    "refund": (
+        {"user_id": 1, "service_id": 2, "order_id": 3, "amount": "4"},
+        "1df25350cb66b96532d3cd4d4c964b5eda914d9268a9996c1b31470e51633fde",
+    ),
 }
 
 

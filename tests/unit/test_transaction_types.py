@@ -7,7 +7,8 @@ import re
 from pathlib import Path
 
 from billing.console.text import TEXT
-from billing.core.transactions import TOTALS, TransactionType
+from billing.core.transactions import REFUNDED, RESERVATION_TYPES, REVENUE, TOTALS, TransactionType
+from billing.infra.pipelines import load_pipeline
 from billing.ledger.scripts import TOTAL_FIELDS
 from billing.views.descriptions import SUPPORTED_LANGUAGES, describe
 
@@ -39,8 +40,17 @@ def test_effects_keep_money_in_one_place() -> None:
     for t in TransactionType:
         assert t.available in (-1, 0, 1) and t.reserved in (-1, 0, 1), t
         assert (t.available, t.reserved) != (0, 0), t
-        assert t.of_reservation == (t.reserved != 0), t
-    assert set(TOTALS) == {"deposited", "withdrawn", "revenue", "transfers_in", "transfers_out", "transfers_reversed"}
+        # a reservation's types: those that move its reserved money, and the refund of its charge
+        assert t.of_reservation == (t.reserved != 0 or t is TransactionType.REFUND), t
+    assert set(TOTALS) == {
+        "deposited",
+        "withdrawn",
+        "revenue",
+        "transfers_in",
+        "transfers_out",
+        "transfers_reversed",
+        "refunded",
+    }
     assert set(TOTALS) == set(TOTAL_FIELDS)
     prelude = (LUA / "_prelude.lua").read_text(encoding="utf-8")
     fields = re.search(r"local TOTAL_FIELDS = \{([^}]*)\}", prelude)
@@ -53,3 +63,15 @@ def test_every_type_has_a_description_and_a_console_label() -> None:
         for lang in SUPPORTED_LANGUAGES:
             assert describe(t.value, 100, lang, refs), (t, lang)
             assert f"t_{t.value}" in TEXT[lang], (t, lang)
+
+
+def test_the_pipelines_read_the_types_they_name() -> None:
+    """Recovery's per-reservation sums read every type of a reservation; the revenue report nets the two types
+    whose totals are revenue and refunds (one pipeline each)."""
+    [match, *_] = load_pipeline("reservation_sums").stages
+    assert match["$match"]["type"]["$in"] == list(RESERVATION_TYPES)
+    report = {TOTALS[REVENUE].value: "revenue", TOTALS[REFUNDED].value: "revenue_refunds"}
+    assert report == {"charge": "revenue", "refund": "revenue_refunds"}
+    for kind, name in report.items():
+        [match, *_] = load_pipeline(name).stages
+        assert match["$match"]["type"] == kind

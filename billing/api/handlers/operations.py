@@ -1,4 +1,4 @@
-"""POST endpoints that move money: deposits, withdrawals, transfers, reserve, recognize, cancel."""
+"""POST endpoints that move money: deposits, withdrawals, transfers, reserve, recognize, cancel, refund."""
 
 from __future__ import annotations
 
