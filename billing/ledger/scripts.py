@@ -153,6 +153,18 @@ def transaction_partition(txn_id: int) -> int:
     return txn_id % MAX_PARTITIONS
 
 
+def _hash_reply(reply: Any) -> dict[str, str]:
+    """An HGETALL reply of either route: the flat field, value list of the single route's own RESP client, or
+    the dict redis-py's cluster client makes of it."""
+    if isinstance(reply, dict):
+        return {_text(k): _text(v) for k, v in reply.items()}
+    return {_text(reply[i]): _text(reply[i + 1]) for i in range(0, len(reply), 2)}
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 class PartitionCountChanged(Exception):
     """Redis holds a ledger laid out for another BILLING_PARTITIONS: starting would put users in the wrong
     partitions."""
@@ -741,7 +753,7 @@ class Ledger:
         for partition, reply in enumerate(await self.route.pipeline(commands)):
             if isinstance(reply, Exception):
                 raise reply
-            fields = {reply[i].decode(): reply[i + 1].decode() for i in range(0, len(reply), 2)}
+            fields = _hash_reply(reply)
             for field, name in fields.items():
                 if field.startswith("at:"):
                     continue
