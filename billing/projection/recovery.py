@@ -4,7 +4,7 @@ Both run on one Redis and on a Redis Cluster. On one Redis every read is a MULTI
 of the whole ledger). On a cluster a MULTI holds the keys of one slot, so of one partition: each chunk of keys is
 read with its partition's sequence, each partition's totals with its transits, and the cross-partition check is
 made transfer by transfer against the ledger (reconcile_transits) rather than on one instant of every partition.
-SCAN runs on every master (redis-py's cluster scan_iter walks each primary's cursor to its end).
+SCAN runs on every master that serves a partition, found by the partition's slot (scan_keys).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -203,9 +203,28 @@ def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-async def _scan(redis: RedisClient, pattern: str) -> list[str]:
-    """Every key matching: on a cluster, of every master (SCAN's default nodes in redis-py's cluster client)."""
-    return [_s(key) async for key in redis.scan_iter(match=pattern, count=1000)]
+async def scan_keys(redis: RedisClient, keys: RedisKeys, pattern: str) -> AsyncIterator[Any]:
+    """Every key matching. On a cluster: SCAN on each master serving a partition's slot, each cursor walked to its
+    end. The masters come from the slot map the commands are routed by, not from redis-py's list of primaries:
+    after a failover that list may still call the promoted replica a replica, and a SCAN of "every primary"
+    would miss its keys."""
+    if not isinstance(redis, RedisCluster):
+        async for key in scan_keys(redis, keys, pattern):
+            yield key
+        return
+    await redis.initialize()  # a no-op once the slot map is known
+    masters = {}
+    for p in keys.all():
+        node = redis.get_node_from_key(keys.tag(p))
+        assert node is not None  # the master: None only for replica=True
+        masters[node.name] = node
+    for node in masters.values():
+        async for key in redis.scan_iter(match=pattern, count=1000, target_nodes=node):
+            yield key
+
+
+async def _scan(redis: RedisClient, keys: RedisKeys, pattern: str) -> list[str]:
+    return [_s(key) async for key in scan_keys(redis, keys, pattern)]
 
 
 def _last_id(partition: int, seq: Any) -> int:
@@ -443,10 +462,10 @@ async def reconcile(
     cluster = isinstance(redis, RedisCluster)
     seq0 = await _seqs(redis, keys)
     progress("find accounts in Redis", 0, None)
-    account_keys = await _scan(redis, keys.account_pattern())
+    account_keys = await _scan(redis, keys, keys.account_pattern())
     accounts = await _snapshot(redis, keys, account_keys, "balance", progress, "read accounts from Redis")
     progress("find reservations in Redis", 0, None)
-    reservation_keys = await _scan(redis, keys.reservation_pattern())
+    reservation_keys = await _scan(redis, keys, keys.reservation_pattern())
     reservations = await _snapshot(redis, keys, reservation_keys, "hash", progress, "read reservations from Redis")
     books: list[PartitionBooks] = []
     if cluster:
@@ -611,7 +630,7 @@ def _users_by_partition(keys: RedisKeys, users: Iterable[int]) -> dict[int, list
 
 
 async def redis_has_accounts(redis: RedisClient, keys: RedisKeys) -> bool:
-    async for _key in redis.scan_iter(match=keys.account_pattern(), count=1000):
+    async for _key in scan_keys(redis, keys, keys.account_pattern()):
         return True
     return False
 
@@ -633,11 +652,13 @@ def _reservation(key: ResvKey, rows: dict[str, dict[str, int]]) -> ReservationRe
     return ReservationRecord(*key, reserve["total"], status, recognized, reserve["first"], updated_at)
 
 
-async def _delete_matching(redis: RedisClient, patterns: Iterable[str], progress: Progress = no_progress) -> None:
+async def _delete_matching(
+    redis: RedisClient, keys: RedisKeys, patterns: Iterable[str], progress: Progress = no_progress
+) -> None:
     deleted = 0
     for pattern in patterns:
         batch = []
-        async for key in redis.scan_iter(match=pattern, count=1000):
+        async for key in scan_keys(redis, keys, pattern):
             batch.append(key)
             if len(batch) >= CHUNK:
                 await redis.delete(*batch)
@@ -657,7 +678,7 @@ async def rebuild(
     if await redis_has_accounts(redis, keys):
         if not force:
             raise RedisNotEmpty("Redis already holds accounts under this prefix; use --force to overwrite them")
-        await _delete_matching(redis, [keys.account_pattern(), keys.reservation_pattern()], progress)
+        await _delete_matching(redis, keys, [keys.account_pattern(), keys.reservation_pattern()], progress)
         await redis.delete(*[key for p in keys.all() for key in (keys.totals(p), keys.services(p), keys.transits(p))])
     ledger = await load_ledger(store, EVERY_ID, progress)
     _largest, clock = await store.last_transaction()
