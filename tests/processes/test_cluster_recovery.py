@@ -3,8 +3,9 @@
 Load goes through `billing serve --workers 2` on the cluster (tests/support/cluster_service.py); the commands
 run as processes with the server's settings. Reconcile reads every partition through the cluster (SCAN on every
 master, a MULTI per partition) and passes after the load, and fails once one account is changed on its node;
-rebuild restores every balance after FLUSHALL on every master. A transfer left in transit between partitions is
-counted, and a transit lost from Redis is found, transfer by transfer against the ledger.
+rebuild restores every balance after FLUSHALL on every master (and again with --force over them). A transfer
+left in transit between partitions is counted, and a transit lost from Redis is found, transfer by transfer
+against the ledger.
 """
 
 from __future__ import annotations
@@ -107,8 +108,11 @@ async def test_reconcile_passes_fails_on_a_changed_account_and_passes_after_a_re
         assert code == 0, out + err
         assert out.startswith(f"rebuild: {len(USERS)} accounts, 3 reservations (1 open)")
         assert await balances(api) == before  # the changed kopeck is gone: the ledger's balances
+        code, out, err = await billing(cluster_service, "rebuild", "--force")  # over what it holds now
+        assert code == 0, out + err
         code, out, err = await billing(cluster_service, "reconcile")
         assert code == 0, out + err
+        assert await balances(api) == before
     finally:
         api.close()
 
