@@ -3,7 +3,7 @@
 Both run on one Redis and on a Redis Cluster. On one Redis every read is a MULTI over all partitions (one instant
 of the whole ledger). On a cluster a MULTI holds the keys of one slot, so of one partition: each chunk of keys is
 read with its partition's sequence, each partition's totals with its transits, and the cross-partition check is
-made transfer by transfer against the ledger (reconcile_transits) rather than on one instant of every partition.
+made transfer by transfer against the ledger (transit_mismatches) rather than on one instant of every partition.
 SCAN runs on every master that serves a partition, found by the partition's slot (scan_keys).
 """
 
@@ -209,7 +209,7 @@ async def scan_keys(redis: RedisClient, keys: RedisKeys, pattern: str) -> AsyncI
     after a failover that list may still call the promoted replica a replica, and a SCAN of "every primary"
     would miss its keys."""
     if not isinstance(redis, RedisCluster):
-        async for key in scan_keys(redis, keys, pattern):
+        async for key in redis.scan_iter(match=pattern, count=1000):
             yield key
         return
     await redis.initialize()  # a no-op once the slot map is known
