@@ -17,7 +17,6 @@ from typing import Any, cast
 
 import orjson
 from pymongo.errors import PyMongoError
-from redis.asyncio import Redis
 
 from billing.bootstrap import Context, bootstrap
 from billing.core.config import DRAIN_TIMEOUT_SECONDS, Settings
@@ -25,7 +24,14 @@ from billing.core.errors import ApiError
 from billing.infra.stores import close_redis, connect_mongo, connect_redis
 from billing.ledger.scripts import PartitionCountChanged
 from billing.ledger.unavailable import store_unavailable
-from billing.projection.recovery import Progress, RedisNotEmpty, no_progress, rebuild, reconcile
+from billing.projection.recovery import (
+    Progress,
+    RedisNotEmpty,
+    no_progress,
+    project_everything,
+    rebuild,
+    reconcile,
+)
 from billing.projection.store import LedgerStore
 from billing.terminal import Command, CommandError, StepProgress, one_line
 from billing.views.descriptions import negotiate_language
@@ -128,18 +134,10 @@ async def project(ctx: Context, progress: Progress = no_progress) -> tuple[int, 
     return 0, ""
 
 
-def _single_redis(ctx: Context, command: str) -> Redis:
-    """The one Redis of single mode: reconcile and rebuild read and write the whole ledger through one
-    connection's transactions, which a Redis Cluster does not have across partitions."""
-    if not isinstance(ctx.redis, Redis):
-        raise CommandError(f"billing {command} runs with BILLING_REDIS_MODE=single only (docs/operations.md)")
-    return ctx.redis
-
-
 async def run_reconcile(ctx: Context, drain_timeout: float, progress: Progress = no_progress) -> tuple[int, str]:
     try:
         report = await reconcile(
-            _single_redis(ctx, "reconcile"),
+            ctx.redis,
             ctx.ledger.keys,
             LedgerStore(ctx.mongo),
             ctx.projector,
@@ -155,15 +153,14 @@ async def run_reconcile(ctx: Context, drain_timeout: float, progress: Progress =
 async def run_rebuild(
     ctx: Context, force: bool, drain_timeout: float, progress: Progress = no_progress
 ) -> tuple[int, str]:
-    redis = _single_redis(ctx, "rebuild")
     if force:  # Redis may still hold transactions MongoDB lacks: project them before overwriting
         progress("project the outbox into MongoDB", 0, None)
         try:
-            await ctx.projector.drain(timeout=drain_timeout)
+            await project_everything(ctx.redis, ctx.ledger.keys, ctx.projector, drain_timeout)
         except TimeoutError as exc:
             raise CommandError(f"could not project the outbox first: {one_line(exc)}") from None
     try:
-        report = await rebuild(redis, ctx.ledger.keys, LedgerStore(ctx.mongo), force=force, progress=progress)
+        report = await rebuild(ctx.redis, ctx.ledger.keys, LedgerStore(ctx.mongo), force=force, progress=progress)
     except RedisNotEmpty as exc:
         raise CommandError(f"refused: {exc}") from None
     return 0, report.summary()

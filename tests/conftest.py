@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 import uuid
@@ -18,12 +19,36 @@ from billing.app import make_app
 from billing.bootstrap import Context, bootstrap
 from billing.core.config import Settings
 from tests.support.api import TEST_TOKENS, Api
+from tests.support.cluster_service import ClusterService, cluster_only_params
 from tests.support.console import ConsoleClient
 from tests.support.redis_cluster import LocalCluster
 from tests.support.servers import MongoWireServer, RedisServer, served
 
 REDIS_BACKENDS = ["fakeredis", "redis"]
 MONGO_BACKENDS = ["mongomock", "secantus"]
+# Modules marked cluster_server run their tests on these too: "cluster" is `billing serve --workers 2` on the
+# session's Redis Cluster (tests/support/cluster_service.py).
+CLUSTER_REDIS_BACKENDS = [*REDIS_BACKENDS, "cluster"]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Before pytest reads the parametrize marks: one more, which takes precedence over the fixture's params."""
+    if (
+        metafunc.definition.get_closest_marker("cluster_server")
+        and not metafunc.definition.get_closest_marker("in_process")
+        and "api" in metafunc.fixturenames
+        and "redis_backend" in metafunc.fixturenames
+    ):
+        metafunc.definition.add_marker(pytest.mark.parametrize("redis_backend", CLUSTER_REDIS_BACKENDS, indirect=True))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Leave out the cluster runs the one server cannot give (tests/support/cluster_service.py)."""
+    dropped = [item for item in items if cluster_only_params(item)]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [item for item in items if not cluster_only_params(item)]
 
 
 @pytest.fixture(scope="session")
@@ -61,6 +86,16 @@ def require_cluster_binaries() -> None:
 
 
 @pytest.fixture(scope="session")
+def cluster_service(
+    redis_cluster: LocalCluster, mongo_server: MongoWireServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ClusterService]:
+    """`billing serve --workers 2` in cluster mode, one for the whole run, shared by the cluster_server tests."""
+    service = ClusterService(redis_cluster, mongo_server, tmp_path_factory.mktemp("cluster-reports")).start()
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="session")
 def mongo_server() -> Iterator[MongoWireServer]:
     server = MongoWireServer().start()
     yield server
@@ -90,7 +125,11 @@ def redis_backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-async def redis_client(redis_backend: str, request: pytest.FixtureRequest) -> AsyncIterator[Redis]:
+async def redis_client(redis_backend: str, request: pytest.FixtureRequest) -> AsyncIterator[Redis | None]:
+    """The Redis of the in-process backends (None for "cluster": the context makes its own cluster client)."""
+    if redis_backend == "cluster":
+        yield None
+        return
     if redis_backend == "fakeredis":
         client = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
         yield client
@@ -143,15 +182,27 @@ def settings(prefix: str, tmp_path: Any) -> Settings:
 
 
 @pytest.fixture
-async def ctx(settings: Settings, redis_client: Redis, mongo_db: Any) -> AsyncIterator[Context]:
-    context = await bootstrap(settings, redis=redis_client, mongo=mongo_db)
+async def ctx(
+    settings: Settings, redis_backend: str, redis_client: Redis | None, mongo_db: Any, request: pytest.FixtureRequest
+) -> AsyncIterator[Context]:
+    if redis_backend == "cluster":  # the test's own context on the server's stores, emptied first
+        service: ClusterService = request.getfixturevalue("cluster_service")
+        await asyncio.to_thread(service.empty)
+        context = await bootstrap(service.settings(settings))
+    else:
+        context = await bootstrap(settings, redis=redis_client, mongo=mongo_db)
     await context.start()
     yield context
     await context.stop()
 
 
 @pytest.fixture
-async def api(ctx: Context) -> AsyncIterator[Api]:
+async def api(ctx: Context, redis_backend: str, request: pytest.FixtureRequest) -> AsyncIterator[Api]:
+    if redis_backend == "cluster":
+        client = Api(request.getfixturevalue("cluster_service").url)
+        yield client
+        client.close()
+        return
     async with served(make_app(ctx), max_body_size=MAX_BODY_BYTES) as url:
         client = Api(url)
         yield client

@@ -10,14 +10,13 @@ from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 import orjson
-from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
+from redis.asyncio.client import Pipeline as RedisPipeline
+from redis.asyncio.cluster import ClusterPipeline
 from redis.exceptions import NoScriptError
 
 from billing.core.config import MAX_PARTITIONS, default
 from billing.core.money import MAX_BALANCE_KOPECKS, MAX_OPERATION_KOPECKS
 from billing.core.parsing import MAX_ID
-from billing.infra import redis_raw
 from billing.infra.data_files import data_dir
 from billing.infra.redis_route import RedisClient, route
 from billing.infra.stores import awaited
@@ -162,6 +161,18 @@ def transaction_partition(txn_id: int) -> int:
     return txn_id % MAX_PARTITIONS
 
 
+def _hash_reply(reply: Any) -> dict[str, str]:
+    """An HGETALL reply of either route: the flat field, value list of the single route's own RESP client, or
+    the dict redis-py's cluster client makes of it."""
+    if isinstance(reply, dict):
+        return {_text(k): _text(v) for k, v in reply.items()}
+    return {_text(reply[i]): _text(reply[i + 1]) for i in range(0, len(reply), 2)}
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 class PartitionCountChanged(Exception):
     """Redis holds a ledger laid out for another BILLING_PARTITIONS: starting would put users in the wrong
     partitions."""
@@ -300,6 +311,14 @@ class RedisKeys:
     def reservation_pattern(self) -> str:
         return f"{glob_escape(self.prefix)}{{p*}}:resv:*"
 
+    def partition_of_key(self, key: str) -> int:
+        """The partition a key of the ledger belongs to: the number in its hash tag."""
+        rest = key[len(self.prefix) :] if key.startswith(self.prefix) else ""
+        end = rest.find("}")
+        if not (rest.startswith("{p") and end > 2 and rest[2:end].isdigit()):
+            raise ValueError(f"not a key of a ledger partition: {key!r}")
+        return int(rest[2:end])
+
     def account_user_id(self, key: str) -> int:
         """The user id in an account key (the inverse of account())."""
         head, sep, user = key.rpartition(":acct:")
@@ -357,22 +376,29 @@ class ReservationRecord(NamedTuple):
     refunded_amount: int = 0
 
 
+# A pipeline of either mode (Restore's calls are queued on one).
+Pipeline = RedisPipeline | ClusterPipeline
+
+
 class Restore:
     """The writes of `billing rebuild` (billing/projection/recovery.py), each a call of lua/restore.lua queued on
     a pipeline: the ledger's layout is written by the scripts alone, within the bounds they check."""
 
-    def __init__(self, redis: Redis, keys: RedisKeys, limits: Limits = Limits()) -> None:
+    def __init__(self, redis: RedisClient, keys: RedisKeys, limits: Limits = Limits()) -> None:
         self.redis = redis
+        self.route = route(redis)
         self.keys = keys
         self.source = load_script_sources(limits)[RESTORE]
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
 
     async def load(self) -> None:
-        """Load the script before queueing calls: a pipeline's EVALSHA is not sent again on NOSCRIPT."""
-        self.sha = await self.redis.script_load(self.source)
+        """Load the script before queueing calls (in a Redis Cluster: on every node): a pipeline's EVALSHA is not
+        sent again on NOSCRIPT."""
+        self.sha = (await self.route.load_scripts({RESTORE: self.source}))[RESTORE]
 
     def _call(self, pipe: Pipeline, key: str, *args: str | int) -> None:
-        pipe.evalsha(self.sha, 1, key, *[str(arg) for arg in args])
+        # As a raw command: redis-py's cluster pipeline refuses its evalsha method, not the command.
+        pipe.execute_command("EVALSHA", self.sha, 1, key, *[str(arg) for arg in args])
 
     def account(self, pipe: Pipeline, user_id: int, available: int, reserved: int) -> None:
         self._call(pipe, self.keys.account(user_id), "account", available, reserved)
@@ -399,8 +425,8 @@ class Restore:
 
     async def meta(self, partition: int, seq: int, clock: int) -> tuple[int, int]:
         """Raise a partition's sequence and clock to these (never lower them): (seq, clock) now."""
-        packed = redis_raw.pack(["EVALSHA", self.sha, "1", self.keys.meta(partition), "meta", str(seq), str(clock)])
-        stored_seq, stored_clock = await redis_raw.command(self.redis, packed)
+        parts = ["EVALSHA", self.sha, "1", self.keys.meta(partition), "meta", str(seq), str(clock)]
+        stored_seq, stored_clock = await self.route.command(parts)
         return int(stored_seq), int(stored_clock)
 
 
@@ -760,7 +786,7 @@ class Ledger:
         for partition, reply in enumerate(await self.route.pipeline(commands)):
             if isinstance(reply, Exception):
                 raise reply
-            fields = {reply[i].decode(): reply[i + 1].decode() for i in range(0, len(reply), 2)}
+            fields = _hash_reply(reply)
             for field, name in fields.items():
                 if field.startswith("at:"):
                     continue

@@ -414,9 +414,13 @@ class Projector:
                 reply = await self.redis.xreadgroup(
                     GROUP, self.consumer, dict.fromkeys(streams, start), count=self.batch, block=block_ms
                 )
-        except ResponseError as exc:
-            if "NOGROUP" in str(exc):  # a stream was deleted (e.g. Redis wiped): make the groups again
-                self._group_ready = False
+        except BaseException as exc:
+            if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):  # a stream was deleted (Redis wiped)
+                self._group_ready = False  # make the groups again
+            # A read whose reply was lost (or, on a cluster, one node's of several) may have delivered entries
+            # to this consumer: read them again before anything new. Without leases XAUTOCLAIM would take them
+            # once idle; with leases nothing else would.
+            self._own_pending = True
             raise
         return [(_text(name), entries) for name, raw in reply or [] if (entries := _entries(raw))]
 

@@ -1,15 +1,24 @@
-"""Recovery: reconcile Redis balances and reservations with the MongoDB ledger, and rebuild Redis from it."""
+"""Recovery: reconcile Redis balances and reservations with the MongoDB ledger, and rebuild Redis from it.
+
+Both run on one Redis and on a Redis Cluster. On one Redis every read is a MULTI over all partitions (one instant
+of the whole ledger). On a cluster a MULTI holds the keys of one slot, so of one partition: each chunk of keys is
+read with its partition's sequence, each partition's totals with its transits, and the cross-partition check is
+made transfer by transfer against the ledger (transit_mismatches) rather than on one instant of every partition.
+SCAN runs on every master that serves a partition, found by the partition's slot (scan_keys).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import orjson
-from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from billing.core.config import DRAIN_TIMEOUT_SECONDS, MAX_PARTITIONS
 from billing.core.parsing import INT64_MAX
@@ -22,8 +31,10 @@ from billing.core.transactions import (
     TRANSFERS_REVERSED,
     TransactionType,
 )
+from billing.infra.redis_route import RedisClient
 from billing.ledger.scripts import RedisKeys, ReservationRecord, Restore
 from billing.projection.store import LedgerStore
+from billing.projection.watermark import compute_all
 
 # How each transaction type moves an account: (change of available, change of reserved) per kopeck.
 EFFECTS: dict[str, tuple[int, int]] = {t.value: (t.available, t.reserved) for t in TransactionType}
@@ -192,17 +203,43 @@ def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-async def _scan(redis: Redis, pattern: str) -> list[str]:
-    return [_s(key) async for key in redis.scan_iter(match=pattern, count=1000)]
+async def scan_keys(redis: RedisClient, keys: RedisKeys, pattern: str) -> AsyncIterator[Any]:
+    """Every key matching. On a cluster: SCAN on each master serving a partition's slot, each cursor walked to its
+    end. The masters come from the slot map the commands are routed by, not from redis-py's list of primaries:
+    after a failover that list may still call the promoted replica a replica, and a SCAN of "every primary"
+    would miss its keys."""
+    if not isinstance(redis, RedisCluster):
+        async for key in redis.scan_iter(match=pattern, count=1000):
+            yield key
+        return
+    await redis.initialize()  # a no-op once the slot map is known
+    masters = {}
+    for p in keys.all():
+        node = redis.get_node_from_key(keys.tag(p))
+        assert node is not None  # the master: None only for replica=True
+        masters[node.name] = node
+    for node in masters.values():
+        async for key in redis.scan_iter(match=pattern, count=1000, target_nodes=node):
+            yield key
+
+
+async def _scan(redis: RedisClient, keys: RedisKeys, pattern: str) -> list[str]:
+    return [_s(key) async for key in scan_keys(redis, keys, pattern)]
+
+
+def _last_id(partition: int, seq: Any) -> int:
+    """The last id a partition issued (0 for none) from its seq."""
+    return int(seq) * MAX_PARTITIONS + partition if seq else 0
 
 
 def _last_ids(seqs: list[Any]) -> list[int]:
     """The last id each partition issued (0 for none) from the partitions' seqs, in partition order."""
-    return [int(seq) * MAX_PARTITIONS + p if seq else 0 for p, seq in enumerate(seqs)]
+    return [_last_id(p, seq) for p, seq in enumerate(seqs)]
 
 
-async def _seqs(redis: Redis, keys: RedisKeys) -> list[int]:
-    pipe = redis.pipeline(transaction=True)
+async def _seqs(redis: RedisClient, keys: RedisKeys) -> list[int]:
+    """Every partition's last id: at one instant on one Redis, each at its own on a cluster."""
+    pipe = redis.pipeline(transaction=not isinstance(redis, RedisCluster))
     for p in keys.all():
         pipe.hget(keys.meta(p), "seq")
     return _last_ids(await pipe.execute())
@@ -214,29 +251,151 @@ def _after(last_ids: list[int]) -> int:
 
 
 async def _snapshot(
-    redis: Redis, keys: RedisKeys, names: list[str], read: str, progress: Progress = no_progress, step: str = ""
-) -> list[tuple[str, Any, list[int]]]:
-    """Read hashes in MULTI chunks, each with every partition's last id at that instant: (key, value, ids)."""
-    out: list[tuple[str, Any, list[int]]] = []
+    redis: RedisClient,
+    keys: RedisKeys,
+    names: list[str],
+    read: str,
+    progress: Progress = no_progress,
+    step: str = "",
+) -> list[tuple[str, Any, int]]:
+    """Read hashes in MULTI chunks, each with the last id of its partitions at that instant: (key, value, the last
+    id of the key's partition). On a cluster each chunk holds keys of one partition (a MULTI of one slot)."""
+    out: list[tuple[str, Any, int]] = []
     progress(step, 0, len(names))
-    for start in range(0, len(names), CHUNK):
-        chunk = names[start : start + CHUNK]
+    chunks: list[tuple[list[int], list[str]]] = []
+    if isinstance(redis, RedisCluster):
+        by_partition: dict[int, list[str]] = defaultdict(list)
+        for name in names:
+            by_partition[keys.partition_of_key(name)].append(name)
+        for p, members in sorted(by_partition.items()):
+            chunks += [([p], members[start : start + CHUNK]) for start in range(0, len(members), CHUNK)]
+    else:
+        chunks = [(list(keys.all()), names[start : start + CHUNK]) for start in range(0, len(names), CHUNK)]
+    for partitions, chunk in chunks:
         pipe = redis.pipeline(transaction=True)
+        # Raw commands: redis-py's (7.4) cluster MULTI hands the `keys` keyword of its hmget, hgetall and hget to
+        # reply callbacks that take none.
         for name in chunk:
             if read == "balance":
-                pipe.hmget(name, ["available", "reserved"])
+                pipe.execute_command("HMGET", name, "available", "reserved")
             else:
-                pipe.hgetall(name)
-        for p in keys.all():
-            pipe.hget(keys.meta(p), "seq")
+                pipe.execute_command("HGETALL", name)
+        for p in partitions:
+            pipe.execute_command("HGET", keys.meta(p), "seq")
         replies = await pipe.execute()
-        values, last_ids = replies[: len(chunk)], _last_ids(replies[len(chunk) :])
-        out += [(name, value, last_ids) for name, value in zip(chunk, values, strict=True)]
+        values = replies[: len(chunk)]
+        last = {p: _last_id(p, seq) for p, seq in zip(partitions, replies[len(chunk) :], strict=True)}
+        out += [(name, value, last[keys.partition_of_key(name)]) for name, value in zip(chunk, values, strict=True)]
         progress(step, len(out), len(names))
     return out
 
 
-async def money_in_transit(redis: Redis, keys: RedisKeys, attempts: int = 50) -> tuple[list[dict[str, int]], int]:
+@dataclass
+class PartitionBooks:
+    """One partition read at one instant (a MULTI of its slot): its totals, its transits and its last id."""
+
+    totals: dict[str, int]
+    transits: dict[int, dict[str, Any]]  # transfer id -> the transfer as lua/transfer_debit.lua recorded it
+    last_id: int
+
+
+async def partition_books(redis: RedisClient, keys: RedisKeys) -> list[PartitionBooks]:
+    """Every partition's books, each partition at its own instant, in partition order."""
+    books = []
+    for p in keys.all():
+        pipe = redis.pipeline(transaction=True)
+        pipe.execute_command("HGETALL", keys.totals(p))
+        pipe.execute_command("HGETALL", keys.transits(p))
+        pipe.execute_command("HGET", keys.meta(p), "seq")
+        totals, transits, seq = await pipe.execute()
+        books.append(
+            PartitionBooks(
+                {_s(k): int(v) for k, v in totals.items()},
+                {int(_s(tid)): orjson.loads(raw)["transfer"] for tid, raw in transits.items()},
+                _last_id(p, seq),
+            )
+        )
+    return books
+
+
+def transit_mismatches(keys: RedisKeys, books: list[PartitionBooks], legs: list[dict[str, Any]]) -> list[Mismatch]:
+    """Redis's transfers in transit against the ledger, partition by partition at the instant each was read.
+
+    A transfer's debit and reversal are transactions of its sender's partition, so at that partition's last id
+    read the ledger says exactly whether it was debited and whether it was reversed; its credit is in another
+    partition, and its settlement (which removes the transit) is no transaction at all. So: every transit in
+    Redis must be a debit of the ledger up to that id, of the same amount, not reversed up to it; and every such
+    debit that the ledger holds no credit nor reversal of at all (drained after the read) must still be in
+    transit in Redis."""
+    debits = {int(d["transfer_id"]): d for d in legs if d["type"] == TransactionType.TRANSFER_OUT}
+    closes: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for doc in legs:
+        if doc["type"] != TransactionType.TRANSFER_OUT:
+            closes[int(doc["transfer_id"])].append(doc)
+    out = []
+    for p, book in enumerate(books):
+        for transfer_id, transfer in sorted(book.transits.items()):
+            debit = debits.get(transfer_id)
+            amount = int(transfer["amount"])
+            if debit is None or int(debit["_id"]) > book.last_id or int(debit["amount"]) != amount:
+                ledger = None if debit is None else int(debit["amount"])
+                out.append(Mismatch("transit", f"partition {p} transfer {transfer_id} debit", amount, ledger))
+            elif any(
+                doc["type"] == TransactionType.TRANSFER_REVERSAL and int(doc["_id"]) <= book.last_id
+                for doc in closes[transfer_id]
+            ):
+                out.append(Mismatch("transit", f"partition {p} transfer {transfer_id} reversed", amount, 0))
+        for transfer_id, debit in sorted(debits.items()):
+            if (
+                keys.partition_of(int(debit["user_id"])) == p
+                and int(debit["_id"]) <= book.last_id
+                and not closes[transfer_id]
+                and transfer_id not in book.transits
+            ):
+                amount = int(debit["amount"])
+                out.append(Mismatch("transit", f"partition {p} transfer {transfer_id} missing", None, amount))
+    return out
+
+
+def ledger_in_transit(legs: list[dict[str, Any]]) -> int:
+    """The kopecks the ledger holds debits of with neither a credit nor a reversal."""
+    closed = {int(d["transfer_id"]) for d in legs if d["type"] != TransactionType.TRANSFER_OUT}
+    return sum(
+        int(d["amount"])
+        for d in legs
+        if d["type"] == TransactionType.TRANSFER_OUT and int(d["transfer_id"]) not in closed
+    )
+
+
+async def project_everything(redis: RedisClient, keys: RedisKeys, projector: Any, timeout: float) -> None:
+    """Until MongoDB holds every transaction written so far. On a cluster the projectors share the partitions
+    (leases), so the projectors of running workers may hold some: see project_upto."""
+    if isinstance(redis, RedisCluster):
+        await project_upto(projector, await _seqs(redis, keys), timeout)
+    else:
+        await projector.drain(timeout=timeout)
+
+
+async def project_upto(projector: Any, last_ids: list[int], timeout: float) -> None:
+    """Until MongoDB holds every transaction up to each partition's last id: the projector drains the partitions
+    it holds a lease on, the projectors of running workers the others (each partition's watermark says how far
+    it is; a dead worker's partitions are taken over once its leases run out)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    watermarks = list(projector.watermarks.values())
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await projector.drain(timeout=max(0.1, min(1.0, deadline - loop.time())))
+        marks = dict(zip((w.partition for w in watermarks), await compute_all(watermarks), strict=True))
+        behind = [p for p, last in enumerate(last_ids) if last and (marks.get(p) or 0) < last]
+        if not behind:
+            return
+        if loop.time() >= deadline:
+            raise TimeoutError(f"outbox not projected in {timeout} s: partitions {behind} behind")
+        await asyncio.sleep(0.1)
+
+
+async def money_in_transit(redis: RedisClient, keys: RedisKeys, attempts: int = 50) -> tuple[list[dict[str, int]], int]:
     """Every partition's totals and the kopecks in transit (debited by a transfer between partitions, neither
     credited nor reversed yet), at one instant: one MULTI reads the totals, the transits and the credit markers
     of the transits known from the read before; it is read again while it finds a transit it had not asked
@@ -286,7 +445,7 @@ def transfer_mismatches(legs: list[dict[str, Any]]) -> list[Mismatch]:
 
 
 async def reconcile(
-    redis: Redis,
+    redis: RedisClient,
     keys: RedisKeys,
     store: LedgerStore,
     projector: Any = None,
@@ -297,32 +456,43 @@ async def reconcile(
     instant, and that the transfers out of all partitions equal the transfers into them.
 
     Every Redis read comes with the partitions' sequences at its instant; the ledger is compared up to the
-    last id of the partition read, so the check is exact even while money keeps moving.
+    last id of the partition read, so the check is exact even while money keeps moving. On a Redis Cluster the
+    transfers between partitions are checked one by one (transit_mismatches) instead of on one instant of all.
     """
+    cluster = isinstance(redis, RedisCluster)
     seq0 = await _seqs(redis, keys)
     progress("find accounts in Redis", 0, None)
-    account_keys = await _scan(redis, keys.account_pattern())
+    account_keys = await _scan(redis, keys, keys.account_pattern())
     accounts = await _snapshot(redis, keys, account_keys, "balance", progress, "read accounts from Redis")
     progress("find reservations in Redis", 0, None)
-    reservation_keys = await _scan(redis, keys.reservation_pattern())
+    reservation_keys = await _scan(redis, keys, keys.reservation_pattern())
     reservations = await _snapshot(redis, keys, reservation_keys, "hash", progress, "read reservations from Redis")
-    totals_rows = await _snapshot(redis, keys, [keys.totals(p) for p in keys.all()], "hash")
-    all_totals, in_transit = await money_in_transit(redis, keys)
+    books: list[PartitionBooks] = []
+    if cluster:
+        books = await partition_books(redis, keys)
+        totals_rows = [(keys.totals(p), book.totals, book.last_id) for p, book in enumerate(books)]
+        all_totals, in_transit = [book.totals for book in books], 0
+    else:
+        totals_rows = await _snapshot(redis, keys, [keys.totals(p) for p in keys.all()], "hash")
+        all_totals, in_transit = await money_in_transit(redis, keys)
     if projector is not None:
         progress("project the outbox into MongoDB", 0, None)
-        await projector.drain(timeout=drain_timeout)
+        await project_everything(redis, keys, projector, drain_timeout)
     ledger = await load_ledger(store, _after(seq0), progress)
+    legs = await store.transfer_legs()
+    if cluster:
+        in_transit = ledger_in_transit(legs)
     report = ReconcileReport(len(accounts), len(reservations), ledger.transactions, in_transit=in_transit)
     bad = report.mismatches.append
 
     seen_users = set()
-    for done, (key, (available, reserved), seq) in enumerate(accounts):
+    for done, (key, (available, reserved), last_id) in enumerate(accounts):
         if done % CHUNK == 0:
             progress("compare accounts", done, len(accounts))
         user_id = keys.account_user_id(key)
         seen_users.add(user_id)
         redis_balance = (int(available or 0), int(reserved or 0))
-        exp_available, exp_reserved, _n = ledger.account(user_id, seq[keys.partition_of(user_id)])
+        exp_available, exp_reserved, _n = ledger.account(user_id, last_id)
         if redis_balance != (exp_available, exp_reserved):
             bad(
                 Mismatch(
@@ -337,7 +507,7 @@ async def reconcile(
     progress("compare accounts", len(accounts), len(accounts))
 
     seen_resv = set()
-    for done, (_key, raw, seq) in enumerate(reservations):
+    for done, (_key, raw, last_id) in enumerate(reservations):
         if done % CHUNK == 0:
             progress("compare reservations", done, len(reservations))
         h = {_s(k): _s(v) for k, v in raw.items()}
@@ -345,7 +515,7 @@ async def reconcile(
             continue
         rkey = (int(h["user_id"]), int(h["service_id"]), int(h["order_id"]))
         seen_resv.add(rkey)
-        sums = ledger.reservation(rkey, seq[keys.partition_of(rkey[0])])
+        sums = ledger.reservation(rkey, last_id)
         subject = "reservation user {} service {} order {}".format(*rkey)
         amount = int(h["amount"])
         open_redis = amount if h["status"] == "reserved" else 0
@@ -368,18 +538,22 @@ async def reconcile(
     progress("compare reservations", len(reservations), len(reservations))
 
     users = _users_by_partition(keys, ledger.by_user)
-    for p, (_key, raw_totals, last_ids) in enumerate(totals_rows):
+    for p, (_key, raw_totals, last_id) in enumerate(totals_rows):
         totals = {_s(k): int(v) for k, v in raw_totals.items()}
         for name, kind in TOTALS.items():
-            expected = ledger.partition_total(kind, users.get(p, []), last_ids[p])
+            expected = ledger.partition_total(kind, users.get(p, []), last_id)
             if totals.get(name, 0) != expected:
                 bad(Mismatch("totals", f"partition {p} {name}", totals.get(name, 0), expected))
     # Each transfer is counted out of one partition, then into one or back to its sender; what is neither yet
-    # is in transit. At one instant: out - in - reversed of all partitions = the money in transit.
+    # is in transit. At one instant: out - in - reversed of all partitions = the money in transit. A cluster's
+    # partitions are read at instants of their own: there each transit is checked against the ledger instead.
     moved = {
         name: sum(t.get(name, 0) for t in all_totals) for name in (TRANSFERS_OUT, TRANSFERS_IN, TRANSFERS_REVERSED)
     }
-    if moved[TRANSFERS_OUT] - moved[TRANSFERS_IN] - moved[TRANSFERS_REVERSED] != in_transit:
+    if cluster:
+        for mismatch in transit_mismatches(keys, books, legs):
+            bad(mismatch)
+    elif moved[TRANSFERS_OUT] - moved[TRANSFERS_IN] - moved[TRANSFERS_REVERSED] != in_transit:
         transit = "transfers_in vs transfers_out of all partitions"  # out - in - reversed vs money in transit
         bad(
             Mismatch(
@@ -387,7 +561,6 @@ async def reconcile(
             )
         )
     # In the ledger: a transfer within a partition is its two transactions; one between partitions, its legs.
-    legs = await store.transfer_legs()
     for mismatch in transfer_mismatches(legs):
         bad(mismatch)
     cross = {kind: sum(int(d["amount"]) for d in legs if d["type"] == kind) for kind in TRANSFER_KINDS}
@@ -459,8 +632,8 @@ def _users_by_partition(keys: RedisKeys, users: Iterable[int]) -> dict[int, list
     return out
 
 
-async def redis_has_accounts(redis: Redis, keys: RedisKeys) -> bool:
-    async for _key in redis.scan_iter(match=keys.account_pattern(), count=1000):
+async def redis_has_accounts(redis: RedisClient, keys: RedisKeys) -> bool:
+    async for _key in scan_keys(redis, keys, keys.account_pattern()):
         return True
     return False
 
@@ -486,11 +659,13 @@ def _reservation(key: ResvKey, rows: dict[str, dict[str, int]]) -> ReservationRe
     )
 
 
-async def _delete_matching(redis: Redis, patterns: Iterable[str], progress: Progress = no_progress) -> None:
+async def _delete_matching(
+    redis: RedisClient, keys: RedisKeys, patterns: Iterable[str], progress: Progress = no_progress
+) -> None:
     deleted = 0
     for pattern in patterns:
         batch = []
-        async for key in redis.scan_iter(match=pattern, count=1000):
+        async for key in scan_keys(redis, keys, pattern):
             batch.append(key)
             if len(batch) >= CHUNK:
                 await redis.delete(*batch)
@@ -504,13 +679,13 @@ async def _delete_matching(redis: Redis, patterns: Iterable[str], progress: Prog
 
 
 async def rebuild(
-    redis: Redis, keys: RedisKeys, store: LedgerStore, force: bool = False, progress: Progress = no_progress
+    redis: RedisClient, keys: RedisKeys, store: LedgerStore, force: bool = False, progress: Progress = no_progress
 ) -> RebuildReport:
     """Restore balances, reservations (open and closed), the catalog, totals and meta into Redis from the ledger."""
     if await redis_has_accounts(redis, keys):
         if not force:
             raise RedisNotEmpty("Redis already holds accounts under this prefix; use --force to overwrite them")
-        await _delete_matching(redis, [keys.account_pattern(), keys.reservation_pattern()], progress)
+        await _delete_matching(redis, keys, [keys.account_pattern(), keys.reservation_pattern()], progress)
         await redis.delete(*[key for p in keys.all() for key in (keys.totals(p), keys.services(p), keys.transits(p))])
     ledger = await load_ledger(store, EVERY_ID, progress)
     _largest, clock = await store.last_transaction()

@@ -5,10 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import pytest
 
 from billing.bootstrap import Context
 from tests.support.api import Api, Response
 from tests.support.state import last_sequences
+
+# Also on `billing serve --workers 2` over a Redis Cluster (tests/support/cluster_service.py).
+pytestmark = pytest.mark.cluster_server
 
 
 def problem(response: Response, status: int, code: str) -> None:

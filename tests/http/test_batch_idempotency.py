@@ -14,6 +14,9 @@ from billing.infra import redis_raw
 from billing.ledger.scripts import BATCH_CLAIM_TTL_SECONDS, Idempotency, batch_scope
 from tests.support.api import Api, Response, problem
 
+# Also on `billing serve --workers 2` over a Redis Cluster (tests/support/cluster_service.py).
+pytestmark = pytest.mark.cluster_server
+
 REPLAYED = "Idempotent-Replayed"
 
 
@@ -99,6 +102,7 @@ async def test_batch_where_no_operation_reached_the_money_keeps_no_record(api: A
     assert (await api.balance(4)).json["available"] == "5.00"
 
 
+@pytest.mark.in_process  # redis_raw.pipeline replaced in this process
 async def test_batch_refused_with_503_keeps_no_record(api: Api, ctx: Context, monkeypatch: pytest.MonkeyPatch) -> None:
     real_pipeline = redis_raw.pipeline
 
@@ -127,6 +131,7 @@ async def test_batch_that_partly_ran_keeps_its_fingerprint(api: Api, ctx: Contex
     assert ttl >= 24 * 3600, ttl
 
 
+@pytest.mark.in_process  # ctx.ledger.complete_batch_key replaced in this process
 async def test_batch_that_ran_answers_its_results_even_if_its_key_cannot_be_marked_done(
     api: Api, ctx: Context, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -165,6 +170,7 @@ class Gate:
         monkeypatch.setattr(ctx.operations, "execute_many", held)
 
 
+@pytest.mark.in_process  # ctx.operations.execute_many held in this process
 async def test_concurrent_batches_with_one_key_the_second_is_409_in_use(
     api: Api, ctx: Context, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -185,6 +191,7 @@ async def test_concurrent_batches_with_one_key_the_second_is_409_in_use(
     assert (await api.balance(7)).json["available"] == "1.00"
 
 
+@pytest.mark.in_process  # ctx.operations.execute_many held in this process
 async def test_worker_dying_mid_batch_blocks_the_key_only_briefly_and_a_retry_applies_nothing_twice(
     api: Api, ctx: Context, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -10,7 +10,11 @@ import pytest
 from billing.bootstrap import Context
 from tests.support.api import Api
 
-pytestmark = pytest.mark.parametrize("mongo_backend", ["mongomock", "secantus"], indirect=True)
+pytestmark = [
+    pytest.mark.parametrize("mongo_backend", ["mongomock", "secantus"], indirect=True),
+    # Also on `billing serve --workers 2` over a Redis Cluster (tests/support/cluster_service.py).
+    pytest.mark.cluster_server,
+]
 
 
 async def history(api: Api, user_id: int, headers: dict[str, str] | None = None, **params: str) -> Any:

@@ -13,6 +13,9 @@ from billing.ledger.scripts import Idempotency
 from tests.support.api import Api, Response, problem
 from tests.support.state import changed_keys, outbox_entries, redis_state
 
+# Also on `billing serve --workers 2` over a Redis Cluster (tests/support/cluster_service.py).
+pytestmark = pytest.mark.cluster_server
+
 REPLAYED = "Idempotent-Replayed"
 DAY_SECONDS = 24 * 3600
 

@@ -6,6 +6,9 @@ import pytest
 
 from tests.support.api import Api, problem
 
+# Also on `billing serve --workers 2` over a Redis Cluster (tests/support/cluster_service.py).
+pytestmark = pytest.mark.cluster_server
+
 
 async def test_deposit_creates_account_and_returns_balance_and_transaction(api: Api) -> None:
     assert (await api.balance(1)).status == 404
