@@ -378,8 +378,11 @@ async def test_bank_conserves_money_under_concurrent_clients(api: Api, ctx: Cont
     assert moved["transfers_in"] == moved["transfers_out"] > 0 and moved["transfers_reversed"] == 0
     accounts, snapshot, in_transit = await atomic_snapshot(ctx)
     assert accounts == final and in_transit == 0 and conservation_errors(ctx, accounts, snapshot, 0) == []
-    # Over every partition: deposits - withdrawals - revenue = the money held + the money in transit.
-    net = sum(t.get("deposited", 0) - t.get("withdrawn", 0) - t.get("revenue", 0) for t in snapshot.values())
+    # Over every partition: deposits - withdrawals - revenue + refunds = the money held + the money in transit.
+    net = sum(
+        t.get("deposited", 0) - t.get("withdrawn", 0) - t.get("revenue", 0) + t.get("refunded", 0)
+        for t in snapshot.values()
+    )
     assert net == sum(a + r for a, r in accounts.values()) + in_transit
 
     # The responses form one serial history that ends at the balances.
