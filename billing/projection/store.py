@@ -224,10 +224,7 @@ class LedgerStore:
     async def previous_link(self, user_id: int, created_at: datetime, txn_id: int) -> tuple[bool, str | None]:
         """The user's transaction before (created_at, txn_id): (whether there is one, its hash). Read from the
         user_created index backwards, skipping the few at the same moment with larger ids (a replayed batch)."""
-        bound = ms_to_datetime(datetime_to_ms(created_at) + 1)  # at or before: SecantusDB misses rows equal to $lte
-        cursor = self.transactions.find(
-            {"user_id": Int64(user_id), "created_at": {"$lt": bound}}, {HASH: 1}, sort=USER_LATEST_FIRST
-        ).batch_size(16)
+        cursor = self.latest_first(user_id, created_at)
         try:
             async for doc in cursor:
                 if int(doc["_id"]) < txn_id:
@@ -236,8 +233,16 @@ class LedgerStore:
             await cursor.close()
         return False, None
 
+    def latest_first(self, user_id: int, created_at: datetime) -> Any:
+        """A cursor over the user's transactions at or before a moment (their ids and hashes), latest first."""
+        bound = ms_to_datetime(datetime_to_ms(created_at) + 1)  # at or before: SecantusDB misses rows equal to $lte
+        filter_ = {"user_id": Int64(user_id), "created_at": {"$lt": bound}}
+        return self.transactions.find(filter_, {HASH: 1}, sort=USER_LATEST_FIRST).batch_size(16)
+
     def in_chain_order(self, user_id: int | None = None, batch_size: int = 1000) -> Any:
-        """A streaming cursor over every transaction (or one user's) by user, each user's in id order."""
+        """A streaming cursor over every transaction (or one user's) by user, each user's in id order: the
+        user_created index read in its own order (no sort stage), never hinted (SecantusDB would walk a hinted
+        index whole even for one user)."""
         filter_: dict[str, Any] = {} if user_id is None else {"user_id": Int64(user_id)}
         return self.transactions.find(filter_, sort=USER_ORDER).batch_size(batch_size)
 
