@@ -44,14 +44,14 @@ class Chainer:
         by_user: dict[int, list[dict[str, Any]]] = {}
         for doc in docs:
             by_user.setdefault(int(doc["user_id"]), []).append(doc)
-        firsts: dict[int, dict[str, Any]] = {}
+        unknown: dict[int, list[dict[str, Any]]] = {}
         for user_id, own in by_user.items():
             own.sort(key=lambda d: int(d["_id"]))
             kept = self._heads.get(user_id)
             if kept is None or kept[0] >= int(own[0]["_id"]):  # unknown, or a replay of what it linked already
-                firsts[user_id] = own[0]
+                unknown[user_id] = own
         previous = {user_id: head[1] for user_id, head in self._heads.items() if user_id in by_user}
-        previous.update(await self._look_up(firsts))
+        previous.update(await self._look_up(unknown))
         heads: dict[int, Head] = {}
         for user_id, own in by_user.items():
             link = previous[user_id]
@@ -68,16 +68,20 @@ class Chainer:
         while len(self._heads) > self.kept:
             del self._heads[next(iter(self._heads))]
 
-    async def _look_up(self, firsts: dict[int, dict[str, Any]]) -> dict[int, str]:
-        """The hash before each of these transactions in its user's chain (GENESIS for a user's first)."""
+    async def _look_up(self, unknown: dict[int, list[dict[str, Any]]]) -> dict[int, str]:
+        """The hash before each user's first transaction here (GENESIS for a user's first ever); a replayed batch
+        may have put the user's transactions here in MongoDB already, and they are skipped."""
         found: dict[int, str] = {}
-        items = list(firsts.items())
+        items = list(unknown.items())
         for start in range(0, len(items), LOOKUPS_AT_ONCE):
             chunk = items[start : start + LOOKUPS_AT_ONCE]
             answers = await asyncio.gather(
-                *(self.store.previous_link(user_id, doc["created_at"], int(doc["_id"])) for user_id, doc in chunk)
+                *(
+                    self.store.previous_link(user_id, own[0]["created_at"], int(own[0]["_id"]), later=len(own))
+                    for user_id, own in chunk
+                )
             )
-            for (user_id, _doc), (exists, link) in zip(chunk, answers, strict=True):
+            for (user_id, _own), (exists, link) in zip(chunk, answers, strict=True):
                 # A previous transaction stored without a hash (projected before the chain existed) is chained
                 # from as an empty link: `billing verify` names that transaction as the chain's break.
                 found[user_id] = (link or "") if exists else GENESIS

@@ -209,12 +209,13 @@ class Projector:
         """The streams this projector reads: those of the partitions it holds."""
         return [self.keys.outbox(partition) for partition in sorted(self.leases.owned)]
 
-    async def drain(self, timeout: float = 5.0) -> None:
+    async def drain(self, timeout: float = 5.0, keep_leases: bool | None = None) -> None:
         """Project everything in the streams now: those of the partitions it holds or can take, and wait for the
         other projectors alive to project theirs; TimeoutError when that does not happen within `timeout`
-        seconds. A projector not running gives its leases back afterwards (a one-off drain holds no partition)."""
+        seconds. Unless `keep_leases` (default: while running), it gives its leases back afterwards: a one-off
+        drain holds no partition."""
         deadline = asyncio.get_running_loop().time() + timeout
-        one_off = not self.running
+        one_off = not (self.running if keep_leases is None else keep_leases)
         try:
             await self._drain(deadline, timeout)
         except Exception:

@@ -221,10 +221,20 @@ class LedgerStore:
 
     # ---- the hash chain ----------------------------------------------------------------------------
 
-    async def previous_link(self, user_id: int, created_at: datetime, txn_id: int) -> tuple[bool, str | None]:
+    async def previous_link(
+        self, user_id: int, created_at: datetime, txn_id: int, later: int = 0
+    ) -> tuple[bool, str | None]:
         """The user's transaction before (created_at, txn_id): (whether there is one, its hash). Read from the
-        user_created index backwards, skipping the few at the same moment with larger ids (a replayed batch)."""
-        cursor = self.latest_first(user_id, created_at)
+        user_created index backwards, skipping those at the same moment with larger ids: `later` of them at
+        most are expected (a replayed batch's own), so one query of `later + 1` rows usually answers."""
+        wanted = later + 1
+        found = await self.latest_first(user_id, created_at).limit(wanted).to_list(wanted)
+        for doc in found:
+            if int(doc["_id"]) < txn_id:
+                return True, doc.get(HASH)
+        if len(found) < wanted:
+            return False, None
+        cursor = self.latest_first(user_id, created_at).batch_size(100)  # more than expected: read on
         try:
             async for doc in cursor:
                 if int(doc["_id"]) < txn_id:
@@ -237,7 +247,7 @@ class LedgerStore:
         """A cursor over the user's transactions at or before a moment (their ids and hashes), latest first."""
         bound = ms_to_datetime(datetime_to_ms(created_at) + 1)  # at or before: SecantusDB misses rows equal to $lte
         filter_ = {"user_id": Int64(user_id), "created_at": {"$lt": bound}}
-        return self.transactions.find(filter_, {HASH: 1}, sort=USER_LATEST_FIRST).batch_size(16)
+        return self.transactions.find(filter_, {HASH: 1}, sort=USER_LATEST_FIRST)
 
     def in_chain_order(self, user_id: int | None = None, batch_size: int = 1000) -> Any:
         """A streaming cursor over every transaction (or one user's) by user, each user's in id order: the
