@@ -266,3 +266,17 @@ async def test_verify_of_one_user_checks_that_users_chain_only(ctx: Context) -> 
     assert code == 0, text
     code, text = await run_verify(ctx, 2, drain_timeout=10)
     assert code == 1 and f"BREAK user 2 transaction {int(docs[1]['_id'])}: " in text
+
+
+async def test_a_chain_head_is_found_behind_any_number_of_replayed_transactions(ctx: Context) -> None:
+    """A replayed batch may find its own transactions (and later ones of a re-sliced read) in MongoDB already:
+    the head before a transaction is the user's last one with a smaller id, however many come after it."""
+    await some_money_moves(ctx, range(1, 3), rounds=3)
+    await projector(ctx).drain()
+    docs = await ctx.mongo.transactions.find({"user_id": 1}).sort("_id", 1).to_list(None)
+    store = LedgerStore(ctx.mongo)
+    third = docs[2]
+    for later in (0, 1, len(docs)):  # fewer rows after it than there are, exactly, more
+        assert await store.previous_link(1, third["created_at"], int(third["_id"]), later) == (True, docs[1]["hash"])
+    first = docs[0]
+    assert await store.previous_link(1, first["created_at"], int(first["_id"]), 0) == (False, None)
