@@ -1,10 +1,12 @@
-"""Times the accounting views over N ledger transactions in MongoDB: the balance at a moment (p50, p99) and one
-user's monthly statement (JSON figures and CSV), and shows each query's plan.
+"""Times the accounting views over N ledger transactions in MongoDB: the balance at a moment (p50, p99), one
+user's monthly statement (JSON figures and CSV), the hash chain (linking as the projector does it, and
+`billing verify`'s re-computation), and shows each query's plan.
 
 The ledger is simulated in Python (deposits, withdrawals, reservations settled by a charge and a release or
 cancelled, transfers) with each account's running balance, so every document carries the available_after and
-reserved_after the scripts would write, and inserted through LedgerStore (the projector's own insert) with
-the projector's indexes. Accounts exist in a fakeredis holding no watermark (every id counts).
+reserved_after the scripts would write, linked into its user's hash chain by the projector's Chainer and
+inserted through LedgerStore (the projector's own insert) with the projector's indexes. Accounts exist in a
+fakeredis holding no watermark (every id counts).
 """
 
 from __future__ import annotations
@@ -20,16 +22,20 @@ from typing import Any
 import fakeredis
 from bson import Int64
 
+from billing.core.chain import GENESIS, chain_hash
 from billing.core.config import Settings
 from billing.core.timefmt import datetime_to_ms, format_ms, ms_to_datetime
 from billing.ledger.scripts import Ledger
+from billing.projection.chainer import Chainer
 from billing.projection.store import LedgerStore
+from billing.projection.verify import verify_chains
 from billing.views.accounting import Accounting
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 SPAN_MS = 365 * 24 * 3600 * 1000
 MONTH = "2026-06"
 BATCH = 5_000
+LINK_BATCH = 100  # the projector's batch (BILLING_PROJECTOR_BATCH)
 
 
 def documents(n: int, users: int, seed: int = 7) -> tuple[list[dict[str, Any]], dict[int, tuple[int, int]]]:
@@ -112,8 +118,51 @@ def milliseconds(timings: list[float]) -> str:
     return f"p50 {statistics.median(ordered) * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, max {ordered[-1] * 1000:.1f} ms"
 
 
+async def link(db: Any, docs: list[dict[str, Any]]) -> None:
+    """Set every document's hash as the projector does (batches of LINK_BATCH, the heads kept in memory, a new
+    user's head looked up in MongoDB), and print its CPU per transaction against the hashing alone."""
+    chainer = Chainer(LedgerStore(db))
+    cpu, started = time.process_time(), time.perf_counter()
+    for first in range(0, len(docs), LINK_BATCH):
+        chainer.advance(await chainer.link(docs[first : first + LINK_BATCH]))
+    linking_cpu, linking_wall = time.process_time() - cpu, time.perf_counter() - started
+    cpu = time.process_time()
+    for doc in docs:
+        chain_hash(GENESIS, doc)
+    hashing_cpu = time.process_time() - cpu
+    print(
+        f"linking {len(docs)} transactions in batches of {LINK_BATCH}: {1e6 * linking_cpu / len(docs):.1f} us of CPU "
+        f"each ({linking_wall:.1f} s; {chainer.lookups} chain heads read from MongoDB, one per user); the canonical "
+        f"JSON and SHA-256 alone {1e6 * hashing_cpu / len(docs):.1f} us"
+    )
+
+
+async def verify(db: Any, uid: int) -> None:
+    """`billing verify`'s re-computation of every chain, and of one user's; the plan of its cursor."""
+    store = LedgerStore(db)
+    report = await verify_chains(store)
+    assert report.breaks == [], report.summary()
+    print(
+        f"verify: {report.transactions} transactions of {report.users} users in {report.seconds:.1f} s: "
+        f"{report.rate:,.0f} transactions/s"
+    )
+    one = await verify_chains(store, uid)
+    assert one.breaks == [] and one.users == 1
+    print(f"verify --user {uid}: {one.transactions} transactions in {one.seconds * 1000:.1f} ms")
+    print("verify cursor plan:", stages((await store.in_chain_order().explain())["queryPlanner"]["winningPlan"]))
+    plan = await store.in_chain_order(uid).explain()
+    print("verify --user cursor plan:", stages(plan["queryPlanner"]["winningPlan"]))
+    plan = await store.latest_first(uid, START + timedelta(days=400)).explain()
+    print(
+        "chain head lookup plan (the projector, for a user it has not seen):",
+        stages(plan["queryPlanner"]["winningPlan"]),
+    )
+
+
 async def run(db: Any, n: int, users: int, lookups: int, repeats: int) -> None:
     docs, finals = documents(n, users)
+    await LedgerStore(db).ensure_indexes()
+    await link(db, docs)
     loaded = await load(db, docs)
     print(f"loaded {len(docs)} transactions of {users} users over 2026 in {loaded:.1f} s")
     redis = fakeredis.FakeAsyncRedis()
@@ -164,6 +213,7 @@ async def run(db: Any, n: int, users: int, lookups: int, repeats: int) -> None:
     answer = await db.command({"explain": explain})
     planner = answer.get("queryPlanner") or answer["stages"][0]["$cursor"]["queryPlanner"]
     print("statement aggregation plan:", stages(planner["winningPlan"]))
+    await verify(db, uid)
     await redis.aclose()
 
 

@@ -41,11 +41,18 @@ _HEX_SHA256 = re.compile(r"[0-9a-f]{64}")
 _VISIBLE_ASCII = re.compile(r"[!-~]+")
 _FLAGS = {"1": True, "true": True, "0": False, "false": False}
 
+# RFC 9110 section 12.4.2: qvalue = ( "0" [ "." 0*3DIGIT ] ) / ( "1" [ "." 0*3("0") ] )
+_QVALUE = re.compile(r"0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?")
 # RFC 9110 section 12.5.4: language-range [ OWS ";" OWS "q=" qvalue ]; the range is RFC 4647's.
 _LANGUAGE_ELEMENT = re.compile(
-    r"(\*|[A-Za-z]{1,8}(?:-[A-Za-z0-9]{1,8})*)(?:[ \t]*;[ \t]*[Qq]=(0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?))?"
+    rf"(\*|[A-Za-z]{{1,8}}(?:-[A-Za-z0-9]{{1,8}})*)(?:[ \t]*;[ \t]*[Qq]=({_QVALUE.pattern}))?"
 )
 MAX_LANGUAGE_ELEMENTS = 20
+# RFC 9110 sections 12.5.1 and 5.6.6: media-range *( OWS ";" OWS parameter ), parameter = token "=" value
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_MEDIA_RANGE = re.compile(rf"({_TOKEN}/{_TOKEN})((?:[ \t]*;[ \t]*{_TOKEN}=(?:{_TOKEN}|\"(?:[^\"\\]|\\.)*\"))*)")
+_MEDIA_PARAMETER = re.compile(rf"[ \t]*;[ \t]*({_TOKEN})=({_TOKEN}|\"(?:[^\"\\]|\\.)*\")")
+MAX_ACCEPT_ELEMENTS = 20
 _OWS = " \t"  # the only whitespace HTTP lists allow around their elements (RFC 9110 section 5.6.1)
 
 
@@ -295,6 +302,31 @@ def accept_language(header: str | None, supported: Sequence[str], default: str) 
         if language not in quality:  # not named, not refused
             return language
     return default
+
+
+def qvalue(text: str) -> int:
+    """An HTTP weight's qvalue (RFC 9110 section 12.4.2) in thousandths: "0" to "1" with at most three decimals,
+    nothing else ("1.0000", "0.5e1", "nan", "inf", "-0", " 1" are refused)."""
+    if not _fullmatch(_QVALUE, text):
+        raise ParseError("must be a qvalue: 0 to 1 with at most 3 decimals")
+    return _thousandths(text)
+
+
+def accept_media(header: str | None) -> list[tuple[str, int]]:
+    """An Accept header's media ranges (lowercase) with their weights in thousandths (1000 without a q), in
+    the header's order. A malformed element (a bad range, parameter or qvalue) is left out as a whole."""
+    out: list[tuple[str, int]] = []
+    for element in (header or "").split(",")[:MAX_ACCEPT_ELEMENTS]:
+        match = _fullmatch(_MEDIA_RANGE, element.strip(_OWS))
+        if match is None:
+            continue
+        weights = [value for name, value in _MEDIA_PARAMETER.findall(match.group(2)) if name.lower() == "q"]
+        try:
+            weight = qvalue(weights[0]) if weights else 1000
+        except ParseError:
+            continue
+        out.append((match.group(1).lower(), weight))
+    return out
 
 
 def _thousandths(qvalue: str) -> int:

@@ -269,12 +269,17 @@ class ServiceList(BaseModel):
     items: list[Service]
 
 
+class HistoryItem(Transaction):
+    # The transaction's place in its user's hash chain (hex SHA-256; docs/api.md "Tamper evidence")
+    hash: str | None
+
+
 class HistoryPage(BaseModel):
-    items: list[Transaction]
+    items: list[HistoryItem]
     next_cursor: str | None
 
 
-class EventData(Transaction):
+class EventData(HistoryItem):
     user_id: int
 
 

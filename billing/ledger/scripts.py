@@ -236,7 +236,7 @@ class RedisKeys:
         return self._tags[partition] + "projected"
 
     def projector_lease(self, partition: int) -> str:
-        """Which projector reads the partition's outbox now (billing/projection/leases.py; cluster mode)."""
+        """Which projector reads the partition's outbox now (billing/projection/leases.py)."""
         return self._tags[partition] + "projector:lease"
 
     def account(self, user_id: int) -> str:

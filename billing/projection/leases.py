@@ -1,5 +1,6 @@
-"""Partition leases (BILLING_REDIS_MODE=cluster): the projectors share the ledger partitions between them, each
-partition's outbox read in order by exactly one projector at a time.
+"""Partition leases: the projectors share the ledger partitions between them, each partition's outbox read in
+order by exactly one projector at a time (in either BILLING_REDIS_MODE), which the hash chain needs
+(billing/projection/chainer.py).
 
 A lease is a key in its partition's slot (RedisKeys.projector_lease) holding its projector's name, set with
 SET NX PX and renewed while the projector lives. The projectors alive register in one sorted set
@@ -87,6 +88,7 @@ class PartitionLeases:
     async def release_all(self) -> None:
         """Give every lease back (a stopping projector), so that others take them over at once."""
         owned, self.owned = sorted(self.owned), set()
+        self._renewed_at = -math.inf  # holding nothing: the next refresh is due at once
         for partition in owned:
             await self._release(partition)
         await awaited(self.redis.zrem(self.keys.projectors, self.owner))

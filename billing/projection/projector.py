@@ -1,5 +1,5 @@
 """The outbox projector: the Redis outbox streams (one per ledger partition) -> MongoDB ledger, through one
-consumer group per stream, acked after the write."""
+consumer group per stream, acked after the write; each transaction stored with its hash-chain link."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from redis.exceptions import ResponseError
 from billing.core.config import Settings, default
 from billing.infra.redis_route import RedisClient
 from billing.ledger.scripts import RedisKeys, transaction_partition
+from billing.projection.chainer import Chainer
 from billing.projection.leases import PartitionLeases
 from billing.projection.store import LedgerStore, ServiceName, transaction_document
 from billing.projection.watermark import ProjectionWatermark, advance_all
@@ -29,7 +30,6 @@ log = logging.getLogger("billing.projection.projector")
 
 GROUP = "ledger-projector"
 SEQ_SPAN = 1_000_000  # stream ids ms-seq map to the integer ms * SEQ_SPAN + seq (seq stays far below it)
-CLAIM_EVERY_SECONDS = 1.0
 TRIM_EVERY_SECONDS = 1.0
 PRUNE_EVERY_SECONDS = 60.0
 PRUNE_IDLE_MS = 3_600_000  # a consumer silent this long with nothing pending is gone (a crashed process)
@@ -91,13 +91,13 @@ def to_batch(read: Read) -> Batch:
 class Projector:
     """Projects the outboxes into MongoDB: at least once delivery, exactly once in the ledger (ids are keys).
 
-    Reads every partition's stream at once (one XREADGROUP); a batch may mix partitions, and each entry is
-    acknowledged in its own stream and advances its own partition's watermark.
-
-    With `leases` (cluster mode) it reads only the partitions it holds a lease on (billing/projection/leases.py),
-    one XREADGROUP per stream (streams of different slots cannot be read by one), polled every block_ms; a
-    partition taken over has its former projector's unacknowledged entries read first, so each partition is
-    projected in order. claim_idle_ms is then the lease's length.
+    It reads only the partitions it holds a lease on (billing/projection/leases.py), however many projectors
+    run: a partition taken over has its former projector's unacknowledged entries read first, so each
+    partition is projected in order by one projector at a time, which is what lets the projector compute
+    each transaction's hash-chain link as it inserts it (billing/projection/chainer.py). With one Redis the
+    streams held are read by one XREADGROUP (a batch may mix partitions; each entry is acknowledged in its
+    own stream and advances its own partition's watermark); in a Redis Cluster by one per stream (streams of
+    different slots cannot be read by one), polled every block_ms. claim_idle_ms is the lease's length.
     """
 
     def __init__(
@@ -110,7 +110,6 @@ class Projector:
         block_ms: int = default("projector_block_ms"),
         claim_idle_ms: int = default("projector_claim_idle_ms"),
         consumer: str | None = None,
-        leases: bool = False,
     ) -> None:
         self.redis = redis
         self.keys = keys
@@ -121,7 +120,8 @@ class Projector:
         self.block_ms = block_ms
         self.claim_idle_ms = claim_idle_ms
         self.consumer = consumer or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.leases = PartitionLeases(redis, keys, self.consumer, claim_idle_ms) if leases else None
+        self.leases = PartitionLeases(redis, keys, self.consumer, claim_idle_ms)
+        self.chainer = Chainer(store)
         # Partitions taken over, and where XAUTOCLAIM goes on in each: their pending entries come first.
         self._taken_over: dict[int, str] = {}
         # counters for metrics
@@ -148,7 +148,6 @@ class Projector:
         self._indexes_ready = False
         self._watermark_ready = False
         self._own_pending = False
-        self._last_claim = 0.0
         self._last_trim = 0.0
         self._last_prune = 0.0
 
@@ -161,7 +160,6 @@ class Projector:
             batch=settings.projector_batch,
             block_ms=settings.projector_block_ms,
             claim_idle_ms=settings.projector_claim_idle_ms,
-            leases=settings.redis_mode == "cluster",
         )
 
     @classmethod
@@ -194,43 +192,52 @@ class Projector:
                     await task
         with contextlib.suppress(Exception):
             await self._forget_consumer()
-        if self.leases is not None:
-            with contextlib.suppress(Exception):
-                await self.leases.release_all()
-            self._taken_over.clear()
+        await self._give_back()
 
     async def refresh_leases(self) -> None:
-        """Renew, give back and take partition leases (leases only); the loop calls it when due."""
-        if self.leases is None:
-            return
+        """Renew, give back and take partition leases; the loop calls it when due."""
         taken, lost = await self.leases.refresh()
         for partition in lost:
             self._taken_over.pop(partition, None)
         for partition in taken:
             self._taken_over[partition] = "0-0"
+        if taken or lost:
+            # Another projector may have extended these partitions' chains since this one last read them.
+            self.chainer.forget()
 
     def _read_streams(self) -> list[str]:
-        """The streams this projector reads: every one, or with leases those of the partitions it holds."""
-        if self.leases is None:
-            return self.streams
+        """The streams this projector reads: those of the partitions it holds."""
         return [self.keys.outbox(partition) for partition in sorted(self.leases.owned)]
 
-    async def drain(self, timeout: float = 5.0) -> None:
-        """Project everything in the streams now (with leases: of the partitions held); TimeoutError when it cannot
-        within `timeout` seconds."""
+    async def drain(self, timeout: float = 5.0, keep_leases: bool | None = None) -> None:
+        """Project everything in the streams now: those of the partitions it holds or can take, and wait for the
+        other projectors alive to project theirs; TimeoutError when that does not happen within `timeout`
+        seconds. Unless `keep_leases` (default: while running), it gives its leases back afterwards: a one-off
+        drain holds no partition."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        one_off = not (self.running if keep_leases is None else keep_leases)
+        try:
+            await self._drain(deadline, timeout)
+        except Exception:
+            if one_off:
+                await self._give_back()
+            raise
+        if one_off:
+            await self._give_back()
+
+    async def _drain(self, deadline: float, timeout: float) -> None:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
         last_error: Exception | None = None
         while True:
             handled = 0
             try:
                 async with asyncio.timeout(max(0.05, deadline - loop.time())):
                     async with self._lock:
-                        if self.leases is not None and self.leases.due():
+                        if self.leases.due():
                             await self.refresh_leases()
                         await self._prepare()
-                        handled = await self._step(block=False, claim=True)
-                        if handled == 0 and (await self.lag(self._read_streams()))["entries"] == 0:
+                        handled = await self._step(block=False)
+                        if handled == 0 and (await self.lag())["entries"] == 0:
                             await self._trim()
                             await self._advance_all()
                             return
@@ -241,6 +248,12 @@ class Projector:
                 raise TimeoutError(f"outbox not drained in {timeout} s: {lag}") from last_error
             if handled == 0:
                 await asyncio.sleep(0.05 if last_error is None else 0.2)
+
+    async def _give_back(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.leases.release_all()
+        self._taken_over.clear()
+        self.chainer.forget()
 
     def _states_pipeline(self, streams: list[str]) -> Any:
         """A pipeline asking XINFO GROUPS, then XPENDING, of each stream: in one MULTI, or in a Redis Cluster
@@ -323,10 +336,10 @@ class Projector:
             started = time.monotonic()
             try:
                 async with self._lock:
-                    if self.leases is not None and self.leases.due():
+                    if self.leases.due():
                         await self.refresh_leases()
                     await self._prepare()
-                    handled = await self._step(block=True, claim=self._due("_last_claim", CLAIM_EVERY_SECONDS))
+                    handled = await self._step(block=True)
                     if self._due("_last_trim", TRIM_EVERY_SECONDS):
                         await self._trim()
                         # also after a consumer that crashed between its XACK and its publish
@@ -377,17 +390,15 @@ class Projector:
             await self._advance_all()
             self._watermark_ready = True
 
-    async def _step(self, block: bool, claim: bool) -> int:
-        """Project one batch: this consumer's unacked entries, else those of the partitions it took over (leases)
-        or idle ones of others (no leases), else new ones."""
+    async def _step(self, block: bool) -> int:
+        """Project one batch: this consumer's unacked entries, else those of the partitions it took over, else
+        new ones."""
         read: Read = []
         if self._own_pending:
             read = await self._read("0", None)
             self._own_pending = bool(read)
         if not read and self._taken_over:
             read = await self._take_over()
-        elif not read and claim and self.leases is None:
-            read = await self._claim()
         if not read:
             read = await self._read(">", self.block_ms if block else None)
         # One read takes up to `batch` entries of each stream: MongoDB gets them `batch` at a time, so a batch
@@ -424,21 +435,6 @@ class Projector:
             raise
         return [(_text(name), entries) for name, raw in reply or [] if (entries := _entries(raw))]
 
-    async def _claim(self) -> Read:
-        pipe = self.redis.pipeline(transaction=False)
-        for stream in self.streams:
-            pipe.xautoclaim(
-                stream, GROUP, self.consumer, min_idle_time=self.claim_idle_ms, start_id="0-0", count=self.batch
-            )
-        read: Read = []
-        for stream, reply in zip(self.streams, await pipe.execute(), strict=True):
-            entries = _entries(reply[1])
-            if entries:
-                read.append((stream, entries))
-                self.entries_claimed += len(entries)
-                log.info("claimed %d entries of %s idle over %d ms", len(entries), stream, self.claim_idle_ms)
-        return read
-
     async def _take_over(self) -> Read:
         """The unacknowledged entries of the partitions taken over (their former projector died or gave them
         back), claimed whatever their idle time: only the lease holder reads a partition."""
@@ -463,6 +459,7 @@ class Projector:
         started = time.perf_counter()
         batch = to_batch(read)
         try:
+            heads = await self.chainer.link(batch.docs)
             inserted, duplicates = await self.store.insert_transactions(batch.docs)
             # A duplicate is a replay of the same transaction (a lost XACK, a claim), unless its content
             # differs: then one id was given to two transactions (Redis lost its sequence), never skip that.
@@ -494,6 +491,7 @@ class Projector:
         except BaseException:
             self._own_pending = True  # read them again before anything new
             raise
+        self.chainer.advance(heads)
         if conflicts:
             self.conflicts += len(conflicts)
             if self.on_conflict is not None:

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from bson.int64 import Int64
-from pymongo import ASCENDING
+from pymongo import ASCENDING, DESCENDING
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 from pymongo.write_concern import WriteConcern
 
@@ -35,9 +35,15 @@ INT_FIELDS = (
     "transfer_id",  # a transfer between partitions: its transfer_out's id, on its credit or reversal too
 )
 STR_FIELDS = ("type", "comment", "service_name")
+# Set by the projector, not carried by the outbox (billing/core/chain.py): the transaction's hash-chain link.
+HASH = "hash"
 
+# A user's transactions in id order: their ids and times both rise (one partition's sequence and clock, which
+# never goes back: lua/_prelude.lua), so the user_created index reads them in that order.
+USER_ORDER = [("user_id", ASCENDING), ("created_at", ASCENDING), ("_id", ASCENDING)]
+USER_LATEST_FIRST = [("created_at", DESCENDING), ("_id", DESCENDING)]
 TRANSACTION_INDEXES: list[tuple[str, list[tuple[str, int]]]] = [
-    ("user_created", [("user_id", ASCENDING), ("created_at", ASCENDING), ("_id", ASCENDING)]),
+    ("user_created", USER_ORDER),
     ("user_amount", [("user_id", ASCENDING), ("amount", ASCENDING), ("_id", ASCENDING)]),
     ("type_created", [("type", ASCENDING), ("created_at", ASCENDING)]),
 ]
@@ -66,8 +72,10 @@ def transaction_document(record: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _comparable(doc: Mapping[str, Any]) -> dict[str, Any]:
-    """A document's content as plain values (MongoDB may answer Int64 as int, dates with or without tz)."""
-    return {k: datetime_to_ms(v) if isinstance(v, datetime) else v for k, v in doc.items()}
+    """A document's content as plain values (MongoDB may answer Int64 as int, dates with or without tz), without
+    its hash: a replay of one transaction is the same transaction whatever link it got (`billing verify` checks
+    the links)."""
+    return {k: datetime_to_ms(v) if isinstance(v, datetime) else v for k, v in doc.items() if k != HASH}
 
 
 @dataclass(frozen=True)
@@ -210,6 +218,43 @@ class LedgerStore:
 
     async def service_names(self) -> dict[int, str]:
         return {int(d["_id"]): str(d["name"]) async for d in self.services.find({}, {"_id": 1, "name": 1})}
+
+    # ---- the hash chain ----------------------------------------------------------------------------
+
+    async def previous_link(
+        self, user_id: int, created_at: datetime, txn_id: int, later: int = 0
+    ) -> tuple[bool, str | None]:
+        """The user's transaction before (created_at, txn_id): (whether there is one, its hash). Read from the
+        user_created index backwards, skipping those at the same moment with larger ids: `later` of them at
+        most are expected (a replayed batch's own), so one query of `later + 1` rows usually answers."""
+        wanted = later + 1
+        found = await self.latest_first(user_id, created_at).limit(wanted).to_list(wanted)
+        for doc in found:
+            if int(doc["_id"]) < txn_id:
+                return True, doc.get(HASH)
+        if len(found) < wanted:
+            return False, None
+        cursor = self.latest_first(user_id, created_at).batch_size(100)  # more than expected: read on
+        try:
+            async for doc in cursor:
+                if int(doc["_id"]) < txn_id:
+                    return True, doc.get(HASH)
+        finally:
+            await cursor.close()
+        return False, None
+
+    def latest_first(self, user_id: int, created_at: datetime) -> Any:
+        """A cursor over the user's transactions at or before a moment (their ids and hashes), latest first."""
+        bound = ms_to_datetime(datetime_to_ms(created_at) + 1)  # at or before: SecantusDB misses rows equal to $lte
+        filter_ = {"user_id": Int64(user_id), "created_at": {"$lt": bound}}
+        return self.transactions.find(filter_, {HASH: 1}, sort=USER_LATEST_FIRST)
+
+    def in_chain_order(self, user_id: int | None = None, batch_size: int = 1000) -> Any:
+        """A streaming cursor over every transaction (or one user's) by user, each user's in id order: the
+        user_created index read in its own order (no sort stage), never hinted (SecantusDB would walk a hinted
+        index whole even for one user)."""
+        filter_: dict[str, Any] = {} if user_id is None else {"user_id": Int64(user_id)}
+        return self.transactions.find(filter_, sort=USER_ORDER).batch_size(batch_size)
 
     async def count_transactions(self) -> int:
         count: int = await self.transactions.count_documents({})

@@ -23,7 +23,7 @@ from bson.int64 import Int64
 from billing.core.config import Settings
 from billing.core.errors import ApiError
 from billing.core.money import format_kopecks
-from billing.core.parsing import INT64_MAX, ParseError, field_error, timestamp
+from billing.core.parsing import INT64_MAX, ParseError, accept_media, field_error, timestamp
 from billing.core.timefmt import datetime_to_ms, format_ms, load_zone, ms_to_datetime
 from billing.core.transactions import TRANSACTION_TYPES, TransactionType
 from billing.infra.pipelines import load_pipeline
@@ -138,20 +138,11 @@ def parse_at(text: str | None) -> int:
 
 def wants_csv(accept: str | None) -> bool:
     """True when Accept prefers text/csv to application/json: a higher q, or the same q and listed first.
-    Ranges with q=0 are refusals; wildcards and malformed q-values count as neither (JSON is the default)."""
-    best: dict[str, tuple[float, int]] = {}
-    for position, element in enumerate((accept or "").split(",")):
-        media, *params = (part.strip().lower() for part in element.split(";"))
+    Ranges with q=0 are refusals; wildcards and malformed elements count as neither (JSON is the default)."""
+    best: dict[str, tuple[int, int]] = {}  # media type -> (q in thousandths, -position)
+    for position, (media, quality) in enumerate(accept_media(accept)):
         if media not in ("text/csv", "application/json"):
             continue
-        quality = 1.0
-        for param in params:
-            name, _, value = param.partition("=")
-            if name.strip() == "q":
-                try:
-                    quality = float(value.strip())
-                except ValueError:
-                    quality = 0.0
         if quality > 0 and (media not in best or quality > best[media][0]):
             best[media] = (quality, -position)
     if "text/csv" not in best:

@@ -41,7 +41,7 @@ from billing.infra.redis_route import RedisClient
 from billing.ledger.scripts import RedisKeys
 from billing.projection.store import SERVICES, TRANSACTIONS
 from billing.views.history import service_names
-from billing.views.render import render_transaction
+from billing.views.render import render_ledger_item
 
 EVENT_TYPE = "transaction.created"
 PARAMETERS = ("after", "limit", "wait")
@@ -240,7 +240,7 @@ def _seq_below(bound: int, partition: int) -> int:
 
 
 def render_event(doc: Mapping[str, Any], lang: str, names: Mapping[int, str]) -> dict[str, Any]:
-    item = render_transaction(doc, lang, names)
+    item = render_ledger_item(doc, lang, names)
     return {
         "id": item["id"],
         "type": EVENT_TYPE,

@@ -18,7 +18,7 @@ from billing.ledger.scripts import Ledger
 from billing.projection.store import SERVICES, TRANSACTIONS
 from billing.projection.watermark import ProjectionWatermark
 from billing.views.cursor import CursorCodec, query_fingerprint
-from billing.views.render import render_transaction
+from billing.views.render import render_ledger_item
 
 SORTS = ("created_at", "amount")
 ORDERS = ("desc", "asc")
@@ -193,7 +193,7 @@ class History:
         if has_more:
             last = docs[-1]
             next_cursor = self._cursors.encode(q.fingerprint(), sort_value(q, last), int(last["_id"]))
-        return {"items": [render_transaction(doc, lang, names) for doc in docs], "next_cursor": next_cursor}
+        return {"items": [render_ledger_item(doc, lang, names) for doc in docs], "next_cursor": next_cursor}
 
     def find_cursor(self, filter_: dict[str, Any], sort: list[tuple[str, int]], limit: int, hint: bool = True) -> Any:
         """The find() cursor for one spec, hinted to the (user_id, <sort field>, _id) index it is shaped for."""

@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
 from typing import Any
 
+from billing.core.chain import item_fields
 from billing.core.money import format_kopecks
-from billing.core.timefmt import datetime_to_ms, format_ms
+from billing.core.timefmt import format_ms
 from billing.views.descriptions import describe
-
-_REFERENCE_FIELDS = ("service_id", "order_id", "counterparty_user_id")
-
-
-def _ms(value: Any) -> int:
-    return datetime_to_ms(value) if isinstance(value, datetime) else int(value)
 
 
 def render_balance(raw: Mapping[str, Any]) -> dict[str, Any]:
@@ -28,23 +22,21 @@ def render_balance(raw: Mapping[str, Any]) -> dict[str, Any]:
 def render_transaction(
     raw: Mapping[str, Any], lang: str, service_names: Mapping[int, str] | None = None
 ) -> dict[str, Any]:
-    """A history item from a script's record (strings) or a MongoDB document (ints, datetime)."""
-    amount = int(raw["amount"])
-    item: dict[str, Any] = {
-        "id": int(raw.get("id", raw.get("_id"))),
-        "type": raw["type"],
-        "amount": format_kopecks(amount),
-        "available_after": format_kopecks(int(raw["available_after"])),
-        "reserved_after": format_kopecks(int(raw["reserved_after"])),
-        "created_at": format_ms(_ms(raw["created_at"])),
-        "comment": raw.get("comment") or None,
-    }
-    for name in _REFERENCE_FIELDS:
-        if raw.get(name) is not None:
-            item[name] = int(raw[name])
+    """A transaction as answers show it, from a script's record (strings) or a MongoDB document (ints, datetime)."""
+    item = item_fields(raw)
     if "service_id" in item:
         item["service_name"] = (service_names or {}).get(item["service_id"]) or raw.get("service_name") or None
-    item["description"] = describe(item["type"], amount, lang, item)
+    item["description"] = describe(item["type"], int(raw["amount"]), lang, item)
+    return item
+
+
+def render_ledger_item(
+    doc: Mapping[str, Any], lang: str, service_names: Mapping[int, str] | None = None
+) -> dict[str, Any]:
+    """A history item: a MongoDB ledger document rendered, with its place in the user's hash chain
+    (billing/core/chain.py; null only for a document stored without one)."""
+    item = render_transaction(doc, lang, service_names)
+    item["hash"] = doc.get("hash")
     return item
 
 

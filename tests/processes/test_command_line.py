@@ -15,7 +15,18 @@ from billing.core.config import PROJECT_ROOT, Settings
 from tests.support.servers import RedisServer, free_port
 
 BILLING = str(Path(sys.executable).with_name("billing"))
-COMMANDS = ("serve", "report", "project", "reconcile", "rebuild", "recover", "events", "console-user", "audit")
+COMMANDS = (
+    "serve",
+    "report",
+    "project",
+    "reconcile",
+    "rebuild",
+    "recover",
+    "verify",
+    "events",
+    "console-user",
+    "audit",
+)
 
 
 def env(**settings: str) -> dict[str, str]:

@@ -1,4 +1,5 @@
-"""`billing project`, `billing reconcile`, `billing rebuild` and `billing recover` as processes, on redis-server and SecantusDB."""
+"""`billing project`, `billing reconcile`, `billing rebuild`, `billing recover` and `billing verify` as processes,
+on redis-server and SecantusDB."""
 
 from __future__ import annotations
 
@@ -135,6 +136,8 @@ async def test_a_killed_projector_process_loses_and_doubles_nothing(ctx: Context
     assert sorted(int(d["amount"]) for d in docs) == amounts  # each exactly once
     for stream in ctx.projector.streams:
         assert (await ctx.redis.xpending(stream, GROUP))["pending"] == 0
+    code, out, err = await billing(env, "verify")  # every chain linked in order across the kill
+    assert code == 0, (out, err)
 
 
 async def test_long_commands_show_progress_on_a_terminal_and_nothing_when_piped(
@@ -180,3 +183,22 @@ async def test_recover_completes_a_transfer_left_in_transit(ctx: Context, env: d
     assert await ctx.ledger.balance(2) == (2_500, 0) and await ctx.ledger.open_transits() == []
     code, out, _err = await billing(env, "recover")
     assert (code, out) == (0, "recover: 0 transfers in transit completed\n")
+
+
+async def test_verify_checks_the_chains_and_names_an_edited_transaction(ctx: Context, env: dict[str, str]) -> None:
+    await mixed_workload(ctx.ledger, random.Random(5), 80)
+    code, out, err = await billing(env, "verify")  # projects the outbox first
+    assert code == 0, (out, err)
+    count = await ctx.mongo.transactions.count_documents({})
+    assert out.startswith(f"verify: {count} transactions of ") and "transactions/s): OK" in out
+    assert "\nreconcile: " in out and out.strip().endswith("OK")
+
+    victim = await ctx.mongo.transactions.find_one({"user_id": 3}, sort=[("_id", -1)])
+    await ctx.mongo.transactions.update_one({"_id": victim["_id"]}, {"$set": {"comment": "nobody saw this"}})
+    code, out, err = await billing(env, "verify")
+    assert code == 1, (out, err)
+    assert f"  BREAK user 3 transaction {int(victim['_id'])}: " in out and f"stored {victim['hash']})" in out
+    code, out, err = await billing(env, "verify", "--user", "2")  # another user's chain holds
+    assert code == 0, (out, err)
+    code, out, err = await billing(env, "verify", "--user", "x")
+    assert code == 2 and "--user" in err

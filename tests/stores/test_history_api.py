@@ -118,6 +118,7 @@ async def test_item_shape(api: Api, ctx: Context) -> None:
     doc = txn(
         10, 3, "deposit", 10050, BASE_MS + 123, available_after=2_000_000_000_000_00, reserved_after=5, comment="первый"
     )
+    doc["hash"] = "ab" * 32  # the projector's link; a document stored without one shows null
     await insert(ctx.mongo, [doc, txn(11, 3, "withdrawal", 1, BASE_MS + 124)])
     r = await history(api, 3, order="asc")
     assert r.status == 200
@@ -131,6 +132,7 @@ async def test_item_shape(api: Api, ctx: Context) -> None:
             "created_at": format_ms(BASE_MS + 123),
             "comment": "первый",
             "description": "Пополнение баланса на 100.50 ₽",
+            "hash": "ab" * 32,
         },
         {
             "id": 11,
@@ -141,6 +143,7 @@ async def test_item_shape(api: Api, ctx: Context) -> None:
             "created_at": format_ms(BASE_MS + 124),
             "comment": None,
             "description": "Вывод 0.01 ₽ с баланса",
+            "hash": None,
         },
     ]
     assert r.json["next_cursor"] is None

@@ -193,8 +193,12 @@ async def test_crash_between_write_and_ack_projects_every_transaction_once(ctx: 
     pending = await ctx.redis.xpending(outbox(ctx, 1), GROUP)
     assert pending["pending"] == 7 and [c["name"].decode() for c in pending["consumers"]] == [first.consumer]
 
-    second = projector(ctx, batch=7, claim_idle_ms=50)
-    # new entries first: the claim waits for the dead consumer's entries to idle past claim_idle_ms
+    second = projector(ctx, batch=7)
+    with pytest.raises(TimeoutError):  # the dead projector's leases have not run out: nobody may project
+        await second.drain(timeout=0.3)
+    assert len(await all_docs(ctx)) == 7
+    await first.leases.release_all()  # its leases run out (what expiry does, at once)
+    # the dead projector's entries first (every one, however briefly idle), then the new ones
     await second.drain()
     assert second.entries_claimed == 7 and second.duplicates_skipped == 7
     docs = await all_docs(ctx)
@@ -215,16 +219,15 @@ async def test_crash_between_write_and_ack_projects_every_transaction_once(ctx: 
 async def test_trimming_never_drops_unacknowledged_entries(ctx: Context) -> None:
     for amount in range(1, 11):
         await deposit(ctx.ledger, 2, amount)
-    await crash_after_write(ctx, batch=3)
-    live = projector(ctx, batch=100, claim_idle_ms=60_000)
-    with pytest.raises(TimeoutError):  # the crashed consumer's entries are not idle long enough yet
-        await live.drain(timeout=0.3)
+    dead = await crash_after_write(ctx, batch=3)
+    await dead.leases.release_all()  # its leases run out
+    live = projector(ctx, batch=100)
+    await live.refresh_leases()  # holds the partitions now, the dead one's entries still pending
     await live._trim()
     remaining = await ctx.redis.xrange(outbox(ctx, 2))
     pending = await ctx.redis.xpending_range(outbox(ctx, 2), GROUP, "-", "+", 100)
     assert len(pending) == 3
     assert {p["message_id"] for p in pending} <= {entry_id for entry_id, _ in remaining}
-    live.claim_idle_ms = 0
     await live.drain()
     assert sorted(int(d["amount"]) for d in await all_docs(ctx)) == list(range(1, 11))
     assert await ctx.redis.xlen(outbox(ctx, 2)) == 0

@@ -24,22 +24,27 @@ pytestmark = pytest.mark.parametrize("mongo_backend", ["mongomock", "secantus"],
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
-    """These tests drive their own projectors (several consumers of the group)."""
+    """These tests drive their own projectors."""
     return settings.model_copy(update={"projector_enabled": False})
 
 
 class HeldStore(LedgerStore):
-    """A consumer whose batch is read but not yet in MongoDB until the test lets it go."""
+    """A batch that lands in MongoDB out of order: its last `early` documents at once, the others once the test
+    lets them go (an insert_many with ordered=False promises no order either)."""
 
-    def __init__(self, db: Any) -> None:
+    def __init__(self, db: Any, early: int = 0) -> None:
         super().__init__(db)
+        self.early = early
         self.entered = asyncio.Event()
         self.release = asyncio.Event()
 
     async def insert_transactions(self, docs: list[dict[str, Any]]) -> tuple[int, int]:
+        cut = max(0, len(docs) - self.early)
+        first = await super().insert_transactions(docs[cut:])
         self.entered.set()
         await self.release.wait()
-        return await super().insert_transactions(docs)
+        rest = await super().insert_transactions(docs[:cut])
+        return first[0] + rest[0], first[1] + rest[1]
 
 
 def projector(ctx: Context, store: LedgerStore | None = None, **kwargs: Any) -> Projector:
@@ -70,13 +75,20 @@ async def projected_ids(ctx: Context) -> list[int]:
 
 
 async def hold_a_batch(ctx: Context) -> tuple[HeldStore, asyncio.Task[None]]:
-    """A consumer takes the next 3 entries and holds them; another projects everything after them."""
-    held = HeldStore(ctx.mongo)
-    task = asyncio.create_task(projector(ctx, held).drain(timeout=60))
+    """A projector takes the next 6 entries: the last 3 land in MongoDB, the first 3 wait for the test."""
+    held = HeldStore(ctx.mongo, early=3)
+    task = asyncio.create_task(projector(ctx, held, batch=6).drain(timeout=60))
     await asyncio.wait_for(held.entered.wait(), 10)
-    with pytest.raises(TimeoutError):  # it cannot finish: the held entries are another consumer's
-        await projector(ctx).drain(timeout=0.5)
     return held, task
+
+
+async def share_partitions(ctx: Context, holder: Projector, other: Projector) -> None:
+    """Two projectors alive split the partitions: `other` registers first and takes them all, gives back the
+    upper half once `holder` is alive too, and `holder` takes those (user 1's partition among them)."""
+    for p in (other, holder, other, holder):
+        await p.refresh_leases()
+    assert ctx.ledger.keys.partition_of(1) in holder.leases.owned
+    assert holder.leases.owned.isdisjoint(other.leases.owned)
 
 
 @pytest.mark.parametrize(("sort", "order"), SORTS)
@@ -88,7 +100,7 @@ async def test_a_walk_never_skips_a_batch_projected_late(api: Api, ctx: Context,
     for n in range(6, 12):
         await deposit(ctx.ledger, 1, n * 100)
     held, task = await hold_a_batch(ctx)
-    assert await projected_ids(ctx) == [1, 2, 3, 4, 5, 9, 10, 11]  # 6..8 are late
+    assert await projected_ids(ctx) == [1, 2, 3, 4, 5, 9, 10, 11]  # 6..8 are late (one batch, out of order)
 
     # A client walks while 6..8 are missing from MongoDB: two pages, then they land, then it goes on.
     walk, cursor = await follow(api, sort, order, None, pages=2)
@@ -138,17 +150,21 @@ async def test_the_watermark_passes_ids_that_never_arrive(api: Api, ctx: Context
 async def test_a_crashed_consumer_holds_the_watermark_until_its_batch_is_claimed(api: Api, ctx: Context) -> None:
     for n in range(1, 7):
         await deposit(ctx.ledger, 1, n * 100)
-    held, task = await hold_a_batch(ctx)  # holds 1..3; 4..6 are in MongoDB
-    task.cancel()  # the consumer dies with its batch unacknowledged
+    doomed = HeldStore(ctx.mongo, early=3)
+    dead = projector(ctx, doomed, batch=6)
+    task = asyncio.create_task(dead.drain(timeout=60))
+    await asyncio.wait_for(doomed.entered.wait(), 10)  # 4..6 are in MongoDB, 1..3 not yet
+    task.cancel()  # the projector dies with its batch unacknowledged
     with contextlib.suppress(asyncio.CancelledError):
         await task
     watching = projector(ctx)
     first = MAX_PARTITIONS + ctx.ledger.keys.partition_of(1)  # the id of seq 1
     assert await watermark(watching, ctx).advance() == first - 1
     assert (await page(api, 1))["items"] == []  # 4..6 wait for 1..3 rather than run ahead of them
-    rescuer = projector(ctx, claim_idle_ms=0)
+    await dead.leases.release_all()  # its leases run out (what expiry does, at once)
+    rescuer = projector(ctx)
     await rescuer.drain()
-    assert rescuer.entries_claimed == 3
+    assert rescuer.entries_claimed == 6  # the dead projector's whole batch, before anything new
     assert seq(await watermark(rescuer, ctx).read() or 0) == 6
     assert [seq(item["id"]) for item in (await page(api, 1))["items"]] == [6, 5, 4, 3, 2, 1]
 
@@ -164,16 +180,18 @@ async def test_watermark_is_monotonic(ctx: Context) -> None:
 async def test_one_advance_of_every_partition_computes_each_partition_on_its_own(ctx: Context) -> None:
     keys = ctx.ledger.keys
     held_partition = keys.partition_of(1)
-    others = [u for u in range(2, 400) if keys.partition_of(u) != held_partition][:40]
     for n in range(1, 4):
         await deposit(ctx.ledger, 1, n * 100)
     held = HeldStore(ctx.mongo)
-    task = asyncio.create_task(projector(ctx, held, batch=1).drain(timeout=60))  # holds user 1's first deposit
+    holder, rest = projector(ctx, held, batch=1), projector(ctx)
+    await share_partitions(ctx, holder, rest)
+    task = asyncio.create_task(holder.drain(timeout=60))  # holds user 1's first deposit
     await asyncio.wait_for(held.entered.wait(), 10)
+    others = [u for u in range(2, 400) if keys.partition_of(u) in rest.leases.owned][:40]
     for user in others:
         await deposit(ctx.ledger, user, 100)
     with pytest.raises(TimeoutError):  # projects everything but the held entry
-        await projector(ctx).drain(timeout=1)
+        await rest.drain(timeout=1)
     # In one more partition, more than SCAN entries without transactions come before an undelivered deposit.
     late_user = others[0]
     late = keys.partition_of(late_user)

@@ -23,6 +23,7 @@ from billing.core import parsing
 from billing.core.money import AmountError, format_kopecks, parse_amount
 from billing.core.parsing import AMOUNT_GRAMMAR, ParseError
 from billing.core.transactions import TRANSACTION_TYPES
+from billing.views.accounting import wants_csv
 from billing.views.descriptions import negotiate_language
 from billing.views.events import MAX_EVENT_CURSOR_LENGTH
 
@@ -475,3 +476,49 @@ def test_whole_seconds_take_digits_up_to_the_bound(text: str, value: int) -> Non
 @pytest.mark.parametrize("text", ["31", "-1", "+1", "1.0", "0.5", "", "1e1", "٣", "1000", " 1"])
 def test_whole_seconds_refuse_anything_else(text: str) -> None:
     assert refused(lambda t: parsing.whole_seconds(t, 30), text)
+
+
+# ---- Accept: the statement's CSV or JSON ------------------------------------------------------------
+
+QVALUE = re.compile(r"0(\.[0-9]{0,3})?|1(\.0{0,3})?")  # RFC 9110 section 12.4.2, written out here
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["1.0000", "0.5e1", "5e-1", "nan", "NaN", "inf", "-inf", "-0", "+1", " 1", "1 ", ".5", "0,5", "1.5", "2", ""],
+)
+def test_a_qvalue_is_exactly_the_grammar(text: str) -> None:
+    with pytest.raises(ParseError):
+        parsing.qvalue(text)
+
+
+@given(st.from_regex(QVALUE, fullmatch=True))
+def test_every_qvalue_of_the_grammar_is_read_in_thousandths(text: str) -> None:
+    assert parsing.qvalue(text) == round(float(text) * 1000)
+
+
+@pytest.mark.parametrize(
+    ("accept", "csv"),
+    [
+        ("text/csv", True),
+        ("text/csv;q=1.000, application/json;q=0.999", True),
+        ("application/json;q=0.5, text/csv", True),
+        ('text/csv; charset="utf-8"; q=0.9, application/json;q=0.8', True),
+        ("TEXT/CSV;Q=1", True),
+        ("application/json, text/csv", False),  # the same q: the first listed
+        ("text/csv;q=0, application/json", False),
+        ("*/*", False),
+        # malformed weights never count, whatever float() would make of them
+        ("text/csv;q=1.0000", False),
+        ("text/csv;q=0.5e1", False),
+        ("text/csv;q=nan", False),
+        ("text/csv;q=inf", False),
+        ("text/csv;q=-0", False),
+        ("text/csv;q =1", False),
+        ('text/csv;q="1"', False),
+        ("application/json;q=0.5e1, text/csv;q=0.1", True),  # the JSON element is malformed: CSV is the only one
+        ("application/json;q=nan, text/csv;q=0.1", True),
+    ],
+)
+def test_wants_csv_reads_weights_by_the_exact_grammar(accept: str, csv: bool) -> None:
+    assert wants_csv(accept) is csv

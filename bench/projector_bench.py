@@ -1,0 +1,113 @@
+"""What linking transactions into their hash chains costs the projector: its CPU per transaction projecting the
+same deposits with the chain and without it (the Chainer's link left out), in alternating rounds.
+
+Each round writes N deposits of `users` users through the ledger's scripts into a redis-server of its own
+prefix, then times one projector (batches of BILLING_PROJECTOR_BATCH) draining them into a SecantusDB
+database of its own: the projector's process CPU (this process: the scripts' writes are done before) and
+SecantusDB's, per transaction. Then N more deposits, drained by the same projector: "cold" is the first
+drain (a projector that has just taken its partitions reads each user's chain head from MongoDB once),
+"warm" the second (every head in memory, as for a projector that has been running).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+import uuid
+from typing import Any
+
+from motor.motor_asyncio import AsyncIOMotorClient
+from redis.asyncio import Redis
+
+from bench.procs import process_cpu_seconds
+from billing.core.config import default
+from billing.ledger.scripts import Ledger
+from billing.projection.chainer import Chainer, Head
+from billing.projection.projector import Projector
+from billing.projection.store import LedgerStore
+
+
+class Unlinked(Chainer):
+    """The projector as it was before the chain: nothing computed, nothing read."""
+
+    async def link(self, docs: list[dict[str, Any]]) -> dict[int, Head]:
+        return {}
+
+
+async def one_round(
+    redis_url: str, mongo: Any, mongo_pid: int, n: int, users: int, chained: bool
+) -> list[tuple[float, float]]:
+    """[(projector CPU, SecantusDB CPU) per transaction in microseconds] of the cold drain, then the warm one."""
+    redis = Redis.from_url(redis_url)
+    prefix = f"bench:{uuid.uuid4().hex[:8]}:"
+    ledger = Ledger(redis, prefix, 3600, partitions=default("partitions"))
+    await ledger.load_scripts()
+    db = mongo[f"projector_bench_{uuid.uuid4().hex[:8]}"]
+    projector = Projector(redis, ledger.keys, LedgerStore(db), batch=default("projector_batch"))
+    if not chained:
+        projector.chainer = Unlinked(projector.store)
+    await projector.store.ensure_indexes()
+    figures = []
+    for drain in ("cold", "warm"):
+        for i in range(n):
+            name, keys, args = ledger.deposit_call(1 + i % users, 100 + i, "пополнение" if i % 3 else None)
+            await ledger.run(name, None, "", keys, args)
+        lookups = projector.chainer.lookups
+        cpu, mongo_cpu, wall = time.process_time(), process_cpu_seconds(mongo_pid), time.perf_counter()
+        await projector.drain(timeout=600, keep_leases=True)  # and the heads, as a running projector
+        cpu, mongo_cpu = time.process_time() - cpu, process_cpu_seconds(mongo_pid) - mongo_cpu
+        wall = time.perf_counter() - wall
+        figures.append((1e6 * cpu / n, 1e6 * mongo_cpu / n))
+        print(
+            f"  {'chained' if chained else 'unlinked'} {drain}: {n} transactions in {wall:.1f} s, projector "
+            f"{1e6 * cpu / n:.1f} us, SecantusDB {1e6 * mongo_cpu / n:.1f} us of CPU each "
+            f"(chain heads read: {projector.chainer.lookups - lookups})",
+            flush=True,
+        )
+    await projector.stop()  # gives the leases back
+    written = await db.transactions.count_documents({})
+    assert written == 2 * n, (written, n)
+    hashed = await db.transactions.count_documents({"hash": {"$exists": True}})
+    assert hashed == (2 * n if chained else 0), hashed
+    await mongo.drop_database(db.name)
+    await redis.aclose()
+    return figures
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=10_000, help="deposits per round")
+    parser.add_argument("--users", type=int, default=1_000)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of each (alternating; medians reported)")
+    args = parser.parse_args()
+    from tests.support.servers import MongoWireServer, RedisServer
+
+    redis_server, mongo_server = RedisServer().start(), MongoWireServer().start()
+    try:
+        mongo = AsyncIOMotorClient(mongo_server.url, tz_aware=True)
+        mongo_pid = mongo_server.proc.pid
+        figures: dict[bool, list[list[tuple[float, float]]]] = {True: [], False: []}
+        for _ in range(args.rounds):
+            for chained in (False, True):
+                figures[chained].append(
+                    await one_round(redis_server.url, mongo, mongo_pid, args.n, args.users, chained)
+                )
+        for chained in (False, True):
+            for index, drain in enumerate(("cold", "warm")):
+                projector = statistics.median(f[index][0] for f in figures[chained])
+                database = statistics.median(f[index][1] for f in figures[chained])
+                label = "with the hash chain" if chained else "without it"
+                print(
+                    f"{label}, {drain}: projector {projector:.1f} us, SecantusDB {database:.1f} us of CPU per "
+                    "transaction (medians)"
+                )
+        mongo.close()
+    finally:
+        mongo_server.stop()
+        redis_server.stop()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
