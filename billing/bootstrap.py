@@ -22,6 +22,7 @@ from billing.infra.stores import (
     connect_node,
     connect_redis,
 )
+from billing.ledger.expiry import ReservationSweeper
 from billing.ledger.scripts import Ledger
 from billing.ledger.service import MoneyOperations
 from billing.ledger.transits import TransitRecovery
@@ -43,6 +44,8 @@ class Context(ApiContext):
 
     # Completes transfers between partitions whose request died between their steps (in every worker).
     transit_recovery: TransitRecovery | None = None
+    # Releases reservations past their deadline (in every worker).
+    reservation_sweeper: ReservationSweeper | None = None
     # Stores opened by bootstrap() are closed by stop(); stores passed in belong to the caller.
     owns_redis: bool = False
     owns_mongo: bool = False
@@ -66,6 +69,8 @@ class Context(ApiContext):
         await self.sequence_guard.start()
         if self.transit_recovery is not None:
             await self.transit_recovery.start()
+        if self.reservation_sweeper is not None:
+            await self.reservation_sweeper.start()
         if self.settings.projector_enabled:
             # The projector makes the MongoDB indexes before its first batch (retrying while MongoDB is down).
             await self.projector.start()
@@ -76,6 +81,8 @@ class Context(ApiContext):
         await self.projector.stop()
         if self.transit_recovery is not None:
             await self.transit_recovery.stop()
+        if self.reservation_sweeper is not None:
+            await self.reservation_sweeper.stop()
         await self.sequence_guard.stop()
         if self.owns_mongo:
             self.mongo.client.close()
@@ -101,6 +108,9 @@ async def bootstrap(
         partitions=settings.partitions,
         wait_replicas=settings.redis_wait_replicas,
         wait_timeout_ms=settings.redis_wait_timeout_ms,
+        reservation_ttl_seconds=settings.reservation_ttl_seconds,
+        closed_ttl_seconds=settings.reservation_closed_ttl_seconds,
+        recognized_ttl_seconds=settings.reservation_recognized_ttl_seconds,
     )
     try:
         await ledger.load_scripts()
@@ -127,6 +137,7 @@ async def bootstrap(
         sequence_guard=SequenceGuard(redis, ledger.keys, LedgerStore(mongo), ledger.claim_partition_count),
         reports=Reports(mongo, settings, lag_probe=projector.lag),
         transit_recovery=TransitRecovery(ledger),
+        reservation_sweeper=ReservationSweeper(ledger, every=settings.reservation_sweep_interval_ms / 1000),
         accounting=Accounting(mongo, ledger, settings),
         owns_redis=owns_redis,
         owns_mongo=owns_mongo,

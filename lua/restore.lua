@@ -2,8 +2,10 @@
   restore: what `billing rebuild` (billing/projection/recovery.py) derived from the MongoDB ledger, written in
   this ledger's layout and within its bounds, one record per call (built as the prelude + this file):
     ARGV[1] 'account'      KEYS[1] account hash;      ARGV[2] available;  ARGV[3] reserved
-    ARGV[1] 'reservation'  KEYS[1] reservation hash;  ARGV[2..9] user_id, service_id, order_id, amount, status,
-                           recognized_amount ('' = none), created_at, updated_at
+    ARGV[1] 'reservation'  KEYS[1] reservation hash;  KEYS[2] its partition's expiry index;  ARGV[2..11] user_id,
+                           service_id, order_id, amount, status, recognized_amount ('' = none), created_at,
+                           updated_at, expires_at ('' = none; a reserved one goes into the index with it),
+                           the record's TTL in seconds ('' = none)
     ARGV[1] 'totals'       KEYS[1] a partition's totals hash;  ARGV[2..6] deposited, withdrawn, revenue,
                            transfers_in, transfers_out
     ARGV[1] 'services'     KEYS[1] a partition's catalog hash;  ARGV[2..] service_id, name, service_id, name, ...
@@ -41,7 +43,19 @@ if what == 'reservation' then
   end
   checked_int(h.created_at or '', MAX_TIME, 'created_at')
   checked_int(h.updated_at or '', MAX_TIME, 'updated_at')
+  if ARGV[10] ~= '' then
+    checked_int(ARGV[10], MAX_TIME, 'expires_at')
+    h.expires_at = ARGV[10]
+  end
+  local ttl = ARGV[11] ~= '' and ttl_arg(ARGV[11], 'TTL') or nil
+  check_type(KEYS[2], 'zset')
   write_reservation(KEY, h)
+  if h.status == 'reserved' and h.expires_at then
+    rcall('ZADD', KEYS[2], h.expires_at, expiry_member(h))
+  end
+  if ttl then
+    rcall('EXPIRE', KEY, ttl)
+  end
   return 1
 end
 if what == 'totals' then

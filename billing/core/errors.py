@@ -24,6 +24,7 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "reservation_conflict": (409, "Reservation exists with another amount"),
     "amount_exceeds_reservation": (409, "Amount exceeds the reservation"),
     "reservation_closed": (409, "Reservation is closed"),
+    "reservation_expired": (409, "Reservation has expired"),
     "idempotency_key_in_use": (409, "A request with this Idempotency-Key is in progress"),
     "payload_too_large": (413, "Payload too large"),
     "unsupported_media_type": (415, "Content-Type must be application/json"),

@@ -44,6 +44,8 @@ def render_transaction(
             item[name] = int(raw[name])
     if "service_id" in item:
         item["service_name"] = (service_names or {}).get(item["service_id"]) or raw.get("service_name") or None
+    if raw.get("reason"):
+        item["reason"] = raw["reason"]  # a release of a reservation that expired
     item["description"] = describe(item["type"], amount, lang, item)
     return item
 
@@ -59,6 +61,7 @@ def render_reservation(raw: Mapping[str, Any]) -> dict[str, Any]:
         "recognized_amount": format_kopecks(int(recognized)) if recognized is not None else None,
         "created_at": format_ms(int(raw["created_at"])),
         "updated_at": format_ms(int(raw["updated_at"])),
+        "expires_at": format_ms(int(raw["expires_at"])) if raw.get("expires_at") is not None else None,
     }
 
 
