@@ -178,7 +178,7 @@ async def load_ledger(store: LedgerStore, after: int, progress: Progress = no_pr
     by_resv: dict[ResvKey, dict[str, dict[str, int]]] = defaultdict(dict)
     for row in await store.sums_by_reservation():
         key = (int(row["user_id"]), int(row["service_id"]), int(row["order_id"]))
-        sums = {k: int(row[k] or 0) for k in ("total", "n", "first", "last", "expires_at", "expired")}
+        sums = {k: int(row[k]) for k in ("total", "n", "first", "last", "expires_at", "expired")}
         by_resv[key][str(row["type"])] = sums  # expires_at 0: none
     progress(step, 2, 3)
     recent = await store.transactions_after(after)

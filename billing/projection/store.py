@@ -169,9 +169,9 @@ class LedgerStore:
         rows = await self.transactions.aggregate(USER_SUMS.bind()).to_list(None)
         return [(int(r["_id"]["u"]), str(r["_id"]["t"]), int(r["total"]), int(r["n"]), int(r["last"])) for r in rows]
 
-    async def sums_by_reservation(self) -> list[dict[str, int | str | None]]:
+    async def sums_by_reservation(self) -> list[dict[str, int | str]]:
         """Per (user, service, order, type) of reserve/charge/release: sum, count, first and last time (ms), the
-        deadline (ms; None when there is none) and whether a release was of an expired reservation."""
+        deadline (ms; 0 when there is none) and whether a release was of an expired reservation."""
         rows = await self.transactions.aggregate(RESERVATION_SUMS.bind()).to_list(None)
         return [
             {
@@ -183,7 +183,7 @@ class LedgerStore:
                 "n": int(r["n"]),
                 "first": datetime_to_ms(r["first"]),
                 "last": datetime_to_ms(r["last"]),
-                "expires_at": datetime_to_ms(r["expires_at"]) if r.get("expires_at") is not None else None,
+                "expires_at": datetime_to_ms(r["expires_at"]) if r.get("expires_at") is not None else 0,
                 "expired": int(r.get("expired") or 0),
             }
             for r in rows
