@@ -4,6 +4,7 @@ clients through faults (each request retried with its Idempotency-Key until answ
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 from collections import Counter
 from dataclasses import dataclass, field
@@ -86,18 +87,22 @@ class Acked:
 
 @dataclass
 class Workload:
-    """Several clients depositing, withdrawing and transferring among a few users."""
+    """Several clients depositing, withdrawing and transferring among a few users; with reserve_share > 0, that share
+    of the operations are reservations (the token needs the orders role) that nobody closes: each expires after 1
+    or 2 seconds."""
 
     base_url: str
     token: str
     users: int = 6
     seed: int = 7
+    reserve_share: float = 0.0
     acked: list[Acked] = field(default_factory=list)
     stats: Counter = field(default_factory=Counter)
     unexpected: list[tuple[str, int, bytes]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.http = AsyncHTTPClient(force_instance=True, max_clients=64)
+        self._orders = itertools.count(1)
 
     def close(self) -> None:
         self.http.close()
@@ -112,6 +117,11 @@ class Workload:
 
     def _next_operation(self, rng: random.Random) -> tuple[str, str, dict[str, Any]]:
         user = rng.randint(1, self.users)
+        if rng.random() < self.reserve_share:
+            amount = _rubles(rng.randint(1, 50_000))
+            order = next(self._orders)
+            payload = {"user_id": user, "service_id": 1, "order_id": order, "amount": amount}
+            return "reserve", "/v1/reservations", {**payload, "expires_in": rng.choice([1, 2])}
         roll = rng.random()
         if roll < 0.4:
             return "deposit", "/v1/deposits", {"user_id": user, "amount": _rubles(rng.randint(1, 500_000))}
@@ -198,6 +208,8 @@ def expected_from(acked: list[Acked]) -> Expected:
         amount = kopecks(p["amount"])
         assert kopecks(a.body["transaction"]["amount"]) == amount, (a.key, a.body)
         ids.append(int(a.body["transaction"]["id"]))
+        if a.op == "reserve":
+            continue  # nobody closes it: it expires, and its release (answered to nobody) gives the money back
         if a.op == "deposit":
             balances[p["user_id"]] = balances.get(p["user_id"], 0) + amount
             deposited += amount
