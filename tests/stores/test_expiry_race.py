@@ -87,7 +87,7 @@ async def test_exactly_one_of_the_sweeper_and_recognize_or_cancel_closes_each_re
             await asyncio.sleep(rng.uniform(0, 0.004))
             await raise_clocks(ledger, at_ms)
 
-        async def sweep(sweeper: ReservationSweeper) -> None:
+        async def sweep(sweeper: ReservationSweeper, done: asyncio.Event = done) -> None:
             while not done.is_set():
                 await sweeper.run_once()
                 await asyncio.sleep(0)
