@@ -54,6 +54,7 @@ class Soak:
         self.http = AsyncHTTPClient(force_instance=True, max_clients=256)
         self.order = 0
         self.counts: dict[str, int] = {}
+        self.abandoned: set[int] = set()  # order ids nobody closes: only a sweeper releases them
         self.tasks: set[asyncio.Task[None]] = set()
 
     async def post(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -83,6 +84,7 @@ class Soak:
         roll = self.rng.random()
         if roll < 0.1:
             self.count("abandoned")
+            self.abandoned.add(ref["order_id"])
             return
         await asyncio.sleep(self.rng.uniform(0.1, expires_in - 0.7))  # before the deadline
         if roll < 0.6:
@@ -119,8 +121,8 @@ def overdue(client: redis.Redis, keys: RedisKeys) -> int:
     return sum(int(client.zcount(keys.expiry(p), "-inf", now_ms - OVERDUE_MS)) for p in keys.all())
 
 
-def release_delays(mongo_url: str, db: str) -> list[int]:
-    """For each release of an expired reservation: its created_at minus its reserve's expires_at (ms)."""
+def release_delays(mongo_url: str, db: str) -> dict[int, int]:
+    """For each release of an expired reservation, by order id: its created_at minus its reserve's expires_at (ms)."""
     client = pymongo.MongoClient(mongo_url)
     try:
         transactions = client[db]["transactions"]
@@ -130,10 +132,10 @@ def release_delays(mongo_url: str, db: str) -> list[int]:
                 {"type": "reserve"}, {"user_id": 1, "service_id": 1, "order_id": 1, "expires_at": 1}
             )
         }
-        delays = []
+        delays = {}
         for d in transactions.find({"type": "release", "reason": "expired"}):
             deadline = deadlines[(d["user_id"], d["service_id"], d["order_id"])]
-            delays.append(int((d["created_at"] - deadline).total_seconds() * 1000))
+            delays[int(d["order_id"])] = int((d["created_at"] - deadline).total_seconds() * 1000)
         return delays
     finally:
         client.close()
@@ -199,9 +201,12 @@ def main() -> int:
                 seconds_now, micros = client.time()
                 still_reserved += expires_at <= seconds_now * 1000 + micros // 1000
         time.sleep(3)  # the projector's last batches
-        delays = sorted(release_delays(mongo.url, "soak"))
+        by_order = release_delays(mongo.url, "soak")
+        swept = sorted(delay for order, delay in by_order.items() if order in soak.abandoned)
+        late = sorted(delay for order, delay in by_order.items() if order not in soak.abandoned)
+        load = os.getloadavg()
         done = subprocess.run(
-            [sys.executable, "-m", "billing", "reconcile"],
+            [sys.executable, "-m", "billing", "reconcile", "--drain-timeout", "600"],
             env={**os.environ, **service_env(redis_server.url, mongo.url, env)},
             capture_output=True,
             text=True,
@@ -217,12 +222,14 @@ def main() -> int:
             f"  most in the indexes more than {OVERDUE_MS} ms past their deadline at a sample: "
             f"{max((s[2] for s in samples), default=0)}"
         )
-        if delays:
-            p99 = delays[min(len(delays) - 1, int(len(delays) * 0.99))]
-            print(
-                f"  expired releases {len(delays)}: created_at - expires_at p50 {statistics.median(delays):.0f} ms, "
-                f"p99 {p99} ms, max {delays[-1]} ms"
-            )
+        for what, delays in (("abandoned (by a sweeper)", swept), ("closed by their client too late", late)):
+            if delays:
+                p99 = delays[min(len(delays) - 1, int(len(delays) * 0.99))]
+                print(
+                    f"  expired releases, {what}: {len(delays)}; created_at - expires_at "
+                    f"p50 {statistics.median(delays):.0f} ms, p99 {p99} ms, max {delays[-1]} ms"
+                )
+        print(f"  load average at the end (1, 5, 15 min): {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
         print(f"  Redis used_memory: start (1 min) {first[1]:,}, middle {middle[1]:,}, end {end[1]:,} bytes")
         print(
             f"  CPU: service {service_cpu / elapsed:.2f}, Redis {redis_cpu / elapsed:.2f}, "
