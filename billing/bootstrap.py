@@ -58,6 +58,8 @@ class Context(ApiContext):
         self.projector.on_conflict = self.metrics.observe_projector_conflicts
         self.ledger.route.on_short_wait = self.metrics.observe_short_wait
         self.operations.write_gate = self.sequence_guard.ensure_writable
+        if self.reservation_sweeper is not None:
+            self.reservation_sweeper.write_gate = self.sequence_guard.ensure_writable
         # Before anything reads or writes the ledger: its keys are laid out for one partition count. A Redis
         # down now is checked by the sequence guard, which refuses money writes until the count is confirmed.
         try:

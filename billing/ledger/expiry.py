@@ -17,10 +17,12 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections.abc import Callable
 
 from redis.exceptions import NoScriptError
 
 from billing.core.config import default
+from billing.core.errors import ApiError
 from billing.ledger.outcomes import Applied
 from billing.ledger.scripts import BATCH_CHUNK, Ledger, decode_reply
 from billing.ledger.unavailable import store_unavailable
@@ -39,6 +41,9 @@ class ReservationSweeper:
         self.every = every
         self.batch = batch
         self.released = 0  # reservations this process released (for the log and tests)
+        # Raises while money writes are refused (billing/projection/seq_guard.py): the sweep waits for the next
+        # round, as money operations answer 503. None: never.
+        self.write_gate: Callable[[], None] | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def run_once(self) -> int:
@@ -48,6 +53,11 @@ class ReservationSweeper:
 
     async def _sweep(self) -> tuple[int, bool]:
         """(released, whether to sweep again at once: some partition had a full batch due and some were released)."""
+        if self.write_gate is not None:
+            try:
+                self.write_gate()
+            except ApiError:
+                return 0, False
         due = await self.ledger.due_reservations(self.batch)
         if not due:
             return 0, False

@@ -15,6 +15,7 @@ import pytest
 
 from billing.bootstrap import Context
 from billing.core.config import default
+from billing.core.errors import ApiError
 from billing.core.parsing import timestamp
 from billing.core.timefmt import datetime_to_ms, format_ms
 from billing.ledger.expiry import ReservationSweeper
@@ -243,3 +244,20 @@ async def test_the_running_sweeper_releases_a_reservation_without_any_call(api: 
     assert release["reason"] == "expired" and release["created_at"] == format_ms(
         parse_timestamp_ms(shown["expires_at"])
     )
+
+
+async def test_the_sweeper_waits_while_money_writes_are_refused(api: Api, still: Context) -> None:
+    """A ledger behind MongoDB refuses money writes (billing/projection/seq_guard.py); releases are money writes."""
+    await api.deposit(1, "100.00")
+    shown = (await reserve(api, expires_in=5))["reservation"]
+    await at(still, parse_timestamp_ms(shown["expires_at"]))
+    sweeper = ReservationSweeper(still.ledger)
+
+    def refused() -> None:
+        raise ApiError("unavailable", "the ledger is behind MongoDB")
+
+    sweeper.write_gate = refused
+    assert await sweeper.run_once() == 0
+    assert (await balance(api))["reserved"] == "30.00"
+    sweeper.write_gate = still.sequence_guard.ensure_writable
+    assert await sweeper.run_once() == 1
