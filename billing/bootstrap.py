@@ -22,6 +22,7 @@ from billing.infra.stores import (
     connect_node,
     connect_redis,
 )
+from billing.ledger.expiry import ReservationSweeper
 from billing.ledger.scripts import Ledger
 from billing.ledger.service import MoneyOperations
 from billing.ledger.transits import TransitRecovery
@@ -43,6 +44,8 @@ class Context(ApiContext):
 
     # Completes transfers between partitions whose request died between their steps (in every worker).
     transit_recovery: TransitRecovery | None = None
+    # Releases reservations past their deadline (in every worker).
+    reservation_sweeper: ReservationSweeper | None = None
     # Stores opened by bootstrap() are closed by stop(); stores passed in belong to the caller.
     owns_redis: bool = False
     owns_mongo: bool = False
@@ -55,6 +58,8 @@ class Context(ApiContext):
         self.projector.on_conflict = self.metrics.observe_projector_conflicts
         self.ledger.route.on_short_wait = self.metrics.observe_short_wait
         self.operations.write_gate = self.sequence_guard.ensure_writable
+        if self.reservation_sweeper is not None:
+            self.reservation_sweeper.write_gate = self.sequence_guard.ensure_writable
         # Before anything reads or writes the ledger: its keys are laid out for one partition count. A Redis
         # down now is checked by the sequence guard, which refuses money writes until the count is confirmed.
         try:
@@ -66,6 +71,8 @@ class Context(ApiContext):
         await self.sequence_guard.start()
         if self.transit_recovery is not None:
             await self.transit_recovery.start()
+        if self.reservation_sweeper is not None:
+            await self.reservation_sweeper.start()
         if self.settings.projector_enabled:
             # The projector makes the MongoDB indexes before its first batch (retrying while MongoDB is down).
             await self.projector.start()
@@ -76,6 +83,8 @@ class Context(ApiContext):
         await self.projector.stop()
         if self.transit_recovery is not None:
             await self.transit_recovery.stop()
+        if self.reservation_sweeper is not None:
+            await self.reservation_sweeper.stop()
         await self.sequence_guard.stop()
         if self.owns_mongo:
             self.mongo.client.close()
@@ -101,6 +110,9 @@ async def bootstrap(
         partitions=settings.partitions,
         wait_replicas=settings.redis_wait_replicas,
         wait_timeout_ms=settings.redis_wait_timeout_ms,
+        reservation_ttl_seconds=settings.reservation_ttl_seconds,
+        closed_ttl_seconds=settings.reservation_closed_ttl_seconds,
+        recognized_ttl_seconds=settings.reservation_recognized_ttl_seconds,
     )
     try:
         await ledger.load_scripts()
@@ -127,6 +139,7 @@ async def bootstrap(
         sequence_guard=SequenceGuard(redis, ledger.keys, LedgerStore(mongo), ledger.claim_partition_count),
         reports=Reports(mongo, settings, lag_probe=projector.lag),
         transit_recovery=TransitRecovery(ledger),
+        reservation_sweeper=ReservationSweeper(ledger, every=settings.reservation_sweep_interval_ms / 1000),
         accounting=Accounting(mongo, ledger, settings),
         owns_redis=owns_redis,
         owns_mongo=owns_mongo,

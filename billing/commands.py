@@ -167,7 +167,15 @@ async def run_rebuild(
         except TimeoutError as exc:
             raise CommandError(f"could not project the outbox first: {one_line(exc)}") from None
     try:
-        report = await rebuild(ctx.redis, ctx.ledger.keys, LedgerStore(ctx.mongo), force=force, progress=progress)
+        report = await rebuild(
+            ctx.redis,
+            ctx.ledger.keys,
+            LedgerStore(ctx.mongo),
+            force=force,
+            progress=progress,
+            closed_ttl_seconds=ctx.settings.reservation_closed_ttl_seconds,
+            recognized_ttl_seconds=ctx.settings.reservation_recognized_ttl_seconds,
+        )
     except RedisNotEmpty as exc:
         raise CommandError(f"refused: {exc}") from None
     return 0, report.summary()

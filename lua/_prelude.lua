@@ -5,6 +5,7 @@
     MAX_AMOUNT     the largest amount of one operation (kopecks)
     MAX_ID         the largest id (user, service, order), as decimal digits
     ID_SPAN        the most partitions there can be (1024): a transaction id is seq * ID_SPAN + partition
+    MAX_EXPIRES_IN the longest a reservation may stay reserved (seconds)
   Each operation file adds one function to OPS; the entry point decides how many operations one script
   run executes:
     single script (one per operation, lua/<op>.lua + `return run_single('<op>')`): ONE operation,
@@ -188,13 +189,18 @@ local function begin_run(number, outbox, meta, totals)
   PART = partition(number, outbox, meta, totals)
 end
 
--- One time per script run (a run is one atomic step); a partition's timestamps never go back.
-local function clock(part)
+-- One time per script run (a run is one atomic step); a partition's timestamps never go back. now() reads it,
+-- clock() also stamps the partition with it (end_run stores it).
+local function now(part)
   if not run_time then
     local t = rcall('TIME')
     run_time = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   end
-  part.now = math.max(run_time, part.stored_clock)
+  return math.max(run_time, part.stored_clock)
+end
+
+local function clock(part)
+  part.now = now(part)
   return part.now
 end
 
@@ -399,9 +405,10 @@ local function new_txn(part, kind, user_id, amount, available, reserved, extra)
   return txn
 end
 
-local RESERVATION_STATUSES = {reserved = true, recognized = true, cancelled = true}
+local RESERVATION_STATUSES = {reserved = true, recognized = true, cancelled = true, expired = true}
 
--- A reservation's fields (amount as a number in h.kopecks), or nil when there is none.
+-- A reservation's fields (amount as a number in h.kopecks, expires_at as a number in h.deadline, nil for a
+-- reservation made before reservations expired), or nil when there is none.
 local function reservation(key)
   local r = rcall('HGETALL', key)
   if #r == 0 then
@@ -422,6 +429,7 @@ local function reservation(key)
   if h.refunded_amount then
     amount_arg(h.refunded_amount, key .. ' refunded_amount')
   end
+  h.deadline = checked_int(h.expires_at, MAX_TIME, key .. ' expires_at')
   return h
 end
 
@@ -436,7 +444,7 @@ end
 -- refunded): the one writer of its layout.
 local RESERVATION_FIELDS = {
   'user_id', 'service_id', 'order_id', 'amount', 'status', 'recognized_amount', 'created_at', 'updated_at',
-  'refunded_amount'}
+  'expires_at', 'refunded_amount'}
 local function write_reservation(key, h)
   local args = {}
   for _, field in ipairs(RESERVATION_FIELDS) do
@@ -454,7 +462,7 @@ local function reservation_body(h)
     user_id = h.user_id, service_id = h.service_id, order_id = h.order_id,
     amount = h.amount, status = h.status, recognized_amount = h.recognized_amount or cjson.null,
     refunded_amount = h.refunded_amount or '0',
-    created_at = h.created_at, updated_at = h.updated_at,
+    created_at = h.created_at, updated_at = h.updated_at, expires_at = h.expires_at or cjson.null,
   }
 end
 
@@ -462,6 +470,54 @@ end
 local function unchanged_reservation(h, user_id, available, reserved)
   return unchanged({reservation = reservation_body(h),
     balance = balance_body(user_id, available or 0, reserved or 0)})
+end
+
+-- A TTL argument in seconds (the closed-record TTLs the reservation scripts are given): 1 .. MAX_TIME.
+local function ttl_arg(value, what)
+  local n = checked_int(value, MAX_TIME, what)
+  if not n or n < 1 then
+    fail(what .. ' must be a positive number of seconds: ' .. tostring(value))
+  end
+  return value
+end
+
+-- A reservation's member in its partition's expiry index (billing/ledger/scripts.py RedisKeys.expiry).
+local function expiry_member(h)
+  return h.user_id .. ':' .. h.service_id .. ':' .. h.order_id
+end
+
+-- Whether a reservation is past its deadline by the partition's clock while still reserved: it must be
+-- released (expire_now) before anything else is done with it.
+local function due(h)
+  return h.status == 'reserved' and h.deadline ~= nil and now(PART) >= h.deadline
+end
+
+-- Write phase: release a due reservation (due(h)) to its account's available money: status expired, updated
+-- at its deadline (when it expired, whoever releases it), out of the expiry index, its record kept closed_ttl
+-- seconds. Returns the release transaction (marked reason 'expired') and the account's new balances.
+local function expire_now(ACCOUNT, RESERVATION, INDEX, h, catalog_name, closed_ttl)
+  local reserved = rcall('HINCRBY', ACCOUNT, 'reserved', '-' .. h.amount)
+  local available = rcall('HINCRBY', ACCOUNT, 'available', h.amount)
+  h.status, h.updated_at = 'expired', h.expires_at
+  rcall('HSET', RESERVATION, 'status', h.status, 'updated_at', h.updated_at)
+  rcall('ZREM', INDEX, expiry_member(h))
+  rcall('EXPIRE', RESERVATION, closed_ttl)
+  local release = new_txn(PART, 'release', h.user_id, h.amount, available, reserved, {
+    service_id = h.service_id, order_id = h.order_id, service_name = catalog_name or '', reason = 'expired'})
+  return release, available, reserved
+end
+
+-- A reservation call that met a due reservation: it is released now, and the call is refused with `code`
+-- (reservation_expired) or, for a repeated reserve of the same amount, answered unchanged.
+local function expired_outcome(ACCOUNT, RESERVATION, INDEX, h, SERVICES, closed_ttl, code)
+  local name = rcall('HGET', SERVICES, h.service_id)
+  -- writes
+  local release, available, reserved = expire_now(ACCOUNT, RESERVATION, INDEX, h, name, closed_ttl)
+  append({release})
+  if code then
+    return refuse(code)
+  end
+  return unchanged_reservation(h, h.user_id, available, reserved)
 end
 
 -- Entry point of a single script: one operation, laid out as described at the top.

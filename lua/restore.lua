@@ -2,8 +2,10 @@
   restore: what `billing rebuild` (billing/projection/recovery.py) derived from the MongoDB ledger, written in
   this ledger's layout and within its bounds, one record per call (built as the prelude + this file):
     ARGV[1] 'account'      KEYS[1] account hash;      ARGV[2] available;  ARGV[3] reserved
-    ARGV[1] 'reservation'  KEYS[1] reservation hash;  ARGV[2..10] user_id, service_id, order_id, amount, status,
-                           recognized_amount ('' = none), created_at, updated_at, refunded_amount ('' = none)
+    ARGV[1] 'reservation'  KEYS[1] reservation hash;  KEYS[2] its partition's expiry index;  ARGV[2..12] user_id,
+                           service_id, order_id, amount, status, recognized_amount ('' = none), created_at,
+                           updated_at, expires_at ('' = none; a reserved one goes into the index with it),
+                           the record's TTL in seconds ('' = none), refunded_amount ('' = none)
     ARGV[1] 'totals'       KEYS[1] a partition's totals hash;  ARGV[2..8] the prelude's TOTAL_FIELDS in
                            order (deposited, withdrawn, revenue, transfers_in, transfers_out,
                            transfers_reversed, refunded)
@@ -40,15 +42,27 @@ if what == 'reservation' then
     amount_arg(ARGV[7], 'recognized_amount')
     h.recognized_amount = ARGV[7]
   end
-  if (ARGV[10] or '') ~= '' then
-    if not h.recognized_amount or amount_arg(ARGV[10], 'refunded_amount') > tonumber(h.recognized_amount) then
-      fail('refunded_amount ' .. ARGV[10] .. ' is not within the recognized amount')
+  if (ARGV[12] or '') ~= '' then
+    if not h.recognized_amount or amount_arg(ARGV[12], 'refunded_amount') > tonumber(h.recognized_amount) then
+      fail('refunded_amount ' .. ARGV[12] .. ' is not within the recognized amount')
     end
-    h.refunded_amount = ARGV[10]
+    h.refunded_amount = ARGV[12]
   end
   checked_int(h.created_at or '', MAX_TIME, 'created_at')
   checked_int(h.updated_at or '', MAX_TIME, 'updated_at')
+  if ARGV[10] ~= '' then
+    checked_int(ARGV[10], MAX_TIME, 'expires_at')
+    h.expires_at = ARGV[10]
+  end
+  local ttl = ARGV[11] ~= '' and ttl_arg(ARGV[11], 'TTL') or nil
+  check_type(KEYS[2], 'zset')
   write_reservation(KEY, h)
+  if h.status == 'reserved' and h.expires_at then
+    rcall('ZADD', KEYS[2], h.expires_at, expiry_member(h))
+  end
+  if ttl then
+    rcall('EXPIRE', KEY, ttl)
+  end
   return 1
 end
 if what == 'totals' then

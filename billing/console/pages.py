@@ -333,7 +333,7 @@ class UserHandler(ConsoleHandler):
         names = await self.ctx.ledger.services()
         view["reservations"] = [
             {**render_reservation(r), "service_name": names.get(int(r["service_id"]))}
-            for r in await self.ctx.ledger.user_reservations(state.user_id, status="reserved")
+            for r in await self.ctx.ledger.user_reservations(state.user_id)
         ]
         try:
             lag = await self.ctx.projector.lag()

@@ -10,6 +10,7 @@ from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from billing.core.forwarding import TrustedProxies
+from billing.core.parsing import MAX_EXPIRES_IN
 from billing.core.roles import ROLES
 from billing.core.timefmt import load_zone
 
@@ -67,6 +68,16 @@ class Settings(BaseSettings):
     report_link_ttl_seconds: int = 3600
     report_bom: bool = False
     idempotency_ttl_seconds: int = 90_000
+    # A reservation's lifetime when reserve names no expires_in (1 .. billing/core/parsing.py MAX_EXPIRES_IN)
+    reservation_ttl_seconds: int = 604_800
+    # How long a closed reservation's record stays in Redis, counted from its closing: while it does, the order
+    # is reserved once ever (docs/api.md). Cancelled and expired ones: past the idempotency window and any
+    # reservation lifetime a caller is likely to retry within (30 days)
+    reservation_closed_ttl_seconds: int = 2_592_000
+    # Recognized ones: refunds of a charge need its reservation (180 days)
+    reservation_recognized_ttl_seconds: int = 15_552_000
+    # How often each worker's sweeper looks for reservations past their deadline (billing/ledger/expiry.py)
+    reservation_sweep_interval_ms: int = 250
     request_timeout_seconds: float = 5.0
     # Entries per projector read: reading, converting and acknowledging 100 holds the worker's event loop
     # about 2.5 ms (500: about 13 ms, which showed in request p99); MongoDB gets one insert_many per read.
@@ -134,6 +145,9 @@ def check_settings(settings: Settings) -> None:
     positive = {
         "report_link_ttl_seconds": settings.report_link_ttl_seconds,
         "idempotency_ttl_seconds": settings.idempotency_ttl_seconds,
+        "reservation_closed_ttl_seconds": settings.reservation_closed_ttl_seconds,
+        "reservation_recognized_ttl_seconds": settings.reservation_recognized_ttl_seconds,
+        "reservation_sweep_interval_ms": settings.reservation_sweep_interval_ms,
         "request_timeout_seconds": settings.request_timeout_seconds,
         "projector_batch": settings.projector_batch,
         "projector_block_ms": settings.projector_block_ms,
@@ -143,6 +157,10 @@ def check_settings(settings: Settings) -> None:
     for name, value in positive.items():
         if not value > 0 or value != value or value == float("inf"):
             raise ConfigError(f"BILLING_{name.upper()}: must be a positive number, not {value!r}")
+    if not 1 <= settings.reservation_ttl_seconds <= MAX_EXPIRES_IN:
+        raise ConfigError(
+            f"BILLING_RESERVATION_TTL_SECONDS: must be 1 .. {MAX_EXPIRES_IN}, not {settings.reservation_ttl_seconds}"
+        )
     if not settings.redis_prefix:
         raise ConfigError("BILLING_REDIS_PREFIX: must not be empty")
     if "{" in settings.redis_prefix or "}" in settings.redis_prefix:

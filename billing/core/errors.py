@@ -26,6 +26,7 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "reservation_closed": (409, "Reservation is closed"),
     "reservation_not_recognized": (409, "Reservation is not recognized"),
     "refund_exceeds_charge": (409, "Refunds would exceed the recognized charge"),
+    "reservation_expired": (409, "Reservation has expired"),
     "idempotency_key_in_use": (409, "A request with this Idempotency-Key is in progress"),
     "payload_too_large": (413, "Payload too large"),
     "unsupported_media_type": (415, "Content-Type must be application/json"),

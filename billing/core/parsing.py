@@ -20,6 +20,7 @@ from billing.core.errors import ApiError
 
 INT64_MAX = 2**63 - 1  # Redis integers and MongoDB Int64 are signed 64-bit
 MAX_ID = INT64_MAX
+MAX_EXPIRES_IN = 31_536_000  # a reservation's expires_in: at most a year, in seconds
 MAX_AMOUNT_STRING = 40  # longer amount strings are refused before any arithmetic
 MAX_CURSOR_LENGTH = 512
 FIRST_YEAR, LAST_YEAR = 1970, 2999  # report months
@@ -90,10 +91,9 @@ def id_text(text: str) -> int:
     return value
 
 
-def json_id(value: Any) -> int:
-    """An id in a JSON body: an integer, or a number with an integral exact value (42.0, 4.2E+1), 1 to 2^63-1.
-
-    Strings ("42"), booleans and fractions are refused.
+def json_integer(value: Any, largest: int, bounds: str) -> int:
+    """An integer in a JSON body: an integer, or a number with an integral exact value (42.0, 4.2E+1), 1 to largest
+    (at most 2^63-1); `bounds` names the range in the message. Strings ("42"), booleans and fractions are refused.
     """
     # Size first, without arithmetic: int() of 1E+999999999 would build a billion-digit number.
     if (
@@ -103,9 +103,19 @@ def json_id(value: Any) -> int:
         and value == value.to_integral_value()
     ):
         value = int(value)
-    if type(value) is not int or not 1 <= value <= MAX_ID:
-        raise ParseError("must be an integer from 1 to 2^63-1")
+    if type(value) is not int or not 1 <= value <= largest:
+        raise ParseError(f"must be an integer from {bounds}")
     return value
+
+
+def json_id(value: Any) -> int:
+    """An id in a JSON body (json_integer): 1 to 2^63-1."""
+    return json_integer(value, MAX_ID, "1 to 2^63-1")
+
+
+def json_expires_in(value: Any) -> int:
+    """A reservation's expires_in in a JSON body (json_integer): 1 to MAX_EXPIRES_IN seconds."""
+    return json_integer(value, MAX_EXPIRES_IN, f"1 to {MAX_EXPIRES_IN}")
 
 
 def small_number(text: str, largest: int) -> int:

@@ -26,7 +26,7 @@ from billing.core.money import (
     PUBLISHED_AMOUNT_PATTERN,
     parse_amount,
 )
-from billing.core.parsing import MAX_AMOUNT_STRING, MAX_ID, json_id
+from billing.core.parsing import MAX_AMOUNT_STRING, MAX_EXPIRES_IN, MAX_ID, json_expires_in, json_id
 from billing.core.transactions import TRANSACTION_TYPES
 
 # Ids in bodies: JSON integers (or integral numbers such as 42.0, as JSON Schema reads them), never strings.
@@ -34,6 +34,22 @@ Id = Annotated[
     int,
     PlainValidator(json_id),
     WithJsonSchema({"type": "integer", "minimum": 1, "maximum": MAX_ID, "examples": [42]}),
+]
+
+# A reservation's lifetime: a JSON integer of seconds (integral numbers such as 10.0 count, as for ids).
+ExpiresIn = Annotated[
+    int,
+    PlainValidator(json_expires_in),
+    WithJsonSchema(
+        {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": MAX_EXPIRES_IN,
+            "description": "Seconds until the reservation expires (released to available); absent or null: "
+            "BILLING_RESERVATION_TTL_SECONDS",
+            "examples": [3600],
+        }
+    ),
 ]
 
 Amount = Annotated[
@@ -97,6 +113,9 @@ ServiceName = Annotated[
 
 class Request(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+    # Fields added after v1 that stay out of a request's idempotency fingerprint while absent (None), so that a
+    # request written as before keeps the fingerprint its records were made with (billing/ledger/service.py).
+    LATER_FIELDS: ClassVar[tuple[str, ...]] = ()
 
 
 class DepositRequest(Request):
@@ -132,6 +151,9 @@ class ReserveRequest(ReservationRef):
     amount: Amount
     service_name: ServiceName | None = None
     comment: Comment = None
+    expires_in: ExpiresIn | None = None
+
+    LATER_FIELDS: ClassVar[tuple[str, ...]] = ("expires_in",)
 
 
 class RecognizeRequest(ReservationRef):
@@ -223,6 +245,10 @@ class Transaction(BaseModel):
     service_name: str | None = None
     order_id: int | None = None
     counterparty_user_id: int | None = None
+    reason: Annotated[
+        Literal["expired"] | None,
+        Field(description="Only on a release of a reservation that expired"),
+    ] = None
 
 
 class MoneyMovement(BaseModel):
@@ -240,11 +266,18 @@ class Reservation(BaseModel):
     service_id: int
     order_id: int
     amount: Money
-    status: Literal["reserved", "recognized", "cancelled"]
+    status: Literal["reserved", "recognized", "cancelled", "expired"]
     recognized_amount: Money | None
     refunded_amount: Annotated[Money, Field(description="The sum of the refunds of the charge; 0.00 until one")]
     created_at: Timestamp
     updated_at: Timestamp
+    expires_at: Annotated[
+        Timestamp | None,
+        Field(
+            description="When a reservation still reserved is released (status expired); null only for one made "
+            "before reservations expired"
+        ),
+    ]
 
 
 class ReservationResult(BaseModel):

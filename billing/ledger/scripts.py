@@ -16,7 +16,7 @@ from redis.exceptions import NoScriptError
 
 from billing.core.config import MAX_PARTITIONS, default
 from billing.core.money import MAX_BALANCE_KOPECKS, MAX_OPERATION_KOPECKS
-from billing.core.parsing import MAX_ID
+from billing.core.parsing import MAX_EXPIRES_IN, MAX_ID
 from billing.infra.data_files import data_dir
 from billing.infra.redis_route import RedisClient, route
 from billing.infra.stores import awaited
@@ -54,6 +54,7 @@ SCRIPT_NAMES = (
     "recognize",
     "cancel",
     "refund",
+    "expire",
     "set_service",
     DEBIT,
     CREDIT,
@@ -61,6 +62,7 @@ SCRIPT_NAMES = (
 )
 BATCH = "batch"
 RESTORE = "restore"  # lua/restore.lua: the writes of `billing rebuild`, see Restore
+EXPIRY_READ = "expiry_read"  # lua/expiry_read.lua: the partition's time, and its due reservations
 # Operations per batch script run: a run blocks Redis while it lasts (about 5 µs per deposit), so a
 # 1000-operation request becomes 4 runs sent in one pipeline, and other clients wait at most a few ms.
 BATCH_CHUNK = 250
@@ -258,6 +260,18 @@ class RedisKeys:
     def reservation(self, user_id: int, service_id: int, order_id: int) -> str:
         return f"{self._tags[self.partition_of(user_id)]}resv:{user_id}:{service_id}:{order_id}"
 
+    def expiry(self, partition: int) -> str:
+        """Sorted set: the partition's reservations still reserved, member `user:service:order` (expiry_ref), score
+        their deadline (expires_at, ms). reserve adds; recognize, cancel and expire remove (lua/expire.lua)."""
+        return self._tags[partition] + "expiry"
+
+    @staticmethod
+    def expiry_ref(member: bytes | str) -> tuple[int, int, int]:
+        """(user_id, service_id, order_id) of a member of an expiry index."""
+        text = member.decode() if isinstance(member, bytes) else member
+        user_id, service_id, order_id = (int(part) for part in text.split(":"))
+        return user_id, service_id, order_id
+
     def user_reservation_pattern(self, user_id: int) -> str:
         """SCAN pattern for every reservation key of one user (glob characters of the prefix escaped)."""
         return f"{glob_escape(self._tags[self.partition_of(user_id)])}resv:{user_id}:*"
@@ -335,6 +349,7 @@ class Limits:
     max_balance: int = MAX_BALANCE_KOPECKS  # available + reserved of one account
     max_amount: int = MAX_OPERATION_KOPECKS  # one operation's amount
     max_id: int = MAX_ID  # user, service and order ids
+    max_expires_in: int = MAX_EXPIRES_IN  # a reservation's expires_in (seconds)
 
     def lua(self) -> str:
         # Lua numbers are doubles: the money bounds must be exact in them; ids stay decimal strings.
@@ -344,6 +359,7 @@ class Limits:
             f"local MAX_AMOUNT = {self.max_amount}\n"
             f"local MAX_ID = '{self.max_id}'\n"
             f"local ID_SPAN = {MAX_PARTITIONS}\n"
+            f"local MAX_EXPIRES_IN = {self.max_expires_in}\n"
         )
 
 
@@ -358,7 +374,18 @@ def load_script_sources(limits: Limits = Limits()) -> dict[str, str]:
     sources = {name: f"{prelude}\n{ops[name]}\nreturn run_single('{name}')\n" for name in SCRIPT_NAMES}
     sources[BATCH] = "\n".join([prelude, *ops.values(), (LUA_DIR / "_batch.lua").read_text()])
     sources[RESTORE] = f"{prelude}\n{(LUA_DIR / 'restore.lua').read_text()}"
+    sources[EXPIRY_READ] = f"{prelude}\n{(LUA_DIR / 'expiry_read.lua').read_text()}"
     return sources
+
+
+def reservation_as_of(record: dict[str, str], now_ms: int) -> dict[str, str]:
+    """A stored reservation as of its partition's clock `now_ms`: one still reserved at or after its deadline is
+    expired, updated at its deadline, exactly as lua/_prelude.lua expire_now() will write it (the sweeper
+    releases it within BILLING_RESERVATION_SWEEP_INTERVAL_MS; any call on it releases it first)."""
+    deadline = record.get("expires_at")
+    if record.get("status") == "reserved" and deadline is not None and now_ms >= int(deadline):
+        return {**record, "status": "expired", "updated_at": deadline}
+    return record
 
 
 class ReservationRecord(NamedTuple):
@@ -373,6 +400,7 @@ class ReservationRecord(NamedTuple):
     recognized_amount: int | None
     created_at: int
     updated_at: int
+    expires_at: int | None = None  # None: made before reservations expired
     refunded_amount: int = 0
 
 
@@ -384,10 +412,19 @@ class Restore:
     """The writes of `billing rebuild` (billing/projection/recovery.py), each a call of lua/restore.lua queued on
     a pipeline: the ledger's layout is written by the scripts alone, within the bounds they check."""
 
-    def __init__(self, redis: RedisClient, keys: RedisKeys, limits: Limits = Limits()) -> None:
+    def __init__(
+        self,
+        redis: RedisClient,
+        keys: RedisKeys,
+        limits: Limits = Limits(),
+        closed_ttl_seconds: int = default("reservation_closed_ttl_seconds"),
+        recognized_ttl_seconds: int = default("reservation_recognized_ttl_seconds"),
+    ) -> None:
         self.redis = redis
         self.route = route(redis)
         self.keys = keys
+        self.closed_ttl = closed_ttl_seconds
+        self.recognized_ttl = recognized_ttl_seconds
         self.source = load_script_sources(limits)[RESTORE]
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
 
@@ -396,32 +433,45 @@ class Restore:
         sent again on NOSCRIPT."""
         self.sha = (await self.route.load_scripts({RESTORE: self.source}))[RESTORE]
 
-    def _call(self, pipe: Pipeline, key: str, *args: str | int) -> None:
+    def _call(self, pipe: Pipeline, keys: tuple[str, ...], *args: str | int) -> None:
         # As a raw command: redis-py's cluster pipeline refuses its evalsha method, not the command.
-        pipe.execute_command("EVALSHA", self.sha, 1, key, *[str(arg) for arg in args])
+        pipe.execute_command("EVALSHA", self.sha, len(keys), *keys, *[str(arg) for arg in args])
 
     def account(self, pipe: Pipeline, user_id: int, available: int, reserved: int) -> None:
-        self._call(pipe, self.keys.account(user_id), "account", available, reserved)
+        self._call(pipe, (self.keys.account(user_id),), "account", available, reserved)
 
-    def reservation(self, pipe: Pipeline, r: ReservationRecord) -> None:
+    def reservation(self, pipe: Pipeline, r: ReservationRecord, clock_ms: int) -> bool:
+        """An open reservation (into its partition's expiry index too), or a closed one with what is left of its
+        record's TTL at the ledger's time clock_ms; False (nothing written) for a closed one whose record would have
+        expired by then."""
+        ttl: int | str = ""
+        if r.status != "reserved":
+            lifetime = self.recognized_ttl if r.status == "recognized" else self.closed_ttl
+            ttl = lifetime - (clock_ms - r.updated_at) // 1000
+            if ttl < 1:
+                return False
         recognized = "" if r.recognized_amount is None else r.recognized_amount
+        expires_at = "" if r.expires_at is None else r.expires_at
         key = self.keys.reservation(r.user_id, r.service_id, r.order_id)
         refunded = r.refunded_amount or ""
-        self._call(pipe, key, "reservation", *r[:5], recognized, r.created_at, r.updated_at, refunded)
+        index = self.keys.expiry(self.keys.partition_of(r.user_id))
+        args = (recognized, r.created_at, r.updated_at, expires_at, ttl, refunded)
+        self._call(pipe, (key, index), "reservation", *r[:5], *args)
+        return True
 
     def totals(self, pipe: Pipeline, partition: int, totals: dict[str, int]) -> None:
         """A partition's totals (every one of TOTAL_FIELDS)."""
-        self._call(pipe, self.keys.totals(partition), "totals", *[totals[name] for name in TOTAL_FIELDS])
+        self._call(pipe, (self.keys.totals(partition),), "totals", *[totals[name] for name in TOTAL_FIELDS])
 
     def services(self, pipe: Pipeline, names: dict[int, str]) -> None:
         """The catalog, into every partition's copy."""
         flat = [part for item in sorted(names.items()) for part in item]
         for partition in self.keys.all():
-            self._call(pipe, self.keys.services(partition), "services", *flat)
+            self._call(pipe, (self.keys.services(partition),), "services", *flat)
 
     def transit(self, pipe: Pipeline, partition: int, transfer_id: int, transit: dict[str, Any]) -> None:
         """A transfer in transit (billing/projection/recovery.py open_transfers), in its sender's partition."""
-        self._call(pipe, self.keys.transits(partition), "transit", transfer_id, orjson.dumps(transit).decode())
+        self._call(pipe, (self.keys.transits(partition),), "transit", transfer_id, orjson.dumps(transit).decode())
 
     async def meta(self, partition: int, seq: int, clock: int) -> tuple[int, int]:
         """Raise a partition's sequence and clock to these (never lower them): (seq, clock) now."""
@@ -442,8 +492,15 @@ class Ledger:
         partitions: int = default("partitions"),
         wait_replicas: int = default("redis_wait_replicas"),
         wait_timeout_ms: int = default("redis_wait_timeout_ms"),
+        reservation_ttl_seconds: int = default("reservation_ttl_seconds"),
+        closed_ttl_seconds: int = default("reservation_closed_ttl_seconds"),
+        recognized_ttl_seconds: int = default("reservation_recognized_ttl_seconds"),
     ) -> None:
         self.redis = redis
+        # A reservation's lifetime when reserve names none, and how long closed ones' records stay (lua/reserve.lua)
+        self.reservation_ttl = reservation_ttl_seconds
+        self.closed_ttl = str(closed_ttl_seconds)
+        self.recognized_ttl = str(recognized_ttl_seconds)
         # The scripts and the hot path's reads go by it: to the one Redis, or to the node of their keys.
         self.route = route(redis, wait_replicas, wait_timeout_ms)
         self.keys = RedisKeys(prefix, partitions)
@@ -646,35 +703,54 @@ class Ledger:
         return "transfer", keys, [p, from_user_id, to_user_id, amount, comment or "", q]
 
     def _reservation_keys(self, user_id: int, service_id: int, order_id: int) -> list[str]:
+        partition = self.keys.partition_of(user_id)
         return [
             self.keys.account(user_id),
             self.keys.reservation(user_id, service_id, order_id),
-            self.keys.services(self.keys.partition_of(user_id)),
+            self.keys.services(partition),
+            self.keys.expiry(partition),
         ]
 
     def reserve_call(
-        self, user_id: int, service_id: int, order_id: int, amount: int, service_name: str | None, comment: str | None
+        self,
+        user_id: int,
+        service_id: int,
+        order_id: int,
+        amount: int,
+        service_name: str | None,
+        comment: str | None,
+        expires_in: int | None = None,
     ) -> tuple[str, list[str], list[Any]]:
+        """expires_in: seconds until it expires (None: BILLING_RESERVATION_TTL_SECONDS)."""
         keys = self._reservation_keys(user_id, service_id, order_id)
         p = self.keys.partition_of(user_id)
-        return "reserve", keys, [p, user_id, service_id, order_id, amount, service_name or "", comment or ""]
+        lifetime = self.reservation_ttl if expires_in is None else expires_in
+        args = [p, user_id, service_id, order_id, amount, service_name or "", comment or "", lifetime, self.closed_ttl]
+        return "reserve", keys, args
 
     def recognize_call(
         self, user_id: int, service_id: int, order_id: int, amount: int
     ) -> tuple[str, list[str], list[Any]]:
         keys = self._reservation_keys(user_id, service_id, order_id)
-        return "recognize", keys, [self.keys.partition_of(user_id), user_id, service_id, order_id, amount]
+        p = self.keys.partition_of(user_id)
+        return "recognize", keys, [p, user_id, service_id, order_id, amount, self.recognized_ttl, self.closed_ttl]
 
     def cancel_call(
         self, user_id: int, service_id: int, order_id: int, comment: str | None
     ) -> tuple[str, list[str], list[Any]]:
         keys = self._reservation_keys(user_id, service_id, order_id)
-        return "cancel", keys, [self.keys.partition_of(user_id), user_id, service_id, order_id, comment or ""]
+        p = self.keys.partition_of(user_id)
+        return "cancel", keys, [p, user_id, service_id, order_id, comment or "", self.closed_ttl]
+
+    def expire_call(self, user_id: int, service_id: int, order_id: int) -> tuple[str, list[str], list[Any]]:
+        """Release the reservation if it is past its deadline and still reserved (lua/expire.lua)."""
+        keys = self._reservation_keys(user_id, service_id, order_id)
+        return "expire", keys, [self.keys.partition_of(user_id), user_id, service_id, order_id, self.closed_ttl]
 
     def refund_call(
         self, user_id: int, service_id: int, order_id: int, amount: int, comment: str | None
     ) -> tuple[str, list[str], list[Any]]:
-        keys = self._reservation_keys(user_id, service_id, order_id)
+        keys = self._reservation_keys(user_id, service_id, order_id)[:3]  # a recognized one is in no expiry index
         p = self.keys.partition_of(user_id)
         return "refund", keys, [p, user_id, service_id, order_id, amount, comment or ""]
 
@@ -753,26 +829,64 @@ class Ledger:
             out.append(None if available is None else (int(available), int(reserved or 0)))
         return out
 
+    async def _expiry_read(self, keys: list[str], args: list[str]) -> list[bytes]:
+        """A call of lua/expiry_read.lua (loaded again and sent once more on NOSCRIPT: it only reads)."""
+        command = ["EVALSHA", self._shas[EXPIRY_READ], str(len(keys)), *keys, *args]
+        try:
+            reply = await self.route.command(command)
+        except NoScriptError:
+            await self.load_scripts()
+            reply = await self.route.command(command)
+        return [item if isinstance(item, bytes) else str(item).encode() for item in reply]
+
     async def reservation(self, user_id: int, service_id: int, order_id: int) -> dict[str, str] | None:
-        raw = await awaited(self.redis.hgetall(self.keys.reservation(user_id, service_id, order_id)))
-        if not raw:
+        """A reservation as of its partition's clock now (reservation_as_of): one past its deadline is never
+        shown reserved, whether or not it has been released yet."""
+        partition = self.keys.partition_of(user_id)
+        key = self.keys.reservation(user_id, service_id, order_id)
+        now, *flat = await self._expiry_read([key, self.keys.meta(partition)], ["reservation"])
+        if not flat:
             return None
-        return {k.decode(): v.decode() for k, v in raw.items()}
+        record = {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
+        return reservation_as_of(record, int(now))
+
+    async def partition_now(self, partition: int) -> int:
+        """The partition's clock now, in ms, as its next script would read it (lua/expiry_read.lua)."""
+        (now,) = await self._expiry_read([self.keys.meta(partition)], ["now"])
+        return int(now)
+
+    async def due_reservations(self, limit: int) -> dict[int, list[tuple[int, int, int]]]:
+        """The reservations past their deadline by their partition's clock (at most `limit` per partition, earliest
+        first) and not yet released, per partition: one read per partition, in one pipeline."""
+        command = ["EVALSHA", self._shas[EXPIRY_READ], "2"]
+        commands = [[*command, self.keys.expiry(p), self.keys.meta(p), "due", str(limit)] for p in self.keys.all()]
+        replies = await self.route.pipeline(commands)
+        if any(isinstance(reply, NoScriptError) for reply in replies):
+            await self.load_scripts()
+            replies = await self.route.pipeline(commands)
+        due: dict[int, list[tuple[int, int, int]]] = {}
+        for partition, reply in zip(self.keys.all(), replies, strict=True):
+            if isinstance(reply, Exception):
+                raise reply
+            if len(reply) > 1:
+                due[partition] = [self.keys.expiry_ref(member) for member in reply[1:]]
+        return due
 
     async def user_reservations(
         self, user_id: int, status: str | None = None, limit: int = 200
     ) -> list[dict[str, str]]:
-        """A user's reservations (optionally of one status), oldest first, at most `limit`.
+        """A user's reservations (optionally of one status, as reservation() shows it), oldest first, at most `limit`.
 
         SCAN walks the whole keyspace in steps (cost grows with the number of keys, not with this user's
         reservations); it never blocks Redis, and support looks users up one at a time.
         """
+        now = await self.partition_now(self.keys.partition_of(user_id))
         found: list[dict[str, str]] = []
         async for key in self.redis.scan_iter(match=self.keys.user_reservation_pattern(user_id), count=1000):
             raw = await awaited(self.redis.hgetall(key))
             if not raw:
                 continue  # removed between SCAN and HGETALL
-            record = {k.decode(): v.decode() for k, v in raw.items()}
+            record = reservation_as_of({k.decode(): v.decode() for k, v in raw.items()}, now)
             if status is None or record.get("status") == status:
                 found.append(record)
         found.sort(key=lambda r: (int(r.get("created_at", 0)), int(r["service_id"]), int(r["order_id"])))

@@ -84,7 +84,7 @@ OPERATIONS: dict[str, OperationSpec] = {
             "POST /v1/reservations",
             ReserveRequest,
             lambda ledger, r: ledger.reserve_call(
-                r.user_id, r.service_id, r.order_id, r.amount, r.service_name, r.comment
+                r.user_id, r.service_id, r.order_id, r.amount, r.service_name, r.comment, r.expires_in
             ),
         ),
         OperationSpec(
@@ -119,10 +119,14 @@ def validate(spec: OperationSpec, data: Any) -> Request:
 def request_fingerprint(spec: OperationSpec, request: Request) -> str:
     """Same operation and same validated fields give the same fingerprint, whichever way they were sent.
 
-    The canonical form is the sorted JSON of the validated fields. Request models are flat (ints, strings,
+    The canonical form is the sorted JSON of the validated fields (a later field left out while absent: see
+    Request.LATER_FIELDS). Request models are flat (ints, strings,
     None), so their __dict__ is exactly model_dump(), without its cost (tests/unit/test_fast_paths.py).
     """
-    return fingerprint(spec.recorded_as, orjson.dumps(request.__dict__, option=orjson.OPT_SORT_KEYS))
+    fields = request.__dict__
+    if any(fields[name] is None for name in request.LATER_FIELDS):
+        fields = {k: v for k, v in fields.items() if not (v is None and k in request.LATER_FIELDS)}
+    return fingerprint(spec.recorded_as, orjson.dumps(fields, option=orjson.OPT_SORT_KEYS))
 
 
 def batch_runs(touched: Sequence[frozenset[int]], shared: Sequence[frozenset[Hashable]]) -> list[list[int]]:

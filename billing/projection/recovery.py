@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 from redis.asyncio.cluster import RedisCluster
 
-from billing.core.config import DRAIN_TIMEOUT_SECONDS, MAX_PARTITIONS
+from billing.core.config import DRAIN_TIMEOUT_SECONDS, MAX_PARTITIONS, default
 from billing.core.parsing import INT64_MAX
 from billing.core.timefmt import datetime_to_ms
 from billing.core.transactions import (
@@ -189,7 +189,8 @@ async def load_ledger(store: LedgerStore, after: int, progress: Progress = no_pr
     by_resv: dict[ResvKey, dict[str, dict[str, int]]] = defaultdict(dict)
     for row in await store.sums_by_reservation():
         key = (int(row["user_id"]), int(row["service_id"]), int(row["order_id"]))
-        by_resv[key][str(row["type"])] = {k: int(row[k]) for k in ("total", "n", "first", "last")}
+        sums = {k: int(row[k]) for k in ("total", "n", "first", "last", "expires_at", "expired")}
+        by_resv[key][str(row["type"])] = sums  # expires_at 0: none
     progress(step, 2, 3)
     recent = await store.transactions_after(after)
     progress(step, 3, 3)
@@ -532,7 +533,9 @@ async def reconcile(
             bad(Mismatch("reservation", subject + " refunded", refunded, sums[TransactionType.REFUND]))
     for rkey in sorted(set(ledger.by_resv) - seen_resv):
         sums = ledger.reservation(rkey, seq0[keys.partition_of(rkey[0])])
-        if sums["reserves"] > 0:
+        open_ledger = sums[TransactionType.RESERVE] - sums[TransactionType.CHARGE] - sums[TransactionType.RELEASE]
+        # a closed reservation's record expires (BILLING_RESERVATION_CLOSED_TTL_SECONDS); an open one never does
+        if sums["reserves"] > 0 and open_ledger > 0:
             bad(Mismatch("reservation", "user {} service {} order {} missing in Redis".format(*rkey), None, sums))
 
     progress("compare reservations", len(reservations), len(reservations))
@@ -647,15 +650,26 @@ def _reservation(key: ResvKey, rows: dict[str, dict[str, int]]) -> ReservationRe
     refund = rows.get(TransactionType.REFUND, none)
     open_amount = reserve["total"] - charge["total"] - release["total"]
     recognized = None
+    expires_at = reserve.get("expires_at") or None
+    updated_at = max(reserve["first"], charge["last"], release["last"], refund["last"])
     if open_amount > 0:
         status = "reserved"
     elif charge["n"] > 0:
         status, recognized = "recognized", charge["total"]
+    elif release.get("expired"):
+        status = "expired"
+        updated_at = expires_at or updated_at  # an expired reservation is updated at its deadline
     else:
         status = "cancelled"
-    updated_at = max(reserve["first"], charge["last"], release["last"], refund["last"])
     return ReservationRecord(
-        *key, reserve["total"], status, recognized, reserve["first"], updated_at, refunded_amount=refund["total"]
+        *key,
+        reserve["total"],
+        status,
+        recognized,
+        reserve["first"],
+        updated_at,
+        expires_at,
+        refunded_amount=refund["total"],
     )
 
 
@@ -679,19 +693,30 @@ async def _delete_matching(
 
 
 async def rebuild(
-    redis: RedisClient, keys: RedisKeys, store: LedgerStore, force: bool = False, progress: Progress = no_progress
+    redis: RedisClient,
+    keys: RedisKeys,
+    store: LedgerStore,
+    force: bool = False,
+    progress: Progress = no_progress,
+    closed_ttl_seconds: int = default("reservation_closed_ttl_seconds"),
+    recognized_ttl_seconds: int = default("reservation_recognized_ttl_seconds"),
 ) -> RebuildReport:
-    """Restore balances, reservations (open and closed), the catalog, totals and meta into Redis from the ledger."""
+    """Restore balances, reservations (open ones with their expiry index; closed ones whose record's TTL, counted
+    from their closing, has not run out), the catalog, totals and meta into Redis from the ledger."""
     if await redis_has_accounts(redis, keys):
         if not force:
             raise RedisNotEmpty("Redis already holds accounts under this prefix; use --force to overwrite them")
         await _delete_matching(redis, keys, [keys.account_pattern(), keys.reservation_pattern()], progress)
-        await redis.delete(*[key for p in keys.all() for key in (keys.totals(p), keys.services(p), keys.transits(p))])
+        await redis.delete(
+            *[key for p in keys.all() for key in (keys.totals(p), keys.services(p), keys.transits(p), keys.expiry(p))]
+        )
     ledger = await load_ledger(store, EVERY_ID, progress)
     _largest, clock = await store.last_transaction()
     services = await store.service_names()
     report = RebuildReport(services=len(services))
-    restore = Restore(redis, keys)
+    restore = Restore(redis, keys, closed_ttl_seconds=closed_ttl_seconds, recognized_ttl_seconds=recognized_ttl_seconds)
+    now_s, now_us = await redis.time()
+    now_ms = max(clock, now_s * 1000 + now_us // 1000)  # what is left of a closed record's TTL counts from now
     await restore.load()
 
     pipe = redis.pipeline(transaction=False)
@@ -721,7 +746,8 @@ async def rebuild(
         if TransactionType.RESERVE not in rows:
             continue
         reservation = _reservation(rkey, rows)
-        restore.reservation(pipe, reservation)
+        if not restore.reservation(pipe, reservation, now_ms):
+            continue  # closed so long ago that its record would have expired
         report.reservations += 1
         report.open_reservations += reservation.status == "reserved"
         pending += 1

@@ -34,7 +34,7 @@ INT_FIELDS = (
     "counterparty_user_id",
     "transfer_id",  # a transfer between partitions: its transfer_out's id, on its credit or reversal too
 )
-STR_FIELDS = ("type", "comment", "service_name")
+STR_FIELDS = ("type", "comment", "service_name", "reason")  # reason: "expired" on a release of an expired reservation
 # Set by the projector, not carried by the outbox (billing/core/chain.py): the transaction's hash-chain link.
 HASH = "hash"
 
@@ -68,6 +68,8 @@ def transaction_document(record: Mapping[str, Any]) -> dict[str, Any]:
         if required not in doc:
             raise ValueError(f"transaction record without {required}")
     doc["created_at"] = ms_to_datetime(int(record["created_at"]))
+    if record.get("expires_at"):  # a reserve's deadline
+        doc["expires_at"] = ms_to_datetime(int(record["expires_at"]))
     return doc
 
 
@@ -176,7 +178,8 @@ class LedgerStore:
         return [(int(r["_id"]["u"]), str(r["_id"]["t"]), int(r["total"]), int(r["n"]), int(r["last"])) for r in rows]
 
     async def sums_by_reservation(self) -> list[dict[str, int | str]]:
-        """Per (user, service, order, type) of reserve/charge/release/refund: sum, count, first and last time (ms)."""
+        """Per (user, service, order, type) of reserve/charge/release/refund: sum, count, first and last time (ms),
+        the deadline (ms; 0 when there is none) and whether a release was of an expired reservation."""
         rows = await self.transactions.aggregate(RESERVATION_SUMS.bind()).to_list(None)
         return [
             {
@@ -188,6 +191,8 @@ class LedgerStore:
                 "n": int(r["n"]),
                 "first": datetime_to_ms(r["first"]),
                 "last": datetime_to_ms(r["last"]),
+                "expires_at": datetime_to_ms(r["expires_at"]) if r.get("expires_at") is not None else 0,
+                "expired": int(r.get("expired") or 0),
             }
             for r in rows
         ]

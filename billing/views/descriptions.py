@@ -9,6 +9,8 @@ from billing.core.parsing import accept_language
 from billing.core.transactions import TransactionType
 
 SUPPORTED_LANGUAGES = ("ru", "en")
+# The sentence of a release whose reason is "expired" (lua/expire.lua: a reservation past its deadline)
+EXPIRED_RELEASE = "release:expired"
 DEFAULT_LANGUAGE = "ru"
 
 _TEMPLATES: dict[str, dict[str, str]] = {
@@ -23,6 +25,7 @@ _TEMPLATES: dict[str, dict[str, str]] = {
         TransactionType.CHARGE: "Списание {amount} ₽ за услугу {service}, заказ {order}",
         TransactionType.RELEASE: "Возврат {amount} ₽ из резерва: услуга {service}, заказ {order}",
         TransactionType.REFUND: "Возврат {amount} ₽ за услугу {service}, заказ {order}",
+        EXPIRED_RELEASE: "Возврат {amount} ₽ из резерва: истёк срок резерва, услуга {service}, заказ {order}",
         "service_named": "«{name}»",
         "service_unnamed": "№{id}",
     },
@@ -37,6 +40,7 @@ _TEMPLATES: dict[str, dict[str, str]] = {
         TransactionType.CHARGE: "Charge of {amount} RUB for service {service}, order {order}",
         TransactionType.RELEASE: "{amount} RUB returned from a reservation: service {service}, order {order}",
         TransactionType.REFUND: "Refund of {amount} RUB for service {service}, order {order}",
+        EXPIRED_RELEASE: "{amount} RUB returned from a reservation that expired: service {service}, order {order}",
         "service_named": "“{name}”",
         "service_unnamed": "#{id}",
     },
@@ -49,8 +53,11 @@ def negotiate_language(header: str | None) -> str:
 
 
 def describe(txn_type: str, amount: int, lang: str, refs: dict[str, Any]) -> str:
-    """One sentence for a transaction; refs may hold service_id, service_name, order_id, counterparty_user_id."""
+    """One sentence for a transaction; refs may hold service_id, service_name, order_id, counterparty_user_id and
+    reason."""
     templates = _TEMPLATES.get(lang, _TEMPLATES[DEFAULT_LANGUAGE])
+    if txn_type == TransactionType.RELEASE and refs.get("reason") == "expired":
+        txn_type = EXPIRED_RELEASE
     service = ""
     if refs.get("service_id") is not None:
         name = refs.get("service_name")

@@ -26,6 +26,8 @@ def render_transaction(
     item = item_fields(raw)
     if "service_id" in item:
         item["service_name"] = (service_names or {}).get(item["service_id"]) or raw.get("service_name") or None
+    if raw.get("reason"):
+        item["reason"] = raw["reason"]  # a release of a reservation that expired
     item["description"] = describe(item["type"], int(raw["amount"]), lang, item)
     return item
 
@@ -52,6 +54,7 @@ def render_reservation(raw: Mapping[str, Any]) -> dict[str, Any]:
         "refunded_amount": format_kopecks(int(raw.get("refunded_amount") or 0)),
         "created_at": format_ms(int(raw["created_at"])),
         "updated_at": format_ms(int(raw["updated_at"])),
+        "expires_at": format_ms(int(raw["expires_at"])) if raw.get("expires_at") is not None else None,
     }
 
 

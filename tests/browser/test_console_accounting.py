@@ -28,7 +28,7 @@ async def seed(api: Api, ctx: Context) -> None:
         (
             datetime(2031, 11, 5, 12, 10, tzinfo=UTC),
             "/v1/reservations",
-            {"amount": "30.00", "order_id": 1},
+            {"amount": "30.00", "order_id": 1, "expires_in": 31 * 24 * 3600},  # past the default week
             "tok-orders",
         ),
         (

@@ -108,8 +108,11 @@ async def test_support_looks_a_user_up_pages_and_sorts(browser: Browser, api: Ap
     assert page.url.endswith(f"/console/users?user={USER}")
     await expect(page.locator("#available")).to_have_text("235.50 ₽")
     await expect(page.locator("#reserved")).to_have_text("5.00 ₽")
-    await expect(page.locator("#reservations tbody tr")).to_have_count(1)
+    # every reservation with its state and deadline: the recognized one and the open one
+    await expect(page.locator("#reservations tbody tr")).to_have_count(2)
     await expect(page.locator("#reservations")).to_contain_text("Подъём")
+    await expect(page.locator("#reservations .status-reserved")).to_have_text("В резерве")
+    await expect(page.locator("#reservations .status-recognized")).to_have_text("Списан")
 
     # page 1 of 2, newest first; the descriptions are the API's
     await expect(page.locator("#history tbody tr")).to_have_count(20)

@@ -161,9 +161,13 @@ async def test_statement_opening_movements_closing_and_the_revenue_report(api: A
     await deposit(api, 2, "50.00")
     # reserved in October, recognized in November (the last Moscow millisecond of October, then its first of
     # November): the reservation crosses the month boundary
-    await orders(api, "/v1/reservations", user_id=1, service_id=7, order_id=1, amount="300.00", comment="a; b")
+    # (reserved for a month: the default lifetime is a week)
+    month = 31 * 24 * 3600
+    await orders(
+        api, "/v1/reservations", user_id=1, service_id=7, order_id=1, amount="300.00", comment="a; b", expires_in=month
+    )
     await at_time(ctx, users, MS(NOV_START) - 1)
-    await orders(api, "/v1/reservations", user_id=2, service_id=7, order_id=2, amount="20.00")
+    await orders(api, "/v1/reservations", user_id=2, service_id=7, order_id=2, amount="20.00", expires_in=month)
     await at_time(ctx, users, NOV_START)
     await orders(api, "/v1/reservations/recognize", user_id=1, service_id=7, order_id=1, amount="250.50")
     await at_time(ctx, users, datetime(2031, 11, 10, tzinfo=UTC))

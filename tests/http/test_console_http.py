@@ -154,7 +154,10 @@ async def test_user_lookup_states(console: ConsoleClient, api: Api) -> None:
     assert '<dd id="available">40.00 ₽</dd>' in page.text and '<dd id="reserved">30.00 ₽</dd>' in page.text
     assert "3 · <bdi>Продвижение</bdi>" in page.text and "30.00 ₽" in page.text
     table = page.text.split('id="reservations"')[1].split("</table>")[0]
-    assert table.count("<tr>") == 2  # the header and the open reservation; the cancelled one is not listed
+    assert table.count("<tr>") == 3  # the header, the open reservation and the cancelled one, with their states
+    assert '<td data-label="Состояние" class="status-reserved">В резерве</td>' in table
+    assert '<td data-label="Состояние" class="status-cancelled">Отменён</td>' in table
+    assert table.count('<td data-label="Истекает">') == 2
 
 
 async def test_reports_store_down_is_a_clear_state(

@@ -233,7 +233,8 @@ async def test_history_statement_and_report_count_the_refund(api: Api, ctx: Cont
     second = (await refund(api, other, "10.00")).json["transaction"]
     await ctx.projector.drain()
     page = await api.get("/v1/users/9/transactions?type=refund", token="tok-support")
-    assert page.status == 200 and page.json["items"] == [first]
+    # history adds each item's link in the user's hash chain
+    assert page.status == 200 and [{k: v for k, v in i.items() if k != "hash"} for i in page.json["items"]] == [first]
     english = await api.get(
         "/v1/users/9/transactions?type=refund,charge", token="tok-support", headers={"Accept-Language": "en"}
     )

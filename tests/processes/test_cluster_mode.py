@@ -198,6 +198,35 @@ async def test_money_operations_of_single_users(api: Api, ctx: Context) -> None:
     ]
 
 
+async def test_reservations_expire_on_the_cluster(api: Api, ctx: Context) -> None:
+    """Reserve, the sweeper (a due read per partition, then lua/expire.lua, each on its node), the expired read and
+    the refused recognize, for users over every master."""
+    assert ctx.reservation_sweeper is not None
+    await ctx.reservation_sweeper.stop()
+    users = range(1, 11)
+    deadlines = {}
+    for user in users:
+        assert (await api.deposit(user, "10.00")).status == 201
+        body = {"user_id": user, "service_id": 3, "order_id": 9, "amount": "4.00", "expires_in": 60}
+        reserved = await api.post("/v1/reservations", body, token="tok-orders")
+        assert reserved.status == 201, reserved.body
+        deadlines[user] = await ctx.ledger.reservation(user, 3, 9)
+    for user, record in deadlines.items():
+        assert record is not None
+        await ctx.redis.hset(ctx.ledger.keys.meta(ctx.ledger.keys.partition_of(user)), "clock", record["expires_at"])
+    shown = await api.get("/v1/reservations?user_id=1&service_id=3&order_id=9", token="tok-orders")
+    assert shown.json["status"] == "expired"
+    refused = await api.post(
+        "/v1/reservations/recognize",
+        {"user_id": 1, "service_id": 3, "order_id": 9, "amount": "4.00"},
+        token="tok-orders",
+    )
+    problem(refused, 409, "reservation_expired")
+    assert await ctx.reservation_sweeper.run_once() == len(users) - 1  # user 1's went with the recognize
+    balances = await api.get(f"/v1/balances?user_ids={','.join(map(str, users))}", token="tok-support")
+    assert {item["reserved"] for item in balances.json["items"]} == {"0.00"}
+
+
 async def test_a_retry_with_the_same_idempotency_key_is_answered_as_the_first(api: Api) -> None:
     key = uuid.uuid4().hex
     first = await api.deposit(11, "10.00", key=key)

@@ -23,13 +23,16 @@ from billing.core.config import MAX_PARTITIONS, default
 from billing.ledger.scripts import RedisKeys
 from tests.support.servers import RedisServer
 from tests.support.service import PROJECT_ROOT, BillingProcess
-from tests.support.workload import Expected, Workload, expected_from
+from tests.support.workload import EXPIRING_SERVICE, Expected, Workload, expected_from, kopecks
 
 TOKEN = "crash-payments-token"
 ADMIN_TOKEN = "crash-admin-token"
 TOKENS = {TOKEN: ["payments", "orders"], ADMIN_TOKEN: ["admin"]}
 # The share of a client's turns that pay for an order and refund part of it (tests/support/workload.py).
 ORDERS = 0.2
+# A share of the operations reserve money with expires_in of 1 or 2 s and never close it: the sweepers of the
+# workers (killed and restarted with everything else) must release each exactly once.
+RESERVE_SHARE = 0.1
 FAULT_CYCLE = ("service_kill", "redis_kill", "worker_kill", "redis_pause", "supervisor_kill")
 # Redis commands time out after this long in the service; a pause outlasts it, so requests in flight
 # get 503 while Redis still runs their scripts once it resumes (applied, not acknowledged).
@@ -51,6 +54,7 @@ class CrashReport:
     transactions: int = 0
     lost: int = 0
     doubled: int = 0
+    expired: int = 0
     history_checked: bool = False
     history_lost: int = 0
     history_doubled: int = 0
@@ -70,7 +74,7 @@ class CrashReport:
             f"faults injected {sum(self.faults.values())} ({dict(self.faults)}); "
             f"requests {self.stats['requests']}, retries {self.stats['retries']} "
             f"(connection errors {self.stats['connection_errors']}, 503 {self.stats['unavailable_503']}), "
-            f"acknowledged only by a replay {self.acked_by_replay}; "
+            f"acknowledged only by a replay {self.acked_by_replay}; reservations expired {self.expired}; "
             f"lost {self.lost}, doubled {self.doubled}; {history}"
         )
 
@@ -147,7 +151,7 @@ async def crash_run(
         mongo_db=mongo_db,
         extra_env={"BILLING_REQUEST_TIMEOUT_SECONDS": str(REQUEST_TIMEOUT_SECONDS)},
     ).start()
-    workload = Workload(service.url, TOKEN, seed=seed, orders=ORDERS)
+    workload = Workload(service.url, TOKEN, seed=seed, orders=ORDERS, reserve_share=RESERVE_SHARE)
     faults = Faults(service, redis_server, rng)
     stop = asyncio.Event()
     tasks = [asyncio.create_task(workload.run_client(i, stop)) for i in range(clients)]
@@ -169,6 +173,7 @@ async def crash_run(
         report.moved = expected.moved
         report.refunded = expected.refunded
         report.acked_by_replay = sum(1 for a in workload.acked if a.replayed)
+        report.expired = await asyncio.to_thread(check_expired, service, mongo_url, mongo_db, workload, expected)
         check_balances(service, redis_server, expected, workload.users, report)
         await check_replays(workload)
         if command_exists("reconcile"):
@@ -202,6 +207,46 @@ def _wait_ready(service: BillingProcess, timeout: float = 20.0) -> None:
             last = exc
         time.sleep(0.1)
     raise AssertionError(f"service not ready after the faults: {getattr(last, 'text', last)}")
+
+
+def check_expired(
+    service: BillingProcess, mongo_url: str, mongo_db: str, workload: Workload, expected: Expected
+) -> int:
+    """Every acknowledged reservation (none is ever closed) is released once, as expired, by some worker's sweeper:
+    each has exactly one release of its amount in the ledger, marked expired, and no account keeps money reserved.
+    Their ids join the expected ones (the lost and doubled checks count every id of each partition; the reserves'
+    are there already)."""
+    reserved = {
+        a.payload["order_id"]: a
+        for a in workload.acked
+        if a.op == "reserve" and a.payload["service_id"] == EXPIRING_SERVICE and a.status == 201
+    }
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    deadline = time.monotonic() + 60
+    while True:  # the last deadlines are at most 2 s away, and the sweepers look every 0.25 s
+        balances = [
+            requests.get(f"{service.url}/v1/users/{u}/balance", headers=headers, timeout=10) for u in range(1, 7)
+        ]
+        if all(b.status_code == 404 or b.json()["reserved"] == "0.00" for b in balances):
+            break
+        assert time.monotonic() < deadline, [b.text for b in balances]
+        time.sleep(0.2)
+    client = pymongo.MongoClient(mongo_url, serverSelectionTimeoutMS=5000)
+    try:
+        collection = client[mongo_db]["transactions"]
+        query = {"type": "release", "service_id": EXPIRING_SERVICE, "order_id": {"$in": list(reserved)}}
+        while collection.count_documents(query) < len(reserved) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        releases = list(collection.find(query))
+    finally:
+        client.close()
+    by_order = Counter(int(doc["order_id"]) for doc in releases)
+    assert set(by_order) == set(reserved) and set(by_order.values()) <= {1}, by_order
+    for doc in releases:
+        acked = reserved[int(doc["order_id"])]
+        assert doc.get("reason") == "expired" and int(doc["amount"]) == kopecks(acked.payload["amount"]), doc
+    expected.transaction_ids.extend(int(doc["_id"]) for doc in releases)
+    return len(releases)
 
 
 def check_balances(

@@ -1,4 +1,5 @@
-"""Crash test: SIGKILL the service and Redis under retrying clients; no acknowledged operation is lost or doubled.
+"""Crash test: SIGKILL the service and Redis under retrying clients; no acknowledged operation is lost or doubled,
+and every reservation left to expire is released exactly once.
 
 Short form runs by default. Long form: `BILLING_CRASH_ROUNDS=60 .venv/bin/pytest -m slow -s tests/reliability/test_crash.py`.
 """
@@ -21,7 +22,7 @@ async def run_and_print(own_redis: RedisServer, mongo_server: MongoWireServer, r
     print("\n" + report.summary())
     assert report.lost == 0 and report.doubled == 0
     assert sum(report.faults.values()) == rounds
-    assert report.operations > 0 and report.moved > 0 and report.refunded > 0
+    assert report.operations > 0 and report.moved > 0 and report.refunded > 0 and report.expired > 0
 
 
 async def test_no_acknowledged_operation_lost_or_doubled_across_kills(

@@ -150,7 +150,7 @@ def test_service_started_while_redis_is_down_serves_once_it_comes_up(
     own_redis.start()
     assert until(lambda: requests.get(service.url + "/readyz", timeout=10).status_code == 200)
     answer = call(service, "POST", "/v1/deposits", {"user_id": 3, "amount": "1.00"}, key="late")
-    assert answer.status_code == 201 and "Idempotent-Replayed" not in answer.headers
+    assert answer.status_code == 201 and "Idempotent-Replayed" not in answer.headers, answer.text
     assert balance(service, 3)["available"] == "1.00"
     assert sorted(service.worker_pids()) == workers
 

@@ -1,6 +1,7 @@
 """A Jepsen-style bank test: concurrent clients move money over HTTP; money is conserved to the kopeck.
 
-8 clients run random deposits, transfers, withdrawals, reserves, partial recognitions, cancels and partial
+8 clients run random deposits, transfers, withdrawals, reserves (some expiring after 1 s, released by the
+running sweeper or by the recognize or cancel that comes too late), partial recognitions, cancels and partial
 refunds (some of them sent twice with one Idempotency-Key, as a retrying client would) for BILLING_BANK_SECONDS (3 s by
 default). Meanwhile a reader takes atomic snapshots (MULTI) of every account and every partition's totals hash.
 Then:
@@ -9,7 +10,8 @@ Then:
   transfers_out; nothing < 0;
 - the totals hash equals the sums of the money that the responses say moved;
 - ordered by transaction id, each user's transactions chain exactly (each *_after follows from the previous
-  one), ending at the balance the API reports: the responses are one serial history;
+  one), ending at the balance the API reports: the responses, with the releases of expired reservations (which
+  answer nobody), are one serial history;
 - after the projector drains, MongoDB holds exactly the transactions the responses returned; each
   reservation's status agrees with the reserved balance, and no reservation's refunds pass its charge.
 """
@@ -157,6 +159,8 @@ class BankClient:
             )
             seen.next_order += 1
             body = {"user_id": user, "service_id": service, "order_id": order, "amount": format_kopecks(amount)}
+            if self.rng.random() < 0.3:
+                body["expires_in"] = 1
             if seen.record("reserve", await self.send("reserve", "/v1/reservations", "tok-orders", body)):
                 seen.reservations.append((user, service, order, amount))
         elif seen.reservations:
@@ -358,6 +362,16 @@ async def test_bank_conserves_money_under_concurrent_clients(api: Api, ctx: Cont
         assert seen.counts[name] > 0, dict(seen.counts)
     assert any(k.endswith(":409") for k in seen.counts), dict(seen.counts)
 
+    # Every reservation still reserved with a 1 s deadline is past it (the clocks raised 2 s, never waited for),
+    # and released by one last sweep: none is left due, so each reservation's status agrees with the balance.
+    assert ctx.reservation_sweeper is not None
+    await ctx.reservation_sweeper.stop()
+    now_ms = max([await ctx.ledger.partition_now(p) for p in ctx.ledger.keys.all()])
+    for partition in ctx.ledger.keys.all():
+        await ctx.redis.hset(ctx.ledger.keys.meta(partition), "clock", now_ms + 2_000)
+    await ctx.reservation_sweeper.run_once()
+    assert seen.counts["recognize:409"] + seen.counts["cancel:409"] > 0
+
     # The end state through the HTTP API.
     final: dict[int, tuple[int, int]] = {}
     for user in range(1, USERS + 1):
@@ -385,12 +399,21 @@ async def test_bank_conserves_money_under_concurrent_clients(api: Api, ctx: Cont
     )
     assert net == sum(a + r for a, r in accounts.values()) + in_transit
 
-    # The responses form one serial history that ends at the balances.
-    assert chain_errors(seen.transactions, final) == []
-
-    # The projector carries exactly the transactions the responses returned into MongoDB (the history).
+    # The projector carries exactly the transactions the responses returned, and the releases of the reservations
+    # that expired, into MongoDB (the history).
     await ctx.projector.drain(timeout=60)
     stored = {doc["_id"]: doc async for doc in ctx.mongo["transactions"].find({})}
+    expired = {txn_id: doc for txn_id, doc in stored.items() if doc.get("reason") == "expired"}
+    assert expired and not expired.keys() & seen.transactions.keys()
+    for txn_id, doc in expired.items():
+        seen.transactions[txn_id] = {
+            "type": doc["type"],
+            "user_id": doc["user_id"],
+            **{k: format_kopecks(doc[k]) for k in ("amount", "available_after", "reserved_after")},
+        }
+
+    # The responses and the expired releases form one serial history that ends at the balances.
+    assert chain_errors(seen.transactions, final) == []
     assert stored.keys() == seen.transactions.keys()
     for txn_id, doc in stored.items():
         returned = seen.transactions[txn_id]
@@ -412,6 +435,9 @@ async def test_bank_conserves_money_under_concurrent_clients(api: Api, ctx: Cont
         assert resv is not None
         if resv["status"] == "reserved":
             open_amounts[user] += int(resv["amount"])
+        elif resv["status"] == "expired":  # released once: exactly one release of it, marked expired
+            releases = [d for d in expired.values() if (d["service_id"], d["order_id"]) == (service, order)]
+            assert len(releases) == 1 and releases[0]["user_id"] == user
         elif resv["status"] == "recognized":
             assert 0 < int(resv["recognized_amount"]) <= int(resv["amount"])
             assert int(resv.get("refunded_amount", 0)) <= int(resv["recognized_amount"])

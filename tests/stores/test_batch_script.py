@@ -17,7 +17,7 @@ from billing.ledger.service import OPERATIONS, MoneyOperations
 from tests.support.answers import run_many, run_one
 
 TTL = 90_000
-_MS = re.compile(r'"(created_at|updated_at|at:\d+)":"\d+"')
+_MS = re.compile(r'"(created_at|updated_at|expires_at|at:\d+)":"\d+"')
 _TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
 
@@ -82,6 +82,8 @@ async def ledger_state(redis: Redis, prefix: str) -> dict[str, Any]:
         if kind == "hash":
             value: Any = {k.decode(): v.decode() for k, v in (await redis.hgetall(raw)).items()}
             value.pop("clock", None)
+        elif kind == "zset":  # an expiry index: its members (their scores are times)
+            value = sorted(member.decode() for member in await redis.zrange(raw, 0, -1))
         elif kind == "stream":
             value = [{k.decode(): orjson.loads(v) for k, v in fields.items()} for _, fields in await redis.xrange(raw)]
         else:

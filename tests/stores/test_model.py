@@ -1,10 +1,15 @@
 """Stateful property test: the money service against a plain Python model of balances and reservations.
 
-Hypothesis drives random sequences of deposits, withdrawals, transfers, reserves, recognitions (partial and
-full), cancels, refunds (partial, whole and over the charge), replays with the same Idempotency-Key, key reuse, and invalid requests through
+Hypothesis drives random sequences of deposits, withdrawals, transfers, reserves (with and without expires_in),
+recognitions (partial and full), cancels, refunds (partial, whole and over the charge), the passing of time,
+sweeps of the expiry sweeper, replays with the same Idempotency-Key, key reuse, and invalid requests through
 billing.ledger.service.MoneyOperations (the layer the HTTP handlers and the batch endpoint share), on fakeredis
 and on a real redis-server, each example under a fresh key prefix. After every step the replies, every
-balance, every reservation, the totals hash and the outbox length must agree with the model.
+balance, every reservation (its status, deadline and whether its record has a TTL), the totals hash and the
+outbox length must agree with the model.
+
+Time is the test's: every partition's clock starts far in the future (a partition's clock never goes back,
+lua/_prelude.lua clock(), so the scripts stamp exactly it) and moves only when the `wait` rule raises it.
 
 Longer run: BILLING_MODEL_EXAMPLES=2000 BILLING_MODEL_STEPS=100 .venv/bin/pytest tests/stores/test_model.py
 """
@@ -20,7 +25,7 @@ from typing import Any, ClassVar
 
 import fakeredis
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 from redis.asyncio import Redis
@@ -30,6 +35,8 @@ from billing.api.outcomes import Answer
 from billing.core.config import default
 from billing.core.errors import ApiError
 from billing.core.money import MAX_BALANCE_KOPECKS, format_kopecks
+from billing.core.timefmt import format_ms
+from billing.ledger.expiry import ReservationSweeper
 from billing.ledger.scripts import Idempotency, Ledger, partition_of
 from billing.ledger.service import OPERATIONS, MoneyOperations, validate
 from tests.support.answers import run_one
@@ -41,6 +48,8 @@ PARTITIONS: int = default("partitions")
 SERVICES = (1, 2)
 ORDERS = (1, 2)
 SCOPES = ("alice", "bob")
+DEFAULT_TTL: int = default("reservation_ttl_seconds")
+START_MS = 4_102_444_800_000  # 2100-01-01: every partition's clock, ahead of the real one for the whole run
 
 users = st.sampled_from(USERS)
 refs = st.tuples(users, st.sampled_from(SERVICES), st.sampled_from(ORDERS))
@@ -62,7 +71,8 @@ def spell(kopecks: int, how: str) -> Any:
 @dataclass
 class Resv:
     amount: int
-    status: str = "reserved"
+    expires_at: int
+    status: str = "reserved"  # as stored: one past its deadline stays reserved until something releases it
     recognized: int | None = None
     refunded: int = 0
 
@@ -78,11 +88,34 @@ class Model:
     revenue: int = 0
     refunded: int = 0
     movements: int = 0  # outbox entries
+    now: int = START_MS  # every partition's clock (ms)
     keys: dict[tuple[str, str], tuple[str, dict[str, Any], Answer]] = field(default_factory=dict)
 
     def balance(self, user: int) -> dict[str, Any]:
         available, reserved = self.accounts[user]
         return {"user_id": user, "available": format_kopecks(available), "reserved": format_kopecks(reserved)}
+
+    def due(self, resv: Resv) -> bool:
+        return resv.status == "reserved" and self.now >= resv.expires_at
+
+    def shown(self, resv: Resv) -> str:
+        """The status a read or an answer shows."""
+        return "expired" if self.due(resv) else resv.status
+
+    def expire(self, user: int, resv: Resv) -> None:
+        """A due reservation released: back to available, a release in the outbox."""
+        account = self.accounts[user]
+        account[1] -= resv.amount
+        account[0] += resv.amount
+        resv.status = "expired"
+        self.movements += 1
+        event("a reservation expired")
+
+    def sweep(self) -> int:
+        due = [(ref, resv) for ref, resv in self.reservations.items() if self.due(resv)]
+        for ref, resv in due:
+            self.expire(ref[0], resv)
+        return len(due)
 
     def apply(self, op: str, r: Any) -> tuple[int, str | None]:
         """Mutate the model as the operation must; return the expected status and error code."""
@@ -127,6 +160,8 @@ class Model:
         ref = (r.user_id, r.service_id, r.order_id)
         existing = self.reservations.get(ref)
         if existing is not None:
+            if self.due(existing):
+                self.expire(r.user_id, existing)
             return (200, None) if existing.amount == r.amount else (409, "reservation_conflict")
         if r.user_id not in self.accounts:
             return 404, "account_not_found"
@@ -135,7 +170,8 @@ class Model:
             return 409, "insufficient_funds"
         account[0] -= r.amount
         account[1] += r.amount
-        self.reservations[ref] = Resv(r.amount)
+        lifetime = DEFAULT_TTL if r.expires_in is None else r.expires_in
+        self.reservations[ref] = Resv(r.amount, self.now + lifetime * 1000)
         self.movements += 1
         return 201, None
 
@@ -145,6 +181,10 @@ class Model:
             return 404, "reservation_not_found"
         if resv.status == "recognized" and resv.recognized == r.amount:
             return 200, None
+        if self.due(resv):
+            self.expire(r.user_id, resv)
+        if resv.status == "expired":
+            return 409, "reservation_expired"
         if resv.status != "reserved":
             return 409, "reservation_closed"
         if r.amount > resv.amount:
@@ -163,6 +203,10 @@ class Model:
             return 404, "reservation_not_found"
         if resv.status == "cancelled":
             return 200, None
+        if self.due(resv):
+            self.expire(r.user_id, resv)
+        if resv.status == "expired":
+            return 409, "reservation_expired"
         if resv.status != "reserved":
             return 409, "reservation_closed"
         account = self.accounts[r.user_id]
@@ -206,6 +250,11 @@ INVALID: list[tuple[str, Any]] = [
     ("reserve", {"user_id": 1, "service_id": 1, "order_id": 1, "amount": None}),
     ("reserve", {"user_id": 1, "service_id": 1, "order_id": 1, "amount": "1", "service_name": ""}),
     ("recognize", {"user_id": 1, "service_id": 1, "order_id": -1, "amount": "1"}),
+    ("reserve", {"user_id": 1, "service_id": 1, "order_id": 1, "amount": "1", "expires_in": 0}),
+    ("reserve", {"user_id": 1, "service_id": 1, "order_id": 1, "amount": "1", "expires_in": 31_536_001}),
+    ("reserve", {"user_id": 1, "service_id": 1, "order_id": 1, "amount": "1", "expires_in": "10"}),
+    ("reserve", {"user_id": 1, "service_id": 1, "order_id": 1, "amount": "1", "expires_in": Decimal("10.5")}),
+    ("reserve", {"user_id": 1, "service_id": 1, "order_id": 1, "amount": "1", "expires_in": True}),
     ("cancel", {"user_id": 1, "service_id": 1}),
     ("refund", {"user_id": 1, "service_id": 1, "order_id": 1}),
     ("refund", {"user_id": 1, "service_id": 1, "order_id": 1, "amount": "0.001"}),
@@ -235,6 +284,8 @@ class LedgerMachine(RuleBasedStateMachine):
         self.prefix = f"model:{uuid.uuid4().hex[:12]}:"
         self.ledger = Ledger(self.backend.redis, self.prefix, 90_000)
         self.operations = MoneyOperations(self.ledger)
+        self.sweeper = ReservationSweeper(self.ledger)
+        self.set_clocks(START_MS)
         self.model = Model()
         self.key_counts = dict.fromkeys(SCOPES, 0)
 
@@ -245,6 +296,15 @@ class LedgerMachine(RuleBasedStateMachine):
                 await self.backend.redis.delete(*keys)
 
         self.backend.run(clean())
+
+    def set_clocks(self, ms: int) -> None:
+        async def write() -> None:
+            pipe = self.backend.redis.pipeline(transaction=False)
+            for partition in self.ledger.keys.all():
+                pipe.hset(self.ledger.keys.meta(partition), "clock", ms)
+            await pipe.execute()
+
+        self.backend.run(write())
 
     # ---- running one operation against both sides ------------------------------------------
 
@@ -298,6 +358,7 @@ class LedgerMachine(RuleBasedStateMachine):
         resv = m.reservations[(request.user_id, request.service_id, request.order_id)]
         shown = body["reservation"]
         assert (shown["amount"], shown["status"]) == (format_kopecks(resv.amount), resv.status)
+        assert shown["expires_at"] == format_ms(resv.expires_at)
         recognized = format_kopecks(resv.recognized) if resv.recognized is not None else None
         assert shown["recognized_amount"] == recognized
         assert shown["refunded_amount"] == format_kopecks(resv.refunded)
@@ -320,11 +381,33 @@ class LedgerMachine(RuleBasedStateMachine):
         data = {"from_user_id": pair[0], "to_user_id": pair[1], "amount": spell(amount, how)}
         self.execute("transfer", data, scope)
 
-    @rule(ref=refs, amount=amounts, how=spellings, scope=key_scopes)
-    def reserve(self, ref: tuple[int, int, int], amount: int, how: str, scope: str | None) -> None:
+    @rule(
+        ref=refs,
+        amount=amounts,
+        how=spellings,
+        scope=key_scopes,
+        expires_in=st.sampled_from([None, 1, 5, 60, Decimal("30.0"), 31_536_000]),
+    )
+    def reserve(
+        self, ref: tuple[int, int, int], amount: int, how: str, scope: str | None, expires_in: Decimal | int | None
+    ) -> None:
         user, service, order = ref
         data = {"user_id": user, "service_id": service, "order_id": order, "amount": spell(amount, how)}
+        if expires_in is not None or amount % 2:  # absent, or null: the same
+            data["expires_in"] = expires_in
         self.execute("reserve", data, scope)
+
+    @rule(seconds=st.sampled_from([0.001, 1, 4, 5, 59, 61, DEFAULT_TTL]))
+    def wait(self, seconds: float) -> None:
+        """Time passes on every partition's clock (to a deadline exactly, often: the rules' lifetimes)."""
+        self.model.now += int(seconds * 1000)
+        self.set_clocks(self.model.now)
+
+    @rule()
+    def sweep(self) -> None:
+        """The sweeper releases exactly the reservations past their deadline and still reserved."""
+        expected = self.model.sweep()
+        assert self.backend.run(self.sweeper.run_once()) == expected
 
     @precondition(lambda self: self.model.reservations)
     @rule(data=st.data(), how=spellings, scope=key_scopes, part=st.sampled_from(["full", "partial", "over", "any"]))
@@ -422,7 +505,9 @@ class LedgerMachine(RuleBasedStateMachine):
         resv = self.model.reservations.get(ref)
         assert (raw is None) == (resv is None)
         if raw is not None and resv is not None:
-            assert (int(raw["amount"]), raw["status"]) == (resv.amount, resv.status)
+            # a reservation past its deadline is never shown reserved, released or not
+            assert (int(raw["amount"]), raw["status"]) == (resv.amount, self.model.shown(resv))
+            assert int(raw["expires_at"]) == resv.expires_at
 
     @rule(case=st.sampled_from(INVALID))
     def invalid_request(self, case: tuple[str, Any]) -> None:
@@ -444,6 +529,10 @@ class LedgerMachine(RuleBasedStateMachine):
                 pipe.hmget(keys.account(user), "available", "reserved")
             for ref in all_refs:
                 pipe.hgetall(keys.reservation(*ref))
+            for ref in all_refs:
+                pipe.ttl(keys.reservation(*ref))
+            for partition in keys.all():
+                pipe.zrange(keys.expiry(partition), 0, -1, withscores=True)
             for partition in keys.all():
                 pipe.hgetall(keys.totals(partition))
                 pipe.xlen(keys.outbox(partition))
@@ -452,6 +541,9 @@ class LedgerMachine(RuleBasedStateMachine):
         answers = self.backend.run(read())
         count = len(USERS) + len(all_refs)
         accounts, reservations = answers[: len(USERS)], answers[len(USERS) : count]
+        ttls = answers[count : count + len(all_refs)]
+        indexes = answers[count + len(all_refs) : count + len(all_refs) + PARTITIONS]
+        count += len(all_refs) + PARTITIONS
         totals: dict[bytes, int] = {}
         for raw in answers[count::2]:
             for k, v in raw.items():
@@ -468,6 +560,9 @@ class LedgerMachine(RuleBasedStateMachine):
                 continue
             h = {k.decode(): v.decode() for k, v in raw.items()}
             assert (int(h["amount"]), h["status"]) == (resv.amount, resv.status), (ref, h)
+            assert int(h["expires_at"]) == resv.expires_at
+            # a closed reservation's record expires, an open one's never does
+            assert (ttls[all_refs.index(ref)] > 0) == (resv.status != "reserved"), (ref, h)
             assert h.get("recognized_amount") == (str(resv.recognized) if resv.recognized is not None else None)
             assert int(h.get("refunded_amount", 0)) == resv.refunded
         got_totals = {k.decode(): int(v) for k, v in totals.items()}
@@ -475,6 +570,10 @@ class LedgerMachine(RuleBasedStateMachine):
         expected = {"deposited": m.deposited, "withdrawn": m.withdrawn, "revenue": m.revenue, "refunded": m.refunded}
         assert {k: got_totals.get(k, 0) for k in expected} == expected
         assert outbox_length == m.movements
+        # the expiry indexes hold exactly the reservations still reserved, scored by their deadlines
+        indexed = {(member.decode(), int(score)) for index in indexes for member, score in index}
+        open_ = {(f"{u}:{s}:{o}", r.expires_at) for (u, s, o), r in m.reservations.items() if r.status == "reserved"}
+        assert indexed == open_
         held = sum(sum(account) for account in m.accounts.values())
         assert held + m.revenue + m.withdrawn == m.deposited + m.refunded
 

@@ -54,10 +54,14 @@ async def redis_state(ctx: Context) -> dict[str, Any]:
         markers = (":idem:", ":credited:", ":settled:")  # a request's records, not the ledger's state
         if name.endswith(skipped) or any(m in name for m in markers) or name == ctx.ledger.keys.partition_count:
             continue
+        if name.endswith(":expiry"):  # an expiry index
+            state[name] = await ctx.redis.zrange(name, 0, -1, withscores=True)
+            continue
         value = await ctx.redis.hgetall(name)
         if name.endswith(":totals"):  # a total of 0 and one never written mean the same
             value = {k: v for k, v in value.items() if v != b"0"}
-        state[name] = value
+        # and whether the key expires (a closed reservation's record does)
+        state[name] = (value, await ctx.redis.ttl(name) > 0)
     return state
 
 

@@ -46,6 +46,8 @@ async def snapshot(redis: Redis, prefix: str) -> dict[str, Any]:
             value: Any = await redis.hgetall(raw)
         elif kind == "stream":
             value = await redis.xrange(raw)
+        elif kind == "zset":
+            value = await redis.zrange(raw, 0, -1, withscores=True)
         else:
             value = await redis.get(raw)
         state[raw.decode()] = (kind, value)
@@ -212,6 +214,31 @@ async def refund_of_a_recognized_reservation_without_account(redis: Redis, ledge
     return plain(ledger.refund_call(1, 1, 1, 100, None))
 
 
+async def expiry_index_wrong_type(redis: Redis, ledger: Ledger) -> Call:
+    await redis.delete(ledger.keys.expiry(ledger.keys.partition_of(1)))
+    await redis.set(ledger.keys.expiry(ledger.keys.partition_of(1)), "not a sorted set")
+    return plain(ledger.reserve_call(1, 1, 2, 100, None, None))
+
+
+async def expires_at_garbage(redis: Redis, ledger: Ledger) -> Call:
+    await redis.hset(ledger.keys.reservation(1, 1, 1), "expires_at", "soon")
+    return plain(ledger.recognize_call(1, 1, 1, 4_000))
+
+
+async def services_wrong_type_cancel_past_deadline(redis: Redis, ledger: Ledger) -> Call:
+    """The release of a reservation found past its deadline reads the catalog before its first write."""
+    await redis.hset(ledger.keys.reservation(1, 1, 1), "expires_at", "1")
+    await redis.delete(ledger.keys.services(ledger.keys.partition_of(1)))
+    await redis.set(ledger.keys.services(ledger.keys.partition_of(1)), "not a hash")
+    return plain(ledger.cancel_call(1, 1, 1, None))
+
+
+async def expire_reserved_below_reservation(redis: Redis, ledger: Ledger) -> Call:
+    await redis.hset(ledger.keys.reservation(1, 1, 1), "expires_at", "1")
+    await redis.hset(ledger.keys.account(1), "reserved", "0")
+    return plain(ledger.expire_call(1, 1, 1))
+
+
 def record_of_user_1(ledger: Ledger) -> str:
     return ledger.keys.idempotency_record(IDEM, ledger.keys.partition_of(1))[0]
 
@@ -270,6 +297,10 @@ CASES: list[Setup] = [
     refunded_amount_garbage,
     services_wrong_type_refund,
     refund_of_a_recognized_reservation_without_account,
+    expiry_index_wrong_type,
+    expires_at_garbage,
+    services_wrong_type_cancel_past_deadline,
+    expire_reserved_below_reservation,
     idempotency_record_without_fingerprint,
     idempotency_record_not_json,
     idempotency_record_wrong_type,

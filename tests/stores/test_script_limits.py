@@ -67,11 +67,16 @@ async def test_rebuild_writes_go_through_the_scripts_and_their_bounds(redis_clie
     await restore.load()
     for write in (
         lambda pipe: restore.account(pipe, 1, 900, 101),
-        lambda pipe: restore.reservation(pipe, ReservationRecord(1, 2, 3, 501, "reserved", None, 1, 1)),
-        lambda pipe: restore.reservation(pipe, ReservationRecord(1, 2, 3, 5, "lost", None, 1, 1)),
+        lambda pipe: restore.reservation(pipe, ReservationRecord(1, 2, 3, 501, "reserved", None, 1, 1), 1),
+        lambda pipe: restore.reservation(pipe, ReservationRecord(1, 2, 3, 5, "lost", None, 1, 1), 1),
+        lambda pipe: restore.reservation(pipe, ReservationRecord(1, 2, 3, 5, "reserved", None, 1, 1, 2**53), 1),
         # refunds beyond the charge, or of a reservation not recognized
-        lambda pipe: restore.reservation(pipe, ReservationRecord(1, 2, 3, 5, "recognized", 4, 1, 1, 5)),
-        lambda pipe: restore.reservation(pipe, ReservationRecord(1, 2, 3, 5, "cancelled", None, 1, 1, 1)),
+        lambda pipe: restore.reservation(
+            pipe, ReservationRecord(1, 2, 3, 5, "recognized", 4, 1, 1, refunded_amount=5), 1
+        ),
+        lambda pipe: restore.reservation(
+            pipe, ReservationRecord(1, 2, 3, 5, "cancelled", None, 1, 1, refunded_amount=1), 1
+        ),
     ):
         pipe = redis_client.pipeline(transaction=False)
         write(pipe)
@@ -80,12 +85,13 @@ async def test_rebuild_writes_go_through_the_scripts_and_their_bounds(redis_clie
     assert [key async for key in redis_client.scan_iter(match=prefix + "*")] == []
     pipe = redis_client.pipeline(transaction=False)
     restore.account(pipe, 1, 900, 100)
-    restore.reservation(pipe, ReservationRecord(1, 2, 3, 100, "reserved", None, 5, 6))
+    restore.reservation(pipe, ReservationRecord(1, 2, 3, 100, "reserved", None, 5, 6, 9_000), 6)
     await pipe.execute()
     assert await ledger.balance(1) == (900, 100)
-    assert (await ledger.reservation(1, 2, 3) or {}).get("status") == "reserved"
+    assert (await ledger.reservation(1, 2, 3) or {}).get("status") == "expired"  # 9 s after 1970: long past
+    assert await redis_client.zrange(ledger.keys.expiry(ledger.keys.partition_of(1)), 0, -1) == [b"1:2:3"]
     pipe = redis_client.pipeline(transaction=False)
-    restore.reservation(pipe, ReservationRecord(1, 2, 4, 100, "recognized", 80, 5, 7, 80))
+    restore.reservation(pipe, ReservationRecord(1, 2, 4, 100, "recognized", 80, 5, 7, refunded_amount=80), 7)
     await pipe.execute()
     assert (await ledger.reservation(1, 2, 4) or {}).get("refunded_amount") == "80"
     assert await restore.meta(4, 7, 10) == (7, 10) and await restore.meta(4, 3, 20) == (7, 20)  # never lowered

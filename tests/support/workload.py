@@ -4,6 +4,7 @@ clients through faults (each request retried with its Idempotency-Key until answ
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 from collections import Counter
 from dataclasses import dataclass, field
@@ -90,22 +91,29 @@ class Acked:
     attempts: int
 
 
+# The service of the reservations nobody closes (the orders that are paid for use services 1 to 3).
+EXPIRING_SERVICE = 9
+
+
 @dataclass
 class Workload:
-    """Several clients depositing, withdrawing and transferring among a few users, and (a share `orders` of
-    their turns, with a token that has the orders role) paying for orders and refunding part of the charge."""
+    """Several clients depositing, withdrawing and transferring among a few users; a share `orders` of their turns
+    (with a token that has the orders role) pay for orders and refund part of the charge; with reserve_share > 0,
+    that share of the other operations are reservations that nobody closes: each expires after 1 or 2 seconds."""
 
     base_url: str
     token: str
     users: int = 6
     seed: int = 7
     orders: float = 0.0
+    reserve_share: float = 0.0
     acked: list[Acked] = field(default_factory=list)
     stats: Counter = field(default_factory=Counter)
     unexpected: list[tuple[str, int, bytes]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.http = AsyncHTTPClient(force_instance=True, max_clients=64)
+        self._orders = itertools.count(1)
 
     def close(self) -> None:
         self.http.close()
@@ -139,6 +147,11 @@ class Workload:
 
     def _next_operation(self, rng: random.Random) -> tuple[str, str, dict[str, Any]]:
         user = rng.randint(1, self.users)
+        if rng.random() < self.reserve_share:
+            amount = _rubles(rng.randint(1, 50_000))
+            order = next(self._orders)
+            payload = {"user_id": user, "service_id": EXPIRING_SERVICE, "order_id": order, "amount": amount}
+            return "reserve", "/v1/reservations", {**payload, "expires_in": rng.choice([1, 2])}
         roll = rng.random()
         if roll < 0.4:
             return "deposit", "/v1/deposits", {"user_id": user, "amount": _rubles(rng.randint(1, 500_000))}
@@ -228,6 +241,8 @@ def expected_from(acked: list[Acked]) -> Expected:
         amount = kopecks(p["amount"])
         assert kopecks(a.body["transaction"]["amount"]) == amount, (a.key, a.body)
         ids.append(int(a.body["transaction"]["id"]))
+        if a.op == "reserve" and p["service_id"] == EXPIRING_SERVICE:
+            continue  # nobody closes it: it expires, and its release (answered to nobody) gives the money back
         if a.op == "deposit":
             balances[p["user_id"]] = balances.get(p["user_id"], 0) + amount
             deposited += amount
