@@ -29,7 +29,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import Protocol
+from typing import Any, Protocol
 
 import orjson
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
@@ -210,7 +210,7 @@ class WebhookDispatcher:
             token = secrets.token_hex(16)
             if await self.store.take_lease(name, token, self.lease_ms):
                 log.info("delivering webhook %s", name)
-                self.serving[name] = (token, asyncio.create_task(self._serve(name, token), name=f"webhook {name}"))
+                self.serving[name] = (token, asyncio.create_task(self.serve(name, token), name=f"webhook {name}"))
 
     async def _drop(self, name: str, release: bool = True) -> None:
         token, task = self.serving.pop(name)
@@ -223,7 +223,8 @@ class WebhookDispatcher:
 
     # ---- delivering one webhook -----------------------------------------------------------------------------
 
-    async def _serve(self, name: str, token: str) -> None:
+    async def serve(self, name: str, token: str) -> None:
+        """Deliver one webhook while this dispatcher holds its lease (the task refresh() starts for it)."""
         # Until _drop() takes the webhook away (it cancels this task too: the check covers a swallowed cancel).
         while self.serving.get(name, ("",))[0] == token:
             # Subscribed before the step reads the feed: an advance after that read wakes the wait below.
@@ -250,26 +251,27 @@ class WebhookDispatcher:
         state = await self.store.get(name)
         if state is None:
             raise LeaseLost(name)
+        docs: list[dict[str, Any]] | None = None  # the batch's documents when just read
         if state.batch_id is None:
             made = await self._next_batch(state, token)
             if made is None:
                 return None
-            if made.batch_id is None:  # events passed without one the types filter keeps
+            state, docs = made
+            if state.batch_id is None:  # events passed without one the types filter keeps
                 return 0
-            state = made
         elif state.next_attempt_at is not None and state.next_attempt_at > _ms(self.clock.now()):
             return (state.next_attempt_at - _ms(self.clock.now())) / 1000
-        return await self._send(state, token)
+        return await self._send(state, token, docs)
 
-    async def _next_batch(self, state: WebhookState, token: str) -> WebhookState | None:
-        """Read the feed from the position and store the next batch; None when nothing is new (the state with no
-        batch when events were passed that the filter drops)."""
-        kept: list[int] = []
+    async def _next_batch(self, state: WebhookState, token: str) -> tuple[WebhookState, list[dict[str, Any]]] | None:
+        """Read the feed from the position and store the next batch: the new state and the batch's documents;
+        None when nothing is new (a state with no batch when every event read was filtered out)."""
+        kept: list[dict[str, Any]] = []
         to = state.position
         for _ in range(SCAN_PAGES):
             docs, after = await self.feed.read(to, BATCH_LIMIT - len(kept))
             moved, to = after != to, after
-            kept += [int(doc["_id"]) for doc in docs if state.types is None or doc["type"] in state.types]
+            kept += [doc for doc in docs if state.types is None or doc["type"] in state.types]
             if len(kept) >= BATCH_LIMIT or not moved:
                 break
         if to == state.position:
@@ -277,16 +279,19 @@ class WebhookDispatcher:
         if not kept:
             if not await self.store.commit(state.name, token, {"position": encode_position(to)}):
                 raise LeaseLost(state.name)
-            return replace(state, position=to)
+            return replace(state, position=to), []
+        ids = [int(doc["_id"]) for doc in kept]
         batch_id = str(uuid.uuid4())
-        fields = {"batch_id": batch_id, "batch_events": ",".join(map(str, kept)), "batch_to": encode_position(to)}
+        fields = {"batch_id": batch_id, "batch_events": ",".join(map(str, ids)), "batch_to": encode_position(to)}
         if not await self.store.commit(state.name, token, {**fields, "attempts": 0}, ("next_attempt_at",)):
             raise LeaseLost(state.name)
-        return replace(state, batch_id=batch_id, batch_events=kept, batch_to=to, attempts=0, next_attempt_at=None)
+        made = replace(state, batch_id=batch_id, batch_events=ids, batch_to=to, attempts=0, next_attempt_at=None)
+        return made, kept
 
-    async def _send(self, state: WebhookState, token: str) -> float:
+    async def _send(self, state: WebhookState, token: str, docs: list[dict[str, Any]] | None) -> float:
         assert state.batch_id is not None
-        docs = await self.feed.documents(state.batch_events)
+        if docs is None:  # a batch stored earlier (a retry, or another dispatcher's): read again by its ids
+            docs = await self.feed.documents(state.batch_events)
         if len(docs) != len(state.batch_events):
             # Ids below a watermark are in MongoDB for good; one missing means the ledger lost it: never skip.
             raise RuntimeError(f"webhook {state.name}: transactions of batch {state.batch_id} are missing")
