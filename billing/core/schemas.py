@@ -282,15 +282,21 @@ class EventPage(BaseModel):
 
 WEBHOOK_NAME_PATTERN = "^[A-Za-z0-9_-]{1,64}$"
 MAX_WEBHOOK_URL = 2048
-_VISIBLE_ASCII = re.compile("[!-~]+")
+# http(s)://host[:port][/path?query#fragment]: a name or IPv4 address, or an IPv6 one in brackets; no user
+# name or password; visible ASCII only.
+WEBHOOK_URL_PATTERN = "^https?://(\\[[0-9A-Fa-f:.]+\\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?([/?#][!-~]*)?$"
+_WEBHOOK_URL = re.compile(WEBHOOK_URL_PATTERN)
 
 
 def _webhook_url(value: str) -> str:
     """An absolute http or https URL with a host; where its host points is checked when it is stored."""
     from urllib.parse import urlsplit
 
-    if not _VISIBLE_ASCII.fullmatch(value):
-        raise ValueError("must be visible ASCII (percent-encode anything else)")
+    if not _WEBHOOK_URL.fullmatch(value):
+        raise ValueError(
+            "must be http(s)://host[:port][/path], visible ASCII (percent-encode anything else), "
+            "without a user name or password"
+        )
     try:
         parts = urlsplit(value)
         port = parts.port
@@ -317,7 +323,7 @@ WebhookUrl = Annotated[
     Field(
         min_length=1,
         max_length=MAX_WEBHOOK_URL,
-        pattern="^https?://",
+        pattern=WEBHOOK_URL_PATTERN,
         description="Where deliveries are POSTed: http or https, resolving to a public address",
         examples=["https://orders.example.com/billing-events"],
     ),
