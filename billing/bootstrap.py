@@ -34,6 +34,9 @@ from billing.views.accounting import Accounting
 from billing.views.events import EventFeed
 from billing.views.history import History
 from billing.views.reports import Reports
+from billing.webhooks.dispatcher import HttpSender, WebhookDispatcher
+from billing.webhooks.registry import Webhooks
+from billing.webhooks.store import WebhookStore
 
 log = logging.getLogger("billing")
 
@@ -46,6 +49,8 @@ class Context(ApiContext):
     transit_recovery: TransitRecovery | None = None
     # Releases reservations past their deadline (in every worker).
     reservation_sweeper: ReservationSweeper | None = None
+    # Delivers the webhooks whose leases it takes (in every worker).
+    webhook_dispatcher: WebhookDispatcher | None = None
     # Stores opened by bootstrap() are closed by stop(); stores passed in belong to the caller.
     owns_redis: bool = False
     owns_mongo: bool = False
@@ -76,9 +81,16 @@ class Context(ApiContext):
         if self.settings.projector_enabled:
             # The projector makes the MongoDB indexes before its first batch (retrying while MongoDB is down).
             await self.projector.start()
+        if self.webhook_dispatcher is not None:
+            self.webhook_dispatcher.on_delivered = self.metrics.observe_webhook_delivery
+            self.webhook_dispatcher.on_failure = self.metrics.observe_webhook_failure
+            self.webhooks.on_created = self.webhook_dispatcher.poke
+            await self.webhook_dispatcher.start()
 
     async def stop(self) -> None:
         """Stop in reverse order, letting each part finish the work in hand; then close the stores opened here."""
+        if self.webhook_dispatcher is not None:
+            await self.webhook_dispatcher.stop()  # before the feed, whose waker it waits on
         await self.events.close()
         await self.projector.stop()
         if self.transit_recovery is not None:
@@ -122,6 +134,8 @@ async def bootstrap(
     # History and feed cursors are signed with the service secret; without one they hold only in this process.
     secret = settings.secret or secrets.token_urlsafe(32)
     projector = Projector.from_settings(settings, redis, ledger.keys, LedgerStore(mongo))
+    events = EventFeed(mongo, redis, ledger.keys, secret, redis if isinstance(redis, Redis) else connect_node(settings))
+    webhook_store = WebhookStore(redis, ledger.keys)
     return Context(
         settings=settings,
         redis=redis,
@@ -132,15 +146,15 @@ async def bootstrap(
         metrics=metrics,
         request_observer=RequestObserver(metrics, settings.log_requests),
         history=History(mongo, ledger, secret),
-        events=EventFeed(
-            mongo, redis, ledger.keys, secret, redis if isinstance(redis, Redis) else connect_node(settings)
-        ),
+        events=events,
         projector=projector,
         sequence_guard=SequenceGuard(redis, ledger.keys, LedgerStore(mongo), ledger.claim_partition_count),
         reports=Reports(mongo, settings, lag_probe=projector.lag),
         transit_recovery=TransitRecovery(ledger),
         reservation_sweeper=ReservationSweeper(ledger, every=settings.reservation_sweep_interval_ms / 1000),
         accounting=Accounting(mongo, ledger, settings),
+        webhooks=Webhooks(webhook_store, events, settings.webhook_allow_private),
+        webhook_dispatcher=WebhookDispatcher(webhook_store, events, HttpSender(settings.webhook_allow_private)),
         owns_redis=owns_redis,
         owns_mongo=owns_mongo,
     )

@@ -2,5 +2,6 @@
 and the OpenAPI document.
 
 Owns: HTTP (statuses, headers, problem+json rendering). Handlers never name a Redis key or a MongoDB
-collection. May import: billing.core, billing.infra, billing.ledger, billing.projection, billing.views.
+collection. May import: billing.core, billing.infra, billing.ledger, billing.projection, billing.views,
+billing.webhooks.
 """

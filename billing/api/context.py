@@ -22,6 +22,7 @@ from billing.views.accounting import Accounting
 from billing.views.events import EventFeed
 from billing.views.history import History
 from billing.views.reports import Reports
+from billing.webhooks.registry import Webhooks
 
 if TYPE_CHECKING:  # prometheus_client must load after the metrics directory is set up (billing/cli.py)
     from billing.infra.metrics import Metrics
@@ -43,3 +44,4 @@ class ApiContext:
     sequence_guard: SequenceGuard
     reports: Reports
     accounting: Accounting  # balances at a moment and monthly statements, from the MongoDB ledger
+    webhooks: Webhooks  # the admin side of webhooks (the dispatcher is bootstrap's Context.webhook_dispatcher)

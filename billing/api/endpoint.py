@@ -32,7 +32,7 @@ class Endpoint:
 
     summary: str
     roles: frozenset[str]  # any one of them (admin always); empty: no token
-    responses: Mapping[int, Any]  # status -> pydantic model, or a media type string ("text/csv")
+    responses: Mapping[int, Any]  # status -> pydantic model, a media type string ("text/csv"), or None (no body)
     request: type[BaseModel] | None = None
     params: tuple[Param, ...] = ()
     errors: tuple[str, ...] = ()  # business problem codes besides the generic ones

@@ -110,7 +110,7 @@ def _operation(method: str, path: str, op: Endpoint, refs: Mapping[tuple[Any, Js
     responses: dict[str, Any] = {}
     for status, target in sorted(op.responses.items()):
         responses[str(status)] = _success(method, status, target, refs)
-        for media_type in op.also:  # the same answer in another form, by Accept
+        for media_type in op.also if target is not None else ():  # the same answer in another form, by Accept
             responses[str(status)]["content"][media_type] = {"schema": {"type": "string"}}
     by_status: dict[int, list[str]] = {}
     for code in _error_codes(method, op):
@@ -130,6 +130,8 @@ def _success(
     headers: dict[str, Any] = {"X-Request-ID": {"$ref": "#/components/headers/RequestId"}}
     if method == "POST":
         headers["Idempotent-Replayed"] = {"$ref": "#/components/headers/IdempotentReplayed"}
+    if target is None:  # 204: no body
+        return {"description": "No Content", "headers": headers}
     if isinstance(target, str):
         schema: dict[str, Any] = {"type": "object"} if target == "application/json" else {"type": "string"}
         content = {target: {"schema": schema}}

@@ -31,6 +31,7 @@ from billing.api.handlers.reports import RevenueCsvHandler, RevenueReportHandler
 from billing.api.handlers.reservations import ReservationsHandler
 from billing.api.handlers.services import ServiceHandler, ServicesHandler
 from billing.api.handlers.statements import StatementHandler
+from billing.api.handlers.webhooks import WebhookHandler, WebhooksHandler
 from billing.core import schemas
 from billing.core.parsing import MAX_CURSOR_LENGTH
 from billing.core.roles import ANY_ROLE, Role, roles
@@ -38,14 +39,19 @@ from billing.core.transactions import TRANSACTION_TYPES
 from billing.ledger.service import OPERATIONS
 from billing.views import accounting, events, history
 from billing.views.report_month import MONTH_PATTERN
+from billing.webhooks import dispatcher
 
 PAYMENTS = roles(Role.PAYMENTS)
 ORDERS = roles(Role.ORDERS)
+ADMIN = roles(Role.ADMIN)
 
 
 USER_ID = Param("user_id", "path", "The user", schemas.Id, True)
 SERVICE_ID = Param("service_id", "path", "The service", schemas.Id, True)
 MONTH = {"type": "string", "pattern": MONTH_PATTERN, "examples": ["2026-11"]}
+WEBHOOK_NAME = Param(
+    "name", "path", "The webhook's name", {"type": "string", "pattern": schemas.WEBHOOK_NAME_PATTERN}, True
+)
 # The published forms of parsing.epoch_seconds, hex_sha256 and cursor_parts (tests/unit/test_parsing.py).
 EXPIRES = {"type": "string", "pattern": "^[0-9]{1,12}$"}
 SIGNATURE = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
@@ -313,6 +319,48 @@ ROUTES: tuple[Route, ...] = (
                 "`next` is returned with every page, empty ones too. Send `Accept-Language: en` for English "
                 "descriptions in `data` (Russian by default).",
             )
+        },
+    ),
+    Route(
+        "/v1/webhooks",
+        WebhooksHandler,
+        {"GET": Endpoint("Every webhook (without secrets)", ADMIN, {200: schemas.WebhookList}, tag="events")},
+    ),
+    Route(
+        "/v1/webhooks/{name}",
+        WebhookHandler,
+        {
+            "PUT": Endpoint(
+                "Create a webhook, or change the url and types of one",
+                ADMIN,
+                {200: schemas.Webhook},
+                schemas.WebhookRequest,
+                params=(WEBHOOK_NAME,),
+                errors=("webhook_url_not_allowed",),
+                tag="events",
+                description="A new webhook gets a `secret` (shown this once) and receives the events made after "
+                "this request; a PUT of an existing name changes `url` and `types` and keeps the secret and the "
+                'position (its answer\'s `secret` is null). Deliveries: `POST <url>` with `{"events": [...]}` '
+                f"(up to {dispatcher.BATCH_LIMIT}, in feed order), headers `Billing-Webhook-Id`, "
+                "`Billing-Delivery-Id` and `Billing-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "
+                '"<t>.<body>">`; a 2xx within 5 s acknowledges, anything else is retried (1 s doubling to 1 h).',
+            ),
+            "GET": Endpoint(
+                "A webhook and its delivery state",
+                ADMIN,
+                {200: schemas.WebhookStatus},
+                params=(WEBHOOK_NAME,),
+                errors=("webhook_not_found",),
+                tag="events",
+            ),
+            "DELETE": Endpoint(
+                "Delete a webhook (a delivery in flight may still arrive)",
+                ADMIN,
+                {204: None},
+                params=(WEBHOOK_NAME,),
+                errors=("webhook_not_found",),
+                tag="events",
+            ),
         },
     ),
     Route(

@@ -89,6 +89,8 @@ class Settings(BaseSettings):
     log_requests: bool = True
     # The console's audit log keeps about this many newest entries (XADD MAXLEN ~)
     console_audit_maxlen: int = 1_000_000
+    # true: webhook URLs may point at loopback, private and link-local addresses (tests, one private network)
+    webhook_allow_private: bool = False
 
     @property
     def embedded(self) -> bool:

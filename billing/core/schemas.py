@@ -328,6 +328,103 @@ class EventPage(BaseModel):
     next: str
 
 
+# ---- webhooks --------------------------------------------------------------------------------
+
+WEBHOOK_NAME_PATTERN = "^[A-Za-z0-9_-]{1,64}$"
+MAX_WEBHOOK_URL = 2048
+# http(s)://host[:port][/path?query#fragment]: a name or IPv4 address, or an IPv6 one in brackets; no user
+# name or password; visible ASCII only.
+WEBHOOK_URL_PATTERN = "^https?://(\\[[0-9A-Fa-f:.]+\\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?([/?#][!-~]*)?$"
+_WEBHOOK_URL = re.compile(WEBHOOK_URL_PATTERN)
+
+
+def _webhook_url(value: str) -> str:
+    """An absolute http or https URL with a host; where its host points is checked when it is stored."""
+    from urllib.parse import urlsplit
+
+    if not _WEBHOOK_URL.fullmatch(value):
+        raise ValueError(
+            "must be http(s)://host[:port][/path], visible ASCII (percent-encode anything else), "
+            "without a user name or password"
+        )
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"is not a URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL with a host")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("must not carry a user name or password")
+    if port == 0:
+        raise ValueError("port must be 1 .. 65535")
+    return value
+
+
+def _distinct(values: list[str]) -> list[str]:
+    unknown = sorted(set(values) - set(TRANSACTION_TYPES))
+    if unknown:
+        raise ValueError(f"unknown transaction types {unknown}; types are {', '.join(TRANSACTION_TYPES)}")
+    return list(dict.fromkeys(values))
+
+
+WebhookUrl = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=MAX_WEBHOOK_URL,
+        pattern=WEBHOOK_URL_PATTERN,
+        description="Where deliveries are POSTed: http or https, resolving to a public address",
+        examples=["https://orders.example.com/billing-events"],
+    ),
+    AfterValidator(_webhook_url),
+]
+WebhookTypes = Annotated[
+    list[TransactionTypeValue],
+    Field(
+        min_length=1,
+        description="Transaction types (the events' data.type) to deliver; absent or null: every event",
+        examples=[["deposit", "charge"]],
+    ),
+    AfterValidator(_distinct),
+]
+
+
+class WebhookRequest(Request):
+    url: WebhookUrl
+    types: WebhookTypes | None = None
+
+
+class WebhookItem(BaseModel):
+    name: str = Field(pattern=WEBHOOK_NAME_PATTERN)
+    url: str
+    types: list[TransactionTypeValue] | None
+    created_at: Timestamp
+
+
+class Webhook(WebhookItem):
+    secret: str | None = Field(
+        description="The HMAC key of the Billing-Signature header; given when the webhook is created, null when "
+        "a PUT updates an existing one (the secret stays)"
+    )
+
+
+class WebhookList(BaseModel):
+    items: list[WebhookItem]
+
+
+class WebhookStatus(WebhookItem):
+    delivered_through: str = Field(
+        description="The feed cursor up to which events are delivered (GET /v1/events?after=)"
+    )
+    pending: int = Field(description="Feed events after delivered_through, the types filter not applied")
+    attempts: int = Field(description="Failed attempts of the batch in flight")
+    last_error: str | None
+    last_attempt_at: Timestamp | None
+    last_success_at: Timestamp | None
+    next_attempt_at: Timestamp | None = Field(description="When the failed batch in flight is tried again")
+
+
 class ReportLink(BaseModel):
     month: str
     url: str

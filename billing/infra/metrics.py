@@ -92,6 +92,18 @@ class Metrics:
             "Money writes answered although fewer replicas than BILLING_REDIS_WAIT_REPLICAS acknowledged them in time",
             registry=self.registry,
         )
+        self.webhook_events = Counter(
+            "billing_webhook_events",
+            "Events acknowledged by webhook receivers (a 2xx answer), by webhook",
+            ["webhook"],
+            registry=self.registry,
+        )
+        self.webhook_failures = Counter(
+            "billing_webhook_failures",
+            "Failed webhook delivery attempts (non-2xx, timeout, connection error), by webhook",
+            ["webhook"],
+            registry=self.registry,
+        )
         # Label children by their label values. Bounded: routes are templates, methods and statuses few.
         self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._operation_children: dict[tuple[str, str | None, bool], Any] = {}
@@ -180,10 +192,18 @@ class Metrics:
         """For the ledger's route: a write's WAIT came back with fewer replicas than asked for."""
         self.short_waits.inc()
 
+    def observe_webhook_delivery(self, webhook: str, events: int) -> None:
+        """For the webhook dispatcher: a batch of `events` was acknowledged."""
+        self.webhook_events.labels(webhook).inc(events)
+
+    def observe_webhook_failure(self, webhook: str) -> None:
+        """For the webhook dispatcher: an attempt failed."""
+        self.webhook_failures.labels(webhook).inc()
+
     # ---- exposition ---------------------------------------------------------------------------------
 
-    async def render(self, projector: Any = None) -> bytes:
-        """The Prometheus text of every worker, plus the outbox lag read now."""
+    async def render(self, projector: Any = None, webhooks: Any = None) -> bytes:
+        """The Prometheus text of every worker, plus the outbox lag and the webhooks' state read now."""
         self.flush()
         if self.multiprocess:
             registry = CollectorRegistry()
@@ -193,7 +213,44 @@ class Metrics:
             text = generate_latest(self.registry)
         lag_registry = CollectorRegistry()
         lag_registry.register(_LagCollector(await _read_lag(projector)))
+        lag_registry.register(_WebhookCollector(await _read_webhooks(webhooks)))
         return text + generate_latest(lag_registry)
+
+
+async def _read_webhooks(webhooks: Any) -> list[tuple[str, int, float | None]] | None:
+    if webhooks is None:
+        return None
+    try:
+        return list(await asyncio.wait_for(webhooks.gauges(), timeout=1.0))
+    except Exception as exc:  # as for the lag: reported as a metric, never a failed scrape
+        log.warning("could not read the webhooks' state: %r", exc)
+        return None
+
+
+class _WebhookCollector:
+    """Each webhook's backlog and last acknowledged delivery, read from Redis at scrape time (whichever worker
+    or instance delivers it)."""
+
+    def __init__(self, rows: list[tuple[str, int, float | None]] | None) -> None:
+        self.rows = rows
+
+    def collect(self) -> Iterator[Metric]:
+        if self.rows is None:
+            return
+        pending = GaugeMetricFamily(
+            "billing_webhook_pending_events", "Feed events not yet delivered, by webhook", labels=["webhook"]
+        )
+        success = GaugeMetricFamily(
+            "billing_webhook_last_success_timestamp_seconds",
+            "When a receiver last acknowledged a delivery (epoch seconds), by webhook",
+            labels=["webhook"],
+        )
+        for name, count, last in self.rows:
+            pending.add_metric([name], float(count))
+            if last is not None:
+                success.add_metric([name], last)
+        yield pending
+        yield success
 
 
 async def _read_lag(projector: Any) -> dict[str, float] | None:

@@ -186,7 +186,7 @@ class RedisKeys:
     Users are spread over `partitions` ledger partitions (partition_of). Every key of partition N starts with
     `<prefix>{pN}:`, one Redis Cluster hash tag, so a partition (its accounts, reservations, sequence and
     clock, totals, outbox streams, idempotency records and services catalog) is one atomic unit a script can
-    change at once. Outside every partition: console sessions and the partition count.
+    change at once. Outside every partition: console sessions, the partition count and the webhooks.
 
     An Idempotency-Key has a home partition (idempotency_home, a hash of its digest). An operation's record lives
     in its user's partition (the sender's for a transfer); when that is not the key's home, the operation also
@@ -318,6 +318,23 @@ class RedisKeys:
     def console_audit(self) -> str:
         """The console's audit log: a stream of who looked at which user's money."""
         return f"{self.prefix}console:audit"
+
+    # Webhooks (billing/webhooks/): every webhook key carries the one hash tag {webhooks}, so that the set of
+    # names and each webhook's keys change together in one script under Redis Cluster. A webhook writes them
+    # once per delivered batch, so one slot carries all of them easily.
+
+    def webhooks(self) -> str:
+        """Set: the names of the webhooks."""
+        return f"{self.prefix}{{webhooks}}:names"
+
+    def webhook(self, name: str) -> str:
+        """Hash: a webhook's definition (url, types, secret, created_at) and delivery state (position, the batch
+        in flight, attempts, times, last error)."""
+        return f"{self.prefix}{{webhooks}}:hook:{name}"
+
+    def webhook_lease(self, name: str) -> str:
+        """Which dispatcher delivers the webhook now (SET NX PX with its token, renewed while it lives)."""
+        return f"{self.prefix}{{webhooks}}:lease:{name}"
 
     def account_pattern(self) -> str:
         return f"{glob_escape(self.prefix)}{{p*}}:acct:*"

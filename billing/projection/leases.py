@@ -25,13 +25,15 @@ log = logging.getLogger("billing.projection.leases")
 # Renewed when a third of the lease is left: a projector may miss two renewals before losing it.
 RENEW_FRACTION = 3
 
-_RENEW = """
+# Also the webhook leases' (billing/webhooks/store.py): KEYS[1] the lease; ARGV[1] its holder, ARGV[2] ms.
+RENEW_LEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0
 """
-_RELEASE = """
+# KEYS[1] the lease; ARGV[1] its holder: deleted only while that holder has it.
+RELEASE_LEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
@@ -63,7 +65,7 @@ class PartitionLeases:
         lost: set[int] = set()
         for partition in sorted(self.owned):
             renewed = await awaited(
-                self.redis.eval(_RENEW, 1, self.keys.projector_lease(partition), self.owner, str(self.lease_ms))
+                self.redis.eval(RENEW_LEASE, 1, self.keys.projector_lease(partition), self.owner, str(self.lease_ms))
             )
             if not renewed:
                 log.warning("lost the lease of partition %d (renewed too late): another projector has it", partition)
@@ -109,4 +111,4 @@ class PartitionLeases:
 
     async def _release(self, partition: int) -> None:
         self.owned.discard(partition)
-        await awaited(self.redis.eval(_RELEASE, 1, self.keys.projector_lease(partition), self.owner))
+        await awaited(self.redis.eval(RELEASE_LEASE, 1, self.keys.projector_lease(partition), self.owner))

@@ -278,7 +278,7 @@ class EventFeed:
         if q.wait and not self.waker.released:
             advanced = await self.waker.subscribed(min(q.wait, RECONNECT_SECONDS))
         while True:
-            docs, read_to = await self._read(seqs, q.limit)
+            docs, read_to = await self.read(seqs, q.limit)
             moved, seqs = read_to != seqs, read_to
             if docs:
                 break
@@ -290,8 +290,37 @@ class EventFeed:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(advanced.wait(), remaining)
             advanced = await self.waker.subscribed(0)
+        return {"items": await self.render(docs, lang), "next": self._cursors.encode(seqs)}
+
+    # The reading below is also the webhooks' (billing/webhooks/dispatcher.py): a webhook's position is a feed
+    # position, kept as the list of per-partition sequence numbers a cursor carries.
+
+    def cursor(self, seqs: list[int]) -> str:
+        """The signed cursor of a position (what `next` would be there)."""
+        return self._cursors.encode(seqs)
+
+    async def render(self, docs: list[dict[str, Any]], lang: str) -> list[dict[str, Any]]:
+        """Ledger documents as events, in their order."""
         names = await service_names(self._services, docs)
-        return {"items": [render_event(doc, lang, names) for doc in docs], "next": self._cursors.encode(seqs)}
+        return [render_event(doc, lang, names) for doc in docs]
+
+    async def documents(self, ids: list[int]) -> list[dict[str, Any]]:
+        """The ledger documents of these transaction ids, in the order given (every id below a watermark has one;
+        an id without one is left out)."""
+        found = await self._transactions.find({"_id": {"$in": [Int64(i) for i in ids]}}).to_list(len(ids))
+        by_id = {int(doc["_id"]): doc for doc in found}
+        return [by_id[i] for i in ids if i in by_id]
+
+    async def heads(self) -> list[int]:
+        """Per partition, the last sequence number issued: the position before every transaction not yet made."""
+        pipe = self._redis.pipeline(transaction=False)
+        for p in self._keys.all():
+            pipe.hget(self._keys.meta(p), "seq")
+        return [int(v) if v is not None else 0 for v in await pipe.execute()]
+
+    async def readable(self) -> list[int]:
+        """Per partition, the last sequence number the feed may deliver now (below its watermark)."""
+        return [_seq_below(mark, p) for p, mark in enumerate(await self.watermarks())]
 
     async def watermarks(self) -> list[int]:
         """Each partition's watermark; 0 where none is published yet (then nothing of it is delivered)."""
@@ -300,9 +329,10 @@ class EventFeed:
             pipe.get(self._keys.projected(p))
         return [int(v) if v is not None else 0 for v in await pipe.execute()]
 
-    async def _read(self, seqs: list[int], limit: int) -> tuple[list[dict[str, Any]], list[int]]:
-        """Up to `limit` events after the positions, merged by (created_at, id); the positions after them."""
-        marks = [_seq_below(mark, p) for p, mark in enumerate(await self.watermarks())]
+    async def read(self, seqs: list[int], limit: int) -> tuple[list[dict[str, Any]], list[int]]:
+        """Up to `limit` events (ledger documents) after the positions, merged by (created_at, id); the positions
+        after them."""
+        marks = await self.readable()
         news = [p for p in self._keys.all() if marks[p] > seqs[p]]
         # Per partition with news, its share of the page: the next sequence numbers up to its watermark's. A page
         # may so hold fewer than `limit` events while more wait; lookups stay about `limit` (each id is a probe).

@@ -41,6 +41,9 @@ VISIBLE_ASCII = re.compile(r"[!-~]{1,255}")
 # RFC 3339 time may put one space between date and time.
 PLAIN = re.compile(r"[!-~]*")
 TIME_WITH_SPACE = re.compile(r"[!-~]{10} [!-~]+")
+WEBHOOK_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+WEBHOOK_URL = re.compile(r"https?://[!-~]+")
+TRANSACTION_TYPE = re.compile(r"[a-z_]+")
 
 
 # ---- generation --------------------------------------------------------------------------------------
@@ -155,6 +158,10 @@ def body_malformed(value: Any, key: str | None = None) -> list[str]:
         out.append(f"idempotency_key {value!r}")
     elif key == "op" and isinstance(value, str) and not re.fullmatch(r"[a-z]+", value):
         out.append(f"op {value!r}")
+    elif key == "url" and isinstance(value, str) and not WEBHOOK_URL.fullmatch(value):
+        out.append(f"url {value!r}")
+    elif key == "types" and isinstance(value, str) and not TRANSACTION_TYPE.fullmatch(value):
+        out.append(f"types {value!r}")
     return out
 
 
@@ -166,6 +173,8 @@ def text_malformed(name: str, value: Any) -> bool:
         return not (PLAIN.fullmatch(text) or TIME_WITH_SPACE.fullmatch(text))
     if name == "month":  # a path parameter arrives percent-encoded ("%0B2026-11"): judge its grammar
         return not MONTH.fullmatch(text)
+    if name == "name":  # a webhook's name in its path, percent-encoded too
+        return not WEBHOOK_NAME.fullmatch(text)
     return not PLAIN.fullmatch(text)
 
 

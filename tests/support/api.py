@@ -94,6 +94,9 @@ class Api:
     async def put(self, path: str, json: Any = None, **kwargs: Any) -> Response:
         return await self.request("PUT", path, json, **kwargs)
 
+    async def delete(self, path: str, **kwargs: Any) -> Response:
+        return await self.request("DELETE", path, **kwargs)
+
     async def deposit(self, user_id: int, amount: str, **kwargs: Any) -> Response:
         return await self.post("/v1/deposits", {"user_id": user_id, "amount": amount}, token="tok-payments", **kwargs)
 

@@ -63,6 +63,6 @@ class DocsAssetHandler(OriginAware, tornado.web.StaticFileHandler):
 
 class MetricsHandler(BaseHandler):
     async def get(self) -> None:
-        body = await self.ctx.metrics.render(self.ctx.projector)
+        body = await self.ctx.metrics.render(self.ctx.projector, self.ctx.webhooks)
         self.set_header("Content-Type", METRICS_CONTENT_TYPE)
         self.finish(body)
