@@ -32,7 +32,7 @@ TOKENS = {TOKEN: ["payments", "orders"], ADMIN_TOKEN: ["admin"]}
 ORDERS = 0.2
 # A share of the operations reserve money with expires_in of 1 or 2 s and never close it: the sweepers of the
 # workers (killed and restarted with everything else) must release each exactly once.
-RESERVE_SHARE = 0.1
+RESERVE_SHARE = 0.25
 FAULT_CYCLE = ("service_kill", "redis_kill", "worker_kill", "redis_pause", "supervisor_kill")
 # Redis commands time out after this long in the service; a pause outlasts it, so requests in flight
 # get 503 while Redis still runs their scripts once it resumes (applied, not acknowledged).
