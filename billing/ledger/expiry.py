@@ -14,7 +14,6 @@ in `available` and the release in history, not what any answer says.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from redis.exceptions import NoScriptError
 
 from billing.core.config import default
 from billing.core.errors import ApiError
+from billing.infra.tasks import cancel_and_wait
 from billing.ledger.outcomes import Applied
 from billing.ledger.scripts import BATCH_CHUNK, Ledger, decode_reply
 from billing.ledger.unavailable import store_unavailable
@@ -88,10 +88,7 @@ class ReservationSweeper:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     async def _run(self) -> None:
         more = False

@@ -9,9 +9,9 @@ credited and settled exactly once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
+from billing.infra.tasks import cancel_and_wait
 from billing.ledger.scripts import Ledger
 from billing.ledger.unavailable import store_unavailable
 
@@ -54,10 +54,7 @@ class TransitRecovery:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     async def _run(self) -> None:
         while True:

@@ -35,6 +35,7 @@ from typing import Any
 from billing.core.config import MAX_PARTITIONS
 from billing.core.errors import ApiError
 from billing.infra.redis_route import RedisClient
+from billing.infra.tasks import cancel_and_wait
 from billing.ledger.scripts import PartitionCountChanged, RedisKeys
 from billing.projection.store import LedgerStore
 
@@ -151,10 +152,7 @@ class SequenceGuard:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     async def _run(self) -> None:
         while True:

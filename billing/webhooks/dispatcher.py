@@ -34,6 +34,7 @@ from typing import Any, Protocol
 import orjson
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
+from billing.infra.tasks import cancel_and_wait
 from billing.ledger.unavailable import store_unavailable
 from billing.views.events import EventFeed
 from billing.webhooks.addresses import GuardedResolver
@@ -176,10 +177,7 @@ class WebhookDispatcher:
         (release=False keeps them until they run out, as a process that died would)."""
         task, self._task = self._task, None
         self._stopping = True  # (a cancellation a store client turns into its own error ends the loop too)
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         for name in list(self.serving):
             await self._drop(name, release)
         self.sender.close()
