@@ -440,6 +440,18 @@ local function check_holds(key, reserved, h)
   end
 end
 
+-- An existing reservation with its account's balances (the account checked to hold it while reserved), or nil
+-- when there is no such reservation.
+local function held_reservation(RESERVATION, ACCOUNT)
+  local h = reservation(RESERVATION)
+  if not h then
+    return nil
+  end
+  local available, reserved = account(ACCOUNT)
+  check_holds(RESERVATION, reserved, h)
+  return h, available, reserved
+end
+
 -- A whole reservation hash from its fields (recognized_amount only once recognized, refunded_amount only once
 -- refunded): the one writer of its layout.
 local RESERVATION_FIELDS = {
@@ -518,6 +530,20 @@ local function expired_outcome(ACCOUNT, RESERVATION, INDEX, h, SERVICES, closed_
     return refuse(code)
   end
   return unchanged_reservation(h, h.user_id, available, reserved)
+end
+
+-- Recognize or cancel of a reservation that is no longer reserved: the refusal's kind and outcome (a due one
+-- released first), or nil while it is reserved.
+local function closed_outcome(ACCOUNT, RESERVATION, INDEX, h, SERVICES, closed_ttl)
+  if due(h) then
+    return expired_outcome(ACCOUNT, RESERVATION, INDEX, h, SERVICES, closed_ttl, 'reservation_expired')
+  end
+  if h.status == 'expired' then
+    return refuse('reservation_expired')
+  end
+  if h.status ~= 'reserved' then
+    return refuse('reservation_closed')
+  end
 end
 
 -- Entry point of a single script: one operation, laid out as described at the top.

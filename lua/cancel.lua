@@ -17,23 +17,16 @@ OPS.cancel = {nkeys = 4, nargs = 5, run = function(k, a)
   local order_id, comment = id_arg(ARGV[a + 2], 'order_id'), ARGV[a + 3]
   local closed_ttl = ttl_arg(ARGV[a + 4], 'closed TTL')
   check_type(INDEX, 'zset')
-  local h = reservation(RESERVATION)
+  local h, available, reserved = held_reservation(RESERVATION, ACCOUNT)
   if not h then
     return refuse('reservation_not_found')
   end
-  local available, reserved = account(ACCOUNT)
-  check_holds(RESERVATION, reserved, h)
   if h.status == 'cancelled' then
     return unchanged_reservation(h, user_id, available, reserved)
   end
-  if due(h) then
-    return expired_outcome(ACCOUNT, RESERVATION, INDEX, h, SERVICES, closed_ttl, 'reservation_expired')
-  end
-  if h.status == 'expired' then
-    return refuse('reservation_expired')
-  end
-  if h.status ~= 'reserved' then
-    return refuse('reservation_closed')
+  local kind, outcome = closed_outcome(ACCOUNT, RESERVATION, INDEX, h, SERVICES, closed_ttl)
+  if kind then
+    return kind, outcome
   end
   local name = rcall('HGET', SERVICES, service_id) or ''
   -- writes

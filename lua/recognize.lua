@@ -21,23 +21,16 @@ OPS.recognize = {nkeys = 4, nargs = 6, run = function(k, a)
   local kopecks = amount_arg(amount, 'amount')
   local recognized_ttl, closed_ttl = ttl_arg(ARGV[a + 4], 'recognized TTL'), ttl_arg(ARGV[a + 5], 'closed TTL')
   check_type(INDEX, 'zset')
-  local h = reservation(RESERVATION)
+  local h, available, reserved = held_reservation(RESERVATION, ACCOUNT)
   if not h then
     return refuse('reservation_not_found')
   end
-  local available, reserved = account(ACCOUNT)
-  check_holds(RESERVATION, reserved, h)
   if h.status == 'recognized' and h.recognized_amount == amount then
     return unchanged_reservation(h, user_id, available, reserved)
   end
-  if due(h) then
-    return expired_outcome(ACCOUNT, RESERVATION, INDEX, h, SERVICES, closed_ttl, 'reservation_expired')
-  end
-  if h.status == 'expired' then
-    return refuse('reservation_expired')
-  end
-  if h.status ~= 'reserved' then
-    return refuse('reservation_closed')
+  local kind, outcome = closed_outcome(ACCOUNT, RESERVATION, INDEX, h, SERVICES, closed_ttl)
+  if kind then
+    return kind, outcome
   end
   if kopecks > h.kopecks then
     return refuse('amount_exceeds_reservation')

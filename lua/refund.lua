@@ -17,12 +17,10 @@ OPS.refund = {nkeys = 3, nargs = 5, run = function(k, a)
   local user_id, service_id = id_arg(ARGV[a], 'user_id'), id_arg(ARGV[a + 1], 'service_id')
   local order_id, amount, comment = id_arg(ARGV[a + 2], 'order_id'), ARGV[a + 3], ARGV[a + 4]
   local kopecks = amount_arg(amount, 'amount')
-  local h = reservation(RESERVATION)
+  local h, available, reserved = held_reservation(RESERVATION, ACCOUNT)
   if not h then
     return refuse('reservation_not_found')
   end
-  local available, reserved = account(ACCOUNT)
-  check_holds(RESERVATION, reserved, h)
   if h.status ~= 'recognized' then
     return refuse('reservation_not_recognized')
   end
