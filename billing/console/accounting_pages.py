@@ -10,11 +10,12 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from billing.console.display import local_time
 from billing.console.text import TEXT
 from billing.core.errors import ApiError
 from billing.core.money import format_kopecks
 from billing.core.parsing import ParseError, id_text
-from billing.core.timefmt import format_ms, ms_to_datetime
+from billing.core.timefmt import format_ms
 from billing.views.accounting import Accounting, BalanceAt, Statement
 
 # What <input type="datetime-local"> sends: a wall-clock time without an offset, seconds optional.
@@ -35,11 +36,6 @@ def local_to_rfc3339(text: str, zone: ZoneInfo) -> str:
     return moment.isoformat()
 
 
-def zone_time(ms: int, zone: ZoneInfo) -> str:
-    """Epoch ms as "2026-11-26 07:16:01" in the zone (the page names the zone next to it)."""
-    return ms_to_datetime(ms).astimezone(zone).strftime("%Y-%m-%d %H:%M:%S")
-
-
 async def balance_at_view(accounting: Accounting, user_id: int, raw_at: str, lang: str) -> dict[str, Any]:
     """The user page's lookup: {"balance": BalanceAt, "at_local": …} or {"error": …}."""
     try:
@@ -52,7 +48,7 @@ async def balance_at_view(accounting: Accounting, user_id: int, raw_at: str, lan
     return {
         "available": format_kopecks(found.available),
         "reserved": format_kopecks(found.reserved),
-        "at_local": zone_time(found.as_of_ms, accounting.zone),
+        "at_local": local_time(found.as_of_ms, accounting.zone),
         "as_of": format_ms(found.as_of_ms),
     }
 

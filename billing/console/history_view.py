@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from datetime import date, timedelta
+from datetime import date, datetime, time, timedelta
 from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
 
 from billing.core.parsing import ParseError, calendar_date, id_text
+from billing.core.timefmt import datetime_to_ms, format_ms
 from billing.core.transactions import TRANSACTION_TYPES
 from billing.views.history import ORDERS, SORTS
 
@@ -28,6 +30,11 @@ def parse_user_id(raw: str) -> int:
         raise BadState("bad_user_id") from None
 
 
+def midnight(day: date, zone: ZoneInfo) -> str:
+    """The start of `day` in `zone` as RFC 3339 UTC (the instant the API's `from`/`to` take)."""
+    return format_ms(datetime_to_ms(datetime.combine(day, time(), tzinfo=zone)))
+
+
 def _parse_date(raw: str) -> date | None:
     if not raw:
         return None
@@ -46,7 +53,8 @@ class HistoryState:
     order: str = "desc"
     types: tuple[str, ...] = ()
     date_from: date | None = None
-    date_to: date | None = None  # inclusive in the form; the API's `to` is the next midnight (exclusive)
+    # Days in BILLING_REPORT_TZ, as the form says; `to` is inclusive there, the API's `to` is the next midnight
+    date_to: date | None = None
     cursor: str = ""
     back: tuple[str, ...] = field(default=())  # cursors of the pages before this one (page 1 has none)
     lang: str = ""
@@ -81,15 +89,15 @@ class HistoryState:
     def page_number(self) -> int:
         return len(self.back) + 2 if self.cursor else 1
 
-    def api_query(self) -> dict[str, str]:
-        """The raw query of GET /v1/users/{id}/transactions for this page."""
+    def api_query(self, zone: ZoneInfo) -> dict[str, str]:
+        """The raw query of GET /v1/users/{id}/transactions for this page; the dates are days in `zone`."""
         query = {"sort": self.sort, "order": self.order, "limit": str(PAGE_SIZE)}
         if self.types:
             query["type"] = ",".join(self.types)
         if self.date_from:
-            query["from"] = f"{self.date_from.isoformat()}T00:00:00.000Z"
+            query["from"] = midnight(self.date_from, zone)
         if self.date_to:
-            query["to"] = f"{(self.date_to + timedelta(days=1)).isoformat()}T00:00:00.000Z"
+            query["to"] = midnight(self.date_to + timedelta(days=1), zone)
         if self.cursor:
             query["cursor"] = self.cursor
         return query

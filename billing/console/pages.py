@@ -1,5 +1,6 @@
-"""The console's pages under /console: sign in and out, user lookup (support), monthly revenue (accounting),
-users' monthly statements (support, accounting), the audit log (admin)."""
+"""The console's pages under /console: sign in and out, look-ups of a user, a transaction or an order
+(support), monthly revenue (accounting), users' monthly statements (support, accounting), the audit log
+(admin)."""
 
 from __future__ import annotations
 
@@ -22,8 +23,17 @@ from billing.api.handlers.base import UNAVAILABLE_ERRORS, OriginAware, RequestHo
 from billing.console.accounting_pages import balance_at_view, parse_user, statement_view
 from billing.console.accounts import NAME_PATTERN, Accounts, SignInLimit
 from billing.console.audit import AuditLog
-from billing.console.display import shown
+from billing.console.display import local_time, shown
 from billing.console.history_view import BadState, HistoryState
+from billing.console.lookups import (
+    BadLookup,
+    find_target,
+    order_ref,
+    order_url,
+    order_view,
+    transaction_id,
+    transaction_view,
+)
 from billing.console.session import (
     LANG_COOKIE,
     SESSION_COOKIE,
@@ -40,7 +50,9 @@ from billing.core.money import format_kopecks
 from billing.core.parsing import ParseError, form_value, id_text, query_lists
 from billing.core.parsing import month as parse_month
 from billing.core.roles import Role, roles
+from billing.core.timefmt import load_zone
 from billing.core.transactions import TRANSACTION_TYPES
+from billing.projection.store import LedgerStore
 from billing.views.descriptions import SUPPORTED_LANGUAGES
 from billing.views.render import render_reservation
 
@@ -75,11 +87,6 @@ class ConsoleError(Exception):
     def __init__(self, status: int, key: str, **params: Any) -> None:
         super().__init__(key)
         self.status, self.key, self.params = status, key, params
-
-
-def short_time(rfc3339: str | None) -> str:
-    """2026-11-26T04:16:01.123Z -> 2026-11-26 04:16:01 (the page says the zone is UTC)."""
-    return rfc3339[:19].replace("T", " ") if rfc3339 else ""
 
 
 class ConsoleHandler(RequestHooks):
@@ -171,11 +178,23 @@ class ConsoleHandler(RequestHooks):
             can_audit=principal is not None and principal.has_any(ADMIN),
             switch_url=self.url_with(lang=other_language(self.lang)),
             css_url=CSS_URL,
-            short_time=short_time,
+            zone=self.ctx.settings.report_tz,  # named on every page; every time shown is in it
+            short_time=self.local_time,
             shown=shown,  # every user-provided text on a page goes through it
             active=self.route_name,
         )
         return namespace
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return load_zone(self.ctx.settings.report_tz)
+
+    def local_time(self, moment: str | int | None) -> str:
+        """A time in BILLING_REPORT_TZ, as every console page shows times (templates call it short_time)."""
+        return local_time(moment, self.zone)
+
+    def this_month(self) -> str:
+        return datetime.now(self.zone).strftime("%Y-%m")
 
     def url_with(self, **changes: str) -> str:
         """This page's URL (GET) with some query parameters replaced."""
@@ -289,7 +308,93 @@ class HomeHandler(ConsoleHandler):
     route_name = "/console"
 
     def get(self) -> None:
-        self.render("console_home.html")
+        self.render("console_home.html", find=FIND_BLANK, error=None)
+
+
+FIND_FIELDS = ("user", "transaction", "service", "order")
+FIND_BLANK = dict.fromkeys(FIND_FIELDS, "")
+
+
+class FindHandler(ConsoleHandler):
+    """The home page's search form: a user id, a transaction id, or a service id and an order id; it leads to
+    that page, or shows the home page again with what is wrong (400)."""
+
+    roles = SUPPORT
+    route_name = "/console/find"
+
+    def get(self) -> None:
+        find = {name: form_value(self.request.query_arguments, name) for name in FIND_FIELDS}
+        try:
+            target = find_target(**find)
+        except BadLookup as exc:
+            self.set_status(400)
+            self.render("console_home.html", find=find, error=TEXT[self.lang][exc.key])
+            return
+        self.redirect(target, status=303)
+
+
+class TransactionHandler(ConsoleHandler):
+    """Support's look-up of one transaction by its id: its user, type, amount, time, description and hash."""
+
+    roles = SUPPORT
+    route_name = "/console/transactions"
+
+    async def get(self) -> None:
+        raw = form_value(self.request.query_arguments, "id")
+        view: dict[str, Any] = {"find": {**FIND_BLANK, "transaction": raw}, "error": None, "item": None}
+        try:
+            txn_id = transaction_id(raw)
+            item = await transaction_view(LedgerStore(self.ctx.mongo), self.ctx.ledger, txn_id, self.lang)
+        except BadLookup as exc:
+            self.set_status(400)
+            view["error"] = TEXT[self.lang][exc.key]
+        except UNAVAILABLE_ERRORS:
+            self.set_status(503)
+            view["error"] = TEXT[self.lang]["store_down"]
+        else:
+            if item is None:
+                self.set_status(404)
+                view["error"] = TEXT[self.lang]["unknown_transaction"].format(id=txn_id)
+            else:
+                await self.audited(item["user_id"])
+                view["item"] = item
+                if "order_id" in item:
+                    view["order_url"] = order_url(item["service_id"], item["order_id"])
+        self.render("console_transaction.html", **view)
+
+    async def audited(self, user_id: int) -> None:
+        if self.principal is not None:  # always, after prepare(); recorded before anything is shown
+            await self.audit.record(self.principal, self.route_name, user_id, self.origin.remote_ip)
+
+
+class OrderHandler(TransactionHandler):
+    """Support's look-up of an order by (service id, order id): each user's reservation and its transactions."""
+
+    route_name = "/console/orders"
+
+    async def get(self) -> None:
+        raw_service = form_value(self.request.query_arguments, "service")
+        raw_order = form_value(self.request.query_arguments, "order")
+        find = {**FIND_BLANK, "service": raw_service, "order": raw_order}
+        view: dict[str, Any] = {"find": find, "error": None, "order": None}
+        try:
+            service_id, order_id = order_ref(raw_service, raw_order)
+            order = await order_view(LedgerStore(self.ctx.mongo), self.ctx.ledger, service_id, order_id, self.lang)
+        except BadLookup as exc:
+            self.set_status(400)
+            view["error"] = TEXT[self.lang][exc.key]
+        except UNAVAILABLE_ERRORS:
+            self.set_status(503)
+            view["error"] = TEXT[self.lang]["store_down"]
+        else:
+            if order is None:
+                self.set_status(404)
+                view["error"] = TEXT[self.lang]["unknown_order"].format(service=service_id, order=order_id)
+            else:
+                for user_id in order.user_ids:
+                    await self.audited(user_id)
+                view["order"] = order
+        self.render("console_order.html", **view)
 
 
 class UserHandler(ConsoleHandler):
@@ -302,7 +407,7 @@ class UserHandler(ConsoleHandler):
         view: dict[str, Any] = {"state": None, "error": None, "balance": None, "reservations": [], "history": None}
         raw_user = form_value(self.request.query_arguments, "user")
         view.update(history_error=None, lag=None, types=TRANSACTION_TYPES, raw_user=raw_user)
-        view.update(raw_at="", balance_at=None, zone=self.ctx.settings.report_tz, this_month=self._this_month())
+        view.update(raw_at="", balance_at=None, this_month=self.this_month())
         if view["raw_user"]:
             try:
                 state = HistoryState.from_query(query_lists(self.request.query_arguments))
@@ -342,14 +447,11 @@ class UserHandler(ConsoleHandler):
         if lag and lag.get("entries"):
             view["lag"] = lag
         try:
-            view["history"] = await self.ctx.history.page(state.user_id, state.api_query(), self.lang)
+            view["history"] = await self.ctx.history.page(state.user_id, state.api_query(self.zone), self.lang)
         except ApiError as exc:
             view["history_error"] = TEXT[self.lang]["history_error"].format(detail=exc.detail)
         except UNAVAILABLE_ERRORS:
             view["history_error"] = TEXT[self.lang]["store_down"]
-
-    def _this_month(self) -> str:
-        return datetime.now(ZoneInfo(self.ctx.settings.report_tz)).strftime("%Y-%m")
 
 
 class StatementHandler(ConsoleHandler):
@@ -360,9 +462,9 @@ class StatementHandler(ConsoleHandler):
 
     async def get(self) -> None:
         raw_user = form_value(self.request.query_arguments, "user")
-        month = form_value(self.request.query_arguments, "month") or datetime.now(self._zone).strftime("%Y-%m")
+        month = form_value(self.request.query_arguments, "month") or self.this_month()
         view: dict[str, Any] = {"raw_user": raw_user, "month": month, "error": None, "statement": None}
-        view.update(zone=self.ctx.settings.report_tz, types=TRANSACTION_TYPES, csv_url=None)
+        view.update(types=TRANSACTION_TYPES, csv_url=None)
         if raw_user:
             user_id = parse_user(raw_user)
             if user_id is None:
@@ -374,10 +476,6 @@ class StatementHandler(ConsoleHandler):
             else:
                 await self._fill(user_id, month, view)
         self.render("console_statement.html", **view)
-
-    @property
-    def _zone(self) -> ZoneInfo:
-        return ZoneInfo(self.ctx.settings.report_tz)
 
     async def _fill(self, user_id: int, month: str, view: dict[str, Any]) -> None:
         try:
@@ -392,7 +490,7 @@ class StatementHandler(ConsoleHandler):
             return
         if self.principal is not None:
             await self.audit.record(self.principal, self.route_name, user_id, self.origin.remote_ip)
-        view["statement"] = statement_view(statement, self._zone)
+        view["statement"] = statement_view(statement, self.zone)
         view["csv_url"] = "/console/statements.csv?" + urlencode({"user": user_id, "month": statement.month.label})
 
 
@@ -429,7 +527,7 @@ class ReportsHandler(ConsoleHandler):
     route_name = "/console/reports"
 
     async def get(self) -> None:
-        month = form_value(self.request.query_arguments, "month") or self._this_month()
+        month = form_value(self.request.query_arguments, "month") or self.this_month()
         view: dict[str, Any] = {"month": month, "error": None, "rows": None, "total": None, "link": None}
         if not _is_month(month):
             self.set_status(400)
@@ -448,9 +546,6 @@ class ReportsHandler(ConsoleHandler):
                 view["rows"] = [(name, format_kopecks(kopecks)) for name, kopecks in totals]
                 view["total"] = format_kopecks(sum(kopecks for _, kopecks in totals))
         self.render("console_reports.html", **view)
-
-    def _this_month(self) -> str:
-        return datetime.now(ZoneInfo(self.ctx.settings.report_tz)).strftime("%Y-%m")
 
 
 def _is_month(text: str) -> bool:
@@ -507,6 +602,9 @@ def console_routes(ctx: ApiContext) -> list[Any]:
         (r"/console/login", LoginHandler, args),
         (r"/console/logout", LogoutHandler, args),
         (r"/console/users", UserHandler, args),
+        (r"/console/find", FindHandler, args),
+        (r"/console/transactions", TransactionHandler, args),
+        (r"/console/orders", OrderHandler, args),
         (r"/console/reports", ReportsHandler, args),
         (r"/console/statements", StatementHandler, args),
         (r"/console/statements\.csv", StatementCsvHandler, args),

@@ -1,4 +1,4 @@
-"""The MongoDB ledger: schema, indexes, the projector's writes and recovery's sums (every such MongoDB call)."""
+"""The MongoDB ledger: schema, indexes, the projector's writes, recovery's sums and the console's look-ups."""
 
 from __future__ import annotations
 
@@ -42,10 +42,13 @@ HASH = "hash"
 # never goes back: lua/_prelude.lua), so the user_created index reads them in that order.
 USER_ORDER = [("user_id", ASCENDING), ("created_at", ASCENDING), ("_id", ASCENDING)]
 USER_LATEST_FIRST = [("created_at", DESCENDING), ("_id", DESCENDING)]
+OLDEST_FIRST = [("created_at", ASCENDING), ("_id", ASCENDING)]
 TRANSACTION_INDEXES: list[tuple[str, list[tuple[str, int]]]] = [
     ("user_created", USER_ORDER),
     ("user_amount", [("user_id", ASCENDING), ("amount", ASCENDING), ("_id", ASCENDING)]),
     ("type_created", [("type", ASCENDING), ("created_at", ASCENDING)]),
+    # The console's order look-up: one order's reserve, charge, release and refunds, whoever's they are.
+    ("service_order", [("service_id", ASCENDING), ("order_id", ASCENDING), *OLDEST_FIRST]),
 ]
 # Recovery's aggregations (reports/*.jsonc say what each returns).
 USER_SUMS = load_pipeline("user_sums")
@@ -260,6 +263,25 @@ class LedgerStore:
         index whole even for one user)."""
         filter_: dict[str, Any] = {} if user_id is None else {"user_id": Int64(user_id)}
         return self.transactions.find(filter_, sort=USER_ORDER).batch_size(batch_size)
+
+    # ---- the console's look-ups ----------------------------------------------------------------------
+
+    def transaction_cursor(self, txn_id: int) -> Any:
+        """The transaction with this id: the _id index."""
+        return self.transactions.find({"_id": Int64(txn_id)}).limit(1)
+
+    async def transaction(self, txn_id: int) -> dict[str, Any] | None:
+        found: list[dict[str, Any]] = await self.transaction_cursor(txn_id).to_list(1)
+        return found[0] if found else None
+
+    def order_cursor(self, service_id: int, order_id: int, limit: int) -> Any:
+        """The transactions of one (service, order), oldest first, at most `limit`: the service_order index."""
+        filter_ = {"service_id": Int64(service_id), "order_id": Int64(order_id)}
+        return self.transactions.find(filter_, sort=OLDEST_FIRST, limit=limit)
+
+    async def order_transactions(self, service_id: int, order_id: int, limit: int) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = await self.order_cursor(service_id, order_id, limit).to_list(limit)
+        return found
 
     async def count_transactions(self) -> int:
         count: int = await self.transactions.count_documents({})

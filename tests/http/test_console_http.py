@@ -157,7 +157,7 @@ async def test_user_lookup_states(console: ConsoleClient, api: Api) -> None:
     assert table.count("<tr>") == 3  # the header, the open reservation and the cancelled one, with their states
     assert '<td data-label="Состояние" class="status-reserved">В резерве</td>' in table
     assert '<td data-label="Состояние" class="status-cancelled">Отменён</td>' in table
-    assert table.count('<td data-label="Истекает">') == 2
+    assert table.count('<td data-label="Истекает (Europe/Moscow)">') == 2
 
 
 async def test_reports_store_down_is_a_clear_state(

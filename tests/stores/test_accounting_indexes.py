@@ -1,5 +1,5 @@
 """explain() of the accounting views' queries on a MongoDB wire server (SecantusDB): each walks user_created;
-the revenue report's walks type_created."""
+the revenue report's walks type_created; the console's look-ups walk the _id index and service_order."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from bson import Int64
 from billing.bootstrap import Context
 from billing.core.config import Settings
 from billing.core.parsing import INT64_MAX
-from billing.projection.store import TRANSACTION_INDEXES
+from billing.projection.store import TRANSACTION_INDEXES, LedgerStore
 from billing.views.accounting import LATEST_SCAN, USER_CREATED
 from billing.views.reports import REFUNDS, REVENUE
 from tests.stores.test_history_indexes import stages
@@ -36,6 +36,7 @@ def settings(settings: Settings) -> Settings:
 # is one; mongod reports none for these queries (the walk already yields that order).
 RECORDED = (["SORT", "FETCH", "IXSCAN"], ["LIMIT", "FETCH", "IXSCAN"], ["FETCH", "IXSCAN"])
 TYPE_CREATED = dict(TRANSACTION_INDEXES)["type_created"]
+SERVICE_ORDER = dict(TRANSACTION_INDEXES)["service_order"]
 
 
 def scans(plan: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
@@ -128,3 +129,35 @@ async def test_the_revenue_report_reads_charges_and_refunds_by_type_created(ctx:
             expected[int(doc["service_id"])] = expected.get(int(doc["service_id"]), 0) + sign * int(doc["amount"])
     assert sorted(await ctx.reports.totals("2026-09")) == sorted((f"service {s}", t) for s, t in expected.items())
     assert expected and any(doc["type"] == "refund" for doc in docs)
+
+
+async def test_the_consoles_transaction_lookup_reads_the_id_index(ctx: Context) -> None:
+    await create_history_indexes(ctx.mongo)
+    await insert(ctx.mongo, ledger(300, users=(1, 2, 3)))
+    store = LedgerStore(ctx.mongo)
+    explained = await store.transaction_cursor(150).explain()
+    plan = explained["queryPlanner"]["winningPlan"]
+    names = [stage["stage"] for stage in stages(plan)]
+    assert "COLLSCAN" not in names and "SORT" not in names, plan
+    assert names[-1] == "IDHACK" or any(s.get("keyPattern") == {"_id": 1} for s in stages(plan)), plan
+    assert (await store.transaction(150) or {}).get("_id") == 150
+    assert await store.transaction(301) is None
+
+
+async def test_the_consoles_order_lookup_reads_service_order(ctx: Context) -> None:
+    await create_history_indexes(ctx.mongo)
+    docs = ledger(300, users=(1, 2, 3))
+    for doc in docs:
+        if doc["type"] in ("reserve", "charge", "release", "refund"):
+            doc["service_id"], doc["order_id"] = Int64(int(doc["_id"]) % 3 + 1), Int64(int(doc["_id"]) % 5 + 1)
+    await insert(ctx.mongo, docs)
+    store = LedgerStore(ctx.mongo)
+    explained = await store.order_cursor(2, 4, 101).explain()
+    plan = explained["queryPlanner"]["winningPlan"]
+    names, [scan] = scans(plan)
+    assert names in RECORDED, plan
+    assert scan["keyPattern"] == dict(SERVICE_ORDER), plan
+    assert all(stage["limitAmount"] == 101 for stage in stages(plan) if stage["stage"] == "SORT"), plan
+    expected = [d["_id"] for d in docs if d.get("service_id") == 2 and d.get("order_id") == 4]
+    assert expected and [d["_id"] for d in await store.order_transactions(2, 4, 101)] == expected
+    assert len(await store.order_transactions(2, 4, 3)) == 3

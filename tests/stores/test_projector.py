@@ -295,6 +295,7 @@ async def test_indexes_exist_after_the_first_batch(ctx: Context) -> None:
     info = await ctx.mongo.transactions.index_information()
     keys = {tuple(k for k, _ in spec["key"]) for spec in info.values()}
     assert {("user_id", "created_at", "_id"), ("user_id", "amount", "_id"), ("type", "created_at")} <= keys
+    assert ("service_id", "order_id", "created_at", "_id") in keys  # the console's order look-up
 
 
 async def test_records_in_stream_are_strings_as_agreed(ctx: Context) -> None:

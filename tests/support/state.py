@@ -8,11 +8,18 @@ from redis.asyncio import Redis
 
 from billing.ledger.scripts import RedisKeys
 
+# The projectors' registry and partition leases (billing/projection/leases.py): renewed and taken on the
+# projectors' own schedule, not by any request.
+PROJECTOR_BOOKKEEPING = (b"projectors", b"projector:lease")
+
 
 async def redis_state(redis: Redis, prefix: str) -> dict[bytes, Any]:
-    """Every key under the prefix with its full value (hashes, strings, streams, sets), TTLs left out."""
+    """Every key under the prefix with its full value (hashes, strings, streams, sets), TTLs left out; not the
+    projectors' registry and leases."""
     state: dict[bytes, Any] = {}
     async for key in redis.scan_iter(match=f"{prefix}*", count=1000):
+        if key.endswith(PROJECTOR_BOOKKEEPING):
+            continue
         kind = await redis.type(key)
         if kind == b"hash":
             state[key] = await redis.hgetall(key)

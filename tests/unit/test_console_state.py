@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import date
 from urllib.parse import parse_qs, urlsplit
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -11,6 +12,8 @@ from billing.api.auth import Authenticator
 from billing.console.history_view import BadState, HistoryState
 from billing.console.session import resolve, session_value
 from billing.ledger.scripts import RedisKeys, glob_escape
+
+UTC_ZONE = ZoneInfo("UTC")
 
 
 def parse(url: str) -> HistoryState:
@@ -57,7 +60,7 @@ def test_sorting_flips_the_current_column_and_restarts_paging() -> None:
 
 def test_api_query_turns_inclusive_dates_into_rfc3339_bounds() -> None:
     state = HistoryState(user_id=1, types=("reserve",), date_from=date(2026, 11, 1), date_to=date(2026, 11, 30))
-    assert state.api_query() == {
+    assert state.api_query(UTC_ZONE) == {
         "sort": "created_at",
         "order": "desc",
         "limit": "20",
@@ -65,7 +68,19 @@ def test_api_query_turns_inclusive_dates_into_rfc3339_bounds() -> None:
         "from": "2026-11-01T00:00:00.000Z",
         "to": "2026-12-01T00:00:00.000Z",
     }
-    assert "cursor" not in state.api_query() and state.next_page("abc").api_query()["cursor"] == "abc"
+    assert "cursor" not in state.api_query(UTC_ZONE)
+    assert state.next_page("abc").api_query(UTC_ZONE)["cursor"] == "abc"
+
+
+def test_the_dates_are_days_in_the_report_zone() -> None:
+    """Moscow is UTC+3: its 1 November starts at 21:00 UTC on 31 October; a day across a DST change
+    (Berlin, 27 October 2024: 25 hours) ends at the next local midnight."""
+    moscow = HistoryState(user_id=1, date_from=date(2026, 11, 1), date_to=date(2026, 11, 30))
+    query = moscow.api_query(ZoneInfo("Europe/Moscow"))
+    assert (query["from"], query["to"]) == ("2026-10-31T21:00:00.000Z", "2026-11-30T21:00:00.000Z")
+    berlin = HistoryState(user_id=1, date_from=date(2024, 10, 27), date_to=date(2024, 10, 27))
+    query = berlin.api_query(ZoneInfo("Europe/Berlin"))
+    assert (query["from"], query["to"]) == ("2024-10-26T22:00:00.000Z", "2024-10-27T23:00:00.000Z")
 
 
 @pytest.mark.parametrize(
