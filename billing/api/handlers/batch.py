@@ -98,7 +98,7 @@ class BatchHandler(BaseHandler):
                     "idempotency_key must be 1-255 visible ASCII characters",
                     [{"field": "idempotency_key", "message": "1-255 visible ASCII characters"}],
                 )
-            idem = Idempotency(scope=self.principal.name, key=key)
+            idem = Idempotency(self.principal.name, key)
         return spec, validate(spec, fields), idem
 
 
