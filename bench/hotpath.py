@@ -8,7 +8,10 @@ process only (not redis-server), so it hardly depends on other load on the machi
 redis-server's own CPU per request (INFO cpu: Lua, commands and its event loop, one request at a time, so
 no pipelining) and its time inside EVALSHA per request (INFO commandstats).
 
-Run: python -m bench.hotpath [--requests 20000] [--profile deposit|balance]
+The batch line (--batches N) is the worker's CPU and redis-server's per operation of POST /v1/batch of 1000
+deposits, each with a key of its own; it has no floor.
+
+Run: python -m bench.hotpath [--requests 20000] [--cases deposit] [--batches 5] [--profile deposit|balance|batch]
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from types import SimpleNamespace
 from typing import Any
 
 TOKEN = "bench-payments-token"
+BATCH_SIZE = 1000
 
 
 def _free_port() -> int:
@@ -145,10 +149,15 @@ class _RedisCpu:
 
 
 async def _measure(
-    name: str, requests: int, send: Callable[[int], Awaitable[int]], expect: int, redis: _RedisCpu
+    name: str,
+    requests: int,
+    send: Callable[[int], Awaitable[int]],
+    expect: int,
+    redis: _RedisCpu,
+    warm_up: int = 500,
 ) -> tuple[float, float, float]:
     """CPU µs per request: this process, redis-server, redis-server inside EVALSHA."""
-    for i in range(500):  # warm up
+    for i in range(warm_up):
         await send(i)
     redis_before, evalsha_before = await redis.read()
     started = time.process_time()
@@ -206,18 +215,33 @@ async def main_async(args: argparse.Namespace) -> None:
         def floor_balance(i: int) -> Awaitable[int]:
             return floor("GET", f"/balance/{i % 1000 + 1}", {}, b"")
 
+        batch_bodies: list[bytes] = []  # each sent once: a batch sent again would be all replays
+
+        def batch(i: int) -> Awaitable[int]:
+            return service("POST", "/v1/batch", post_headers, batch_bodies.pop())
+
         cases = {
             "deposit": (deposit, 201, floor_deposit, 201),
             "balance": (balance, 200, floor_balance, 200),
         }
+        cases = {name: case for name, case in cases.items() if name in args.cases}
+        if args.batches or args.profile == "batch":
+            # built beforehand, each operation with a key of its own (no replays), as bench.batchload sends them
+            from bench.batchload import build_bodies
+
+            batch_bodies.extend(build_bodies(args.batches * args.repeat + 1, BATCH_SIZE, f"hp-{run}", users=1000))
         for i in range(1000):  # every user has an account (and a floor balance) before any GET
             await deposit(i)
             await floor_deposit(i)
         if args.profile:
-            send, expect, _, _ = cases[args.profile]
+            send, expect, requests = (
+                (batch, 200, args.batches or 1)
+                if args.profile == "batch"
+                else ((*cases[args.profile][:2], args.requests))
+            )
             profiler = cProfile.Profile(time.process_time)
             profiler.enable()
-            await _measure(args.profile, args.requests, send, expect, redis_cpu)
+            await _measure(args.profile, requests, send, expect, redis_cpu, warm_up=0)
             profiler.disable()
             out = io.StringIO()
             pstats.Stats(profiler, stream=out).sort_stats(args.sort).print_stats(args.top)
@@ -239,6 +263,14 @@ async def main_async(args: argparse.Namespace) -> None:
                 f"{name:<22}{service_us:>10.1f}{floor_us:>10.1f}{floor_us / service_us:>8.2f}"
                 f"{redis_us:>10.1f}{floor_redis_us:>8.1f}{evalsha_us:>10.1f}{floor_evalsha_us:>8.1f}"
             )
+        if args.batches:
+            await batch(0)  # warm up
+            runs = [await _measure("batch", args.batches, batch, 200, redis_cpu, warm_up=0) for _ in range(args.repeat)]
+            worker_us, redis_us, evalsha_us = (min(column) / BATCH_SIZE for column in zip(*runs, strict=True))
+            print(
+                f"{'batch, per operation':<22}{worker_us:>10.1f}{'':>10}{'':>8}{redis_us:>10.1f}{'':>8}"
+                f"{evalsha_us:>10.1f}   ({args.batches} x POST /v1/batch of {BATCH_SIZE} deposits)"
+            )
     finally:
         redis_proc.terminate()
         redis_proc.wait()
@@ -249,7 +281,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=3, help="take the best of this many runs")
-    parser.add_argument("--profile", choices=["deposit", "balance"], help="cProfile one case instead")
+    parser.add_argument("--cases", default="deposit,balance", help="which of deposit,balance to measure")
+    parser.add_argument(
+        "--batches", type=int, default=0, help=f"also this many POST /v1/batch of {BATCH_SIZE} deposits per run"
+    )
+    parser.add_argument("--profile", choices=["deposit", "balance", "batch"], help="cProfile one case instead")
     parser.add_argument("--sort", default="tottime", help="pstats sort key for --profile (tottime, cumulative)")
     parser.add_argument("--top", type=int, default=40, help="rows of --profile output")
     args = parser.parse_args(argv)

@@ -36,6 +36,7 @@ CHAIN_FIELDS = (
     "counterparty_user_id",
 )
 REFERENCE_FIELDS = ("service_id", "order_id", "counterparty_user_id")
+_REFERENCE_KEYS = frozenset(REFERENCE_FIELDS)
 
 
 def _ms(value: Any) -> int:
@@ -54,9 +55,10 @@ def item_fields(raw: Mapping[str, Any]) -> dict[str, Any]:
         "created_at": format_ms(_ms(raw["created_at"])),
         "comment": raw.get("comment") or None,
     }
-    for name in REFERENCE_FIELDS:
-        if raw.get(name) is not None:
-            item[name] = int(raw[name])
+    if not _REFERENCE_KEYS.isdisjoint(raw.keys()):  # a deposit or withdrawal names none: one set operation
+        for name in REFERENCE_FIELDS:
+            if raw.get(name) is not None:
+                item[name] = int(raw[name])
     return item
 
 

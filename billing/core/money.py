@@ -68,6 +68,8 @@ def format_kopecks(kopecks: int) -> str:
     if kopecks >= KOPECKS_PER_RUBLE:
         digits = str(kopecks)  # the digits themselves: cheaper than divmod and a format (a batch calls this 6x per op)
         return digits[:-2] + "." + digits[-2:]
-    if kopecks >= 0:
+    if kopecks == 0:  # every reserved_after of an account that holds no reservation
+        return "0.00"
+    if kopecks > 0:
         return f"0.{kopecks:02d}"
     return "-" + format_kopecks(-kopecks)

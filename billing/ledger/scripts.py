@@ -574,7 +574,7 @@ class Ledger:
             args.append(name)
             args.append(fp if idem is not None else "")
             # op_args begin with the partition: the batch script checks it is the run's
-            args.extend([str(arg) for arg in op_args])
+            args.extend(map(str, op_args))
         return ["EVALSHA", self._shas[BATCH], str(len(keys)), *keys, *args]
 
     async def claim_pointers(

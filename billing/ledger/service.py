@@ -156,10 +156,14 @@ def batch_runs(touched: Sequence[frozenset[int]], shared: Sequence[frozenset[Has
             runs.append([index])
             continue
         (partition,) = partitions
-        if any(owners.get(key, partition) != partition for key in keys):
-            flush()
+        # (loops, not any() over a generator and dict.fromkeys: this runs once per operation of a batch)
+        for key in keys:
+            if owners.get(key, partition) != partition:
+                flush()
+                break
         segment.setdefault(partition, []).append(index)
-        owners.update(dict.fromkeys(keys, partition))
+        for key in keys:
+            owners[key] = partition
     flush()
     return runs
 

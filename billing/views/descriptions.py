@@ -52,9 +52,9 @@ def negotiate_language(header: str | None) -> str:
     return accept_language(header, SUPPORTED_LANGUAGES, DEFAULT_LANGUAGE)
 
 
-def describe(txn_type: str, amount: int, lang: str, refs: dict[str, Any]) -> str:
+def describe(txn_type: str, amount: int, lang: str, refs: dict[str, Any], amount_text: str | None = None) -> str:
     """One sentence for a transaction; refs may hold service_id, service_name, order_id, counterparty_user_id and
-    reason."""
+    reason. amount_text: format_kopecks(amount), when the caller has it already."""
     templates = _TEMPLATES.get(lang, _TEMPLATES[DEFAULT_LANGUAGE])
     if txn_type == TransactionType.RELEASE and refs.get("reason") == "expired":
         txn_type = EXPIRED_RELEASE
@@ -67,7 +67,7 @@ def describe(txn_type: str, amount: int, lang: str, refs: dict[str, Any]) -> str
             else templates["service_unnamed"].format(id=refs["service_id"])
         )
     return templates[txn_type].format(
-        amount=format_kopecks(amount),
+        amount=amount_text if amount_text is not None else format_kopecks(amount),
         counterparty=refs.get("counterparty_user_id"),
         service=service,
         order=refs.get("order_id"),

@@ -28,7 +28,7 @@ def render_transaction(
         item["service_name"] = (service_names or {}).get(item["service_id"]) or raw.get("service_name") or None
     if raw.get("reason"):
         item["reason"] = raw["reason"]  # a release of a reservation that expired
-    item["description"] = describe(item["type"], int(raw["amount"]), lang, item)
+    item["description"] = describe(item["type"], int(raw["amount"]), lang, item, item["amount"])
     return item
 
 
@@ -76,17 +76,21 @@ _ORDER = (
 )
 
 
-_RANK = {key: rank for rank, key in enumerate(_ORDER)}
+class _Ranks(dict[str, int]):
+    """A part's place in the answer; any other part after them all (in the script's order: sorted is stable)."""
+
+    def __missing__(self, key: str) -> int:
+        return len(_ORDER)
 
 
-def _key_rank(key: str) -> int:
-    return _RANK.get(key, len(_ORDER))
+# (its bound __getitem__ as the sort key: no Python-level call per part)
+_RANK = _Ranks({key: rank for rank, key in enumerate(_ORDER)})
 
 
 def render_outcome_body(body: Mapping[str, Any], lang: str) -> dict[str, Any]:
     """A script's success body with every part in API form."""
     out: dict[str, Any] = {}
-    for key in sorted(body, key=_key_rank):
+    for key in sorted(body, key=_RANK.__getitem__):
         value = body[key]
         if key in _RENDERERS:
             out[key] = _RENDERERS[key](value)

@@ -60,14 +60,15 @@ class BatchHandler(BaseHandler):
                     "A batch with this Idempotency-Key is running",
                     headers={"Retry-After": "1"},
                 ) from None
+        lang = self.lang
         try:
-            outcomes = await self.ctx.operations.execute_many([item[1:] for item in runnable], self.lang)
+            outcomes = await self.ctx.operations.execute_many([item[1:] for item in runnable], lang)
         except BaseException:
             if claim is not None:
                 await _settle(self.ctx.ledger, claim, reached=False)
             raise
-        for (index, spec, *_), outcome in zip(runnable, outcomes, strict=True):
-            results[index] = answer(spec.name, outcome, self.lang)
+        for (index, spec, _request, _idem), outcome in zip(runnable, outcomes, strict=True):
+            results[index] = answer(spec.name, outcome, lang)
         if claim is not None:
             await _settle(self.ctx.ledger, claim, any(reached_money(outcome) for outcome in outcomes))
         # A batch retried under its Idempotency-Key answers exactly as the first time, marked by the header.
@@ -98,7 +99,7 @@ class BatchHandler(BaseHandler):
                     "idempotency_key must be 1-255 visible ASCII characters",
                     [{"field": "idempotency_key", "message": "1-255 visible ASCII characters"}],
                 )
-            idem = Idempotency(scope=self.principal.name, key=key)
+            idem = Idempotency(self.principal.name, key)
         return spec, validate(spec, fields), idem
 
 
