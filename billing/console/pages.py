@@ -9,9 +9,10 @@ import logging
 import math
 import re
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
@@ -27,6 +28,7 @@ from billing.console.display import local_time, shown
 from billing.console.history_view import BadState, HistoryState
 from billing.console.lookups import (
     BadLookup,
+    OrderView,
     find_target,
     order_ref,
     order_url,
@@ -79,6 +81,9 @@ ACCOUNTING = roles(Role.ACCOUNTING)  # the reports page
 ADMIN = roles(Role.ADMIN)  # the audit log
 STATEMENTS = roles(Role.SUPPORT, Role.ACCOUNTING)  # a user's monthly statement
 STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
+
+
+_Found = TypeVar("_Found")
 
 
 class ConsoleError(Exception):
@@ -342,16 +347,14 @@ class TransactionHandler(ConsoleHandler):
     async def get(self) -> None:
         raw = form_value(self.request.query_arguments, "id")
         view: dict[str, Any] = {"find": {**FIND_BLANK, "transaction": raw}, "error": None, "item": None}
-        try:
+
+        async def find() -> tuple[int, dict[str, Any] | None]:
             txn_id = transaction_id(raw)
-            item = await transaction_view(LedgerStore(self.ctx.mongo), self.ctx.ledger, txn_id, self.lang)
-        except BadLookup as exc:
-            self.set_status(400)
-            view["error"] = TEXT[self.lang][exc.key]
-        except UNAVAILABLE_ERRORS:
-            self.set_status(503)
-            view["error"] = TEXT[self.lang]["store_down"]
-        else:
+            return txn_id, await transaction_view(LedgerStore(self.ctx.mongo), self.ctx.ledger, txn_id, self.lang)
+
+        found = await self.look_up(view, find)
+        if found is not None:
+            txn_id, item = found
             if item is None:
                 self.set_status(404)
                 view["error"] = TEXT[self.lang]["unknown_transaction"].format(id=txn_id)
@@ -361,6 +364,19 @@ class TransactionHandler(ConsoleHandler):
                 if "order_id" in item:
                     view["order_url"] = order_url(item["service_id"], item["order_id"])
         self.render("console_transaction.html", **view)
+
+    async def look_up(self, view: dict[str, Any], find: Callable[[], Awaitable[_Found]]) -> _Found | None:
+        """What find() looks up; None, with the page's status and error set, when the input is malformed (400) or
+        a store is down (503)."""
+        try:
+            return await find()
+        except BadLookup as exc:
+            self.set_status(400)
+            view["error"] = TEXT[self.lang][exc.key]
+        except UNAVAILABLE_ERRORS:
+            self.set_status(503)
+            view["error"] = TEXT[self.lang]["store_down"]
+        return None
 
     async def audited(self, user_id: int) -> None:
         if self.principal is not None:  # always, after prepare(); recorded before anything is shown
@@ -375,18 +391,20 @@ class OrderHandler(TransactionHandler):
     async def get(self) -> None:
         raw_service = form_value(self.request.query_arguments, "service")
         raw_order = form_value(self.request.query_arguments, "order")
-        find = {**FIND_BLANK, "service": raw_service, "order": raw_order}
-        view: dict[str, Any] = {"find": find, "error": None, "order": None}
-        try:
+        view: dict[str, Any] = {
+            "find": {**FIND_BLANK, "service": raw_service, "order": raw_order},
+            "error": None,
+            "order": None,
+        }
+
+        async def find() -> tuple[int, int, OrderView | None]:
             service_id, order_id = order_ref(raw_service, raw_order)
-            order = await order_view(LedgerStore(self.ctx.mongo), self.ctx.ledger, service_id, order_id, self.lang)
-        except BadLookup as exc:
-            self.set_status(400)
-            view["error"] = TEXT[self.lang][exc.key]
-        except UNAVAILABLE_ERRORS:
-            self.set_status(503)
-            view["error"] = TEXT[self.lang]["store_down"]
-        else:
+            store = LedgerStore(self.ctx.mongo)
+            return service_id, order_id, await order_view(store, self.ctx.ledger, service_id, order_id, self.lang)
+
+        found = await self.look_up(view, find)
+        if found is not None:
+            service_id, order_id, order = found
             if order is None:
                 self.set_status(404)
                 view["error"] = TEXT[self.lang]["unknown_order"].format(service=service_id, order=order_id)
