@@ -18,14 +18,15 @@ from redis.exceptions import ResponseError
 
 from billing.app import make_app
 from billing.bootstrap import bootstrap
-from billing.core.config import Settings, default
+from billing.core.config import Settings
 from billing.infra import redis_raw
 from billing.ledger.outcomes import Applied
-from billing.ledger.scripts import Idempotency, Ledger, RedisKeys
+from billing.ledger.scripts import Idempotency, Ledger
 from billing.ledger.service import OPERATIONS, MoneyOperations
 from tests.support.answers import run_many
 from tests.support.api import Api
 from tests.support.servers import RedisServer, free_port
+from tests.support.state import PROJECTOR_BOOKKEEPING
 
 TTL = 90_000
 FP = "f" * 64
@@ -35,11 +36,9 @@ IDEM = Idempotency("tok", "k-1")
 async def snapshot(redis: Redis, prefix: str) -> dict[str, Any]:
     """Every key of one ledger with its type and whole content (stream ids included); not the projectors'
     registry and leases, which they renew as time passes."""
-    keys = RedisKeys(prefix, default("partitions"))
-    renewed = {keys.projectors, *(keys.projector_lease(p) for p in keys.all())}
     state: dict[str, Any] = {}
     async for raw in redis.scan_iter(match=prefix + "*", count=1000):
-        if raw.decode() in renewed:
+        if raw.endswith(PROJECTOR_BOOKKEEPING):
             continue
         kind = (await redis.type(raw)).decode()
         if kind == "hash":
