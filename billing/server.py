@@ -79,7 +79,8 @@ async def _drain(server: tornado.httpserver.HTTPServer, ctx: Context) -> None:
     if observer.in_flight > 0:
         log.warning("shutdown grace period over with %d request(s) in flight", observer.in_flight)
     try:
-        await asyncio.wait_for(server.close_all_connections(), timeout=max(0.1, deadline - time.monotonic()))
+        async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
+            await server.close_all_connections()
     except TimeoutError:
         log.warning("shutdown grace period over; closing remaining connections")
 

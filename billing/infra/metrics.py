@@ -221,7 +221,8 @@ async def _read_webhooks(webhooks: Any) -> list[tuple[str, int, float | None]] |
     if webhooks is None:
         return None
     try:
-        return list(await asyncio.wait_for(webhooks.gauges(), timeout=1.0))
+        async with asyncio.timeout(1.0):
+            return list(await webhooks.gauges())
     except Exception as exc:  # as for the lag: reported as a metric, never a failed scrape
         log.warning("could not read the webhooks' state: %r", exc)
         return None
@@ -257,7 +258,8 @@ async def _read_lag(projector: Any) -> dict[str, float] | None:
     if projector is None:
         return None
     try:
-        lag = await asyncio.wait_for(projector.lag(), timeout=1.0)
+        async with asyncio.timeout(1.0):
+            lag = await projector.lag()
     except Exception as exc:  # a scrape reports the failure as a metric, never fails
         log.warning("could not read the outbox lag: %r", exc)
         return None

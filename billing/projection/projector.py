@@ -20,6 +20,7 @@ from redis.exceptions import ResponseError
 
 from billing.core.config import Settings, default
 from billing.infra.redis_route import RedisClient
+from billing.infra.tasks import wait_event
 from billing.ledger.scripts import RedisKeys, transaction_partition
 from billing.projection.chainer import Chainer
 from billing.projection.leases import PartitionLeases
@@ -185,7 +186,8 @@ class Projector:
         task, self._task = self._task, None
         if task is not None:
             try:
-                await asyncio.wait_for(asyncio.shield(task), timeout)
+                async with asyncio.timeout(timeout):
+                    await asyncio.shield(task)
             except TimeoutError:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -309,7 +311,8 @@ class Projector:
     async def readiness(self) -> dict[str, Any]:
         """The /readyz contribution: the lag, or why it is unknown (never raises)."""
         try:
-            return {"outbox": await asyncio.wait_for(self.lag(), 1.0)}
+            async with asyncio.timeout(1.0):
+                return {"outbox": await self.lag()}
         except Exception as exc:
             return {"outbox": {"error": type(exc).__name__}}
 
@@ -360,8 +363,7 @@ class Projector:
                     await self._pause(rest)
 
     async def _pause(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
+        await wait_event(self._stopping, seconds)
 
     def _due(self, attr: str, every: float) -> bool:
         now = time.monotonic()

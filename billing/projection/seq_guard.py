@@ -145,7 +145,8 @@ class SequenceGuard:
     async def start(self) -> None:
         """Check once (bounded in time), then keep checking in the background."""
         try:
-            await asyncio.wait_for(self.check(), CHECK_TIMEOUT_SECONDS)
+            async with asyncio.timeout(CHECK_TIMEOUT_SECONDS):
+                await self.check()
         except Exception as exc:  # a store down at start: see the module's note
             log.warning("could not compare the Redis ledger sequence with MongoDB at start (%r); checking again", exc)
         self._task = asyncio.create_task(self._run(), name="ledger sequence guard")
@@ -158,7 +159,8 @@ class SequenceGuard:
         while True:
             await asyncio.sleep(CHECK_EVERY_SECONDS)
             with contextlib.suppress(Exception):  # the verdict stays; the next round tries again
-                await asyncio.wait_for(self.tick(), CHECK_TIMEOUT_SECONDS)
+                async with asyncio.timeout(CHECK_TIMEOUT_SECONDS):
+                    await self.tick()
 
     def ensure_writable(self) -> None:
         """Raise 503 unavailable while writes are refused (called before every money operation)."""

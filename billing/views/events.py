@@ -38,6 +38,7 @@ from billing.core.errors import ApiError
 from billing.core.parsing import INT64_MAX, ParseError, cursor_parts, small_number, whole_seconds
 from billing.core.timefmt import datetime_to_ms
 from billing.infra.redis_route import RedisClient
+from billing.infra.tasks import wait_event
 from billing.ledger.scripts import RedisKeys
 from billing.projection.store import SERVICES, TRANSACTIONS
 from billing.views.history import service_names
@@ -165,8 +166,7 @@ class FeedWaker:
         only the request's deadline ends its wait)."""
         if self._task is None:
             self._task = asyncio.create_task(self._listen(), name="events-waker")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._subscribed.wait(), timeout)
+        await wait_event(self._subscribed, timeout)
         return self._advanced
 
     async def _listen(self) -> None:
@@ -178,8 +178,8 @@ class FeedWaker:
                     message = await pubsub.get_message(ignore_subscribe_messages=False, timeout=RECONNECT_SECONDS)
                     if message is None:
                         continue
-                    if message["type"] == "subscribe":
-                        self._subscribed.set()
+                    if message["type"] == "subscribe" and message["data"] == len(self._channels):
+                        self._subscribed.set()  # every channel: an advance on any of them now wakes
                     elif message["type"] == "message":
                         self._wake()
             except asyncio.CancelledError:
@@ -287,8 +287,7 @@ class EventFeed:
             remaining = deadline - loop.time()
             if advanced is None or remaining <= 0 or self.waker.released:
                 break
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(advanced.wait(), remaining)
+            await wait_event(advanced, remaining)
             advanced = await self.waker.subscribed(0)
         return {"items": await self.render(docs, lang), "next": self._cursors.encode(seqs)}
 

@@ -34,7 +34,7 @@ from typing import Any, Protocol
 import orjson
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
-from billing.infra.tasks import cancel_and_wait
+from billing.infra.tasks import cancel_and_wait, wait_event
 from billing.ledger.unavailable import store_unavailable
 from billing.views.events import EventFeed
 from billing.webhooks.addresses import GuardedResolver
@@ -111,7 +111,8 @@ class HttpSender:
         try:
             # The client's own timeouts leave out the wait for a free connection slot: this bounds the whole
             # (a little later than the client's own, which then ends the usual slow answer itself).
-            response = await asyncio.wait_for(self.client.fetch(request, raise_error=False), self.timeout + 1)
+            async with asyncio.timeout(self.timeout + 1):
+                response = await self.client.fetch(request, raise_error=False)
         except TimeoutError:
             return f"no answer within {self.timeout:g} s"
         except Exception as exc:  # connection refused or reset, TLS, DNS, a refused address: all are a failure
@@ -130,16 +131,6 @@ class LeaseLost(Exception):
 
 def _ms(seconds: float) -> int:
     return int(seconds * 1000)
-
-
-async def _wait(event: asyncio.Event, timeout: float) -> None:
-    """Until the event is set or the timeout passes. (Python 3.11's wait_for may swallow a cancellation that
-    comes as the event is set; asyncio.wait never does.)"""
-    waiter = asyncio.ensure_future(event.wait())
-    try:
-        await asyncio.wait({waiter}, timeout=timeout)
-    finally:
-        waiter.cancel()
 
 
 class WebhookDispatcher:
@@ -196,7 +187,7 @@ class WebhookDispatcher:
                     log.warning("webhook leases not renewed now: %r", exc)
                 else:
                     log.exception("webhook lease round failed")
-            await _wait(self._poke, self.lease_ms / 1000 / RENEW_FRACTION)
+            await wait_event(self._poke, self.lease_ms / 1000 / RENEW_FRACTION)
 
     async def refresh(self) -> None:
         """Renew the leases held (dropping the webhooks lost or deleted) and take every free one."""
@@ -239,7 +230,7 @@ class WebhookDispatcher:
                     log.exception("webhook %s: delivery step failed", name)
                 delay = STORE_RETRY_SECONDS
             if delay is None:
-                await _wait(advanced, IDLE_SECONDS)
+                await wait_event(advanced, IDLE_SECONDS)
             elif delay > 0:
                 await self.clock.sleep(delay)
 

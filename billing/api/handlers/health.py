@@ -37,7 +37,8 @@ class ReadyHandler(BaseHandler):
 
 async def _probe(awaitable: Any) -> str:
     try:
-        await asyncio.wait_for(awaitable, timeout=1.0)
+        async with asyncio.timeout(1.0):
+            await awaitable
         return "ok"
     except Exception as exc:  # readiness reports, never raises
         return f"error: {type(exc).__name__}"
