@@ -53,8 +53,11 @@ lock: | $(BIN)/python
 	$(BIN)/pip-compile -q --extra test --strip-extras --allow-unsafe --no-emit-find-links --no-emit-index-url \
 		$(ARGS) -o constraints.txt setup.py
 
+# The suite mostly waits on the servers it starts, so it runs in TEST_PROCESSES processes, a test file to each.
+TEST_PROCESSES ?= 2
+
 test: install redis-bin browser lint
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -p no:cacheprovider -n $(TEST_PROCESSES) --dist loadfile
 
 bench: install redis-bin
 	bash scripts/ensure-wrk.sh

@@ -34,6 +34,7 @@ setup(
         "test": [
             "pytest>=8,<10",
             "pytest-asyncio>=0.23,<2",
+            "pytest-xdist>=3.5,<4",  # make test runs the suite in 2 processes (it mostly waits on servers)
             "hypothesis>=6.100,<7",
             "schemathesis>=4,<5",
             "SecantusDB>=0.7.0b3,<0.8",
