@@ -3,6 +3,7 @@ writes until `billing rebuild` restores the sequence; then writes resume with fr
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
@@ -138,3 +139,15 @@ async def test_each_tick_reads_redis_and_asks_mongodb_only_when_due_or_suspect(
     assert await checker.tick() is not None and len(asked) == 2  # asked MongoDB at once
     assert await guard(ctx).tick() is not None  # and on its next tick
     await assert_writes_refused(api, ctx)
+
+
+async def test_partition_tops_only_rise_under_concurrent_projectors(ctx: Context) -> None:
+    """Racing upserts of a new partition's top (a duplicate key for the loser) are raised again, and a lower top
+    (a batch replayed) never lowers one."""
+    store = LedgerStore(ctx.mongo)
+    batches = [{p: (n + 1) * MAX_PARTITIONS + p for p in range(p0, 16, 3)} for n in range(12) for p0 in range(3)]
+    await asyncio.gather(*(store.raise_partition_tops(tops) for tops in batches))
+    expected = {p: max(tops[p] for tops in batches if p in tops) for p in range(16)}
+    assert await store.largest_ids() == expected
+    await store.raise_partition_tops({p: MAX_PARTITIONS + p for p in range(16)})  # an older batch, replayed
+    assert await store.largest_ids() == expected
