@@ -8,7 +8,6 @@ cancellation comes as the awaited thing completes, and a loop that swallows its 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Any
 
 
@@ -17,8 +16,12 @@ async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
     if task is None:
         return
     task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
+    try:
         await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise  # the caller itself is being cancelled: not the task's end, which is swallowed
 
 
 async def wait_event(event: asyncio.Event, timeout: float) -> bool:
@@ -29,5 +32,5 @@ async def wait_event(event: asyncio.Event, timeout: float) -> bool:
         async with asyncio.timeout(max(0.0, timeout)):
             await event.wait()
     except TimeoutError:
-        return False
+        return event.is_set()  # (set in the very round the timeout fired)
     return True

@@ -38,7 +38,7 @@ from billing.core.errors import ApiError
 from billing.core.parsing import INT64_MAX, ParseError, cursor_parts, small_number, whole_seconds
 from billing.core.timefmt import datetime_to_ms
 from billing.infra.redis_route import RedisClient
-from billing.infra.tasks import wait_event
+from billing.infra.tasks import cancel_and_wait, wait_event
 from billing.ledger.scripts import RedisKeys
 from billing.projection.store import SERVICES, TRANSACTIONS
 from billing.views.history import service_names
@@ -178,7 +178,7 @@ class FeedWaker:
                     message = await pubsub.get_message(ignore_subscribe_messages=False, timeout=RECONNECT_SECONDS)
                     if message is None:
                         continue
-                    if message["type"] == "subscribe" and message["data"] == len(self._channels):
+                    if message["type"] == "subscribe" and message["data"] >= len(set(self._channels)):
                         self._subscribed.set()  # every channel: an advance on any of them now wakes
                     elif message["type"] == "message":
                         self._wake()
@@ -195,9 +195,7 @@ class FeedWaker:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
             self._subscribed.clear()
 

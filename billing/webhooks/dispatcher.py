@@ -203,9 +203,8 @@ class WebhookDispatcher:
 
     async def _drop(self, name: str, release: bool = True) -> None:
         token, task = self.serving.pop(name)
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+        with contextlib.suppress(Exception):  # how the delivery task ended does not matter now
+            await cancel_and_wait(task)
         if release:
             with contextlib.suppress(Exception):  # a lease left behind runs out by itself
                 await self.store.release_lease(name, token)

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
+from typing import Any
 
 import pytest
+from bson.int64 import Int64
+from pymongo.errors import DuplicateKeyError
 
 from billing.bootstrap import Context
 from billing.core.config import MAX_PARTITIONS, Settings
@@ -142,12 +146,35 @@ async def test_each_tick_reads_redis_and_asks_mongodb_only_when_due_or_suspect(
 
 
 async def test_partition_tops_only_rise_under_concurrent_projectors(ctx: Context) -> None:
-    """Racing upserts of a new partition's top (a duplicate key for the loser) are raised again, and a lower top
-    (a batch replayed) never lowers one."""
+    """Batches raising the tops in any order (a replayed older batch among them) never lower one."""
     store = LedgerStore(ctx.mongo)
     batches = [{p: (n + 1) * MAX_PARTITIONS + p for p in range(p0, 16, 3)} for n in range(12) for p0 in range(3)]
+    random.Random(7).shuffle(batches)  # larger tops before smaller ones: `$max`, not the last write, decides
     await asyncio.gather(*(store.raise_partition_tops(tops) for tops in batches))
     expected = {p: max(tops[p] for tops in batches if p in tops) for p in range(16)}
     assert await store.largest_ids() == expected
     await store.raise_partition_tops({p: MAX_PARTITIONS + p for p in range(16)})  # an older batch, replayed
     assert await store.largest_ids() == expected
+
+
+async def test_a_racing_upsert_of_a_partition_top_is_raised_again(
+    ctx: Context, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two projectors upserting a new partition's top at once: MongoDB refuses the loser's insert with a duplicate
+    key, and the loser raises the top once more (it may be the larger)."""
+    store = LedgerStore(ctx.mongo)
+    real = store.partition_tops.update_one
+    refused: list[Any] = []
+
+    async def first_one_loses(query: Any, update: Any, upsert: bool = False) -> Any:
+        if not refused:
+            refused.append(query)
+            await real(query, {"$max": {"top": Int64(1)}}, upsert=True)  # the winner's insert, just now
+            raise DuplicateKeyError("E11000 duplicate key error")
+        return await real(query, update, upsert=upsert)
+
+    monkeypatch.setattr(store.partition_tops, "update_one", first_one_loses)
+    top = 3 * MAX_PARTITIONS + 5
+    await store.raise_partition_tops({5: top})
+    assert refused == [{"_id": 5}]
+    assert await store.largest_ids() == {5: top}

@@ -44,6 +44,8 @@ class BillingProcess:
             "BILLING_LOG_REQUESTS": "false",
             "BILLING_LOG_LEVEL": "WARNING",
             "BILLING_CONFIG_FILE": os.devnull,
+            # Its own report cache: never the user's ~/.cache, shared with other test processes and `make run`
+            "BILLING_REPORTS_DIR": tempfile.mkdtemp(prefix="billing-reports-"),
             **(extra_env or {}),
         }
         self.proc: subprocess.Popen | None = None

@@ -51,3 +51,21 @@ def test_the_service_never_uses_wait_for() -> None:
     root = Path(billing.__file__).parent
     users = [str(p.relative_to(root)) for p in root.rglob("*.py") if "asyncio.wait_for(" in p.read_text()]
     assert users == ["infra/tasks.py"], "use asyncio.timeout() or wait_event(): see billing/infra/tasks.py"
+
+
+async def test_cancel_and_wait_lets_a_cancel_of_its_caller_through() -> None:
+    async def slow_to_stop() -> None:
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.2)  # its clean-up takes a while
+            raise
+
+    task = asyncio.create_task(slow_to_stop())
+    await asyncio.sleep(0)
+    caller = asyncio.create_task(cancel_and_wait(task))
+    await asyncio.sleep(0.05)  # the caller now waits for the task's clean-up
+    caller.cancel()
+    done, _ = await asyncio.wait({caller}, timeout=5)
+    assert done and caller.cancelled(), "cancel_and_wait swallowed its own caller's cancellation"
+    assert task.done()
