@@ -343,7 +343,8 @@ ROUTES: tuple[Route, ...] = (
                 'position (its answer\'s `secret` is null). Deliveries: `POST <url>` with `{"events": [...]}` '
                 f"(up to {dispatcher.BATCH_LIMIT}, in feed order), headers `Billing-Webhook-Id`, "
                 "`Billing-Delivery-Id` and `Billing-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "
-                '"<t>.<body>">`; a 2xx within 5 s acknowledges, anything else is retried (1 s doubling to 1 h).',
+                f'"<t>.<body>">`; a 2xx within {dispatcher.SEND_TIMEOUT_SECONDS:g} s acknowledges, anything else is '
+                f"retried ({dispatcher.FIRST_DELAY_SECONDS:g} s doubling to {dispatcher.MAX_DELAY_SECONDS / 3600:g} h).",
             ),
             "GET": Endpoint(
                 "A webhook and its delivery state",
