@@ -210,6 +210,14 @@ async def api(ctx: Context, redis_backend: str, request: pytest.FixtureRequest) 
 
 
 @pytest.fixture
+async def console(api: Api) -> AsyncIterator[ConsoleClient]:
+    """The console over HTTP, as a browser without JavaScript drives it (tests/support/console.py)."""
+    client = ConsoleClient(api.base_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
 async def https_console(ctx: Context, tmp_path: Path) -> AsyncIterator[ConsoleClient]:
     """The app served over HTTPS (a self-signed certificate for 127.0.0.1), and a console client of it."""
     cert, key = tls_files(tmp_path)

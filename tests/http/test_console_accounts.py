@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -18,13 +17,6 @@ from tests.support.console import ConsoleClient, Page
 
 PASSWORD = "long enough password"
 ALERT = re.compile(r'role="alert">([^<]*)<')
-
-
-@pytest.fixture
-async def console(api: Api) -> AsyncIterator[ConsoleClient]:
-    client = ConsoleClient(api.base_url)
-    yield client
-    client.close()
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -20,13 +19,6 @@ USER = 31
 COMMENT = "refund \u202eexe.txt\u202c ok\u200b<b>&"
 SERVICE = "Promo\u2067\u05e9\u05dd\u2069\ufeff"
 CONTROLS = re.compile("[\u202a-\u202e\u2066-\u2069\u200e\u200f\u061c\u200b-\u200d\u2060\ufeff]")
-
-
-@pytest.fixture
-async def console(api: Api) -> AsyncIterator[ConsoleClient]:
-    client = ConsoleClient(api.base_url)
-    yield client
-    client.close()
 
 
 async def seed(api: Api, ctx: Context) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import AsyncIterator
 from http.cookies import SimpleCookie
 
 import orjson
@@ -16,13 +15,6 @@ from billing.bootstrap import Context
 from billing.infra.observability import configure_access_log
 from tests.support.api import TEST_TOKENS, Api
 from tests.support.console import ConsoleClient
-
-
-@pytest.fixture
-async def console(api: Api) -> AsyncIterator[ConsoleClient]:
-    client = ConsoleClient(api.base_url)
-    yield client
-    client.close()
 
 
 def cookie(page, name: str):

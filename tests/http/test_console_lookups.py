@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -23,13 +22,6 @@ from tests.support.console import ConsoleClient, Page
 MOSCOW = ZoneInfo("Europe/Moscow")
 ALERT = re.compile(r'role="alert"[^>]*>([^<]*)<')
 ORDERS = {"token": "tok-orders"}
-
-
-@pytest.fixture
-async def console(api: Api) -> AsyncIterator[ConsoleClient]:
-    client = ConsoleClient(api.base_url)
-    yield client
-    client.close()
 
 
 def alert(page: Page) -> str:

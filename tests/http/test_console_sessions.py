@@ -2,23 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import pytest
-
 from billing.api.auth import token_digest
 from billing.bootstrap import Context
-from tests.support.api import Api
 from tests.support.console import ConsoleClient
 
 DAY_SECONDS = 86_400
-
-
-@pytest.fixture
-async def console(api: Api) -> AsyncIterator[ConsoleClient]:
-    client = ConsoleClient(api.base_url)
-    yield client
-    client.close()
 
 
 def copy_of(client: ConsoleClient) -> ConsoleClient:

@@ -3,7 +3,6 @@ Accept-Language, and the console's forms. Each value is taken exactly as written
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
@@ -12,13 +11,6 @@ from billing.bootstrap import Context
 from tests.support.api import Api, problem
 from tests.support.console import ConsoleClient
 from tests.support.state import changed_keys, redis_state
-
-
-@pytest.fixture
-async def console(api: Api) -> AsyncIterator[ConsoleClient]:
-    client = ConsoleClient(api.base_url)
-    yield client
-    client.close()
 
 
 async def signed_link(api: Api) -> tuple[str, dict[str, str]]:

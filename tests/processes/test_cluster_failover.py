@@ -17,12 +17,11 @@ from redis.crc import key_slot
 
 from billing.app import make_app
 from billing.bootstrap import bootstrap
-from billing.core.config import Settings
 from billing.core.money import format_kopecks, parse_amount
 from billing.projection.recovery import reconcile
 from billing.projection.store import LedgerStore
-from tests.support.api import TEST_TOKENS, Api, Response
-from tests.support.redis_cluster import LocalCluster
+from tests.support.api import Api, Response
+from tests.support.redis_cluster import LocalCluster, cluster_settings
 from tests.support.servers import served
 
 CLIENTS = 4
@@ -34,21 +33,16 @@ SETTLED = {201, 404, 409}
 
 
 async def test_with_wait_for_a_replica_a_masters_death_loses_and_doubles_no_acknowledged_operation(
-    own_cluster: LocalCluster, mongo_db: Any, tmp_path: Path
+    own_cluster: LocalCluster, mongo_db: Any, prefix: str, tmp_path: Path
 ) -> None:
-    settings = Settings(
-        redis_url=own_cluster.url,
-        redis_mode="cluster",
-        partitions=16,
+    settings = cluster_settings(
+        own_cluster,
+        prefix,
+        tmp_path,
         redis_wait_replicas=1,
         # Far above a replica's lag on one machine: an acknowledged write is on the replica, even on a loaded
         # machine. Once the master died its successor has no replica, so its writes each wait this long.
         redis_wait_timeout_ms=2000,
-        tokens=TEST_TOKENS,
-        secret="test-secret",
-        redis_prefix=f"test:{uuid.uuid4().hex[:12]}:",
-        reports_dir=tmp_path / "reports",
-        _env_file=None,
     )
     context = await bootstrap(settings, mongo=mongo_db)
     await context.start()

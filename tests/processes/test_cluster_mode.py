@@ -30,28 +30,12 @@ from billing.projection.leases import PartitionLeases
 from billing.projection.projector import Projector
 from billing.projection.store import LedgerStore
 from tests.support.api import TEST_TOKENS, Api, problem
-from tests.support.redis_cluster import LocalCluster
+from tests.support.redis_cluster import PARTITIONS, LocalCluster, cluster_settings
 from tests.support.servers import RedisServer, served
 from tests.support.workload import deposit
 
-PARTITIONS = 16
-
 # Counts its runs in KEYS[1] and answers the count.
 COUNT_RUNS = "return redis.call('INCR', KEYS[1])"
-
-
-def cluster_settings(cluster: LocalCluster, prefix: str, tmp_path: Path, **changes: Any) -> Settings:
-    settings = Settings(
-        redis_url=cluster.url,
-        redis_mode="cluster",
-        partitions=PARTITIONS,
-        tokens=TEST_TOKENS,
-        secret="test-secret",
-        redis_prefix=prefix,
-        reports_dir=tmp_path / "reports",
-        _env_file=None,
-    )
-    return settings.model_copy(update=changes)
 
 
 @pytest.fixture

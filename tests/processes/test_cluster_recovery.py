@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +20,13 @@ import redis
 from redis.crc import key_slot
 
 from billing.bootstrap import bootstrap
-from billing.core.config import Settings
 from billing.ledger.scripts import Idempotency, RedisKeys
 from billing.ledger.service import OPERATIONS
 from billing.projection.recovery import reconcile
 from billing.projection.store import LedgerStore
-from tests.support.api import TEST_TOKENS, Api
+from tests.support.api import Api
 from tests.support.cluster_service import PARTITIONS, ClusterService
-from tests.support.redis_cluster import LocalCluster
+from tests.support.redis_cluster import LocalCluster, cluster_settings
 from tests.support.workload import deposit
 
 BILLING = str(Path(sys.executable).with_name("billing"))
@@ -123,18 +121,10 @@ class Died(Exception):
 
 @pytest.mark.parametrize("mongo_backend", ["secantus"], indirect=True)
 async def test_a_transfer_in_transit_is_counted_and_a_lost_transit_is_found(
-    redis_cluster: LocalCluster, mongo_db: Any, tmp_path: Path
+    redis_cluster: LocalCluster, mongo_db: Any, prefix: str, tmp_path: Path
 ) -> None:
     """In the test's process, with no recovery loop: the transfer stays debited and not credited."""
-    settings = Settings(
-        redis_url=redis_cluster.url,
-        redis_mode="cluster",
-        partitions=PARTITIONS,
-        tokens=TEST_TOKENS,
-        redis_prefix=f"test:{uuid.uuid4().hex[:12]}:",
-        reports_dir=tmp_path / "reports",
-        _env_file=None,
-    )
+    settings = cluster_settings(redis_cluster, prefix, tmp_path)
     context = await bootstrap(settings, mongo=mongo_db)
     try:
         await deposit(context.ledger, 1, 100_00)

@@ -12,9 +12,8 @@ import pytest
 
 from billing.bootstrap import Context, bootstrap
 from billing.core.config import Settings
-from tests.processes.test_cluster_mode import cluster_settings
 from tests.stores.test_webhook_delivery import two_dispatchers_share_the_webhooks
-from tests.support.redis_cluster import LocalCluster
+from tests.support.redis_cluster import LocalCluster, cluster_settings
 
 
 @pytest.fixture

@@ -24,11 +24,10 @@ import redis
 
 from billing.core.config import Settings
 from tests.support.api import TEST_TOKENS
-from tests.support.redis_cluster import LocalCluster
+from tests.support.redis_cluster import PARTITIONS, LocalCluster
 from tests.support.servers import MongoWireServer
 from tests.support.service import BillingProcess
 
-PARTITIONS = 16
 SECRET = "test-secret"  # the `settings` fixture's: cursors signed by the server verify in the test's context
 
 

@@ -19,6 +19,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from billing.core.config import Settings
+from tests.support.api import TEST_TOKENS
 from tests.support.servers import RedisServer, free_port
 
 SLOTS = 16384
@@ -333,3 +335,21 @@ def _health(shards: Any) -> dict[str, str]:
             fields = dict(zip(node[::2], node[1::2], strict=True))
             health[fields["id"]] = fields["health"]
     return health
+
+
+PARTITIONS = 16  # the ledger partitions of the tests' apps on the cluster
+
+
+def cluster_settings(cluster: LocalCluster, prefix: str, tmp_path: Path, **changes: Any) -> Settings:
+    """The settings of an app of the test's own process on the cluster: 16 partitions, the test tokens."""
+    settings = Settings(
+        redis_url=cluster.url,
+        redis_mode="cluster",
+        partitions=PARTITIONS,
+        tokens=TEST_TOKENS,
+        secret="test-secret",
+        redis_prefix=prefix,
+        reports_dir=tmp_path / "reports",
+        _env_file=None,
+    )
+    return settings.model_copy(update=changes)
