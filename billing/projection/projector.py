@@ -20,7 +20,7 @@ from redis.exceptions import ResponseError
 
 from billing.core.config import Settings, default
 from billing.infra.redis_route import RedisClient
-from billing.infra.tasks import wait_event
+from billing.infra.tasks import cancel_and_wait, wait_event
 from billing.ledger.scripts import RedisKeys, transaction_partition
 from billing.projection.chainer import Chainer
 from billing.projection.leases import PartitionLeases
@@ -189,9 +189,7 @@ class Projector:
                 async with asyncio.timeout(timeout):
                     await asyncio.shield(task)
             except TimeoutError:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await cancel_and_wait(task)
         with contextlib.suppress(Exception):
             await self._forget_consumer()
         await self._give_back()
