@@ -2,8 +2,8 @@
   Batch entry point: many operations in ONE script run, in order, each one the same function as its
   single script (own idempotency check and record, own refusals, own outbox entry).
     KEYS[1] outbox stream   KEYS[2] meta hash   KEYS[3] totals hash   (of the run's partition)
-    then for each operation: its idempotency record key and pointer key (as KEYS[1] and KEYS[2] of a single
-    script), then its keys (OPS[op].nkeys of them)
+    then for each operation: its idempotency record key (as KEYS[1] of a single script), then its keys
+    (OPS[op].nkeys of them)
     ARGV[1] idempotency record TTL in seconds
     then for each operation: its name (a key of OPS), its '<fingerprint> <lang>' ('' = no key; as ARGV[1]
     of a single script), its partition number (the run's, the same for every operation), then its arguments
@@ -18,8 +18,9 @@
   and outbox entry), and end_run still writes the ids, clock and totals they counted; the operations after
   it do not run, since the error means the ledger is not what the checks expect. A caller retries those
   (with their Idempotency-Keys the completed ones replay).
-  Every operation of a run is one of the run's partition (billing/ledger/service.py groups them); what lies
-  outside it is an operation's idempotency pointer and a transfer's recipient partition.
+  Every operation of a run is one of the run's partition (billing/ledger/service.py groups them); what may lie
+  outside it is an operation's idempotency record (on one Redis, at its key's home) and a transfer's
+  recipient partition.
 ]]
 IDEM_TTL = ARGV[1]
 -- Check the whole layout before anything runs: a malformed call changes nothing.
@@ -32,12 +33,12 @@ while a <= #ARGV do
   if ARGV[a + 2] ~= ARGV[4] then
     return redis.error_reply('batch: operations of more than one partition in one run')
   end
-  k, a = k + 2 + spec.nkeys, a + 3 + spec.nargs
+  k, a = k + 1 + spec.nkeys, a + 3 + spec.nargs
 end
 if k ~= #KEYS + 1 or a ~= #ARGV + 1 then
   return redis.error_reply('batch: keys and arguments do not match the operations')
 end
-begin_run(ARGV[4] or '0', KEYS[1], KEYS[2], KEYS[3])
+begin_run(ARGV[4] or '0', KEYS[1], KEYS[2], KEYS[3], true)
 local out = {}
 local failed = false
 k, a = 4, 2
@@ -46,7 +47,7 @@ while a <= #ARGV do
   local kind, payload = 'skipped', ''
   if not failed then
     local ok
-    ok, kind, payload = pcall(run_op, spec, KEYS[k], KEYS[k + 1], ARGV[a + 1], k + 2, a + 3)
+    ok, kind, payload = pcall(run_op, spec, KEYS[k], ARGV[a + 1], k + 1, a + 3)
     if not ok then
       failed = true
       kind, payload = 'error', type(kind) == 'table' and tostring(kind.err) or tostring(kind)
@@ -54,7 +55,7 @@ while a <= #ARGV do
   end
   out[#out + 1] = kind
   out[#out + 1] = payload
-  k, a = k + 2 + spec.nkeys, a + 3 + spec.nargs
+  k, a = k + 1 + spec.nkeys, a + 3 + spec.nargs
 end
 end_run()
 return out

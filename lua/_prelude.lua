@@ -19,29 +19,26 @@
   name a second partition's keys, and then every partition the run touches gets its own ids, clock, totals
   and outbox entry, but billing/ledger/scripts.py calls it within one partition only.
   Input of a single script:
-    KEYS[1] idempotency record   (string "<fingerprint>\n<outcome json>" in the run's partition, read and
-                                  written only if ARGV[1] ~= '')
-    KEYS[2] idempotency pointer  (the Idempotency-Key's home partition: string "<fingerprint>\n@<partition
-                                  of the record>"; KEYS[1] itself when the home is the run's partition)
-    KEYS[3] outbox stream        (XADD one entry per money movement: field txns, optional services)
-    KEYS[4] meta hash            (seq: the partition's last sequence number; clock: its last timestamp in
+    KEYS[1] idempotency record   (string "<fingerprint>\n<outcome json>", read and written only if
+                                  ARGV[1] ~= ''; billing/ledger/scripts.py RedisKeys.idempotency_record
+                                  says where it lives)
+    KEYS[2] outbox stream        (XADD one entry per money movement: field txns, optional services)
+    KEYS[3] meta hash            (seq: the partition's last sequence number; clock: its last timestamp in
                                   ms, kept monotonic)
-    KEYS[5] totals hash          (deposited, withdrawn, revenue, transfers_in, transfers_out,
+    KEYS[4] totals hash          (deposited, withdrawn, revenue, transfers_in, transfers_out,
                                   transfers_reversed, refunded: kopecks of the partition's accounts, for
                                   conservation checks)
-    KEYS[6..] the operation's keys (see its file)
+    KEYS[5..] the operation's keys (see its file)
     ARGV[1] request fingerprint and the answer's language, '<fingerprint> <lang>' ('' = the request
             carries no Idempotency-Key); the language is recorded with the outcome (as "lang") so that a
             replay renders exactly as the first answer did
     ARGV[2] idempotency record TTL in seconds
-    ARGV[3] the partition number (0 .. ID_SPAN - 1) of KEYS[3..5]
+    ARGV[3] the partition number (0 .. ID_SPAN - 1) of KEYS[2..4]
     ARGV[4..] the operation's arguments (see its file)
-  Idempotency: an operation's record holds its fingerprint and outcome; the key's home partition holds the
-  record itself (an operation of a user there) or a pointer (only the fingerprint) written with the record,
-  with the same TTL. The record answers a retry (replay) or another request (reused); with no record, a
-  home holding another fingerprint means the key was used for another request, of any partition (reused).
-  The pointer is the one key a run writes outside its partitions (under Redis Cluster it is checked and
-  written by a call of its own).
+  Idempotency: an operation's record holds its fingerprint and outcome and answers a retry (replay) or
+  another request (reused). A record key may instead hold a pointer, "<fingerprint>\n@<partition>",
+  claimed before the run under Redis Cluster for an operation of another partition: another fingerprint
+  there means the key was used for another request (reused).
   Transaction ids: seq * ID_SPAN + partition, seq counting 1, 2, 3 ... in each partition, so ids are unique,
   the ids of one user (one partition) increase with the order of their operations, and every id stays
   below 2^53 (seq <= MAX_SEQ): exact in Lua's doubles and in JavaScript.
@@ -66,8 +63,10 @@
 
   Redis does not undo a script's writes when it fails, so every operation is two phases: first every
   read and check (anything that can refuse or raise), then its writes, which cannot fail on what the
-  checks let through. begin_run checks what the whole run writes (meta, totals, outbox, the TTL) before
-  the first operation, and partition() the same of another partition before the operation naming it writes. An error therefore always comes before the failing operation's first write.
+  checks let through. begin_run checks what the whole run writes (meta, outbox, the TTL, and for a batch
+  run every total) before the first operation, partition() the same of another partition before the
+  operation naming it writes, and check_total a total of a single run in its operation's check phase. An
+  error therefore always comes before the failing operation's first write.
   What the write phase does beyond the checked values cannot fail: cjson.encode of strings, XADD '*'
   (only at the largest stream id), SET (any type), and Redis refuses for memory (OOM) only a script's
   first write. A single script's error changes nothing; for a batch run see lua/_batch.lua.
@@ -79,9 +78,8 @@ local POINTER_MARK = '@'
 
 -- Set by the entry point for the whole run: the idempotency TTL and the run's partition (see partition()).
 local IDEM_TTL, PART
--- Set for each operation: its idempotency record key and pointer key (the record's own when the same),
--- request fingerprint and the answer's language.
-local IDEM_KEY, IDEM_POINTER, FINGERPRINT, LANG
+-- Set for each operation: its idempotency record key, request fingerprint and the answer's language.
+local IDEM_KEY, FINGERPRINT, LANG
 -- The operations: OPS[name] = {nkeys = <its keys>, nargs = <its arguments>, run = function(k, a)},
 -- run reads its keys from KEYS[k], KEYS[k + 1], ... and its arguments from ARGV[a], ARGV[a + 1], ...
 local OPS = {}
@@ -143,7 +141,9 @@ end
 
 -- The state of each partition the run touches, read and checked by partition(); ids, clock and totals are
 -- counted here and written by end_run, so a batch run pays no Redis call per operation for them, and an
--- operation's writes never include a call that could fail on them.
+-- operation's writes never include a call that could fail on them. A total is read and checked when an
+-- operation first checks it (check_total, in its check phase), or for all of them at once when a batch run
+-- begins (read_totals), so that a broken total refuses the whole run before its first write.
 local PARTS = {} -- partition number (decimal string) -> state
 local run_time = nil -- TIME at the run's first timestamp
 local TOTAL_FIELDS = {
@@ -173,20 +173,32 @@ local function partition(number, outbox, meta, totals)
   part.stored_seq = checked_int(m[1], MAX_SEQ - RUN_IDS, meta .. ' seq') or 0
   part.stored_clock = checked_int(m[2], MAX_TIME, meta .. ' clock') or 0
   part.seq = part.stored_seq
-  local t = rcall('HMGET', totals, unpack(TOTAL_FIELDS))
-  for i, field in ipairs(TOTAL_FIELDS) do
-    part.stored_totals[field] = checked_int(t[i], MAX_TOTAL, totals .. ' ' .. field) or 0
-  end
   PARTS[number] = part
   return part
 end
 
--- The run's own partition, from the entry point's keys and arguments.
-local function begin_run(number, outbox, meta, totals)
+local function stored_total(part, field, value)
+  part.stored_totals[field] = checked_int(value, MAX_TOTAL, part.totals .. ' ' .. field) or 0
+  return part.stored_totals[field]
+end
+
+-- Every total of a partition, read and checked at once.
+local function read_totals(part)
+  local t = rcall('HMGET', part.totals, unpack(TOTAL_FIELDS))
+  for i, field in ipairs(TOTAL_FIELDS) do
+    stored_total(part, field, t[i])
+  end
+end
+
+-- The run's own partition, from the entry point's keys and arguments (all_totals: a batch run's).
+local function begin_run(number, outbox, meta, totals, all_totals)
   if (checked_int(IDEM_TTL, MAX_TIME, 'idempotency TTL') or 0) < 1 then
     fail('idempotency TTL must be positive: ' .. tostring(IDEM_TTL))
   end
   PART = partition(number, outbox, meta, totals)
+  if all_totals then
+    read_totals(PART)
+  end
 end
 
 -- One time per script run (a run is one atomic step); a partition's timestamps never go back. now() reads it,
@@ -211,7 +223,8 @@ end
 
 -- Check phase: the partition's totals can take amount more (else an error: they are a conservation check).
 local function check_total(part, field, amount)
-  if part.stored_totals[field] + (part.added[field] or 0) + amount > MAX_TOTAL then
+  local stored = part.stored_totals[field] or stored_total(part, field, rcall('HGET', part.totals, field))
+  if stored + (part.added[field] or 0) + amount > MAX_TOTAL then
     fail(part.totals .. ' ' .. field .. ' would pass ' .. int(MAX_TOTAL))
   end
 end
@@ -247,9 +260,6 @@ local function record(outcome)
   local payload = cjson.encode(outcome)
   if FINGERPRINT ~= '' then
     rcall('SET', IDEM_KEY, FINGERPRINT .. '\n' .. payload, 'EX', IDEM_TTL)
-    if IDEM_POINTER ~= IDEM_KEY then
-      rcall('SET', IDEM_POINTER, FINGERPRINT .. '\n' .. POINTER_MARK .. int(PART.number), 'EX', IDEM_TTL)
-    end
   end
   return 'new', payload
 end
@@ -325,8 +335,8 @@ local function idempotency_entry(key)
 end
 
 -- One operation with its idempotency check: returns kind ('new', 'replay', 'reused') and outcome JSON.
-local function run_op(spec, idem_key, idem_pointer, fingerprint, k, a)
-  IDEM_KEY, IDEM_POINTER = idem_key, idem_pointer
+local function run_op(spec, idem_key, fingerprint, k, a)
+  IDEM_KEY = idem_key
   FINGERPRINT, LANG = string.match(fingerprint, '^(%S*) ?(.*)$')
   if FINGERPRINT ~= '' then
     if string.find(FINGERPRINT, '\n', 1, true) then
@@ -339,14 +349,7 @@ local function run_op(spec, idem_key, idem_pointer, fingerprint, k, a)
     if payload then
       return 'replay', payload
     end
-    -- No record of this request here (a pointer with its fingerprint points at this record). The key's home
-    -- tells whether a request of another partition used it.
-    if IDEM_POINTER ~= IDEM_KEY then
-      stored = idempotency_entry(IDEM_POINTER)
-      if stored and stored ~= FINGERPRINT then
-        return 'reused', ''
-      end
-    end
+    -- (a pointer with this fingerprint: this request's own claim)
   end
   return spec.run(k, a)
 end
@@ -549,8 +552,8 @@ end
 -- Entry point of a single script: one operation, laid out as described at the top.
 local function run_single(name)
   IDEM_TTL = ARGV[2]
-  begin_run(ARGV[3], KEYS[3], KEYS[4], KEYS[5])
-  local kind, payload = run_op(OPS[name], KEYS[1], KEYS[2], ARGV[1], 6, 4)
+  begin_run(ARGV[3], KEYS[2], KEYS[3], KEYS[4])
+  local kind, payload = run_op(OPS[name], KEYS[1], ARGV[1], 5, 4)
   end_run()
   return {kind, payload}
 end

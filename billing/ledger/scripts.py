@@ -188,17 +188,20 @@ class RedisKeys:
     clock, totals, outbox streams, idempotency records and services catalog) is one atomic unit a script can
     change at once. Outside every partition: console sessions, the partition count and the webhooks.
 
-    An Idempotency-Key has a home partition (idempotency_home, a hash of its digest). An operation's record lives
-    in its user's partition (the sender's for a transfer); when that is not the key's home, the operation also
-    writes a pointer holding only its fingerprint at the home (idempotency_record), so a key reused for a user of
-    any other partition is still found. That pointer is the one key a script writes outside its partition.
+    An Idempotency-Key has a home partition (idempotency_home, a hash of its digest), where a key reused for a
+    user of any partition is found (idempotency_record). Where one script may name keys of any slot (one Redis:
+    records_at_home), an operation's record lives at its key's home, the one key a script may write outside its
+    partitions. Under Redis Cluster it lives in its user's partition (the sender's for a transfer), and when
+    that is not the key's home, a pointer holding only its fingerprint is claimed at the home first
+    (Ledger.claim_pointers).
     """
 
-    def __init__(self, prefix: str, partitions: int = default("partitions")) -> None:
+    def __init__(self, prefix: str, partitions: int = default("partitions"), records_at_home: bool = True) -> None:
         if not 1 <= partitions <= MAX_PARTITIONS:
             raise ValueError(f"partitions must be 1 .. {MAX_PARTITIONS}, not {partitions}")
         self.prefix = prefix
         self.partitions = partitions
+        self.records_at_home = records_at_home
         self.partition_count = f"{prefix}partitions"  # the count this ledger was laid out for (SET NX at start)
         self.projectors = f"{prefix}projectors"  # the projectors alive (billing/projection/leases.py)
         self._tags = [f"{prefix}{{p{p}}}:" for p in range(partitions)]
@@ -292,13 +295,15 @@ class RedisKeys:
         return self._tags[home] + name
 
     def idempotency_record(self, idem: Idempotency | None, partition: int) -> tuple[str, str | None]:
-        """(record, pointer) of an operation of `partition` under idem: its record in that partition, and the
-        pointer key in the key's home partition, None when the home is this partition (the record is the
-        pointer). With no key: a name the script never reads nor writes, in the partition."""
+        """(record, pointer) of an operation of `partition` under idem: its record (at the key's home where
+        records_at_home, else in that partition) and the pointer key in the key's home partition, None when the
+        record is at the home. With no key: a name the script never reads nor writes, in the partition."""
         if idem is None:
             return self._tags[partition] + "idem:-", None
         home, name = self.idempotency_home(idem)
-        return self._tags[partition] + name, None if home == partition else self._tags[home] + name
+        if self.records_at_home or home == partition:
+            return self._tags[home] + name, None
+        return self._tags[partition] + name, self._tags[home] + name
 
     def console_session(self, session_digest: str) -> str:
         """A console sign-in (billing/console/session.py): named by the SHA-256 of its id, never the id itself."""
@@ -520,7 +525,7 @@ class Ledger:
         self.recognized_ttl = str(recognized_ttl_seconds)
         # The scripts and the hot path's reads go by it: to the one Redis, or to the node of their keys.
         self.route = route(redis, wait_replicas, wait_timeout_ms)
-        self.keys = RedisKeys(prefix, partitions)
+        self.keys = RedisKeys(prefix, partitions, records_at_home=self.route.keys_of_any_slot)
         self.idempotency_ttl = str(idempotency_ttl_seconds)
         self._sources = load_script_sources(limits)
         self._shas = {name: hashlib.sha1(src.encode()).hexdigest() for name, src in self._sources.items()}
@@ -553,8 +558,7 @@ class Ledger:
         """(sha, keys, args) of one script call. An operation's args begin with its partition (the ..._call
         methods put it there), whose outbox, meta and totals the script runs on."""
         partition = int(args[0])
-        record, pointer = self.keys.idempotency_record(idem, partition)
-        common_keys = [record, pointer or record, *self._partition_keys(partition)]
+        common_keys = [self.keys.idempotency_record(idem, partition)[0], *self._partition_keys(partition)]
         common_args = [fp if idem is not None else "", self.idempotency_ttl]
         return self._shas[name], common_keys + keys, common_args + [str(a) for a in args]
 
@@ -566,10 +570,7 @@ class Ledger:
         args = [self.idempotency_ttl]
         idempotency = self.keys.idempotency_record
         for name, idem, fp, op_keys, op_args in calls:
-            record, pointer = idempotency(idem, partition)
-            keys.append(record)
-            # (under Redis Cluster the pointer was claimed before: claim_pointers)
-            keys.append(pointer if pointer and self.route.keys_of_any_slot else record)
+            keys.append(idempotency(idem, partition)[0])  # (any pointer was claimed before: claim_pointers)
             keys.extend(op_keys)
             args.append(name)
             args.append(fp if idem is not None else "")
@@ -582,9 +583,10 @@ class Ledger:
     ) -> list[bool]:
         """Where one script cannot name keys of two partitions (Redis Cluster), the idempotency pointers of
         (name, idem, fingerprint, keys, args) calls are claimed first, in one pipeline: False for a call whose
-        key another request used (it must not run), True otherwise. On one Redis the scripts do it themselves."""
+        key another request used (it must not run), True otherwise. On one Redis there are none: the records are at
+        their keys' homes."""
         claimed = [True] * len(calls)
-        if self.route.keys_of_any_slot:
+        if self.keys.records_at_home:
             return claimed
         commands, where = [], []
         for index, (_name, idem, fp, _keys, args) in enumerate(calls):
@@ -616,12 +618,11 @@ class Ledger:
 
     async def _send(self, name: str, idem: Idempotency | None, fp: str, keys: list[str], args: list[Any]) -> Any:
         sha, all_keys, all_args = self.script_call(name, idem, fp, keys, args)
-        record, pointer = all_keys[0], all_keys[1]
-        if pointer != record and not self.route.keys_of_any_slot:
+        pointer = None if self.keys.records_at_home else self.keys.idempotency_record(idem, int(args[0]))[1]
+        if pointer is not None:
             claimed = await self.route.write(self._claim_pointer(pointer, fp, args[0]))
             if claimed in (b"reused", "reused"):
                 return [b"reused", b""]
-            all_keys[1] = record  # claimed: the script checks and writes its record alone
         command = ["EVALSHA", sha, str(len(all_keys)), *all_keys, *all_args]
         try:
             return await self.route.write(command)
@@ -692,9 +693,9 @@ class Ledger:
 
     @staticmethod
     def shared_keys_of_call(name: str, idem: Idempotency | None, args: Sequence[Any]) -> frozenset[Hashable]:
-        """What a call may write that a call of another partition sees: its Idempotency-Key (its pointer, named
-        by its Idempotency, so the key's digest is not computed twice) and a service's name (a reserve naming
-        it: Ledger.services() shows the latest name of every partition)."""
+        """What a call may write that a call of another partition sees: its Idempotency-Key (its record or pointer
+        at the key's home, named by its Idempotency, so the key's digest is not computed twice) and a service's
+        name (a reserve naming it: Ledger.services() shows the latest name of every partition)."""
         shared: set[Hashable] = {idem} if idem is not None else set()
         if name == "reserve" and args[5]:
             shared.add(("service", int(args[2])))

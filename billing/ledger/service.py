@@ -131,7 +131,8 @@ def request_fingerprint(spec: OperationSpec, request: Request) -> str:
 
 def batch_runs(touched: Sequence[frozenset[int]], shared: Sequence[frozenset[Hashable]]) -> list[list[int]]:
     """The script runs of a batch, as lists of item indexes, given the partitions each item touches and what
-    it may write that items of other partitions see (its Idempotency-Key's pointer, a service's name).
+    it may write that items of other partitions see (its Idempotency-Key's record or pointer at the key's
+    home, a service's name).
 
     A run is of one partition (its items in their order, at most BATCH_CHUNK), and the runs are sent in one
     pipeline, which Redis executes in order. Items are gathered per partition into segments in which items

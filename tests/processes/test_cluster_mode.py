@@ -236,6 +236,26 @@ async def test_a_key_used_for_a_user_of_another_partition_is_refused_and_changes
     assert (await api.balance(first)).json["available"] == "10.00"
 
 
+async def test_the_pointer_holds_only_the_fingerprint_and_lives_as_long_as_the_record(api: Api, ctx: Context) -> None:
+    keys = ctx.ledger.keys
+    key = uuid.uuid4().hex
+    scope = ctx.auth.authenticate("Bearer tok-payments").name
+    idem = Idempotency(scope, key)
+    home = keys.idempotency_home(idem)[0]
+    user = next(u for u in range(20, 400) if keys.partition_of(u) != home)
+    record, pointer = keys.idempotency_record(idem, keys.partition_of(user))
+    assert record.startswith(keys.tag(keys.partition_of(user))) and pointer == keys.idempotency(idem)
+    assert (await api.deposit(user, "5.00", key=key)).status == 201
+    stored_record, stored_pointer = await ctx.redis.get(record), await ctx.redis.get(pointer)
+    fingerprint = stored_record.split(b"\n")[0]
+    assert stored_pointer == fingerprint + b"\n@" + str(keys.partition_of(user)).encode()
+    ttl = ctx.settings.idempotency_ttl_seconds
+    assert ttl - 5 <= await ctx.redis.ttl(pointer) <= ttl and ttl - 5 <= await ctx.redis.ttl(record) <= ttl
+    # a key at home in its user's partition is one key: no pointer
+    at_home = next(u for u in range(20, 400) if keys.partition_of(u) == home)
+    assert keys.idempotency_record(idem, keys.partition_of(at_home)) == (pointer, None)
+
+
 async def test_a_transfer_between_partitions(api: Api, ctx: Context) -> None:
     keys = ctx.ledger.keys
     sender, recipient = 1, next(u for u in range(2, 100) if keys.partition_of(u) != keys.partition_of(1))

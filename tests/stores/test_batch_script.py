@@ -157,7 +157,7 @@ async def test_a_malformed_batch_call_changes_nothing(redis_client: Redis, prefi
     p = ledger.keys.partition_of(1)
     run_keys = [ledger.keys.outbox(p), ledger.keys.meta(p), ledger.keys.totals(p)]
     no_key = ledger.keys.idempotency_record(None, p)[0]
-    keys = [*run_keys, no_key, no_key, ledger.keys.account(1)]
+    keys = [*run_keys, no_key, ledger.keys.account(1)]
     good = ["90000", "deposit", "", str(p), "1", "100", ""]
     command = ["EVALSHA", ledger._shas[BATCH], len(keys), *keys]
     await redis_client.execute_command(*command, *good)  # well formed: runs
@@ -168,7 +168,7 @@ async def test_a_malformed_batch_call_changes_nothing(redis_client: Redis, prefi
         with pytest.raises(ResponseError, match="batch:"):
             await redis_client.execute_command(*command, *args)
     # two operations of different partitions in one run
-    other = [*keys, no_key, no_key, ledger.keys.account(2)]
+    other = [*keys, no_key, ledger.keys.account(2)]
     mixed = [*good, "deposit", "", str(ledger.keys.partition_of(2)), "2", "100", ""]
     with pytest.raises(ResponseError, match="batch: operations of more than one partition"):
         await redis_client.execute_command("EVALSHA", ledger._shas[BATCH], len(other), *other, *mixed)

@@ -1,6 +1,7 @@
-"""Idempotency records and the services catalog inside the partitions (billing/ledger/scripts.py RedisKeys): a
-key reused for a user of another partition is still 422 and changes nothing, a retry replays in its user's
-partition, a record's pointer lives as long as the record, and the catalog every partition writes reads as one."""
+"""Idempotency records and the services catalog of the partitions on one Redis (billing/ledger/scripts.py
+RedisKeys): a key reused for a user of another partition is still 422 and changes nothing, a retry replays
+whatever the key's home, a record lives at its key's home, and the catalog every partition writes reads as one.
+Under Redis Cluster (records in their users' partitions, pointers at the homes): tests/processes/test_cluster_mode.py."""
 
 from __future__ import annotations
 
@@ -87,7 +88,7 @@ async def test_a_refusal_claims_the_key_for_every_partition_too(api: Api, ctx: C
     assert (await api.balance(b)).status == 404
 
 
-async def test_a_retry_replays_from_its_users_partition_whatever_the_keys_home(api: Api, ctx: Context) -> None:
+async def test_a_retry_replays_whatever_the_keys_home(api: Api, ctx: Context) -> None:
     a, _ = users_of_two_partitions(ctx)
     key = key_homed(ctx, "tok-payments", lambda k: k != ctx.ledger.keys.partition_of(a))
     first = await api.deposit(a, "5.00", key=key)
@@ -97,26 +98,23 @@ async def test_a_retry_replays_from_its_users_partition_whatever_the_keys_home(a
     assert (await api.balance(a)).json["available"] == "5.00"
 
 
-async def test_the_pointer_holds_only_the_fingerprint_and_lives_as_long_as_the_record(api: Api, ctx: Context) -> None:
+async def test_on_one_redis_the_record_lives_at_its_keys_home_and_no_pointer_is_written(api: Api, ctx: Context) -> None:
     a, _ = users_of_two_partitions(ctx)
     keys = ctx.ledger.keys
     key = key_homed(ctx, "tok-payments", lambda k: k != keys.partition_of(a))
     idem = Idempotency(scope_of(ctx, "tok-payments"), key)
     record, pointer = keys.idempotency_record(idem, keys.partition_of(a))
-    assert pointer is not None and pointer == keys.idempotency(idem)
-    assert record.startswith(keys.tag(keys.partition_of(a))) and pointer.startswith(
-        keys.tag(keys.idempotency_home(idem)[0])
-    )
+    assert pointer is None and record == keys.idempotency(idem)
+    assert record.startswith(keys.tag(keys.idempotency_home(idem)[0]))
+    before = set(await ctx.redis.keys("*"))
     assert (await api.deposit(a, "5.00", key=key)).status == 201
-    stored_record, stored_pointer = await ctx.redis.get(record), await ctx.redis.get(pointer)
-    fingerprint = stored_record.split(b"\n")[0]
-    assert stored_pointer == fingerprint + b"\n@" + str(keys.partition_of(a)).encode()
+    written = {k.decode() for k in set(await ctx.redis.keys("*")) - before}
+    assert record in written
+    # nothing of the key in the user's partition: the one key the script wrote outside it is the record
+    assert not [k for k in written if k.endswith(record.split(":", 1)[1]) and k != record]
+    assert [k for k in written if not k.startswith(keys.tag(keys.partition_of(a)))] == [record]
     ttl = ctx.settings.idempotency_ttl_seconds
-    record_ttl, pointer_ttl = await ctx.redis.ttl(record), await ctx.redis.ttl(pointer)
-    assert ttl - 5 <= pointer_ttl <= ttl and ttl - 5 <= record_ttl <= ttl
-    # a key at home in its user's partition is one key: no pointer
-    home_key = key_homed(ctx, "tok-payments", lambda k: k == keys.partition_of(a))
-    assert keys.idempotency_record(Idempotency(idem.scope, home_key), keys.partition_of(a))[1] is None
+    assert ttl - 5 <= await ctx.redis.ttl(record) <= ttl
 
 
 async def test_a_reused_key_in_a_batch_is_reused_across_partitions(api: Api, ctx: Context) -> None:
