@@ -60,6 +60,8 @@ SCRIPT_NAMES = (
     CREDIT,
     SETTLE,
 )
+# The scripts that read or write reservations: they get lua/_reservations.lua after the prelude.
+RESERVATION_SCRIPTS = frozenset({"reserve", "recognize", "cancel", "refund", "expire"})
 BATCH = "batch"
 RESTORE = "restore"  # lua/restore.lua: the writes of `billing rebuild`, see Restore
 EXPIRY_READ = "expiry_read"  # lua/expiry_read.lua: the partition's time, and its due reservations
@@ -127,8 +129,8 @@ end
 
 # An operation's idempotency pointer (RedisKeys.idempotency_record), claimed on its own where one script
 # cannot name keys of two partitions (Redis Cluster), before the operation runs: 'reused' when the key's
-# home holds another request's fingerprint, else 'ok' (written now, or already this request's). The same
-# layout as lua/_prelude.lua's record(): '<fingerprint>\n@<record's partition>'.
+# home holds another request's fingerprint, else 'ok' (written now, or already this request's). The
+# layout that lua/_prelude.lua's idempotency_entry() reads: '<fingerprint>\n@<record's partition>'.
 #   KEYS[1] the pointer;  ARGV[1] fingerprint;  ARGV[2] the record's partition;  ARGV[3] TTL in seconds
 _CLAIM_POINTER = """
 local stored = redis.call('GET', KEYS[1])
@@ -386,23 +388,31 @@ class Limits:
 
 
 def load_script_sources(limits: Limits = Limits()) -> dict[str, str]:
-    """One script per operation (limits + prelude + its file + one call), and the batch script running them all.
+    """One script per operation (limits + prelude (+ the reservations' helpers) + its file + one call), and the batch
+    script running them all.
 
     Every operation's logic lives once, in its file under lua/, as a function the prelude's entry points
     call: the single script runs one operation, lua/_batch.lua runs many in one script run.
     """
     prelude = limits.lua() + (LUA_DIR / "_prelude.lua").read_text()
+    with_reservations = f"{prelude}\n{(LUA_DIR / '_reservations.lua').read_text()}"
     ops = {name: (LUA_DIR / f"{name}.lua").read_text() for name in SCRIPT_NAMES}
-    sources = {name: f"{prelude}\n{ops[name]}\nreturn run_single('{name}')\n" for name in SCRIPT_NAMES}
-    sources[BATCH] = "\n".join([prelude, *ops.values(), (LUA_DIR / "_batch.lua").read_text()])
-    sources[RESTORE] = f"{prelude}\n{(LUA_DIR / 'restore.lua').read_text()}"
+
+    def single(name: str) -> str:
+        # A script defines all of its functions again at every run: the others are spared the reservations'.
+        helpers = with_reservations if name in RESERVATION_SCRIPTS else prelude
+        return f"{helpers}\n{ops[name]}\nreturn run_single('{name}')\n"
+
+    sources = {name: single(name) for name in SCRIPT_NAMES}
+    sources[BATCH] = "\n".join([with_reservations, *ops.values(), (LUA_DIR / "_batch.lua").read_text()])
+    sources[RESTORE] = f"{with_reservations}\n{(LUA_DIR / 'restore.lua').read_text()}"
     sources[EXPIRY_READ] = f"{prelude}\n{(LUA_DIR / 'expiry_read.lua').read_text()}"
     return sources
 
 
 def reservation_as_of(record: dict[str, str], now_ms: int) -> dict[str, str]:
     """A stored reservation as of its partition's clock `now_ms`: one still reserved at or after its deadline is
-    expired, updated at its deadline, exactly as lua/_prelude.lua expire_now() will write it (the sweeper
+    expired, updated at its deadline, exactly as lua/_reservations.lua expire_now() will write it (the sweeper
     releases it within BILLING_RESERVATION_SWEEP_INTERVAL_MS; any call on it releases it first)."""
     deadline = record.get("expires_at")
     if record.get("status") == "reserved" and deadline is not None and now_ms >= int(deadline):
