@@ -392,21 +392,21 @@ def main(argv: list[str] | None = None) -> int:
             seed(redis_server.url, service)
             try:
                 closed_rounds(args, redis_server.url, floor, service, results)
-            except RuntimeError:
+                if args.only == "closed":
+                    print_ratios(results)
+                    return 0
+                paced_runs(args, redis_server.url, floor, service, results)
+                competing_round(args, redis_server.url, service, results)
+                # The last two leave their projection undone (with SecantusDB paused, working off a batch run's
+                # backlog would take minutes here): their CPU per operation is without projection.
+                batch_run(args, redis_server.url, service, results, mongo_server.proc.pid)
+                with mongo_paused(results):
+                    soak(args, service, results)
+            except RuntimeError:  # (a projection that did not catch up): what the service said
                 log.flush()
                 tail = (Path(logs.name) / "service.log").read_text(errors="replace").splitlines()[-40:]
                 print("the service's log, last lines:", *tail, sep="\n  ", file=sys.stderr)
                 raise
-            if args.only == "closed":
-                print_ratios(results)
-                return 0
-            paced_runs(args, redis_server.url, floor, service, results)
-            competing_round(args, redis_server.url, service, results)
-            # The last two leave their projection undone (with SecantusDB paused, working off a batch run's
-            # backlog would take minutes here): their CPU per operation is without projection.
-            batch_run(args, redis_server.url, service, results, mongo_server.proc.pid)
-            with mongo_paused(results):
-                soak(args, service, results)
     finally:
         for served in reversed(started):
             served.stop()
