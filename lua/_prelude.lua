@@ -113,13 +113,18 @@ local function checked_int(value, limit, what)
   return tonumber(value)
 end
 
--- An amount argument (kopecks): 1 .. MAX_AMOUNT.
-local function amount_arg(value, what)
-  local n = checked_int(value, MAX_AMOUNT, what)
+-- A positive integer argument within 1 .. limit, as a number; must_be says what it is in the error.
+local function positive_arg(value, limit, what, must_be)
+  local n = checked_int(value, limit, what)
   if not n or n < 1 then
-    fail(what .. ' must be a positive amount: ' .. tostring(value))
+    fail(what .. ' must be ' .. must_be .. ': ' .. tostring(value))
   end
   return n
+end
+
+-- An amount argument (kopecks): 1 .. MAX_AMOUNT.
+local function amount_arg(value, what)
+  return positive_arg(value, MAX_AMOUNT, what, 'a positive amount')
 end
 
 -- An id argument (user, service, order): 1 .. MAX_ID as decimal digits; kept as a string.

@@ -85,10 +85,7 @@ end
 
 -- A TTL argument in seconds (the closed-record TTLs the reservation scripts are given): 1 .. MAX_TIME.
 local function ttl_arg(value, what)
-  local n = checked_int(value, MAX_TIME, what)
-  if not n or n < 1 then
-    fail(what .. ' must be a positive number of seconds: ' .. tostring(value))
-  end
+  positive_arg(value, MAX_TIME, what, 'a positive number of seconds')
   return value
 end
 

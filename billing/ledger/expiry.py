@@ -22,7 +22,7 @@ from redis.exceptions import NoScriptError
 
 from billing.core.config import default
 from billing.core.errors import ApiError
-from billing.infra.tasks import cancel_and_wait
+from billing.infra.tasks import cancel_and_wait, start_loop
 from billing.ledger.outcomes import Applied
 from billing.ledger.scripts import BATCH_CHUNK, Ledger, decode_reply
 from billing.ledger.unavailable import store_unavailable
@@ -84,7 +84,7 @@ class ReservationSweeper:
         return released, released > 0 and any(len(refs) >= self.batch for refs in due.values())
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="reservation sweeper")
+        self._task = start_loop(self._run, "reservation sweeper")
 
     async def stop(self) -> None:
         task, self._task = self._task, None

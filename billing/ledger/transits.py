@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from billing.infra.tasks import cancel_and_wait
+from billing.infra.tasks import cancel_and_wait, start_loop
 from billing.ledger.scripts import Ledger
 from billing.ledger.unavailable import store_unavailable
 
@@ -50,7 +50,7 @@ class TransitRecovery:
         return len(transits)
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="transfer recovery")
+        self._task = start_loop(self._run, "transfer recovery")
 
     async def stop(self) -> None:
         task, self._task = self._task, None

@@ -20,7 +20,7 @@ from redis.exceptions import ResponseError
 
 from billing.core.config import Settings, default
 from billing.infra.redis_route import RedisClient
-from billing.infra.tasks import cancel_and_wait, wait_event
+from billing.infra.tasks import cancel_and_wait, start_loop, wait_event
 from billing.ledger.scripts import RedisKeys, transaction_partition
 from billing.projection.chainer import Chainer
 from billing.projection.leases import PartitionLeases
@@ -178,7 +178,7 @@ class Projector:
         if self.running:
             return
         self._stopping.clear()
-        self._task = asyncio.create_task(self._run(), name=f"outbox-projector {self.consumer}")
+        self._task = start_loop(self._run, f"outbox-projector {self.consumer}")
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop after the batch in hand; entries not acked stay pending for the next consumer."""

@@ -35,7 +35,7 @@ from typing import Any
 from billing.core.config import MAX_PARTITIONS
 from billing.core.errors import ApiError
 from billing.infra.redis_route import RedisClient
-from billing.infra.tasks import cancel_and_wait
+from billing.infra.tasks import cancel_and_wait, start_loop
 from billing.ledger.scripts import PartitionCountChanged, RedisKeys
 from billing.projection.store import LedgerStore
 
@@ -149,7 +149,7 @@ class SequenceGuard:
                 await self.check()
         except Exception as exc:  # a store down at start: see the module's note
             log.warning("could not compare the Redis ledger sequence with MongoDB at start (%r); checking again", exc)
-        self._task = asyncio.create_task(self._run(), name="ledger sequence guard")
+        self._task = start_loop(self._run, "ledger sequence guard")
 
     async def stop(self) -> None:
         task, self._task = self._task, None

@@ -38,7 +38,7 @@ from billing.core.errors import ApiError
 from billing.core.parsing import INT64_MAX, ParseError, cursor_parts, small_number, whole_seconds
 from billing.core.timefmt import datetime_to_ms
 from billing.infra.redis_route import RedisClient
-from billing.infra.tasks import cancel_and_wait, wait_event
+from billing.infra.tasks import cancel_and_wait, start_loop, wait_event
 from billing.ledger.scripts import RedisKeys
 from billing.projection.store import SERVICES, TRANSACTIONS
 from billing.views.history import service_names
@@ -165,7 +165,7 @@ class FeedWaker:
         """An event set on the next advance, taken once the subscription is live (or after timeout without: then
         only the request's deadline ends its wait)."""
         if self._task is None:
-            self._task = asyncio.create_task(self._listen(), name="events-waker")
+            self._task = start_loop(self._listen, "events-waker")
         await wait_event(self._subscribed, timeout)
         return self._advanced
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import hmac
 import logging
@@ -34,7 +35,7 @@ from typing import Any, Protocol
 import orjson
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
-from billing.infra.tasks import cancel_and_wait, wait_event
+from billing.infra.tasks import cancel_and_wait, start_loop, wait_event
 from billing.ledger.unavailable import store_unavailable
 from billing.views.events import EventFeed
 from billing.webhooks.addresses import GuardedResolver
@@ -161,7 +162,7 @@ class WebhookDispatcher:
 
     async def start(self) -> None:
         self._stopping = False
-        self._task = asyncio.create_task(self._run(), name="webhook dispatcher")
+        self._task = start_loop(self._run, "webhook dispatcher")
 
     async def stop(self, release: bool = True) -> None:
         """Stop delivering (a POST in flight is abandoned: its batch is sent again) and give the leases back
@@ -199,7 +200,7 @@ class WebhookDispatcher:
             token = secrets.token_hex(16)
             if await self.store.take_lease(name, token, self.lease_ms):
                 log.info("delivering webhook %s", name)
-                self.serving[name] = (token, asyncio.create_task(self.serve(name, token), name=f"webhook {name}"))
+                self.serving[name] = (token, start_loop(functools.partial(self.serve, name, token), f"webhook {name}"))
 
     async def _drop(self, name: str, release: bool = True) -> None:
         token, task = self.serving.pop(name)

@@ -1,13 +1,19 @@
-"""The background loops' waits: a cancellation that comes in the same loop round as the awaited event still stops
-the loop (Python 3.11's asyncio.wait_for swallows it, and the loop then runs on until its next timeout)."""
+"""The background loops' start and waits: a cancellation that comes in the same loop round as the awaited event
+still stops the loop (Python 3.11's asyncio.wait_for swallows it, and the loop then runs on until its next
+timeout), and a loop that ends unasked is logged at once."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 import billing
-from billing.infra.tasks import cancel_and_wait, wait_event
+from billing.infra.tasks import cancel_and_wait, start_loop, wait_event
 
 
 async def test_a_cancel_that_comes_with_the_event_stops_the_loop() -> None:
@@ -69,3 +75,68 @@ async def test_cancel_and_wait_lets_a_cancel_of_its_caller_through() -> None:
     done, _ = await asyncio.wait({caller}, timeout=5)
     assert done and caller.cancelled(), "cancel_and_wait swallowed its own caller's cancellation"
     assert task.done()
+
+
+async def test_a_loop_ended_by_an_exception_or_a_cancel_from_within_is_logged_at_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    inner: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def broken() -> None:
+        await asyncio.sleep(0)
+        raise KeyError("lost")
+
+    async def waits_on_inner() -> None:
+        await inner  # cancelled below by someone else, not through the task
+
+    async def stopped_by_owner() -> None:
+        await asyncio.sleep(60)
+
+    async def finished() -> None:
+        return None
+
+    with caplog.at_level(logging.ERROR, logger="billing.infra.tasks"):
+        held = [
+            start_loop(broken, "broken loop"),
+            start_loop(waits_on_inner, "orphaned loop"),
+            start_loop(stopped_by_owner, "stopped loop"),
+            start_loop(finished, "done"),
+        ]
+        await asyncio.sleep(0.01)  # the tasks stay referenced: asyncio itself would say nothing of their ends
+        inner.cancel()
+        await cancel_and_wait(held[2])
+        await asyncio.sleep(0.01)
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert [r.getMessage() for r in errors] == [
+        "background loop 'broken loop' stopped: KeyError('lost')",
+        "background loop 'orphaned loop' stopped: cancelled from within, not by its owner",
+    ]
+    assert errors[0].exc_info is not None and errors[0].exc_info[0] is KeyError
+    assert all(task.done() for task in held)
+
+
+def test_every_background_loop_starts_through_start_loop() -> None:
+    """So that none can end unnoticed: create_task appears only where a task's end is awaited by its caller."""
+    root = Path(billing.__file__).parent
+    loops = [
+        path.relative_to(root).as_posix()
+        for path in root.rglob("*.py")
+        if "create_task(self._run()" in path.read_text() or "create_task(self._listen()" in path.read_text()
+    ]
+    assert loops == []
+
+
+async def test_a_loop_cancelled_before_its_first_step_leaves_no_coroutine_unawaited() -> None:
+    made = 0
+
+    def loop() -> Coroutine[Any, Any, None]:
+        nonlocal made
+        made += 1  # a coroutine is made only here: one made and never run would warn "never awaited"
+        return asyncio.sleep(0)
+
+    task = start_loop(loop, "cancelled at once")
+    await cancel_and_wait(task)
+    assert task.cancelled() and made == 0
+    ran = start_loop(loop, "runs")
+    await ran
+    assert made == 1
