@@ -567,8 +567,13 @@ class Ledger:
     ) -> tuple[str, list[str], list[str]]:
         """(sha, keys, args) of one script call. An operation's args begin with its partition (the ..._call
         methods put it there), whose outbox, meta and totals the script runs on."""
-        partition = int(args[0])
-        common_keys = [self.keys.idempotency_record(idem, partition)[0], *self._partition_keys(partition)]
+        return self._script_call(name, self.keys.idempotency_record(idem, int(args[0]))[0], idem, fp, keys, args)
+
+    def _script_call(
+        self, name: str, record: str, idem: Idempotency | None, fp: str, keys: list[str], args: list[Any]
+    ) -> tuple[str, list[str], list[str]]:
+        """script_call() with the idempotency record's key already known."""
+        common_keys = [record, *self._partition_keys(int(args[0]))]
         common_args = [fp if idem is not None else "", self.idempotency_ttl]
         return self._shas[name], common_keys + keys, common_args + [str(a) for a in args]
 
@@ -627,12 +632,12 @@ class Ledger:
         return result
 
     async def _send(self, name: str, idem: Idempotency | None, fp: str, keys: list[str], args: list[Any]) -> Any:
-        sha, all_keys, all_args = self.script_call(name, idem, fp, keys, args)
-        pointer = None if self.keys.records_at_home else self.keys.idempotency_record(idem, int(args[0]))[1]
-        if pointer is not None:
+        record, pointer = self.keys.idempotency_record(idem, int(args[0]))
+        if pointer is not None:  # (Redis Cluster: the pointer at the key's home is claimed first)
             claimed = await self.route.write(self._claim_pointer(pointer, fp, args[0]))
             if claimed in (b"reused", "reused"):
                 return [b"reused", b""]
+        sha, all_keys, all_args = self._script_call(name, record, idem, fp, keys, args)
         command = ["EVALSHA", sha, str(len(all_keys)), *all_keys, *all_args]
         try:
             return await self.route.write(command)
