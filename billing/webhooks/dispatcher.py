@@ -3,7 +3,7 @@
 
 Every `billing serve` worker runs one WebhookDispatcher. A webhook is delivered by whichever dispatcher holds
 its lease (RedisKeys.webhook_lease: SET NX PX with a random token, renewed every third of LEASE_MS and before
-every POST, released at stop), so one delivery per webhook is in flight across all workers and instances.
+every POST, released at stop once the POST in flight is answered and its outcome stored), so one delivery per webhook is in flight across all workers and instances.
 A dispatcher that dies leaves its lease to run out; another takes the webhook over from the stored state.
 
 A batch is written to Redis (its delivery id, its transaction ids in order, the position after it) before it
@@ -45,6 +45,8 @@ log = logging.getLogger("billing.webhooks")
 
 BATCH_LIMIT = 100  # events per delivery
 SEND_TIMEOUT_SECONDS = 5.0  # a 2xx must come within this
+# How long a graceful stop waits for a webhook's step in flight (its feed reads, its POST, storing the outcome).
+STOP_GRACE_SECONDS = SEND_TIMEOUT_SECONDS + 2.0
 FIRST_DELAY_SECONDS = 1.0  # after the first failure of a batch; doubled after each further one
 MAX_DELAY_SECONDS = 3600.0  # the longest wait between two attempts (reached after 13 failures, 1 h 8 min in)
 LEASE_MS = 15_000
@@ -154,6 +156,7 @@ class WebhookDispatcher:
         self.on_delivered: Callable[[str, int], None] | None = None
         self.on_failure: Callable[[str], None] | None = None
         self.serving: dict[str, tuple[str, asyncio.Task[None]]] = {}  # webhook -> (lease token, its task)
+        self.steps: dict[str, asyncio.Task[float | None]] = {}  # webhook -> the step its task is waiting on
         self._poke = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -165,8 +168,10 @@ class WebhookDispatcher:
         self._task = start_loop(self._run, "webhook dispatcher")
 
     async def stop(self, release: bool = True) -> None:
-        """Stop delivering (a POST in flight is abandoned: its batch is sent again) and give the leases back
-        (release=False keeps them until they run out, as a process that died would)."""
+        """Stop delivering and give the leases back once each webhook's step in flight has ended (a POST is
+        answered or times out, and its outcome is stored, so no other dispatcher sends while it is open).
+        release=False abandons the steps in flight and keeps the leases until they run out, as a process that
+        died would: the batches in flight are sent again by the next holder."""
         task, self._task = self._task, None
         self._stopping = True  # (a cancellation a store client turns into its own error ends the loop too)
         await cancel_and_wait(task)
@@ -204,8 +209,17 @@ class WebhookDispatcher:
 
     async def _drop(self, name: str, release: bool = True) -> None:
         token, task = self.serving.pop(name)
+        step = self.steps.get(name)
         with contextlib.suppress(Exception):  # how the delivery task ended does not matter now
             await cancel_and_wait(task)
+        if step is not None:
+            # The step runs on (shielded from the task's cancel): the lease is kept until its POST has been
+            # answered and the outcome stored, or is left to run out when it is abandoned.
+            with contextlib.suppress(Exception):
+                if release:
+                    await asyncio.wait_for(step, STOP_GRACE_SECONDS)
+                else:
+                    await cancel_and_wait(step)
         if release:
             with contextlib.suppress(Exception):  # a lease left behind runs out by itself
                 await self.store.release_lease(name, token)
@@ -218,8 +232,9 @@ class WebhookDispatcher:
         while self.serving.get(name, ("",))[0] == token:
             # Subscribed before the step reads the feed: an advance after that read wakes the wait below.
             advanced = await self.feed.waker.subscribed(1.0)
+            step = self.steps[name] = asyncio.ensure_future(self.step(name, token))
             try:
-                delay = await self.step(name, token)
+                delay = await asyncio.shield(step)
             except LeaseLost:
                 log.info("no longer delivering webhook %s", name)
                 return
@@ -229,6 +244,9 @@ class WebhookDispatcher:
                 else:
                     log.exception("webhook %s: delivery step failed", name)
                 delay = STORE_RETRY_SECONDS
+            finally:
+                if self.steps.get(name) is step:
+                    del self.steps[name]
             if delay is None:
                 await wait_event(advanced, IDLE_SECONDS)
             elif delay > 0:

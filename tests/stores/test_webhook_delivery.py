@@ -251,6 +251,36 @@ async def test_a_batch_interrupted_mid_delivery_is_sent_again_with_its_delivery_
     check_feed_order([e for _, events in batches(receiver.deliveries) for e in events], expected)
 
 
+async def test_a_stopping_dispatcher_keeps_the_lease_until_its_post_is_answered(hooks: Context) -> None:
+    """A graceful stop in the middle of a POST waits for the answer and stores it before it gives the lease
+    back: the next holder neither sends while that POST is open nor sends its acknowledged batch again."""
+    ctx = hooks
+    async with receiving(lambda n, _w: Answer(delay=0.5 if n == 0 else 0.0)) as receiver:
+        await create(ctx, "w", receiver.url)
+        await deposit(ctx.ledger, 1, 100)
+        a, b = dispatcher(ctx, timeout=2.0), dispatcher(ctx, timeout=2.0)
+        await a.start()
+        try:
+            while not receiver.open_now["w"]:
+                await asyncio.sleep(0.01)
+            await b.start()
+            assert "w" not in b.serving  # a holds the lease
+            await a.stop()
+            first = receiver.of("w")[0]
+            assert first.finished, "stop() returned while its POST was still open"
+            await b.refresh()
+            assert "w" in b.serving
+            await deposit(ctx.ledger, 2, 200)
+            expected = await transaction_ids(ctx)
+            await receiver.wait_for(lambda: {e["id"] for e in receiver.acknowledged_events("w")} == expected)
+        finally:
+            await a.stop()
+            await b.stop()
+    assert receiver.most_open["w"] == 1
+    ids = [d.delivery_id for d in receiver.of("w")]
+    assert len(ids) == len(set(ids)) == 2, "the batch acknowledged during the stop was sent again"
+
+
 async def test_two_dispatchers_never_deliver_one_webhook_at_once(hooks: Context) -> None:
     await two_dispatchers_share_the_webhooks(hooks)
 
