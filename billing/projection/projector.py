@@ -23,7 +23,7 @@ from billing.infra.redis_route import RedisClient
 from billing.infra.tasks import cancel_and_wait, start_loop, wait_event
 from billing.ledger.scripts import RedisKeys, transaction_partition
 from billing.projection.chainer import Chainer
-from billing.projection.leases import PartitionLeases
+from billing.projection.leases import RENEW_FRACTION, PartitionLeases
 from billing.projection.store import LedgerStore, ServiceName, transaction_document
 from billing.projection.watermark import ProjectionWatermark, advance_all
 
@@ -145,6 +145,7 @@ class Projector:
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
         self._group_ready = False
         self._indexes_ready = False
         self._watermark_ready = False
@@ -179,6 +180,7 @@ class Projector:
             return
         self._stopping.clear()
         self._task = start_loop(self._run, f"outbox-projector {self.consumer}")
+        self._heartbeat = start_loop(self._keep_leases, f"outbox-projector leases {self.consumer}")
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop after the batch in hand; entries not acked stay pending for the next consumer."""
@@ -190,6 +192,8 @@ class Projector:
                     await asyncio.shield(task)
             except TimeoutError:
                 await cancel_and_wait(task)
+        heartbeat, self._heartbeat = self._heartbeat, None
+        await cancel_and_wait(heartbeat)
         with contextlib.suppress(Exception):
             await self._forget_consumer()
         await self._give_back()
@@ -359,6 +363,16 @@ class Projector:
                 rest = self.block_ms / 1000 - (time.monotonic() - started)
                 if rest > 0.01:
                     await self._pause(rest)
+
+    async def _keep_leases(self) -> None:
+        """The heartbeat: renews the leases held as often as the loop's refresh would, however long the loop's
+        batch in hand takes (a slow MongoDB), so that no other projector takes a partition this one is writing."""
+        while not self._stopping.is_set():
+            await self._pause(self.leases.lease_ms / 1000 / RENEW_FRACTION)
+            try:
+                await self.leases.renew()
+            except Exception as exc:  # Redis unavailable: the loop's own refresh tries too
+                log.warning("projector leases not renewed now: %r", exc)
 
     async def _pause(self, seconds: float) -> None:
         await wait_event(self._stopping, seconds)

@@ -332,6 +332,46 @@ async def test_stop_finishes_the_batch_in_hand(ctx: Context) -> None:
     assert (await ctx.redis.xpending(outbox(ctx, 1), GROUP))["pending"] == 0
 
 
+class BlockedStore(LedgerStore):
+    """A store whose inserts wait until the test lets them go: a MongoDB slower than a projector's lease."""
+
+    started: asyncio.Event
+    go: asyncio.Event
+
+    async def insert_transactions(self, docs: list[dict[str, Any]]) -> tuple[int, int]:
+        self.started.set()
+        await self.go.wait()
+        return await super().insert_transactions(docs)
+
+
+async def test_a_projector_keeps_its_partitions_through_a_write_longer_than_its_lease(ctx: Context) -> None:
+    """The leases are renewed apart from projecting: while one write takes three leases' time, no other projector
+    takes a partition, and every transaction is projected once."""
+    for amount in (5, 6, 7):
+        await deposit(ctx.ledger, 1, amount)
+    store = BlockedStore(ctx.mongo)
+    store.started, store.go = asyncio.Event(), asyncio.Event()
+    slow = Projector(ctx.redis, ctx.ledger.keys, store, block_ms=50, claim_idle_ms=300)
+    other = projector(ctx, claim_idle_ms=300)
+    await slow.start()
+    try:
+        await asyncio.wait_for(store.started.wait(), 10)
+        held = set(slow.leases.owned)
+        assert ctx.ledger.keys.partition_of(1) in held
+        await asyncio.sleep(0.9)  # three leases' time with the write in hand
+        await other.refresh_leases()
+        assert other.leases.owned.isdisjoint(held)
+        assert slow.leases.owned == held
+        store.go.set()
+        await slow.drain()
+    finally:
+        store.go.set()
+        await slow.stop()
+        await other.stop()
+    assert [int(d["amount"]) for d in await all_docs(ctx)] == [5, 6, 7]
+    assert slow.duplicates_skipped == 0
+
+
 async def test_readiness_stays_ok_while_history_lags_and_reports_it(api: Api, ctx: Context) -> None:
     for amount in ("1.00", "2.00"):
         assert (await api.deposit(1, amount)).status == 201
