@@ -62,7 +62,8 @@ class PartitionLeases:
         self._start = zlib.crc32(owner.encode()) % keys.partitions
 
     def due(self) -> bool:
-        return time.monotonic() - self._renewed_at >= self.lease_ms / 1000 / RENEW_FRACTION
+        """A refresh is due: a third of a lease has passed since the last, or renew() found a lease lost."""
+        return bool(self._lost) or time.monotonic() - self._renewed_at >= self.lease_ms / 1000 / RENEW_FRACTION
 
     async def renew(self) -> None:
         """Register as alive and renew the leases held (a running projector's heartbeat); a lease found lost

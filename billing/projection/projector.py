@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -35,6 +36,9 @@ TRIM_EVERY_SECONDS = 1.0
 PRUNE_EVERY_SECONDS = 60.0
 PRUNE_IDLE_MS = 3_600_000  # a consumer silent this long with nothing pending is gone (a crashed process)
 BACKOFF_FIRST, BACKOFF_MAX = 0.1, 5.0
+# A projector whose loop has not come round for this long (an await that never returns) stops renewing its
+# leases, so that another projector takes its partitions; a slow write that does return keeps them.
+STALL_SECONDS = 60.0
 
 Entry = tuple[str, dict[str, str]]
 Read = list[tuple[str, list[Entry]]]  # (stream, its entries) for each stream that had some
@@ -146,6 +150,7 @@ class Projector:
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
+        self._came_round_at = time.monotonic()  # the loop's last round (the heartbeat's stall check)
         self._group_ready = False
         self._indexes_ready = False
         self._watermark_ready = False
@@ -179,8 +184,12 @@ class Projector:
         if self.running:
             return
         self._stopping.clear()
-        self._task = start_loop(self._run, f"outbox-projector {self.consumer}")
-        self._heartbeat = start_loop(self._keep_leases, f"outbox-projector leases {self.consumer}")
+        await cancel_and_wait(self._heartbeat)  # (the heartbeat of a loop that has ended)
+        self._came_round_at = time.monotonic()
+        task = self._task = start_loop(self._run, f"outbox-projector {self.consumer}")
+        self._heartbeat = start_loop(
+            functools.partial(self._keep_leases, task), f"outbox-projector leases {self.consumer}"
+        )
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop after the batch in hand; entries not acked stay pending for the next consumer."""
@@ -338,7 +347,7 @@ class Projector:
     async def _run(self) -> None:
         delay = BACKOFF_FIRST
         while not self._stopping.is_set():
-            started = time.monotonic()
+            started = self._came_round_at = time.monotonic()
             try:
                 async with self._lock:
                     if self.leases.due():
@@ -364,11 +373,24 @@ class Projector:
                 if rest > 0.01:
                     await self._pause(rest)
 
-    async def _keep_leases(self) -> None:
-        """The heartbeat: renews the leases held as often as the loop's refresh would, however long the loop's
-        batch in hand takes (a slow MongoDB), so that no other projector takes a partition this one is writing."""
-        while not self._stopping.is_set():
-            await self._pause(self.leases.lease_ms / 1000 / RENEW_FRACTION)
+    async def _keep_leases(self, loop: asyncio.Task[None]) -> None:
+        """The heartbeat of the loop `loop`: renews the leases held as often as the loop's refresh would, however
+        long its batch in hand takes (a slow MongoDB; also while stop() waits for that batch), so that no other
+        projector takes a partition this one is writing. It ends with the loop, and renews nothing while the
+        loop has not come round for STALL_SECONDS."""
+        stalled = False
+        while not loop.done():
+            await asyncio.sleep(self.leases.lease_ms / 1000 / RENEW_FRACTION)
+            if time.monotonic() - self._came_round_at > STALL_SECONDS:
+                if not stalled:
+                    log.error(
+                        "outbox projector %s has not come round for %.0f s: its leases are left to run out",
+                        self.consumer,
+                        STALL_SECONDS,
+                    )
+                stalled = True
+                continue
+            stalled = False
             try:
                 await self.leases.renew()
             except Exception as exc:  # Redis unavailable: the loop's own refresh tries too
@@ -454,6 +476,9 @@ class Projector:
         back), claimed whatever their idle time: only the lease holder reads a partition."""
         read: Read = []
         for partition, start in sorted(self._taken_over.items()):
+            if partition not in self.leases.owned:  # lost again since (the heartbeat found it so)
+                del self._taken_over[partition]
+                continue
             stream = self.keys.outbox(partition)
             reply = await self.redis.xautoclaim(
                 stream, GROUP, self.consumer, min_idle_time=0, start_id=start, count=self.batch

@@ -169,15 +169,49 @@ class WebhookDispatcher:
 
     async def stop(self, release: bool = True) -> None:
         """Stop delivering and give the leases back once each webhook's step in flight has ended (a POST is
-        answered or times out, and its outcome is stored, so no other dispatcher sends while it is open).
-        release=False abandons the steps in flight and keeps the leases until they run out, as a process that
-        died would: the batches in flight are sent again by the next holder."""
+        answered or times out, and its outcome is stored), so no other dispatcher sends while it is open; a step
+        still running after STOP_GRACE_SECONDS is abandoned and its lease left to run out. release=False
+        abandons the steps in flight and keeps the leases until they run out, as a process that died would:
+        the batches in flight are sent again by the next holder."""
         task, self._task = self._task, None
         self._stopping = True  # (a cancellation a store client turns into its own error ends the loop too)
         await cancel_and_wait(task)
-        for name in list(self.serving):
-            await self._drop(name, release)
-        self.sender.close()
+        served, self.serving = self.serving, {}  # no webhook starts another step from here on
+        steps = {name: self.steps.get(name) for name in served}
+        try:
+            for _token, serving in served.values():
+                with contextlib.suppress(Exception):  # how the delivery task ended does not matter now
+                    await cancel_and_wait(serving)
+            ended = await self._finish(steps, STOP_GRACE_SECONDS if release else 0.0)
+            if release:
+                for name in ended:
+                    with contextlib.suppress(Exception):  # a lease left behind runs out by itself
+                        await self.store.release_lease(name, served[name][0])
+        finally:
+            for step in steps.values():
+                if step is not None and not step.done():
+                    step.cancel()
+            self.sender.close()
+
+    @staticmethod
+    async def _finish(steps: Mapping[str, asyncio.Task[float | None] | None], grace: float) -> set[str]:
+        """Wait up to `grace` seconds for the steps in flight together, cancel those still running: the webhooks
+        whose step (if any) ended by itself."""
+        running = [step for step in steps.values() if step is not None and not step.done()]
+        if running and grace > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    await asyncio.wait(running)
+        ended = set()
+        for name, step in steps.items():
+            if step is None or step.done():
+                ended.add(name)
+                if step is not None and not step.cancelled():
+                    step.exception()  # (retrieved: how the step ended was logged or does not matter)
+            else:
+                with contextlib.suppress(Exception):
+                    await cancel_and_wait(step)
+        return ended
 
     def poke(self) -> None:
         """A webhook was created: look for it now rather than at the next lease round."""
@@ -207,28 +241,24 @@ class WebhookDispatcher:
                 log.info("delivering webhook %s", name)
                 self.serving[name] = (token, start_loop(functools.partial(self.serve, name, token), f"webhook {name}"))
 
-    async def _drop(self, name: str, release: bool = True) -> None:
+    async def _drop(self, name: str) -> None:
+        """A webhook deleted, or whose lease is lost: its task and step in flight end at once (no waiting for a
+        POST: the lease is not this dispatcher's to hand over, or the webhook is gone)."""
         token, task = self.serving.pop(name)
         step = self.steps.get(name)
         with contextlib.suppress(Exception):  # how the delivery task ended does not matter now
             await cancel_and_wait(task)
-        if step is not None:
-            # The step runs on (shielded from the task's cancel): the lease is kept until its POST has been
-            # answered and the outcome stored, or is left to run out when it is abandoned.
-            with contextlib.suppress(Exception):
-                if release:
-                    await asyncio.wait_for(step, STOP_GRACE_SECONDS)
-                else:
-                    await cancel_and_wait(step)
-        if release:
-            with contextlib.suppress(Exception):  # a lease left behind runs out by itself
-                await self.store.release_lease(name, token)
+        with contextlib.suppress(Exception):
+            await cancel_and_wait(step)
+        with contextlib.suppress(Exception):  # a lease left behind runs out by itself
+            await self.store.release_lease(name, token)
 
     # ---- delivering one webhook -----------------------------------------------------------------------------
 
     async def serve(self, name: str, token: str) -> None:
         """Deliver one webhook while this dispatcher holds its lease (the task refresh() starts for it)."""
-        # Until _drop() takes the webhook away (it cancels this task too: the check covers a swallowed cancel).
+        # Until _drop() or stop() takes the webhook away (they cancel this task too: the check covers a swallowed
+        # cancel).
         while self.serving.get(name, ("",))[0] == token:
             # Subscribed before the step reads the feed: an advance after that read wakes the wait below.
             advanced = await self.feed.waker.subscribed(1.0)

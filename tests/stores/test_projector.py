@@ -344,32 +344,68 @@ class BlockedStore(LedgerStore):
         return await super().insert_transactions(docs)
 
 
-async def test_a_projector_keeps_its_partitions_through_a_write_longer_than_its_lease(ctx: Context) -> None:
-    """The leases are renewed apart from projecting: while one write takes three leases' time, no other projector
-    takes a partition, and every transaction is projected once."""
+LEASE_MS = 1000  # renewed every third: a loaded machine's event loop has room to spare
+
+
+async def blocked_projector(ctx: Context) -> tuple[Projector, BlockedStore]:
+    """A running projector with deposits 5, 6, 7 of user 1 in hand, its write to MongoDB held."""
     for amount in (5, 6, 7):
         await deposit(ctx.ledger, 1, amount)
     store = BlockedStore(ctx.mongo)
     store.started, store.go = asyncio.Event(), asyncio.Event()
-    slow = Projector(ctx.redis, ctx.ledger.keys, store, block_ms=50, claim_idle_ms=300)
-    other = projector(ctx, claim_idle_ms=300)
+    slow = Projector(ctx.redis, ctx.ledger.keys, store, block_ms=50, claim_idle_ms=LEASE_MS)
     await slow.start()
+    await asyncio.wait_for(store.started.wait(), 10)
+    assert ctx.ledger.keys.partition_of(1) in slow.leases.owned
+    return slow, store
+
+
+async def test_a_projector_keeps_its_partitions_through_a_write_longer_than_its_lease(ctx: Context) -> None:
+    """The leases are renewed apart from projecting: while one write takes two and a half leases' time, no
+    other projector takes a partition; and so while stop() waits for that write."""
+    slow, store = await blocked_projector(ctx)
+    other = projector(ctx, claim_idle_ms=LEASE_MS)
+    stopping: asyncio.Task[None] | None = None
     try:
-        await asyncio.wait_for(store.started.wait(), 10)
         held = set(slow.leases.owned)
-        assert ctx.ledger.keys.partition_of(1) in held
-        await asyncio.sleep(0.9)  # three leases' time with the write in hand
+        await asyncio.sleep(2.5 * LEASE_MS / 1000)
         await other.refresh_leases()
         assert other.leases.owned.isdisjoint(held)
         assert slow.leases.owned == held
+        stopping = asyncio.create_task(slow.stop())  # waits for the batch in hand
+        await asyncio.sleep(2.5 * LEASE_MS / 1000)
+        await other.refresh_leases()
+        assert other.leases.owned.isdisjoint(held)
         store.go.set()
-        await slow.drain()
+        await stopping
+        assert slow.entries_acked == 3
+        await other.refresh_leases()  # given back at stop: the other takes them at once
+        assert held <= other.leases.owned
+    finally:
+        store.go.set()
+        if stopping is not None:
+            await stopping
+        await slow.stop()
+        await other.stop()
+    assert [int(d["amount"]) for d in await all_docs(ctx)] == [5, 6, 7]
+
+
+async def test_a_projector_stuck_in_a_write_lets_its_partitions_go(
+    ctx: Context, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that never returns stops the heartbeat's renewals after STALL_SECONDS: another projector takes
+    the partitions and projects every transaction."""
+    monkeypatch.setattr("billing.projection.projector.STALL_SECONDS", 1.0)
+    slow, store = await blocked_projector(ctx)
+    other = projector(ctx, claim_idle_ms=LEASE_MS)
+    try:
+        await asyncio.sleep(1.0 + 2 * LEASE_MS / 1000)  # stalled, then its leases ran out
+        await other.drain(timeout=10)
+        assert [int(d["amount"]) for d in await all_docs(ctx)] == [5, 6, 7]
     finally:
         store.go.set()
         await slow.stop()
         await other.stop()
-    assert [int(d["amount"]) for d in await all_docs(ctx)] == [5, 6, 7]
-    assert slow.duplicates_skipped == 0
 
 
 async def test_readiness_stays_ok_while_history_lags_and_reports_it(api: Api, ctx: Context) -> None:

@@ -261,9 +261,10 @@ async def test_a_stopping_dispatcher_keeps_the_lease_until_its_post_is_answered(
         a, b = dispatcher(ctx, timeout=2.0), dispatcher(ctx, timeout=2.0)
         await a.start()
         try:
-            while not receiver.open_now["w"]:
-                await asyncio.sleep(0.01)
-            await b.start()
+            async with asyncio.timeout(10):
+                while not receiver.open_now["w"]:
+                    await asyncio.sleep(0.01)
+            await b.refresh()
             assert "w" not in b.serving  # a holds the lease
             await a.stop()
             first = receiver.of("w")[0]
@@ -279,6 +280,35 @@ async def test_a_stopping_dispatcher_keeps_the_lease_until_its_post_is_answered(
     assert receiver.most_open["w"] == 1
     ids = [d.delivery_id for d in receiver.of("w")]
     assert len(ids) == len(set(ids)) == 2, "the batch acknowledged during the stop was sent again"
+
+
+async def test_a_post_longer_than_the_stop_grace_keeps_the_lease_until_it_runs_out(
+    hooks: Context, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop that gives up waiting for its POST does not release the lease: nobody sends while the POST may
+    still be open, and the webhook passes on once the lease has run out."""
+    monkeypatch.setattr("billing.webhooks.dispatcher.STOP_GRACE_SECONDS", 0.2)
+    ctx = hooks
+    async with receiving(lambda n, _w: Answer(delay=0.8 if n == 0 else 0.0)) as receiver:
+        await create(ctx, "w", receiver.url)
+        await deposit(ctx.ledger, 1, 100)
+        a, b = dispatcher(ctx, timeout=2.0, lease_ms=1500), dispatcher(ctx, timeout=2.0)
+        await a.start()
+        try:
+            async with asyncio.timeout(10):
+                while not receiver.open_now["w"]:
+                    await asyncio.sleep(0.01)
+            await a.stop()
+            await b.refresh()
+            assert "w" not in b.serving, "the lease was released while the POST was open"
+            expected = await transaction_ids(ctx)
+            await asyncio.sleep(1.5)  # the lease runs out
+            await b.refresh()
+            assert "w" in b.serving
+            await receiver.wait_for(lambda: {e["id"] for e in receiver.acknowledged_events("w")} == expected)
+        finally:
+            await b.stop()
+    assert receiver.most_open["w"] == 1
 
 
 async def test_two_dispatchers_never_deliver_one_webhook_at_once(hooks: Context) -> None:
