@@ -36,8 +36,8 @@ TRIM_EVERY_SECONDS = 1.0
 PRUNE_EVERY_SECONDS = 60.0
 PRUNE_IDLE_MS = 3_600_000  # a consumer silent this long with nothing pending is gone (a crashed process)
 BACKOFF_FIRST, BACKOFF_MAX = 0.1, 5.0
-# A projector whose loop has not come round for this long (an await that never returns) stops renewing its
-# leases, so that another projector takes its partitions; a slow write that does return keeps them.
+# A projector whose loop has neither come round nor begun a batch for this long (an await that never returns)
+# stops renewing its leases, so that another projector takes its partitions; a slow write that returns keeps them.
 STALL_SECONDS = 60.0
 
 Entry = tuple[str, dict[str, str]]
@@ -377,14 +377,16 @@ class Projector:
         """The heartbeat of the loop `loop`: renews the leases held as often as the loop's refresh would, however
         long its batch in hand takes (a slow MongoDB; also while stop() waits for that batch), so that no other
         projector takes a partition this one is writing. It ends with the loop, and renews nothing while the
-        loop has not come round for STALL_SECONDS."""
+        loop has not come round (nor begun a batch) for STALL_SECONDS."""
         stalled = False
-        while not loop.done():
-            await asyncio.sleep(self.leases.lease_ms / 1000 / RENEW_FRACTION)
+        while True:
+            await asyncio.wait({loop}, timeout=self.leases.lease_ms / 1000 / RENEW_FRACTION)
+            if loop.done():
+                return
             if time.monotonic() - self._came_round_at > STALL_SECONDS:
                 if not stalled:
                     log.error(
-                        "outbox projector %s has not come round for %.0f s: its leases are left to run out",
+                        "outbox projector %s has not moved for %.0f s: its leases are left to run out",
                         self.consumer,
                         STALL_SECONDS,
                     )
@@ -496,6 +498,7 @@ class Projector:
 
     async def _project(self, read: Read) -> None:
         started = time.perf_counter()
+        self._came_round_at = time.monotonic()  # a round of many batches into a slow MongoDB is not a stall
         batch = to_batch(read)
         try:
             heads = await self.chainer.link(batch.docs)

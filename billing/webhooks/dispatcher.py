@@ -246,6 +246,8 @@ class WebhookDispatcher:
         POST: the lease is not this dispatcher's to hand over, or the webhook is gone)."""
         token, task = self.serving.pop(name)
         step = self.steps.get(name)
+        if step is not None:
+            step.cancel()  # before any wait: a stop() cancelling this refresh must leave no step running
         with contextlib.suppress(Exception):  # how the delivery task ended does not matter now
             await cancel_and_wait(task)
         with contextlib.suppress(Exception):

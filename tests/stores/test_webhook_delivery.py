@@ -307,6 +307,7 @@ async def test_a_post_longer_than_the_stop_grace_keeps_the_lease_until_it_runs_o
             assert "w" in b.serving
             await receiver.wait_for(lambda: {e["id"] for e in receiver.acknowledged_events("w")} == expected)
         finally:
+            await a.stop()
             await b.stop()
     assert receiver.most_open["w"] == 1
 
