@@ -408,6 +408,27 @@ async def test_a_projector_stuck_in_a_write_lets_its_partitions_go(
         await other.stop()
 
 
+async def test_a_lease_the_heartbeat_finds_lost_is_not_taken_over_from(ctx: Context) -> None:
+    """A partition lost between two rounds leaves the projector at once: its next refresh is due, and its
+    pending entries are left to the new holder (no XAUTOCLAIM from it)."""
+    await deposit(ctx.ledger, 1, 5)
+    partition = ctx.ledger.keys.partition_of(1)
+    p = projector(ctx)
+    try:
+        await p.refresh_leases()
+        await p._prepare()  # the consumer groups
+        assert partition in p.leases.owned and partition in p._taken_over
+        await ctx.redis.set(ctx.ledger.keys.projector_lease(partition), "another projector")
+        await ctx.redis.xreadgroup(GROUP, "another projector", {outbox(ctx, 1): ">"})  # pending under it now
+        await p.leases.renew()
+        assert partition not in p.leases.owned
+        assert p.leases.due()
+        assert all(stream != outbox(ctx, 1) for stream, _entries in await p._take_over())
+        assert partition not in p._taken_over
+    finally:
+        await p.stop()
+
+
 async def test_readiness_stays_ok_while_history_lags_and_reports_it(api: Api, ctx: Context) -> None:
     for amount in ("1.00", "2.00"):
         assert (await api.deposit(1, amount)).status == 201
