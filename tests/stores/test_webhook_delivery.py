@@ -24,7 +24,7 @@ from billing.webhooks.dispatcher import (
     backoff,
 )
 from billing.webhooks.store import WebhookStore
-from tests.support.webhook_receiver import OK, Answer, Delivery, receiving
+from tests.support.webhook_receiver import OK, Answer, Delivery, Receiver, receiving
 from tests.support.workload import deposit, run
 
 TIMEOUT = 0.3  # the test senders' POST timeout (the service's is 5 s)
@@ -251,19 +251,24 @@ async def test_a_batch_interrupted_mid_delivery_is_sent_again_with_its_delivery_
     check_feed_order([e for _, events in batches(receiver.deliveries) for e in events], expected)
 
 
+async def first_post_open(ctx: Context, receiver: Receiver, sender: WebhookDispatcher) -> None:
+    """Webhook "w" with one deposit to deliver, `sender` started, and its first POST open at the receiver."""
+    await create(ctx, "w", receiver.url)
+    await deposit(ctx.ledger, 1, 100)
+    await sender.start()
+    async with asyncio.timeout(10):
+        while not receiver.open_now["w"]:
+            await asyncio.sleep(0.01)
+
+
 async def test_a_stopping_dispatcher_keeps_the_lease_until_its_post_is_answered(hooks: Context) -> None:
     """A graceful stop in the middle of a POST waits for the answer and stores it before it gives the lease
     back: the next holder neither sends while that POST is open nor sends its acknowledged batch again."""
     ctx = hooks
     async with receiving(lambda n, _w: Answer(delay=0.5 if n == 0 else 0.0)) as receiver:
-        await create(ctx, "w", receiver.url)
-        await deposit(ctx.ledger, 1, 100)
         a, b = dispatcher(ctx, timeout=2.0), dispatcher(ctx, timeout=2.0)
-        await a.start()
         try:
-            async with asyncio.timeout(10):
-                while not receiver.open_now["w"]:
-                    await asyncio.sleep(0.01)
+            await first_post_open(ctx, receiver, a)
             await b.refresh()
             assert "w" not in b.serving  # a holds the lease
             await a.stop()
@@ -290,14 +295,9 @@ async def test_a_post_longer_than_the_stop_grace_keeps_the_lease_until_it_runs_o
     monkeypatch.setattr("billing.webhooks.dispatcher.STOP_GRACE_SECONDS", 0.2)
     ctx = hooks
     async with receiving(lambda n, _w: Answer(delay=0.8 if n == 0 else 0.0)) as receiver:
-        await create(ctx, "w", receiver.url)
-        await deposit(ctx.ledger, 1, 100)
         a, b = dispatcher(ctx, timeout=2.0, lease_ms=1500), dispatcher(ctx, timeout=2.0)
-        await a.start()
         try:
-            async with asyncio.timeout(10):
-                while not receiver.open_now["w"]:
-                    await asyncio.sleep(0.01)
+            await first_post_open(ctx, receiver, a)
             await a.stop()
             await b.refresh()
             assert "w" not in b.serving, "the lease was released while the POST was open"
