@@ -150,7 +150,7 @@ class Projector:
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
-        self._came_round_at = time.monotonic()  # the loop's last round (the heartbeat's stall check)
+        self._came_round_at = time.monotonic()  # the loop's last round or batch begun (the heartbeat's stall check)
         self._group_ready = False
         self._indexes_ready = False
         self._watermark_ready = False

@@ -3,7 +3,8 @@
 
 Every `billing serve` worker runs one WebhookDispatcher. A webhook is delivered by whichever dispatcher holds
 its lease (RedisKeys.webhook_lease: SET NX PX with a random token, renewed every third of LEASE_MS and before
-every POST, released at stop once the POST in flight is answered and its outcome stored), so one delivery per webhook is in flight across all workers and instances.
+every POST, released at stop once the POST in flight is answered and its outcome stored), so one delivery per
+webhook is in flight across all workers and instances.
 A dispatcher that dies leaves its lease to run out; another takes the webhook over from the stored state.
 
 A batch is written to Redis (its delivery id, its transaction ids in order, the position after it) before it
