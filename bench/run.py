@@ -67,8 +67,14 @@ class Results:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short runs (CI): 3 s rounds, 10 s memory run")
-    parser.add_argument("--rounds", type=int, default=5, help="alternating floor/service rounds (median taken)")
-    parser.add_argument("--seconds", type=float, default=None, help="length of each wrk round")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=9,
+        help="alternating floor/service rounds (medians taken): many short rounds, so that each floor run and its "
+        "service run lie close in time on a machine whose speed drifts",
+    )
+    parser.add_argument("--seconds", type=float, default=None, help="length of each wrk round (default 5, quick 3)")
     parser.add_argument("--soak", type=float, default=None, help="length of the memory run (published: 60)")
     parser.add_argument("--paced-rounds", type=int, default=3, help="alternating paced rounds (median p99 taken)")
     parser.add_argument("--workers", type=int, default=2)
@@ -98,7 +104,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     if args.seconds is None:
-        args.seconds = 3.0 if args.quick else 10.0
+        args.seconds = 3.0 if args.quick else 5.0
     if args.soak is None:
         args.soak = 10.0 if args.quick else 60.0
     return args
@@ -251,7 +257,7 @@ def paced_runs(args: argparse.Namespace, redis_url: str, floor: Served, service:
                     BENCH_TOKEN,
                     f"paced-{uuid.uuid4().hex[:8]}",
                     rate=rate,
-                    seconds=max(5.0, args.seconds * 1.5),
+                    seconds=args.seconds * 3,  # a p99 wants more samples than a rate
                     users=USERS,
                 )
             results.paced.setdefault(f"{name} {mode}", []).append(result)
