@@ -71,53 +71,32 @@ class RequestObserver:
         if self.metrics is not None:
             self.metrics.observe_request(route, request.method or "", status, seconds)
         if self.log_requests and access_log.isEnabledFor(logging.INFO):
-            entry = access_entry(handler, route, status, seconds)
+            line = access_line(handler, route, status, seconds)
             handlers = access_log.handlers
             if len(handlers) == 1 and type(handlers[0]) is AccessLineHandler and not access_log.disabled:
-                handlers[0].write_entry(entry)  # the usual case: no LogRecord, formatted with the others
+                handlers[0].write_line(line)  # the usual case: no LogRecord, one write
             else:  # some other logging set-up (tests, embedding): go through logging as any record would
-                access_log.info(access_line(entry).rstrip("\n"))
+                access_log.info(line.rstrip("\n"))
 
 
-# What an access-log line records of a request, taken as it finishes; access_line() formats it.
-AccessEntry = tuple[int, str, str, str, int, float, str, str | None, str, str | None]
-
-
-def access_entry(handler: Any, route: str, status: int, seconds: float) -> AccessEntry:
-    """The access-log record's values (never the token, only the caller's token name): a tuple, so that the
-    request pays for no formatting; the line is made when the gathered lines are written."""
+def access_line(handler: Any, route: str, status: int, seconds: float) -> str:
+    """The JSON access-log record, newline-terminated: never the token, only the caller's token name."""
     request = handler.request
     principal = getattr(handler, "principal", None)
     origin = getattr(handler, "origin", None)  # X-Forwarded-For believed from trusted proxies only
-    return (
-        time.time_ns() // 1_000_000,
-        request.method,
-        route,
-        request.path,
-        status,
-        seconds,
-        getattr(handler, "request_id", ""),
-        principal.name if principal is not None else None,
-        origin.remote_ip if origin is not None else request.remote_ip,
-        getattr(handler, "error_code", None),
-    )
-
-
-def access_line(entry: AccessEntry) -> str:
-    """The JSON access-log line of an entry, newline-terminated."""
-    ms, method, route, path, status, seconds, request_id, token, remote_ip, code = entry
     record: dict[str, Any] = {
-        "time": format_ms(ms),
-        "method": method,
+        "time": format_ms(time.time_ns() // 1_000_000),
+        "method": request.method,
         "route": route,
-        "path": path,
+        "path": request.path,
         "status": status,
         "duration_ms": round(seconds * 1000, 3),
-        "request_id": request_id or None,
-        "token": token,
-        "remote_ip": remote_ip,
+        "request_id": getattr(handler, "request_id", "") or None,
+        "token": principal.name if principal is not None else None,
+        "remote_ip": origin.remote_ip if origin is not None else request.remote_ip,
         "pid": _Pid.value,
     }
+    code = getattr(handler, "error_code", None)
     if code:
         record["code"] = code
     return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE).decode()
@@ -131,12 +110,11 @@ LINES_AT_MOST = 256  # a fuller buffer is written at once
 
 
 class AccessLineHandler(logging.StreamHandler):  # type: ignore[type-arg]  # (generic only in typeshed)
-    """billing.access's handler: a record's bare message; RequestObserver hands it finished requests' entries
-    instead.
+    """billing.access's handler: a record's bare message; RequestObserver hands it finished lines instead.
 
-    Entries are gathered, then formatted and written together WRITE_EVERY_SECONDS after the first (one write
-    system call for all requests that finished meanwhile), in order, before any record emitted the usual way
-    and at flush/close (the worker flushes before it exits).
+    Lines are gathered and written together WRITE_EVERY_SECONDS after the first (one write system call for
+    all requests that finished meanwhile), in order, before any record emitted the usual way and at
+    flush/close (the worker flushes before it exits).
     """
 
     terminator = "\n"
@@ -144,28 +122,28 @@ class AccessLineHandler(logging.StreamHandler):  # type: ignore[type-arg]  # (ge
     def __init__(self, stream: IO[str]) -> None:
         super().__init__(stream)
         self.setFormatter(logging.Formatter("%(message)s"))
-        self._entries: list[AccessEntry] = []
+        self._lines: list[str] = []
 
-    def write_entry(self, entry: AccessEntry) -> None:
-        """Queue one finished request's entry: no LogRecord, no formatting yet."""
-        self._entries.append(entry)
-        if len(self._entries) == 1:
+    def write_line(self, line: str) -> None:
+        """Queue one finished line (with its newline): no LogRecord, no formatting."""
+        self._lines.append(line)
+        if len(self._lines) == 1:
             try:
                 asyncio.get_running_loop().call_later(WRITE_EVERY_SECONDS, self.write_lines)
             except RuntimeError:  # no event loop here: write at once
                 self.write_lines()
-        elif len(self._entries) >= LINES_AT_MOST:
+        elif len(self._lines) >= LINES_AT_MOST:
             self.write_lines()  # the timer still pending finds nothing (or the next lines) to write
 
     def write_lines(self) -> None:
-        entries, self._entries = self._entries, []
-        if not entries:
+        lines, self._lines = self._lines, []
+        if not lines:
             return
         try:
-            self.stream.write("".join(map(access_line, entries)))
+            self.stream.write("".join(lines))
             super().flush()
         except Exception:  # as logging does: a broken log stream never fails a request
-            self.handleError(logging.makeLogRecord({"msg": str(entries[0])}))
+            self.handleError(logging.makeLogRecord({"msg": lines[0]}))
 
     def emit(self, record: logging.LogRecord) -> None:
         self.write_lines()
