@@ -76,7 +76,12 @@ class _Connection:
         return future
 
 
-def _driver(app: Any) -> Callable[[str, str, dict[str, str], bytes], Awaitable[int]]:
+# A driven application: (method, uri, headers, body) -> the answer's status.
+Driver = Callable[[str, str, dict[str, str], bytes], Awaitable[int]]
+Send = Callable[[int], Awaitable[int]]  # the i-th request of a case
+
+
+def driver(app: Any) -> Driver:
     import tornado.httputil
 
     async def call(method: str, uri: str, headers: dict[str, str], body: bytes) -> int:
@@ -101,7 +106,29 @@ def _driver(app: Any) -> Callable[[str, str, dict[str, str], bytes], Awaitable[i
     return call
 
 
-async def _service_app(redis_url: str, access_stream: Any) -> Any:
+def service_deposits(service: Driver, run: object) -> Send:
+    """The i-th deposit through the service's driver: user i % 1000 + 1, an Idempotency-Key of its own (run
+    makes the keys unique per process)."""
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+
+    def deposit(i: int) -> Awaitable[int]:
+        body = b'{"user_id": %d, "amount": "10.50", "comment": "bench"}' % (i % 1000 + 1)
+        return service("POST", "/v1/deposits", {**headers, "Idempotency-Key": f"k-{run}-{i}"}, body)
+
+    return deposit
+
+
+def floor_deposits(floor: Driver) -> Send:
+    """The i-th deposit through the floor's driver: user i % 1000 + 1."""
+
+    def deposit(i: int) -> Awaitable[int]:
+        body = b'{"user_id": %d, "amount": "10.50"}' % (i % 1000 + 1)
+        return floor("POST", "/deposit", {"Content-Type": "application/json"}, body)
+
+    return deposit
+
+
+async def service_app(redis_url: str, access_stream: Any) -> Any:
     import logging
 
     from mongomock_motor import AsyncMongoMockClient
@@ -122,7 +149,7 @@ async def _service_app(redis_url: str, access_stream: Any) -> Any:
     return make_app(ctx)
 
 
-async def _floor_app(redis_url: str) -> Any:
+async def floor_app(redis_url: str) -> Any:
     import tornado.web
     from redis.asyncio import Redis
 
@@ -151,7 +178,7 @@ class _RedisCpu:
 async def _measure(
     name: str,
     requests: int,
-    send: Callable[[int], Awaitable[int]],
+    send: Send,
     expect: int,
     redis: _RedisCpu,
     warm_up: int = 500,
@@ -194,23 +221,17 @@ async def main_async(args: argparse.Namespace) -> None:
         await asyncio.sleep(0.3)
         url = f"redis://127.0.0.1:{port}/0"
         access = open(os.devnull, "w")  # noqa: SIM115 - held for the whole run, like stderr
-        service = _driver(await _service_app(url, access))
-        floor = _driver(await _floor_app(url))
+        service = driver(await service_app(url, access))
+        floor = driver(await floor_app(url))
         auth = {"Authorization": f"Bearer {TOKEN}"}
         post_headers = {**auth, "Content-Type": "application/json"}
         run = os.getpid()
         redis_cpu = _RedisCpu(url)
 
-        def deposit(i: int) -> Awaitable[int]:
-            body = b'{"user_id": %d, "amount": "10.50", "comment": "bench"}' % (i % 1000 + 1)
-            return service("POST", "/v1/deposits", {**post_headers, "Idempotency-Key": f"k-{run}-{i}"}, body)
+        deposit, floor_deposit = service_deposits(service, run), floor_deposits(floor)
 
         def balance(i: int) -> Awaitable[int]:
             return service("GET", f"/v1/users/{i % 1000 + 1}/balance", auth, b"")
-
-        def floor_deposit(i: int) -> Awaitable[int]:
-            body = b'{"user_id": %d, "amount": "10.50"}' % (i % 1000 + 1)
-            return floor("POST", "/deposit", {"Content-Type": "application/json"}, body)
 
         def floor_balance(i: int) -> Awaitable[int]:
             return floor("GET", f"/balance/{i % 1000 + 1}", {}, b"")

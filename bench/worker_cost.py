@@ -23,7 +23,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable
 
 from tests.support.servers import RedisServer
 
@@ -34,22 +33,11 @@ async def _deposits(side: str, count: int, redis_url: str) -> None:
     """The child: `count` deposits (after WARM_UP) through one side's application."""
     from bench import hotpath
 
-    run = os.getpid()
-    send: Callable[[int], Awaitable[int]]
     if side == "service":
-        service = hotpath._driver(await hotpath._service_app(redis_url, open(os.devnull, "w")))  # noqa: SIM115
-        headers = {"Authorization": f"Bearer {hotpath.TOKEN}", "Content-Type": "application/json"}
-
-        def send(i: int) -> Awaitable[int]:
-            body = b'{"user_id": %d, "amount": "10.50", "comment": "bench"}' % (i % 1000 + 1)
-            return service("POST", "/v1/deposits", {**headers, "Idempotency-Key": f"k-{run}-{i}"}, body)
+        app = hotpath.service_app(redis_url, open(os.devnull, "w"))  # noqa: SIM115 - held for the whole run
+        send = hotpath.service_deposits(hotpath.driver(await app), os.getpid())
     else:
-        floor = hotpath._driver(await hotpath._floor_app(redis_url))
-
-        def send(i: int) -> Awaitable[int]:
-            body = b'{"user_id": %d, "amount": "10.50"}' % (i % 1000 + 1)
-            return floor("POST", "/deposit", {"Content-Type": "application/json"}, body)
-
+        send = hotpath.floor_deposits(hotpath.driver(await hotpath.floor_app(redis_url)))
     for i in range(WARM_UP + count):
         status = await send(i)
         if status != 201:
