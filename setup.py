@@ -21,7 +21,7 @@ setup(
         "pydantic-settings>=2.3,<3",
         "orjson>=3.9,<4",
         "prometheus-client>=0.20,<1",
-        "fakeredis[lua]>=2.26,<3",
+        "fakeredis[lua]>=2.41,<3",  # Redis Functions (FUNCTION LOAD, FCALL) as Redis 7.0 has them
         "lupa>=2.0,<3",
         "mongomock>=4.1,<5",
         "mongomock-motor>=0.0.34,<0.1",

@@ -245,7 +245,7 @@ def render(results: Any, command: str) -> str:
         f"{batch.failures} not 201. CPU per operation (from /proc): workers {results.batch_cpu_us[0]:.1f} µs, "
         f"Redis {results.batch_cpu_us[1]:.1f} µs, SecantusDB {results.batch_cpu_us[2]:.1f} µs"
         f"{' (paused: projection not included)' if getattr(results, 'mongo_paused', False) else ''}; "
-        f"Redis ran scripts for {results.redis_us_per_deposit:.1f} µs per deposit (INFO commandstats, evalsha usec)"
+        f"Redis ran scripts for {results.redis_us_per_deposit:.1f} µs per deposit (INFO commandstats, fcall usec)"
         if batch is not None
         else "not run"
     )

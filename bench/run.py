@@ -302,7 +302,7 @@ def batch_run(args: argparse.Namespace, redis_url: str, service: Served, results
     after = (service.cpu_seconds(), process_cpu_seconds(results.redis_pid), process_cpu_seconds(mongo_pid))
     ops = max(1, results.batch.operations)
     results.batch_cpu_us = tuple(1e6 * (a - b) / ops for a, b in zip(after, before, strict=True))
-    stats = client.info("commandstats").get("cmdstat_evalsha", {})
+    stats = client.info("commandstats").get("cmdstat_fcall", {})
     calls = max(1, int(stats.get("calls", 0)))
     results.redis_us_per_deposit = float(stats.get("usec", 0.0)) / max(calls, ops)
     client.close()
@@ -311,7 +311,7 @@ def batch_run(args: argparse.Namespace, redis_url: str, service: Served, results
         f"  batch: {results.batch.ops_per_second:.0f} ops/s ({results.batch.operations} ops, "
         f"failures {results.batch.failures}); CPU per op: workers {worker_us:.1f} us, Redis {redis_us:.1f} us, "
         f"SecantusDB (projection) {mongo_us:.1f} us; scripts {results.redis_us_per_deposit:.1f} us per deposit "
-        f"({calls} EVALSHA calls)",
+        f"({calls} FCALL calls)",
         flush=True,
     )
 

@@ -1,9 +1,10 @@
-"""Instructions redis-server runs per deposit script call, counted by callgrind: the ledger's and the floor's.
+"""Instructions redis-server runs per deposit call, counted by callgrind: the ledger's function and the floor's script.
 
 Instruction counts do not move with the machine's load, so they show a change of a few per cent in a script that
-timings on a shared 2-core machine cannot. Each script runs `--calls` times on a redis-server of its own started
-under `valgrind --tool=callgrind`, counting only inside EVALSHA (Lua, the commands it calls, their replies);
-the deposits spread over 16 partitions and 100 users, each with an Idempotency-Key of its own.
+timings on a shared 2-core machine cannot. Each runs `--calls` times on a redis-server of its own started under
+`valgrind --tool=callgrind`, counting only inside the command (FCALL of the ledger's deposit function, EVALSHA of
+the floor's script: Lua, the commands it calls, their replies); the deposits spread over 16 partitions and 100
+users, each with an Idempotency-Key of its own.
 
     .venv/bin/python -m bench.script_cost [--calls 500]
 
@@ -26,14 +27,31 @@ from collections.abc import Callable
 import redis
 
 from bench.floor_app import SCRIPT as FLOOR_SCRIPT
-from billing.ledger.scripts import Idempotency, RedisKeys, load_script_sources
+from billing.ledger.scripts import Idempotency, RedisKeys, build_library
 from tests.support.servers import free_port
 
 Call = Callable[[int], tuple[list[str], list[str]]]
 
 
-def instructions_per_call(source: str, call: Call, calls: int) -> float:
-    """Instructions inside EVALSHA per call of `source`, call(i) giving the i-th call's keys and arguments."""
+# What a measured call is: the command counted (callgrind's function for it), how to load it, and its name.
+Load = Callable[[redis.Redis], list[str]]
+
+
+def evalsha(source: str) -> tuple[str, Load]:
+    return "evalShaCommand", lambda client: ["EVALSHA", client.script_load(source)]
+
+
+def fcall(code: str, function: str) -> tuple[str, Load]:
+    def load(client: redis.Redis) -> list[str]:
+        client.function_load(code)
+        return ["FCALL", function]
+
+    return "fcallCommand", load
+
+
+def instructions_per_call(command: tuple[str, Load], call: Call, calls: int) -> float:
+    """Instructions inside the command per call, call(i) giving the i-th call's keys and arguments."""
+    counted, load = command
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "callgrind.out")
@@ -41,7 +59,7 @@ def instructions_per_call(source: str, call: Call, calls: int) -> float:
             [
                 "valgrind",
                 "--tool=callgrind",
-                "--toggle-collect=evalShaCommand",
+                f"--toggle-collect={counted}",
                 f"--callgrind-out-file={out}",
                 "redis-server",
                 "--port",
@@ -67,10 +85,10 @@ def instructions_per_call(source: str, call: Call, calls: int) -> float:
                     if time.monotonic() > deadline or server.poll() is not None:
                         raise
                     time.sleep(0.1)
-            sha = client.script_load(source)
+            prefix = load(client)
             for i in range(calls):
                 keys, args = call(i)
-                client.evalsha(sha, len(keys), *keys, *args)
+                client.execute_command(*prefix, len(keys), *keys, *args)
             client.close()
         finally:
             server.terminate()
@@ -103,11 +121,12 @@ def main(argv: list[str] | None = None) -> int:
     def floor(i: int) -> tuple[list[str], list[str]]:
         return [f"floor:{{u:{i % 100}}}:acct", "floor:outbox"], [str(i % 100), "100"]
 
-    for name, source, call in (
-        ("deposit script (lua/deposit.lua + prelude)", load_script_sources()["deposit"], deposit),
-        ("floor script (HINCRBY + XADD)", FLOOR_SCRIPT, floor),
+    library = build_library()
+    for name, command, call in (
+        ("deposit function (lua/deposit.lua)", fcall(library.code, library.functions["deposit"]), deposit),
+        ("floor script (HINCRBY + XADD)", evalsha(FLOOR_SCRIPT), floor),
     ):
-        print(f"{name:45} {instructions_per_call(source, call, args.calls):10,.0f} instructions per call", flush=True)
+        print(f"{name:45} {instructions_per_call(command, call, args.calls):10,.0f} instructions per call", flush=True)
     return 0
 
 

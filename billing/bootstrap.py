@@ -128,8 +128,8 @@ async def bootstrap(
     )
     try:
         await ledger.load_scripts()
-    except Exception as exc:  # Redis may be down at start; scripts load on first NOSCRIPT
-        log.warning("could not load Lua scripts at start: %s", exc)
+    except Exception as exc:  # Redis may be down at start; the library loads on the first missing function
+        log.warning("could not load the Lua function library at start: %s", exc)
     metrics = Metrics()
     # History and feed cursors are signed with the service secret; without one they hold only in this process.
     secret = settings.secret or secrets.token_urlsafe(32)

@@ -31,6 +31,20 @@ SHUTDOWN_GRACE_SECONDS = 10.0
 # them forever while its socket takes connections nobody answers.
 START_FAILURES_LIMIT = 5
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# Python collects its youngest generation every 700 allocations of container objects. A batch request keeps tens of
+# thousands of them alive until its answer is written, and at 700 the collector walks them again and again as they
+# age through the generations; at this threshold a batch of 1000 deposits sees one or two young collections.
+GC_YOUNG_THRESHOLD = 20_000
+
+
+def settle_collector() -> None:
+    """Once a worker is built: everything built so far (modules, app, context) lives as long as the worker, so it
+    moves out of the collector's sight (the full collections a batch's many objects trigger do not walk it each
+    time: in process, bench.hotpath, 21.6 -> 16.0 µs of worker CPU per batched deposit), and young collections
+    come every GC_YOUNG_THRESHOLD allocations (two workers under 4 concurrent batches of 1000 deposits, medians
+    of 8 runs: 18.9 µs per deposit against 19.7 at Python's 700; single requests unchanged)."""
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
 
 async def run_worker(settings: Settings, sockets: list[socket.socket], ready: Callable[[], None] | None = None) -> None:
@@ -43,10 +57,7 @@ async def run_worker(settings: Settings, sockets: list[socket.socket], ready: Ca
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    # Everything built so far (modules, app, context) lives as long as the worker: move it out of the
-    # collector's sight, so the full collections a batch's many objects trigger do not walk it each time
-    # (measured: 24 -> 20 µs of worker CPU per batched deposit).
-    gc.freeze()
+    settle_collector()
     if ready is not None:
         ready()
     await stop.wait()

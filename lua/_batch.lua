@@ -1,12 +1,12 @@
 --[[
-  Batch entry point: many operations in ONE script run, in order, each one the same function as its
-  single script (own idempotency check and record, own refusals, own outbox entry).
+  Batch entry point (the body of the batch function): many operations in ONE run, in order, each one running
+  the same function as its own (own idempotency check and record, own refusals, own outbox entry).
     KEYS[1] outbox stream   KEYS[2] meta hash   KEYS[3] totals hash   (of the run's partition)
-    then for each operation: its idempotency record key (as KEYS[1] of a single script), then its keys
+    then for each operation: its idempotency record key (as KEYS[1] of an operation's function), then its keys
     (OPS[op].nkeys of them)
     ARGV[1] idempotency record TTL in seconds
     then for each operation: its name (a key of OPS), its '<fingerprint> <lang>' ('' = no key; as ARGV[1]
-    of a single script), its partition number (the run's, the same for every operation), then its arguments
+    of an operation's function), its partition number (the run's, the same for every operation), then its arguments
   Returns a flat array: kind1, outcome1, kind2, outcome2, ... with the kinds of the prelude and
     'error', <message>  the operation failed (an error of the prelude, or Redis's) and changed nothing;
     'skipped', ''       the operation did not run because one before it in this run failed.

@@ -1,25 +1,29 @@
 --[[
-  Shared prelude: billing/ledger/scripts.py builds every script as its limits + this prelude (+ the reservations'
-  helpers, lua/_reservations.lua, for the scripts that read or write reservations) + operation files + an entry
-  point. The limits come from billing/core/money.py and billing/core/parsing.py, as Lua locals:
+  Shared prelude: billing/ledger/scripts.py builds ONE Redis Functions library (FUNCTION LOAD) as its limits + this
+  prelude + the reservations' helpers (lua/_reservations.lua) + every operation file + the bodies of lua/_batch.lua,
+  lua/restore.lua and lua/expiry_read.lua, then registers one function per entry point. Redis runs the library's
+  top level once, when it loads it (only redis.register_function exists then: the top level defines locals and
+  functions and calls nothing); each FCALL runs one function, which starts with begin_call(). The limits come
+  from billing/core/money.py and billing/core/parsing.py, as Lua locals:
     MAX_BALANCE    available + reserved of one account never exceeds this (kopecks, < 2^53)
     MAX_AMOUNT     the largest amount of one operation (kopecks)
     MAX_ID         the largest id (user, service, order), as decimal digits
     ID_SPAN        the most partitions there can be (1024): a transaction id is seq * ID_SPAN + partition
     MAX_EXPIRES_IN the longest a reservation may stay reserved (seconds)
-  Each operation file adds one function to OPS; the entry point decides how many operations one script
-  run executes:
-    single script (one per operation, lua/<op>.lua + `return run_single('<op>')`): ONE operation,
+  Each operation file adds one function to OPS; the entry point decides how many operations one run executes:
+    an operation's function (one per operation, named after it; `run_single('<op>')`): ONE operation,
       atomically, in ONE round trip;
-    batch script (every operation file + lua/_batch.lua): many operations in ONE script run, each one
-      running exactly the same function as its single script, with its own idempotency record.
+    the batch function (lua/_batch.lua): many operations in ONE run, each one running exactly the same function
+      as its own, with its own idempotency record.
+  Function names end in a hash of the library (billing/ledger/scripts.py Library), so that two versions of the
+  service can share one Redis.
 
   A run belongs to one ledger partition (the user's; billing/ledger/scripts.py RedisKeys): its outbox, meta
   and totals are the run's partition keys below. A transfer between partitions is three runs, one partition
   each (lua/transfer_debit.lua, lua/transfer_credit.lua, lua/transfer_settle.lua); lua/transfer.lua can
   name a second partition's keys, and then every partition the run touches gets its own ids, clock, totals
   and outbox entry, but billing/ledger/scripts.py calls it within one partition only.
-  Input of a single script:
+  Input of an operation's function:
     KEYS[1] idempotency record   (string "<fingerprint>\n<outcome json>", read and written only if
                                   ARGV[1] ~= ''; billing/ledger/scripts.py RedisKeys.idempotency_record
                                   says where it lives)
@@ -57,22 +61,25 @@
                                             caller completes them, and the record then holds the final outcome
   Ids and money travel as decimal strings: Lua numbers are doubles, and cjson prints 14 digits only.
 
-  Errors (a script error reply, 'ledger: ...' or Redis's own, e.g. WRONGTYPE or OOM): an argument that is
+  Errors (an error reply, 'ledger: ...' or Redis's own, e.g. WRONGTYPE or OOM): an argument that is
   not what billing/ledger/scripts.py sends, a key of the wrong type, a stored value this ledger never writes
   (a balance or amount that is not a canonical integer within its bound, a reservation whose account
   cannot hold it, an idempotency record that is not "<fingerprint>\n<outcome json>").
 
-  Redis does not undo a script's writes when it fails, so every operation is two phases: first every
+  Redis does not undo a function's writes when it fails, so every operation is two phases: first every
   read and check (anything that can refuse or raise), then its writes, which cannot fail on what the
   checks let through. begin_run checks what the whole run writes (meta, outbox, the TTL, and for a batch
   run every total) before the first operation, partition() the same of another partition before the
   operation naming it writes, and check_total a total of a single run in its operation's check phase. An
   error therefore always comes before the failing operation's first write.
   What the write phase does beyond the checked values cannot fail: cjson.encode of strings, XADD '*'
-  (only at the largest stream id), SET (any type), and Redis refuses for memory (OOM) only a script's
-  first write. A single script's error changes nothing; for a batch run see lua/_batch.lua.
+  (only at the largest stream id), SET (any type), and Redis refuses for memory (OOM) only a function's
+  first write (or the whole call, before it starts). An operation's function that fails changes nothing; for
+  a batch run see lua/_batch.lua.
 ]]
-local rcall = redis.call
+-- The running call's redis.call, keys and arguments, set by begin_call (redis.call exists only while a function
+-- runs, not while its library loads).
+local rcall, KEYS, ARGV
 
 -- What follows the fingerprint in a pointer (never the start of an outcome's JSON).
 local POINTER_MARK = '@'
@@ -89,7 +96,7 @@ local function int(n)
   return string.format('%d', n)
 end
 
--- An error of the script: a broken ledger or a bad call, raised before the operation's first write.
+-- An error of the run: a broken ledger or a bad call, raised before the operation's first write.
 local function fail(message)
   error('ledger: ' .. message, 0)
 end
@@ -207,7 +214,7 @@ local function begin_run(number, outbox, meta, totals, all_totals)
   end
 end
 
--- One time per script run (a run is one atomic step); a partition's timestamps never go back. now() reads it,
+-- One time per run (a run is one atomic step); a partition's timestamps never go back. now() reads it,
 -- clock() also stamps the partition with it (end_run stores it).
 local function now(part)
   if not run_time then
@@ -414,7 +421,16 @@ local function new_txn(part, kind, user_id, amount, available, reserved, extra)
   return txn
 end
 
--- Entry point of a single script: one operation, laid out as described at the top.
+-- The start of every call of the library's functions (billing/ledger/scripts.py build_library registers them):
+-- the call's redis.call, keys and arguments, and a clean run state (a library's locals outlive each call, and an
+-- error may leave one's behind).
+local function begin_call(keys, args)
+  rcall, KEYS, ARGV = redis.call, keys, args
+  IDEM_TTL, PART, IDEM_KEY, FINGERPRINT, LANG = nil, nil, nil, nil, nil
+  PARTS, run_time, TXN_PART = {}, nil, {}
+end
+
+-- Entry point of an operation's function: one operation, laid out as described at the top.
 local function run_single(name)
   IDEM_TTL = ARGV[2]
   begin_run(ARGV[3], KEYS[2], KEYS[3], KEYS[4])

@@ -1,8 +1,6 @@
 --[[
   The reservations' helpers: read, check, write and release a reservation hash and its expiry index entry.
-  billing/ledger/scripts.py puts this file after lua/_prelude.lua (whose locals it uses) in the scripts of the
-  operations on reservations (RESERVATION_SCRIPTS), the batch script and lua/restore.lua; the others run
-  without it, as every function a script defines is made again at each of its runs.
+  billing/ledger/scripts.py puts this file after lua/_prelude.lua (whose locals it uses) in the library.
 ]]
 local RESERVATION_STATUSES = {reserved = true, recognized = true, cancelled = true, expired = true}
 
@@ -83,7 +81,7 @@ local function unchanged_reservation(h, user_id, available, reserved)
     balance = balance_body(user_id, available or 0, reserved or 0)})
 end
 
--- A TTL argument in seconds (the closed-record TTLs the reservation scripts are given): 1 .. MAX_TIME.
+-- A TTL argument in seconds (the closed-record TTLs the reservation functions are given): 1 .. MAX_TIME.
 local function ttl_arg(value, what)
   positive_arg(value, MAX_TIME, what, 'a positive number of seconds')
   return value

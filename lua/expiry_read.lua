@@ -1,13 +1,13 @@
 --[[
-  expiry_read: what the sweeper and the reservation reads need of a partition's time (built as the prelude
-  + this file); reads only: the partition's clock is not written.
+  expiry_read: what the sweeper and the reservation reads need of a partition's time (the body of a
+  read-only function); reads only: the partition's clock is not written.
     ARGV[1] 'due'  KEYS[1] the partition's expiry index;  KEYS[2] its meta hash;  ARGV[2] limit (1 .. 10000):
                    returns {now, member, member, ...}: up to `limit` members whose deadline is at or before now,
                    earliest first
     ARGV[1] 'now'  KEYS[1] the partition's meta hash: returns {now}
     ARGV[1] 'reservation'  KEYS[1] a reservation hash;  KEYS[2] its partition's meta hash: returns {now, field,
                    value, field, value, ...} (no fields: no such reservation)
-  now is the partition's clock as a script running now would read it (lua/_prelude.lua clock(): Redis's TIME,
+  now is the partition's clock as a function running now would read it (lua/_prelude.lua clock(): Redis's TIME,
   never below the partition's last timestamp), in ms, as a decimal string.
   Errors (see the prelude): a meta hash whose clock is not an integer, an index that is not a sorted set.
 ]]

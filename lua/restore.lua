@@ -1,6 +1,6 @@
 --[[
   restore: what `billing rebuild` (billing/projection/recovery.py) derived from the MongoDB ledger, written in
-  this ledger's layout and within its bounds, one record per call (built as the prelude + this file):
+  this ledger's layout and within its bounds, one record per call (the body of a function):
     ARGV[1] 'account'      KEYS[1] account hash;      ARGV[2] available;  ARGV[3] reserved
     ARGV[1] 'reservation'  KEYS[1] reservation hash;  KEYS[2] its partition's expiry index;  ARGV[2..12] user_id,
                            service_id, order_id, amount, status, recognized_amount ('' = none), created_at,

@@ -63,10 +63,21 @@ ERROR_CLASSES: dict[str, type[redis_errors.RedisError]] = {
     "CROSSSLOT": redis_errors.ClusterCrossSlotError,
     "MASTERDOWN": redis_errors.MasterDownError,
 }
+# The error reply of an FCALL whose function is not loaded: it did not run, as for NOSCRIPT, and is raised as
+# NoScriptError too (redis-py's parser makes it a plain ResponseError: missing_function() maps its replies).
+FUNCTION_NOT_FOUND = "Function not found"
 ERR_CLASSES: dict[str, type[redis_errors.RedisError]] = {
     "max number of clients reached": redis_errors.ConnectionError,
     "invalid password": redis_errors.AuthenticationError,
+    FUNCTION_NOT_FOUND: redis_errors.NoScriptError,
 }
+
+
+def missing_function(reply: Any) -> Any:
+    """A reply of redis-py: its error for a function that is not loaded as NoScriptError, anything else as it is."""
+    if type(reply) is ResponseError and str(reply) == FUNCTION_NOT_FOUND:
+        return redis_errors.NoScriptError(FUNCTION_NOT_FOUND)
+    return reply
 
 
 def reply_error(message: str) -> redis_errors.RedisError:
@@ -328,7 +339,7 @@ class _RedisPyLane:
                 try:
                     answers.append(await connection.read_response())
                 except ResponseError as exc:
-                    answers.append(exc)
+                    answers.append(missing_function(exc))
         except BaseException:
             await self._drop(connection)
             raise

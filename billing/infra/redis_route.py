@@ -19,16 +19,18 @@ from __future__ import annotations
 import abc
 import contextlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeAlias
 
 from redis.asyncio import Redis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from billing.core.config import default
 from billing.infra import redis_raw
+from billing.infra.redis_raw import missing_function
 
 log = logging.getLogger("billing.infra.redis_route")
 
@@ -39,9 +41,12 @@ _LOST = (RedisConnectionError, RedisTimeoutError)
 WAIT_TIMEOUT_MS: int = default("redis_wait_timeout_ms")
 
 
+_KEYS_AFTER_COUNT = frozenset({"FCALL", "FCALL_RO", "EVALSHA", "EVAL"})  # <command> <name> <numkeys> <keys...>
+
+
 def first_key(parts: Parts) -> str:
-    """The key a command is routed by: EVALSHA's first key, else the command's first argument."""
-    return parts[3] if parts[0].upper() in ("EVALSHA", "EVAL") else parts[1]
+    """The key a command is routed by: the first key of FCALL (or EVALSHA, EVAL), else the first argument."""
+    return parts[3] if parts[0].upper() in _KEYS_AFTER_COUNT else parts[1]
 
 
 class Route(abc.ABC):
@@ -99,8 +104,13 @@ class Route(abc.ABC):
         raises. `write`: then WAIT on each connection that wrote."""
 
     @abc.abstractmethod
-    async def load_scripts(self, sources: Mapping[str, str]) -> dict[str, str]:
-        """Load every script where it may run; their SHA1s by name."""
+    async def load_library(self, code: str) -> None:
+        """Load a Redis Functions library (FUNCTION LOAD REPLACE: loading one already there changes nothing)
+        where its functions may run."""
+
+    def routing(self, parts: Parts) -> dict[str, Any]:
+        """What a redis-py pipeline of this client needs besides the command to send it to its node."""
+        return {}
 
 
 class SingleRoute(Route):
@@ -130,10 +140,10 @@ class SingleRoute(Route):
         if lost is not None:
             raise lost
         self._waited(acknowledged)
-        return replies
+        return [missing_function(reply) for reply in replies]
 
-    async def load_scripts(self, sources: Mapping[str, str]) -> dict[str, str]:
-        return {name: _text(await self.redis.script_load(source)) for name, source in sources.items()}
+    async def load_library(self, code: str) -> None:
+        await self.command(["FUNCTION", "LOAD", "REPLACE", code])
 
 
 class ClusterRoute(Route):
@@ -147,9 +157,19 @@ class ClusterRoute(Route):
 
     async def command(self, parts: Parts) -> Any:
         try:
-            return await self.cluster.execute_command(*parts)
+            await self.cluster.initialize()  # (no-op once the slot map is known) for routing()
+            return await self.cluster.execute_command(*parts, **self.routing(parts))
+        except ResponseError as exc:
+            raise missing_function(exc) from None
         except AttributeError as exc:
             raise closed_under(exc) from exc
+
+    def routing(self, parts: Parts) -> dict[str, Any]:
+        """An FCALL goes to the node of its first key by the slot map: redis-py would ask a node which its keys
+        are first (COMMAND GETKEYS, one more round trip), as it does only after a MOVED."""
+        if parts[0].upper() not in ("FCALL", "FCALL_RO"):
+            return {}
+        return {"target_nodes": self.cluster.get_node_from_key(first_key(parts))}
 
     async def pipeline(self, commands: Sequence[Parts], write: bool = False) -> list[Any]:
         """redis-py sends each node its commands on one connection, the nodes at once, and follows MOVED and
@@ -164,7 +184,7 @@ class ClusterRoute(Route):
             nodes[node.name] = node
         pipe = self.cluster.pipeline()
         for parts in commands:
-            pipe.execute_command(*parts)
+            pipe.execute_command(*parts, **self.routing(parts))
         waits = list(nodes.values()) if write and self.wait_replicas else []
         for node in waits:
             pipe.execute_command(*self._wait_parts(), target_nodes=node)
@@ -182,7 +202,7 @@ class ClusterRoute(Route):
             raise closed_under(lost) if isinstance(lost, AttributeError) else lost
         for acknowledged in replies[len(commands) :]:
             self._waited(acknowledged)
-        return replies[: len(commands)]
+        return [missing_function(reply) for reply in replies[: len(commands)]]
 
     async def _refresh(self, nodes: Any) -> None:
         """After a lost connection: a PING to each node the pipeline used. A node that does not answer makes
@@ -191,24 +211,20 @@ class ClusterRoute(Route):
             with contextlib.suppress(Exception):
                 await self.cluster.execute_command("PING", target_nodes=node)
 
-    async def load_scripts(self, sources: Mapping[str, str]) -> dict[str, str]:
-        """On every node, replicas included: SCRIPT LOAD is not replicated, a replica may be promoted at any
-        time, and redis-py may keep a promoted node in its list as a replica. A node that does not answer
-        is skipped (it loads them on its first NOSCRIPT once back)."""
+    async def load_library(self, code: str) -> None:
+        """On every master: a master replicates FUNCTION LOAD to its replicas (and a new replica gets the library
+        with its first sync), so a promoted replica has it. A master that does not load it (down, demoted, out
+        of memory) is skipped: it loads the library on its first missing function once it can."""
         await self.cluster.initialize()
-        shas: dict[str, str] = {}
-        for node in self.cluster.get_nodes():
+        loaded = 0
+        for node in self.cluster.get_primaries():
             try:
-                for name, source in sources.items():
-                    shas[name] = await self.load_on(node, source)
-            except _LOST as exc:
-                log.warning("could not load the Lua scripts on %s: %s", node.name, exc)
-        if len(shas) < len(sources):
-            raise RedisConnectionError("no node of the Redis Cluster answered SCRIPT LOAD")
-        return shas
-
-    async def load_on(self, node: ClusterNode, source: str) -> str:
-        return _text(await self.cluster.execute_command("SCRIPT", "LOAD", source, target_nodes=node))
+                await self.cluster.execute_command("FUNCTION", "LOAD", "REPLACE", code, target_nodes=node)
+                loaded += 1
+            except RedisError as exc:  # down, or refusing it (READONLY: demoted; OOM): the others still load it
+                log.warning("could not load the function library on %s: %s", node.name, exc)
+        if not loaded:
+            raise RedisConnectionError("no master of the Redis Cluster loaded the function library")
 
 
 def route(redis: RedisClient, wait_replicas: int = 0, wait_timeout_ms: int = WAIT_TIMEOUT_MS) -> Route:
@@ -216,10 +232,6 @@ def route(redis: RedisClient, wait_replicas: int = 0, wait_timeout_ms: int = WAI
     if isinstance(redis, RedisCluster):
         return ClusterRoute(redis, wait_replicas, wait_timeout_ms)
     return SingleRoute(redis, wait_replicas, wait_timeout_ms)
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def closed_under(exc: AttributeError) -> RedisConnectionError:

@@ -65,8 +65,7 @@ class ReservationSweeper:
         for refs in due.values():
             for ref in refs:
                 name, keys, args = self.ledger.expire_call(*ref)
-                sha, all_keys, all_args = self.ledger.script_call(name, None, "", keys, args)
-                commands.append(["EVALSHA", sha, str(len(all_keys)), *all_keys, *all_args])
+                commands.append(self.ledger.script_call(name, None, "", keys, args))
         # One script run each, so that a reservation the script cannot read (a broken ledger: logged) holds up no
         # other; all in one pipeline (in a Redis Cluster, each node's at once).
         replies = await self.ledger.send_batches(commands)

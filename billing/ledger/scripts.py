@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 import zlib
@@ -60,12 +61,10 @@ SCRIPT_NAMES = (
     CREDIT,
     SETTLE,
 )
-# The scripts that read or write reservations: they get lua/_reservations.lua after the prelude.
-RESERVATION_SCRIPTS = frozenset({"reserve", "recognize", "cancel", "refund", "expire"})
 BATCH = "batch"
 RESTORE = "restore"  # lua/restore.lua: the writes of `billing rebuild`, see Restore
 EXPIRY_READ = "expiry_read"  # lua/expiry_read.lua: the partition's time, and its due reservations
-# Operations per batch script run: a run blocks Redis while it lasts (about 5 µs per deposit), so a
+# Operations per batch run: a run blocks Redis while it lasts (about 5 µs per deposit), so a
 # 1000-operation request becomes 4 runs sent in one pipeline, and other clients wait at most a few ms.
 BATCH_CHUNK = 250
 # How long a batch's Idempotency-Key stays claimed while the batch runs. A batch takes milliseconds, at worst a
@@ -387,27 +386,54 @@ class Limits:
         )
 
 
-def load_script_sources(limits: Limits = Limits()) -> dict[str, str]:
-    """One script per operation (limits + prelude (+ the reservations' helpers) + its file + one call), and the batch
-    script running them all.
+@dataclass(frozen=True)
+class Library:
+    """The ledger's Redis Functions library: its code (FUNCTION LOAD) and the function FCALL calls for each
+    entry point (an operation of SCRIPT_NAMES, BATCH, RESTORE, EXPIRY_READ)."""
 
-    Every operation's logic lives once, in its file under lua/, as a function the prelude's entry points
-    call: the single script runs one operation, lua/_batch.lua runs many in one script run.
+    name: str
+    code: str
+    functions: dict[str, str]
+
+    def call(self, entry: str, keys: Sequence[str], args: Sequence[str]) -> list[str]:
+        """The FCALL of one entry point."""
+        return ["FCALL", self.functions[entry], str(len(keys)), *keys, *args]
+
+
+# The entry points whose files are a function's body (each returns the function's reply), and the read-only one.
+_BODIES = {BATCH: "_batch.lua", RESTORE: "restore.lua", EXPIRY_READ: "expiry_read.lua"}
+_READ_ONLY = frozenset({EXPIRY_READ})
+
+
+@functools.cache
+def build_library(limits: Limits = Limits()) -> Library:
+    """limits + prelude + the reservations' helpers + every operation file + the bodies of BATCH, RESTORE and
+    EXPIRY_READ, then one registered function per entry point (lua/_prelude.lua describes the calls).
+
+    Redis runs a library's top level once, at FUNCTION LOAD, and each FCALL runs only its function: the
+    helpers are not defined again at every call, as a script's are. Names carry a hash of the code, so
+    that two versions of the service (a rolling deploy) each call their own functions in one Redis.
     """
-    prelude = limits.lua() + (LUA_DIR / "_prelude.lua").read_text()
-    with_reservations = f"{prelude}\n{(LUA_DIR / '_reservations.lua').read_text()}"
-    ops = {name: (LUA_DIR / f"{name}.lua").read_text() for name in SCRIPT_NAMES}
 
-    def single(name: str) -> str:
-        # A script defines all of its functions again at every run: the others are spared the reservations'.
-        helpers = with_reservations if name in RESERVATION_SCRIPTS else prelude
-        return f"{helpers}\n{ops[name]}\nreturn run_single('{name}')\n"
+    def read(name: str) -> str:
+        return (LUA_DIR / name).read_text()
 
-    sources = {name: single(name) for name in SCRIPT_NAMES}
-    sources[BATCH] = "\n".join([with_reservations, *ops.values(), (LUA_DIR / "_batch.lua").read_text()])
-    sources[RESTORE] = f"{with_reservations}\n{(LUA_DIR / 'restore.lua').read_text()}"
-    sources[EXPIRY_READ] = f"{prelude}\n{(LUA_DIR / 'expiry_read.lua').read_text()}"
-    return sources
+    pieces = [limits.lua(), read("_prelude.lua"), read("_reservations.lua")]
+    pieces += [read(f"{name}.lua") for name in SCRIPT_NAMES]
+    pieces += [f"local function {entry}_body()\n{read(file)}\nend" for entry, file in _BODIES.items()]
+    entries = (*SCRIPT_NAMES, *_BODIES)
+    for entry in entries:
+        run = f"{entry}_body()" if entry in _BODIES else f"run_single('{entry}')"
+        flags = ", flags = {'no-writes'}" if entry in _READ_ONLY else ""
+        pieces.append(
+            f"redis.register_function{{function_name = '{entry}' .. SUFFIX, callback = function(keys, args)\n"
+            f"  begin_call(keys, args)\n  return {run}\nend{flags}}}"
+        )
+    body = "\n".join(pieces) + "\n"
+    suffix = f"_{hashlib.sha1(body.encode()).hexdigest()[:16]}"
+    name = f"billing{suffix}"
+    code = f"#!lua name={name}\nlocal SUFFIX = '{suffix}'\n{body}"
+    return Library(name, code, {entry: f"{entry}{suffix}" for entry in entries})
 
 
 def reservation_as_of(record: dict[str, str], now_ms: int) -> dict[str, str]:
@@ -457,17 +483,16 @@ class Restore:
         self.keys = keys
         self.closed_ttl = closed_ttl_seconds
         self.recognized_ttl = recognized_ttl_seconds
-        self.source = load_script_sources(limits)[RESTORE]
-        self.sha = hashlib.sha1(self.source.encode()).hexdigest()
+        self.library = build_library(limits)
 
     async def load(self) -> None:
-        """Load the script before queueing calls (in a Redis Cluster: on every node): a pipeline's EVALSHA is not
-        sent again on NOSCRIPT."""
-        self.sha = (await self.route.load_scripts({RESTORE: self.source}))[RESTORE]
+        """Load the library before queueing calls (in a Redis Cluster: on every master): a pipeline's FCALL is not
+        sent again when its function is missing."""
+        await self.route.load_library(self.library.code)
 
     def _call(self, pipe: Pipeline, keys: tuple[str, ...], *args: str | int) -> None:
-        # As a raw command: redis-py's cluster pipeline refuses its evalsha method, not the command.
-        pipe.execute_command("EVALSHA", self.sha, len(keys), *keys, *[str(arg) for arg in args])
+        parts = self.library.call(RESTORE, keys, [str(arg) for arg in args])
+        pipe.execute_command(*parts, **self.route.routing(parts))
 
     def account(self, pipe: Pipeline, user_id: int, available: int, reserved: int) -> None:
         self._call(pipe, (self.keys.account(user_id),), "account", available, reserved)
@@ -507,7 +532,7 @@ class Restore:
 
     async def meta(self, partition: int, seq: int, clock: int) -> tuple[int, int]:
         """Raise a partition's sequence and clock to these (never lower them): (seq, clock) now."""
-        parts = ["EVALSHA", self.sha, "1", self.keys.meta(partition), "meta", str(seq), str(clock)]
+        parts = self.library.call(RESTORE, [self.keys.meta(partition)], ["meta", str(seq), str(clock)])
         stored_seq, stored_clock = await self.route.command(parts)
         return int(stored_seq), int(stored_clock)
 
@@ -537,15 +562,15 @@ class Ledger:
         self.route = route(redis, wait_replicas, wait_timeout_ms)
         self.keys = RedisKeys(prefix, partitions, records_at_home=self.route.keys_of_any_slot)
         self.idempotency_ttl = str(idempotency_ttl_seconds)
-        self._sources = load_script_sources(limits)
-        self._shas = {name: hashlib.sha1(src.encode()).hexdigest() for name, src in self._sources.items()}
+        self.library = build_library(limits)
         # Fault injection for tests: awaited after a transfer's debit ("debited") and after its credit
         # ("credited"), with its id; raising stops the completion there, as if the process died.
         self.between_transfer_steps: Callable[[str, int], Awaitable[None]] | None = None
 
     async def load_scripts(self) -> None:
-        """Load the scripts wherever they may run (in a Redis Cluster: on every node)."""
-        self._shas.update(await self.route.load_scripts(self._sources))
+        """Load the function library wherever it may run (in a Redis Cluster: on every master; replicas get it
+        from them)."""
+        await self.route.load_library(self.library.code)
 
     async def claim_partition_count(self) -> None:
         """Store the partition count on the first start; PartitionCountChanged when Redis holds another."""
@@ -562,23 +587,21 @@ class Ledger:
     def _partition_keys(self, partition: int) -> list[str]:
         return [self.keys.outbox(partition), self.keys.meta(partition), self.keys.totals(partition)]
 
-    def script_call(
-        self, name: str, idem: Idempotency | None, fp: str, keys: list[str], args: list[Any]
-    ) -> tuple[str, list[str], list[str]]:
-        """(sha, keys, args) of one script call. An operation's args begin with its partition (the ..._call
-        methods put it there), whose outbox, meta and totals the script runs on."""
+    def script_call(self, name: str, idem: Idempotency | None, fp: str, keys: list[str], args: list[Any]) -> list[str]:
+        """The FCALL of one operation. Its args begin with its partition (the ..._call methods put it there),
+        whose outbox, meta and totals the function runs on."""
         return self._script_call(name, self.keys.idempotency_record(idem, int(args[0]))[0], idem, fp, keys, args)
 
     def _script_call(
         self, name: str, record: str, idem: Idempotency | None, fp: str, keys: list[str], args: list[Any]
-    ) -> tuple[str, list[str], list[str]]:
+    ) -> list[str]:
         """script_call() with the idempotency record's key already known."""
         common_keys = [record, *self._partition_keys(int(args[0]))]
         common_args = [fp if idem is not None else "", self.idempotency_ttl]
-        return self._shas[name], common_keys + keys, common_args + [str(a) for a in args]
+        return self.library.call(name, common_keys + keys, common_args + [str(a) for a in args])
 
     def batch_command(self, calls: list[tuple[str, Idempotency | None, str, list[str], list[Any]]]) -> list[str]:
-        """The EVALSHA of one batch script run (lua/_batch.lua) of (name, idem, fingerprint, keys, args)
+        """The FCALL of one batch run (lua/_batch.lua) of (name, idem, fingerprint, keys, args)
         operations, all of one partition, for send_batches."""
         partition = int(calls[0][4][0]) if calls else 0
         keys = self._partition_keys(partition)
@@ -591,7 +614,7 @@ class Ledger:
             args.append(fp if idem is not None else "")
             # op_args begin with the partition: the batch script checks it is the run's
             args.extend(map(str, op_args))
-        return ["EVALSHA", self._shas[BATCH], str(len(keys)), *keys, *args]
+        return self.library.call(BATCH, keys, args)
 
     async def claim_pointers(
         self, calls: Sequence[tuple[str, Idempotency | None, str, list[str], list[Any]]]
@@ -637,8 +660,7 @@ class Ledger:
             claimed = await self.route.write(self._claim_pointer(pointer, fp, args[0]))
             if claimed in (b"reused", "reused"):
                 return [b"reused", b""]
-        sha, all_keys, all_args = self._script_call(name, record, idem, fp, keys, args)
-        command = ["EVALSHA", sha, str(len(all_keys)), *all_keys, *all_args]
+        command = self._script_call(name, record, idem, fp, keys, args)
         try:
             return await self.route.write(command)
         except NoScriptError:  # the script did not run: safe to send again once loaded
@@ -826,14 +848,13 @@ class Ledger:
         partition, all sent in one pipeline). Each partition whose name changes puts the change in its outbox
         (MongoDB keeps the latest). Applied when some partition changed, else unchanged; running it again
         completes one that stopped half way."""
-        calls = [
+        commands = [
             self.script_call("set_service", None, "", [self.keys.services(p)], [p, service_id, name])
             for p in self.keys.all()
         ]
-        commands = [["EVALSHA", sha, str(len(keys)), *keys, *args] for sha, keys, args in calls]
         replies = await self.route.pipeline(commands, write=True)
         if any(isinstance(reply, NoScriptError) for reply in replies):
-            await self.load_scripts()  # a run refused with NOSCRIPT did not run; the others are safe to run again
+            await self.load_scripts()  # a run whose function was missing did not run; the others are safe to run again
             replies = await self.route.pipeline(commands, write=True)
         outcomes: list[Outcome] = []
         for reply in replies:
@@ -863,8 +884,8 @@ class Ledger:
         return out
 
     async def _expiry_read(self, keys: list[str], args: list[str]) -> list[bytes]:
-        """A call of lua/expiry_read.lua (loaded again and sent once more on NOSCRIPT: it only reads)."""
-        command = ["EVALSHA", self._shas[EXPIRY_READ], str(len(keys)), *keys, *args]
+        """A call of lua/expiry_read.lua (loaded again and sent once more when missing: it only reads)."""
+        command = self.library.call(EXPIRY_READ, keys, args)
         try:
             reply = await self.route.command(command)
         except NoScriptError:
@@ -891,8 +912,10 @@ class Ledger:
     async def due_reservations(self, limit: int) -> dict[int, list[tuple[int, int, int]]]:
         """The reservations past their deadline by their partition's clock (at most `limit` per partition, earliest
         first) and not yet released, per partition: one read per partition, in one pipeline."""
-        command = ["EVALSHA", self._shas[EXPIRY_READ], "2"]
-        commands = [[*command, self.keys.expiry(p), self.keys.meta(p), "due", str(limit)] for p in self.keys.all()]
+        commands = [
+            self.library.call(EXPIRY_READ, [self.keys.expiry(p), self.keys.meta(p)], ["due", str(limit)])
+            for p in self.keys.all()
+        ]
         replies = await self.route.pipeline(commands)
         if any(isinstance(reply, NoScriptError) for reply in replies):
             await self.load_scripts()

@@ -254,7 +254,7 @@ class MoneyOperations:
             raw = await self._pipeline([[calls[index] for index in run] for run in group])
             for run, reply in zip(group, raw, strict=True):
                 if isinstance(reply, Exception):
-                    # The run did not run: NOSCRIPT, or Redis refused it for now (retry), or refused the call.
+                    # The run did not run: its function missing, or Redis refused it for now (retry), or the call.
                     retryable = isinstance(reply, NoScriptError) or store_unavailable(reply)
                     if store_unavailable(reply):
                         log.warning("batch script run of %d operations refused for now: %s", len(run), reply)
@@ -289,7 +289,7 @@ class MoneyOperations:
         return results
 
     async def _pipeline(self, chunks: list[list[Any]]) -> list[Any]:
-        """One batch script run per chunk, all in one write; runs refused with NOSCRIPT are sent again once."""
+        """One batch run per chunk, all in one write; runs whose function was missing are sent again once."""
         results: list[Any] = [None] * len(chunks)
         pending = list(range(len(chunks)))
         for attempt in range(2):
@@ -297,8 +297,9 @@ class MoneyOperations:
             answers = await self.ledger.send_batches(commands)
             for index, answer in zip(pending, answers, strict=True):
                 results[index] = answer
-            # A run refused with NOSCRIPT never ran, so it may be sent again once the scripts are loaded, but
-            # only if no later run of this batch did run (operations keep their order); the others answer 503.
+            # A run whose function was missing (NoScriptError) never ran, so it may be sent again once the library
+            # is loaded, but only if no later run of this batch did run (operations keep their order); the others
+            # answer 503.
             retry: list[int] = []
             for index in reversed(pending):
                 if attempt > 0 or not isinstance(results[index], NoScriptError):

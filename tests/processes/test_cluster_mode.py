@@ -18,6 +18,7 @@ import pytest
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from billing.app import make_app
@@ -35,7 +36,9 @@ from tests.support.servers import RedisServer, served
 from tests.support.workload import deposit
 
 # Counts its runs in KEYS[1] and answers the count.
-COUNT_RUNS = "return redis.call('INCR', KEYS[1])"
+# A function library of one function counting its runs in its key.
+COUNT_RUNS = "#!lua name=count_runs\nredis.register_function('count_runs', function(keys) return redis.call('INCR', keys[1]) end)"
+COUNT = ["FCALL", "count_runs", "1"]
 
 
 @pytest.fixture
@@ -112,13 +115,20 @@ def test_cluster_mode_needs_a_url_and_waits_need_a_timeout_below_the_requests() 
 # ---- the app on the cluster ------------------------------------------------------------------------
 
 
-async def test_the_scripts_are_loaded_on_every_node(redis_cluster: LocalCluster, ctx: Context) -> None:
+async def test_the_function_library_reaches_every_node(redis_cluster: LocalCluster, ctx: Context) -> None:
+    """Loaded on the masters, replicated to their replicas: any of them may be promoted at any time."""
     assert isinstance(ctx.redis, RedisCluster)
-    shas = list(ctx.ledger._shas.values())
+    name = ctx.ledger.library.name
     assert len(redis_cluster.nodes) == 6
-    for node in redis_cluster.nodes:  # replicas too: one may be promoted at any time
-        with node.client() as direct:
-            assert direct.script_exists(*shas) == [True] * len(shas)
+
+    async def everywhere() -> bool:
+        for node in redis_cluster.nodes:
+            with node.client() as direct:
+                if not direct.function_list(library=name):
+                    return False
+        return True
+
+    await eventually(everywhere)
 
 
 async def test_balances_are_read_from_each_users_node(
@@ -324,15 +334,15 @@ async def test_a_script_whose_reply_is_lost_is_not_sent_again(
 ) -> None:
     key = f"{{p3}}:{uuid.uuid4().hex}"
     async with cluster_route(redis_cluster, timeout=0.25) as route:
-        shas = await route.load_scripts({"count": COUNT_RUNS})
-        assert await route.write(["EVALSHA", shas["count"], "1", key]) == 1
+        await route.load_library(COUNT_RUNS)
+        assert await route.write([*COUNT, key]) == 1
         master = redis_cluster.master_of_slot(key_slot(key.encode()))
         # Shorter than cluster-node-timeout: nobody fails it over. The script reaches the master's socket
         # on the connection the first one used; its reply does not come within the timeout.
         redis_cluster.pause(master)
         try:
             with pytest.raises(RedisTimeoutError):
-                await route.write(["EVALSHA", shas["count"], "1", key])
+                await route.write([*COUNT, key])
         finally:
             redis_cluster.resume(master)
 
@@ -379,7 +389,7 @@ async def test_a_connection_closed_under_a_command_is_a_lost_connection(wait_rep
     """Answered 503 (store unavailable; the client retries with its Idempotency-Key), never 500."""
     route = ClusterRoute(ClosedUnderTheCommand(in_replies), wait_replicas=wait_replicas)  # type: ignore[arg-type]
     with pytest.raises(RedisConnectionError, match="connection closed under the command"):
-        await route.write(["EVALSHA", "0", "1", "{p1}:k"])
+        await route.write(["FCALL", "count_runs", "1", "{p1}:k"])
     with pytest.raises(RedisConnectionError):
         await route.command(["GET", "{p1}:k"])
 
@@ -388,32 +398,61 @@ async def test_a_write_waits_for_a_replica_and_a_short_wait_is_counted(
     redis_cluster: LocalCluster, route: ClusterRoute
 ) -> None:
     key = f"{{p5}}:{uuid.uuid4().hex}"
-    shas = await route.load_scripts({"count": COUNT_RUNS})
+    await route.load_library(COUNT_RUNS)
     short: list[tuple[int, int]] = []
     route.wait_replicas, route.wait_timeout_ms = 1, 200  # within the client's 5 s socket timeout
     route.on_short_wait = lambda asked, acknowledged: short.append((asked, acknowledged))
-    assert await route.write(["EVALSHA", shas["count"], "1", key]) == 1
+    assert await route.write([*COUNT, key]) == 1
     assert short == []
     (replica,) = redis_cluster.replicas_of(redis_cluster.master_of_slot(key_slot(key.encode())))
     redis_cluster.pause(replica)  # shorter than cluster-node-timeout: nobody fails it over
     try:
-        assert await route.write(["EVALSHA", shas["count"], "1", key]) == 2  # answered as usual
+        assert await route.write([*COUNT, key]) == 2  # answered as usual
     finally:
         redis_cluster.resume(replica)
     assert short == [(1, 0)]
-    replies = await route.pipeline(
-        [["EVALSHA", shas["count"], "1", f"{{p{n}}}:{key}"] for n in range(PARTITIONS)], write=True
-    )
+    replies = await route.pipeline([[*COUNT, f"{{p{n}}}:{key}"] for n in range(PARTITIONS)], write=True)
     assert replies == [1] * PARTITIONS and short == [(1, 0)]  # one WAIT per node, each acknowledged
+
+
+async def test_a_master_refusing_the_library_leaves_the_others_loaded(
+    redis_cluster: LocalCluster, route: ClusterRoute
+) -> None:
+    """A master out of memory (or demoted) refuses FUNCTION LOAD: the other masters still get the library, and only
+    that master's calls answer NoScriptError (they did not run) until it can load it."""
+    name = f"refused_{uuid.uuid4().hex[:8]}"
+    library = (
+        f"#!lua name={name}\nredis.register_function('{name}', function(keys) return redis.call('INCR', keys[1]) end)"
+    )
+    full, *others = redis_cluster.masters()
+    with full.client() as direct:
+        direct.config_set("maxmemory", "1")
+        try:
+            await route.load_library(library)
+        finally:
+            direct.config_set("maxmemory", "0")
+        assert not direct.function_list(library=name)
+    for node in others:
+        with node.client() as direct:
+            assert direct.function_list(library=name)
+    by_master = {master.name: master for master in redis_cluster.masters()}
+    for n in range(PARTITIONS):
+        key = f"{{p{n}}}:{name}"
+        owner = by_master[redis_cluster.master_of_slot(key_slot(key.encode())).name]
+        if owner is full:
+            with pytest.raises(NoScriptError):
+                await route.write(["FCALL", name, "1", key])
+        else:
+            assert await route.write(["FCALL", name, "1", key]) == 1
 
 
 async def test_a_pipeline_over_every_node_answers_in_order_with_error_replies_in_place(
     route: ClusterRoute,
 ) -> None:
     run = uuid.uuid4().hex
-    shas = await route.load_scripts({"count": COUNT_RUNS})
-    commands = [["EVALSHA", shas["count"], "1", f"{{p{n}}}:{run}"] for n in range(PARTITIONS)]
-    commands.insert(3, ["EVALSHA", "0" * 40, "1", f"{{p9}}:{run}"])
+    await route.load_library(COUNT_RUNS)
+    commands = [[*COUNT, f"{{p{n}}}:{run}"] for n in range(PARTITIONS)]
+    commands.insert(3, ["FCALL", "no_such_function", "1", f"{{p9}}:{run}"])
     replies = await route.pipeline(commands, write=True)
     assert replies[:3] + replies[4:] == [1] * PARTITIONS
     assert type(replies[3]).__name__ == "NoScriptError"
@@ -425,8 +464,8 @@ async def test_scripts_run_on_a_promoted_replica_without_a_reload(own_cluster: L
         short: list[tuple[int, int]] = []
         route.on_short_wait = lambda asked, acknowledged: short.append((asked, acknowledged))
         key = "{p0}:failover"
-        shas = await route.load_scripts({"count": COUNT_RUNS})
-        assert await route.write(["EVALSHA", shas["count"], "1", key]) == 1
+        await route.load_library(COUNT_RUNS)
+        assert await route.write([*COUNT, key]) == 1
         assert short == []  # the replica has it
         old = own_cluster.master_of_slot(key_slot(key.encode()))
         own_cluster.kill(old)
@@ -441,7 +480,7 @@ async def test_scripts_run_on_a_promoted_replica_without_a_reload(own_cluster: L
         await eventually(answered)
         assert client.get_node_from_key(key).name == new.name
         route.wait_replicas = 0  # the new master has no replica until the old one is back
-        assert await route.write(["EVALSHA", shas["count"], "1", key]) == 2  # no NOSCRIPT: loaded there at start
+        assert await route.write([*COUNT, key]) == 2  # replicated: loaded on the masters only
 
 
 # ---- projectors sharing the partitions ---------------------------------------------------------------

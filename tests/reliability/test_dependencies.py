@@ -234,7 +234,7 @@ async def test_lost_reply_is_never_resent_by_the_redis_client(
 ) -> None:
     """redis-py must not retry on its own: a script re-sent after its reply was lost would move money twice."""
     api, proxy, direct = flaky_api
-    proxy.arm(b"EVALSHA")
+    proxy.arm(b"FCALL")
     answer = await api.deposit(1, "10.00")  # no Idempotency-Key: only the client library could repeat it
     assert proxy.dropped == 1
     assert answer.status == 503 and answer.json["code"] == "unavailable" and answer.headers["Retry-After"]
@@ -248,7 +248,7 @@ async def test_lost_reply_then_retry_with_the_same_key_replays(
     flaky_api: tuple[Api, ReplyDroppingProxy, Redis], prefix: str
 ) -> None:
     api, proxy, _ = flaky_api
-    proxy.arm(b"EVALSHA")
+    proxy.arm(b"FCALL")
     assert (await api.deposit(2, "7.00", key="k-1")).status == 503
     retry = await api.deposit(2, "7.00", key="k-1")
     assert retry.status == 201 and retry.headers.get("Idempotent-Replayed") == "true"
@@ -257,7 +257,7 @@ async def test_lost_reply_then_retry_with_the_same_key_replays(
     batch = {
         "operations": [{"op": "deposit", "user_id": 2, "amount": "1.00", "idempotency_key": f"b-{n}"} for n in range(3)]
     }
-    proxy.arm(b"EVALSHA")
+    proxy.arm(b"FCALL")
     assert (await api.post("/v1/batch", batch, token="tok-payments")).status == 503
     again = await api.post("/v1/batch", batch, token="tok-payments")
     assert again.status == 200

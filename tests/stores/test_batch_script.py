@@ -159,7 +159,7 @@ async def test_a_malformed_batch_call_changes_nothing(redis_client: Redis, prefi
     no_key = ledger.keys.idempotency_record(None, p)[0]
     keys = [*run_keys, no_key, ledger.keys.account(1)]
     good = ["90000", "deposit", "", str(p), "1", "100", ""]
-    command = ["EVALSHA", ledger._shas[BATCH], len(keys), *keys]
+    command = ["FCALL", ledger.library.functions[BATCH], len(keys), *keys]
     await redis_client.execute_command(*command, *good)  # well formed: runs
     assert await ledger.balance(1) == (100, 0)
     await redis_client.delete(ledger.keys.account(1), *run_keys)
@@ -171,16 +171,16 @@ async def test_a_malformed_batch_call_changes_nothing(redis_client: Redis, prefi
     other = [*keys, no_key, ledger.keys.account(2)]
     mixed = [*good, "deposit", "", str(ledger.keys.partition_of(2)), "2", "100", ""]
     with pytest.raises(ResponseError, match="batch: operations of more than one partition"):
-        await redis_client.execute_command("EVALSHA", ledger._shas[BATCH], len(other), *other, *mixed)
+        await redis_client.execute_command("FCALL", ledger.library.functions[BATCH], len(other), *other, *mixed)
     assert await ledger.balance(1) is None
     assert not await redis_client.exists(*run_keys)
 
 
-async def test_batch_scripts_reload_after_a_script_flush(redis_client: Redis, prefix: str) -> None:
-    """NOSCRIPT means the run never happened: every chunk is sent again once, each operation runs once."""
+async def test_batch_runs_reload_the_library_after_a_function_flush(redis_client: Redis, prefix: str) -> None:
+    """A missing function means the run never happened: every chunk is sent again once, each operation runs once."""
     ledger = Ledger(redis_client, prefix, TTL)
     operations = MoneyOperations(ledger)
-    await redis_client.script_flush()
+    await redis_client.function_flush()
     spec = OPERATIONS["deposit"]
     count = BATCH_CHUNK + 10
     items = [

@@ -1,7 +1,7 @@
 """The sweeper against recognize and cancel on the same reservations at their deadline, on a real redis-server.
 
-Round after round, reservations are made, then recognized or cancelled all at once while sweepers run and, at a
-random moment among those calls, every partition's clock jumps past their deadlines (a partition's clock never
+Round after round, reservations are made, then recognized or cancelled, each call at a random moment within a few
+ms, while sweepers run and, at a random moment among those calls, every partition's clock jumps past their deadlines (a partition's clock never
 goes back, lua/_prelude.lua clock(), so from then on every script sees them due). Each reservation is closed by
 exactly one of them: recognized or cancelled when that call ran first, else expired, released once (by a sweeper
 or by the late call itself, which answers reservation_expired) - never two of those, and money is conserved.
@@ -78,7 +78,8 @@ async def test_exactly_one_of_the_sweeper_and_recognize_or_cancel_closes_each_re
         calls = {ref: rng.choice(["recognize", "cancel"]) for ref in refs}
         done = asyncio.Event()
 
-        async def close(ref: tuple[int, int, int], call: str) -> None:
+        async def close(ref: tuple[int, int, int], call: str, delay: float) -> None:
+            await asyncio.sleep(delay)  # the calls spread over the moments the deadline may pass at
             amount = 1_000 + ref[2]
             script = ledger.recognize_call(*ref, amount // 2) if call == "recognize" else ledger.cancel_call(*ref, None)
             answers[ref] = (call, await run(ledger, script))
@@ -93,7 +94,8 @@ async def test_exactly_one_of_the_sweeper_and_recognize_or_cancel_closes_each_re
                 await asyncio.sleep(0)
 
         sweeping = [asyncio.create_task(sweep(s)) for s in sweepers]
-        await asyncio.gather(deadline_passes(now), *(close(ref, call) for ref, call in calls.items()))
+        delays = {ref: rng.uniform(0, 0.004) for ref in calls}
+        await asyncio.gather(deadline_passes(now), *(close(ref, call, delays[ref]) for ref, call in calls.items()))
         done.set()
         await asyncio.gather(*sweeping)
         for sweeper in sweepers:

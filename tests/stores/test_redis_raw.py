@@ -15,7 +15,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from billing.infra import redis_raw
-from billing.infra.redis_raw import RawConnection, pack
+from billing.infra.redis_raw import RawConnection, missing_function, pack
 from tests.support.proxy import ReplyDroppingProxy
 from tests.support.servers import RedisServer
 
@@ -99,6 +99,22 @@ async def test_a_pipeline_answers_in_order_with_error_replies_in_place(redis_cli
     )
     assert replies[0] == b"OK" and isinstance(replies[1], NoScriptError) and replies[2:] == [2, b"2"]
     assert await redis_raw.pipeline(redis_client, []) == []
+    redis_raw.close(redis_client)
+
+
+async def test_a_missing_function_did_not_run_on_either_client(redis_client: Redis) -> None:
+    """An FCALL of a function that is not loaded did not run: NoScriptError, as for NOSCRIPT, from redis_raw and,
+    through missing_function(), from redis-py's replies (the cluster route, the waiting pipeline)."""
+    command = ["FCALL", "no_such_function", "0"]
+    with pytest.raises(NoScriptError):
+        await redis_raw.command(redis_client, pack(command))
+    (reply,) = await redis_raw.pipeline(redis_client, [pack(command)])
+    assert isinstance(reply, NoScriptError)
+    with pytest.raises(ResponseError) as raised:
+        await redis_client.execute_command(*command)
+    assert isinstance(missing_function(raised.value), NoScriptError)
+    other = ResponseError("Function not loaded here")  # any other error stays as it is
+    assert missing_function(other) is other
     redis_raw.close(redis_client)
 
 

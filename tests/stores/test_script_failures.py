@@ -18,7 +18,7 @@ from redis.exceptions import ResponseError
 
 from billing.app import make_app
 from billing.bootstrap import bootstrap
-from billing.core.config import Settings
+from billing.core.config import MAX_PARTITIONS, Settings
 from billing.infra import redis_raw
 from billing.ledger.outcomes import Applied
 from billing.ledger.scripts import Idempotency, Ledger
@@ -344,6 +344,24 @@ async def test_a_stored_integer_is_read_only_in_the_form_the_ledger_writes(
     with pytest.raises(ResponseError, match="is not an integer within"):
         await ledger.run(*plain(ledger.deposit_call(2, 100, None)))
     assert await snapshot(redis_client, prefix) == before
+
+
+async def test_a_call_after_an_error_starts_from_the_partition_as_stored(redis_client: Redis, prefix: str) -> None:
+    """The library's locals outlive each FCALL: a call that failed after reading its partition (its sequence,
+    clock and totals) leaves none of that to the next call, which reads the partition again."""
+    ledger = Ledger(redis_client, prefix, TTL)
+    await ledger.load_scripts()
+    partition = ledger.keys.partition_of(1)
+    assert ledger.keys.partition_of(24) == partition
+    await redis_client.set(ledger.keys.account(24), "not a hash")
+    for _ in range(2):  # fails in its check phase, after its partition was read
+        with pytest.raises(ResponseError, match="WRONGTYPE"):
+            await ledger.run("deposit", None, "", *ledger.deposit_call(24, 100, None)[1:])
+    # the partition moves on outside that call (as `billing rebuild` raises a sequence)
+    await redis_client.hset(ledger.keys.meta(partition), "seq", "50")
+    outcome = await ledger.run("deposit", None, "", *ledger.deposit_call(1, 100, None)[1:])
+    assert isinstance(outcome, Applied)
+    assert int(outcome.body["transaction"]["id"]) == 51 * MAX_PARTITIONS + partition
 
 
 async def test_an_error_stops_the_batch_run_and_completed_operations_stay_whole(

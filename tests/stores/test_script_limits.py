@@ -12,22 +12,25 @@ from redis.exceptions import ResponseError
 from billing.core.money import MAX_BALANCE_KOPECKS, MAX_OPERATION_KOPECKS
 from billing.core.parsing import MAX_ID
 from billing.ledger.outcomes import Applied, Refused
-from billing.ledger.scripts import Ledger, Limits, ReservationRecord, Restore, load_script_sources
+from billing.ledger.scripts import Ledger, Limits, ReservationRecord, Restore, build_library
 from billing.projection import recovery
 
 TTL = 90_000
 
 
-def test_the_scripts_are_built_with_the_limits_of_billing_core() -> None:
-    for source in load_script_sources().values():
-        assert source.startswith(
-            f"local MAX_BALANCE = {MAX_BALANCE_KOPECKS}\n"
-            f"local MAX_AMOUNT = {MAX_OPERATION_KOPECKS}\n"
-            f"local MAX_ID = '{MAX_ID}'\n"
-        )
-    # and the prelude states none of them itself
-    prelude = load_script_sources(Limits(max_balance=7, max_amount=5, max_id=9))["deposit"]
-    assert str(MAX_BALANCE_KOPECKS) not in prelude and str(MAX_ID) not in prelude
+def test_the_library_is_built_with_the_limits_of_billing_core() -> None:
+    code = build_library().code
+    assert (
+        f"local MAX_BALANCE = {MAX_BALANCE_KOPECKS}\n"
+        f"local MAX_AMOUNT = {MAX_OPERATION_KOPECKS}\n"
+        f"local MAX_ID = '{MAX_ID}'\n"
+    ) in code.split("\n--[[", 1)[0]  # before the prelude
+    # and the prelude states none of them itself; other limits make another library, with functions of its own
+    small = build_library(Limits(max_balance=7, max_amount=5, max_id=9))
+    assert str(MAX_BALANCE_KOPECKS) not in small.code and str(MAX_ID) not in small.code
+    assert small.name != build_library().name and set(small.functions.values()).isdisjoint(
+        build_library().functions.values()
+    )
 
 
 async def test_a_smaller_balance_cap_is_what_the_scripts_refuse_at(redis_client: Redis, prefix: str) -> None:

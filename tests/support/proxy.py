@@ -81,7 +81,7 @@ class ErrorReplyProxy(_Proxy):
     gets that error reply instead, once per marker in it (the errors Redis sends only in states a test cannot
     easily reach: LOADING, TRYAGAIN, CLUSTERDOWN)."""
 
-    def __init__(self, upstream_port: int, marker: bytes = b"EVALSHA") -> None:
+    def __init__(self, upstream_port: int, marker: bytes = b"FCALL") -> None:
         super().__init__(upstream_port)
         self.marker = marker
         self.error: bytes | None = None
