@@ -4,7 +4,8 @@ Instruction counts do not move with the machine's load, so they show a change of
 timings on a shared 2-core machine cannot. Each runs `--calls` times on a redis-server of its own started under
 `valgrind --tool=callgrind`, counting only inside the command (FCALL of the ledger's deposit function, EVALSHA of
 the floor's script: Lua, the commands it calls, their replies); the deposits spread over 16 partitions and 100
-users, each with an Idempotency-Key of its own.
+users, each with an Idempotency-Key of its own. The batch function's line is per deposit of a run of BATCH_CHUNK
+deposits of one partition, each with its own key, as `POST /v1/batch` sends them.
 
     .venv/bin/python -m bench.script_cost [--calls 500]
 
@@ -27,7 +28,7 @@ from collections.abc import Callable
 import redis
 
 from bench.floor_app import SCRIPT as FLOOR_SCRIPT
-from billing.ledger.scripts import Idempotency, RedisKeys, build_library
+from billing.ledger.scripts import BATCH, BATCH_CHUNK, Idempotency, RedisKeys, build_library
 from tests.support.servers import free_port
 
 Call = Callable[[int], tuple[list[str], list[str]]]
@@ -49,8 +50,9 @@ def fcall(code: str, function: str) -> tuple[str, Load]:
     return "fcallCommand", load
 
 
-def instructions_per_call(command: tuple[str, Load], call: Call, calls: int) -> float:
-    """Instructions inside the command per call, call(i) giving the i-th call's keys and arguments."""
+def instructions_per_call(command: tuple[str, Load], call: Call, calls: int, per: int = 1) -> float:
+    """Instructions inside the command per call (per: per one of each call's per operations), call(i) giving the
+    i-th call's keys and arguments."""
     counted, load = command
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
@@ -97,7 +99,7 @@ def instructions_per_call(command: tuple[str, Load], call: Call, calls: int) -> 
     found = re.search(r"^(?:summary|totals): (\d+)", text, re.M)
     if found is None:
         raise RuntimeError("callgrind wrote no totals")
-    return int(found.group(1)) / calls
+    return int(found.group(1)) / calls / per
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,15 +120,35 @@ def main(argv: list[str] | None = None) -> int:
         run = [keys.outbox(partition), keys.meta(partition), keys.totals(partition)]
         return [record, *run, keys.account(user)], [f"fp{i} en", "90000", str(partition), str(user), "100", "bench"]
 
+    def batch(i: int) -> tuple[list[str], list[str]]:
+        partition = i % keys.partitions
+        users = [u for u in range(1, 1000) if keys.partition_of(u) == partition]
+        run_keys = [keys.outbox(partition), keys.meta(partition), keys.totals(partition)]
+        run_args = ["90000"]
+        for j in range(BATCH_CHUNK):
+            user = users[j % len(users)]
+            idem = Idempotency("bench", f"batch-{i}-{j}-{rng.random()}")
+            run_keys += [keys.idempotency_record(idem, partition)[0], keys.account(user)]
+            run_args += ["deposit", f"fp{i}.{j} en", str(partition), str(user), "100", "bench"]
+        return run_keys, run_args
+
     def floor(i: int) -> tuple[list[str], list[str]]:
         return [f"floor:{{u:{i % 100}}}:acct", "floor:outbox"], [str(i % 100), "100"]
 
     library = build_library()
-    for name, command, call in (
-        ("deposit function (lua/deposit.lua)", fcall(library.code, library.functions["deposit"]), deposit),
-        ("floor script (HINCRBY + XADD)", evalsha(FLOOR_SCRIPT), floor),
+    for name, command, call, per in (
+        ("deposit function (lua/deposit.lua)", fcall(library.code, library.functions["deposit"]), deposit, 1),
+        (
+            f"batch function, per deposit of {BATCH_CHUNK}",
+            fcall(library.code, library.functions[BATCH]),
+            batch,
+            BATCH_CHUNK,
+        ),
+        ("floor script (HINCRBY + XADD)", evalsha(FLOOR_SCRIPT), floor, 1),
     ):
-        print(f"{name:45} {instructions_per_call(command, call, args.calls):10,.0f} instructions per call", flush=True)
+        calls = max(1, args.calls // per)
+        cost = instructions_per_call(command, call, calls, per)
+        print(f"{name:45} {cost:10,.0f} instructions per {'deposit' if per > 1 else 'call'}", flush=True)
     return 0
 
 

@@ -1,6 +1,7 @@
 --[[
   Batch entry point (the body of the batch function): many operations in ONE run, in order, each one running
-  the same function as its own (own idempotency check and record, own refusals, own outbox entry).
+  the same function as its own (own idempotency check and record, own refusals, own transactions; the run
+  appends them all to the outbox at its end, in order, OUTBOX_ENTRY_TXNS to an entry).
     KEYS[1] outbox stream   KEYS[2] meta hash   KEYS[3] totals hash   (of the run's partition)
     then for each operation: its idempotency record key (as KEYS[1] of an operation's function), then its keys
     (OPS[op].nkeys of them)
@@ -14,8 +15,8 @@
   operations, and the prelude's errors about what the whole run writes (meta, totals, outbox, TTL).
 
   An error stops the run. Every check of an operation comes before its first write (see the prelude), so
-  the failing operation wrote nothing; each operation before it is whole (its writes, idempotency record
-  and outbox entry), and end_run still writes the ids, clock and totals they counted; the operations after
+  the failing operation wrote nothing; each operation before it is whole (its writes and idempotency record),
+  and end_run still writes their outbox entries and the ids, clock and totals they counted; the operations after
   it do not run, since the error means the ledger is not what the checks expect. A caller retries those
   (with their Idempotency-Keys the completed ones replay).
   Every operation of a run is one of the run's partition (billing/ledger/service.py groups them); what may lie

@@ -9,6 +9,7 @@
     MAX_AMOUNT     the largest amount of one operation (kopecks)
     MAX_ID         the largest id (user, service, order), as decimal digits
     ID_SPAN        the most partitions there can be (1024): a transaction id is seq * ID_SPAN + partition
+    OUTBOX_ENTRY_TXNS the most transactions in one outbox entry (a run appends its own at its end)
     MAX_EXPIRES_IN the longest a reservation may stay reserved (seconds)
   Each operation file adds one function to OPS; the entry point decides how many operations one run executes:
     an operation's function (one per operation, named after it; `run_single('<op>')`): ONE operation,
@@ -27,7 +28,8 @@
     KEYS[1] idempotency record   (string "<fingerprint>\n<outcome json>", read and written only if
                                   ARGV[1] ~= ''; billing/ledger/scripts.py RedisKeys.idempotency_record
                                   says where it lives)
-    KEYS[2] outbox stream        (XADD one entry per money movement: field txns, optional services)
+    KEYS[2] outbox stream        (XADD at the run's end: field txns, the run's transactions of the partition,
+                                  OUTBOX_ENTRY_TXNS to an entry; services, its catalog changes)
     KEYS[3] meta hash            (seq: the partition's last sequence number; clock: its last timestamp in
                                   ms, kept monotonic)
     KEYS[4] totals hash          (deposited, withdrawn, revenue, transfers_in, transfers_out,
@@ -182,7 +184,7 @@ local function partition(number, outbox, meta, totals)
   end
   check_type(outbox, 'stream') -- (XADD comes in the write phase; HMGET below fails on a non-hash by itself)
   local m = rcall('HMGET', meta, 'seq', 'clock')
-  part = {number = n, outbox = outbox, meta = meta, totals = totals, stored_totals = {}, added = {}}
+  part = {number = n, outbox = outbox, meta = meta, totals = totals, stored_totals = {}, added = {}, txns = {}}
   part.stored_seq = checked_int(m[1], MAX_SEQ - RUN_IDS, meta .. ' seq') or 0
   part.stored_clock = checked_int(m[2], MAX_TIME, meta .. ' clock') or 0
   part.seq = part.stored_seq
@@ -247,9 +249,32 @@ local function add_total(part, field, amount)
   part.added[field] = (part.added[field] or 0) + amount -- exact: far below 2^53
 end
 
+-- The run's transactions of a partition in order, OUTBOX_ENTRY_TXNS to an entry, its catalog changes (the run's
+-- partition only) in the first entry.
+local function write_outbox(part)
+  local txns, first = part.txns, 1
+  repeat
+    local fields = {}
+    if first <= #txns then
+      local last = math.min(first + OUTBOX_ENTRY_TXNS - 1, #txns)
+      fields[1], fields[2] = 'txns', cjson.encode({unpack(txns, first, last)})
+      first = last + 1
+    end
+    if part.services then
+      fields[#fields + 1], fields[#fields + 2] = 'services', cjson.encode(part.services)
+      part.services = nil
+    end
+    if #fields == 0 then
+      return
+    end
+    rcall('XADD', part.outbox, '*', unpack(fields))
+  until first > #txns
+end
+
 -- Writes what the run counted, partition by partition; nothing here can fail on what partition() checked.
 local function end_run()
   for _, part in pairs(PARTS) do
+    write_outbox(part)
     local meta = {}
     if part.seq ~= part.stored_seq then
       meta[#meta + 1], meta[#meta + 2] = 'seq', int(part.seq)
@@ -290,33 +315,19 @@ end
 -- The partition of each transaction record new_txn made (records are JSON: the partition stays out of them).
 local TXN_PART = {}
 
--- Append the transactions to their partitions' outboxes (catalog changes to the run's). One outbox entry per
--- operation and partition, as when it runs alone (a batch's outbox is the same as sequential calls').
+-- Append the transactions to their partitions' outboxes (catalog changes to the run's): end_run writes them, in
+-- the order appended (write_outbox), so a run's outbox holds exactly the transactions of the same operations run
+-- one by one, in the same order.
 local function append(txns, services)
-  local entries, order = {}, {}
   for _, txn in ipairs(txns or {}) do
-    local part = TXN_PART[txn]
-    if not entries[part] then
-      entries[part] = {}
-      order[#order + 1] = part
-    end
-    table.insert(entries[part], txn)
+    local list = TXN_PART[txn].txns
+    list[#list + 1] = txn
   end
-  if services and not entries[PART] then
-    entries[PART] = {}
-    order[#order + 1] = PART
-  end
-  for _, part in ipairs(order) do
-    local fields = {}
-    if #entries[part] > 0 then
-      fields[#fields + 1] = 'txns'
-      fields[#fields + 1] = cjson.encode(entries[part])
+  if services then
+    PART.services = PART.services or {}
+    for service_id, name in pairs(services) do
+      PART.services[service_id] = name -- (a later change of the run wins, as a later entry would)
     end
-    if services and part == PART then
-      fields[#fields + 1] = 'services'
-      fields[#fields + 1] = cjson.encode(services)
-    end
-    rcall('XADD', part.outbox, '*', unpack(fields))
   end
 end
 

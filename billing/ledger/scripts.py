@@ -67,6 +67,10 @@ EXPIRY_READ = "expiry_read"  # lua/expiry_read.lua: the partition's time, and it
 # Operations per batch run: a run blocks Redis while it lasts (about 5 µs per deposit), so a
 # 1000-operation request becomes 4 runs sent in one pipeline, and other clients wait at most a few ms.
 BATCH_CHUNK = 250
+# A run appends its transactions of a partition to the outbox this many to an entry at most: one XADD for many
+# transactions is most of a batch run's saving in Redis, and the bound keeps what one projector read converts
+# (BILLING_PROJECTOR_BATCH entries) while it holds its worker's event loop near a single batch request's work.
+OUTBOX_ENTRY_TXNS = 10
 # How long a batch's Idempotency-Key stays claimed while the batch runs. A batch takes milliseconds, at worst a
 # few Redis timeouts; a worker that died mid-batch leaves its claim to run out, and until then the key answers
 # 409 idempotency_key_in_use. Its operations' own records, not this claim, keep a retry from applying twice.
@@ -382,6 +386,7 @@ class Limits:
             f"local MAX_AMOUNT = {self.max_amount}\n"
             f"local MAX_ID = '{self.max_id}'\n"
             f"local ID_SPAN = {MAX_PARTITIONS}\n"
+            f"local OUTBOX_ENTRY_TXNS = {OUTBOX_ENTRY_TXNS}\n"
             f"local MAX_EXPIRES_IN = {self.max_expires_in}\n"
         )
 

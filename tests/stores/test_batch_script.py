@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from billing.api.outcomes import Answer
-from billing.ledger.scripts import BATCH, BATCH_CHUNK, Idempotency, Ledger
+from billing.ledger.scripts import BATCH, BATCH_CHUNK, OUTBOX_ENTRY_TXNS, Idempotency, Ledger
 from billing.ledger.service import OPERATIONS, MoneyOperations
 from tests.support.answers import run_many, run_one
 
@@ -74,7 +74,7 @@ def comparable(value: Any) -> Any:
 
 
 async def ledger_state(redis: Redis, prefix: str) -> dict[str, Any]:
-    """Every key of one ledger (outbox entries without their stream ids), for comparison."""
+    """Every key of one ledger (an outbox as what its entries carry, however many entries), for comparison."""
     state: dict[str, Any] = {}
     async for raw in redis.scan_iter(match=prefix.replace("*", r"\*") + "*", count=1000):
         key = raw.decode()[len(prefix) :]
@@ -84,8 +84,13 @@ async def ledger_state(redis: Redis, prefix: str) -> dict[str, Any]:
             value.pop("clock", None)
         elif kind == "zset":  # an expiry index: its members (their scores are times)
             value = sorted(member.decode() for member in await redis.zrange(raw, 0, -1))
-        elif kind == "stream":
-            value = [{k.decode(): orjson.loads(v) for k, v in fields.items()} for _, fields in await redis.xrange(raw)]
+        elif kind == "stream":  # its transactions in order and its catalog changes (a later one wins)
+            txns: list[Any] = []
+            services: dict[str, Any] = {}
+            for _, fields in await redis.xrange(raw):
+                txns.extend(orjson.loads(fields.get(b"txns", b"[]")))
+                services.update(orjson.loads(fields.get(b"services", b"{}")))
+            value = {"txns": txns, "services": services}
         else:
             value = _MS.sub(r'"\1":"<ms>"', (await redis.get(raw)).decode())  # an idempotency record
         state[key] = comparable(value)
@@ -101,7 +106,7 @@ def reply_view(reply: Answer) -> Any:
 async def test_a_batch_equals_the_same_operations_one_by_one(
     redis_client: Redis, prefix: str, seed: int, partitions: int
 ) -> None:
-    """Over BATCH_CHUNK operations on 4 accounts: every reply, balance, record and outbox entry is the same,
+    """Over BATCH_CHUNK operations on 4 accounts: every reply, balance, record and outbox transaction is the same,
     with one partition and with 16 (the accounts in several partitions, transfers between them)."""
     items = prepared(random_operations(random.Random(seed), BATCH_CHUNK * 2 + 37))
     one_by_one = MoneyOperations(Ledger(redis_client, prefix + "single:", TTL, partitions=partitions))
@@ -129,6 +134,25 @@ async def test_a_batch_equals_the_same_operations_one_by_one(
     batch_state = await ledger_state(redis_client, prefix + "batch:")
     assert batch_state.keys() == single_state.keys()
     assert batch_state == single_state
+
+
+@pytest.mark.parametrize("count", [1, OUTBOX_ENTRY_TXNS, 2 * OUTBOX_ENTRY_TXNS + 3])
+async def test_a_run_appends_its_transactions_in_order_to_entries_of_at_most_outbox_entry_txns(
+    redis_client: Redis, prefix: str, count: int
+) -> None:
+    """One run's deposits reach its partition's outbox in their order, OUTBOX_ENTRY_TXNS to an entry."""
+    ledger = Ledger(redis_client, prefix, TTL, partitions=1)
+    spec = OPERATIONS["deposit"]
+    items = [(spec, spec.model.model_validate({"user_id": n, "amount": "1.00"}), None) for n in range(1, count + 1)]
+    assert [reply.status for reply in await run_many(MoneyOperations(ledger), items)] == [201] * count
+
+    entries = [orjson.loads(fields[b"txns"]) for _, fields in await redis_client.xrange(ledger.keys.outbox(0))]
+    full, rest = divmod(count, OUTBOX_ENTRY_TXNS)
+    assert [len(txns) for txns in entries] == [OUTBOX_ENTRY_TXNS] * full + ([rest] if rest else [])
+    txns = [txn for entry in entries for txn in entry]
+    assert [txn["user_id"] for txn in txns] == [str(n) for n in range(1, count + 1)]
+    ids = [int(txn["id"]) for txn in txns]
+    assert ids == sorted(set(ids))
 
 
 async def test_an_operation_failing_inside_redis_stops_its_run(redis_client: Redis, prefix: str) -> None:
