@@ -10,7 +10,9 @@ drain (a projector that has just taken its partitions reads each user's chain he
 
 A last pair of rounds projects into a store that accepts every write at once (AcceptingStore): the projector's
 own CPU per transaction (reading the streams, decoding, building documents, linking, acknowledging, the
-watermarks), apart from what the MongoDB client spends on the writes.
+watermarks), apart from what the MongoDB client spends on the writes. With --batched the deposits are written
+as `POST /v1/batch` writes them (batch runs of BATCH_CHUNK of one partition), so each outbox entry carries
+OUTBOX_ENTRY_TXNS transactions instead of one.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from redis.asyncio import Redis
 
 from bench.procs import process_cpu_seconds
 from billing.core.config import default
-from billing.ledger.scripts import Ledger
+from billing.ledger.scripts import BATCH_CHUNK, Ledger
 from billing.projection.chainer import Chainer, Head
 from billing.projection.projector import Projector
 from billing.projection.store import LedgerStore
@@ -59,8 +61,31 @@ class AcceptingStore(LedgerStore):
         return False, None
 
 
+async def write_deposits(ledger: Ledger, n: int, users: int, batched: bool) -> None:
+    """n deposits of `users` users: one script run each, or batch runs of BATCH_CHUNK of one partition each."""
+    runs: dict[int, list[Any]] = {}
+    for i in range(n):
+        name, keys, args = ledger.deposit_call(1 + i % users, 100 + i, "пополнение" if i % 3 else None)
+        if batched:
+            runs.setdefault(int(args[0]), []).append((name, None, "", keys, args))
+        else:
+            await ledger.run(name, None, "", keys, args)
+    for calls in runs.values():
+        for start in range(0, len(calls), BATCH_CHUNK):
+            for reply in await ledger.send_batches([ledger.batch_command(calls[start : start + BATCH_CHUNK])]):
+                if isinstance(reply, Exception):
+                    raise reply
+
+
 async def one_round(
-    redis_url: str, mongo: Any, mongo_pid: int, n: int, users: int, chained: bool, accepting: bool = False
+    redis_url: str,
+    mongo: Any,
+    mongo_pid: int,
+    n: int,
+    users: int,
+    chained: bool,
+    accepting: bool = False,
+    batched: bool = False,
 ) -> list[tuple[float, float]]:
     """[(projector CPU, SecantusDB CPU) per transaction in microseconds] of the cold drain, then the warm one."""
     redis = Redis.from_url(redis_url)
@@ -75,9 +100,7 @@ async def one_round(
     await projector.store.ensure_indexes()
     figures = []
     for drain in ("cold", "warm"):
-        for i in range(n):
-            name, keys, args = ledger.deposit_call(1 + i % users, 100 + i, "пополнение" if i % 3 else None)
-            await ledger.run(name, None, "", keys, args)
+        await write_deposits(ledger, n, users, batched)
         lookups = projector.chainer.lookups
         cpu, mongo_cpu, wall = time.process_time(), process_cpu_seconds(mongo_pid), time.perf_counter()
         await projector.drain(timeout=600, keep_leases=True)  # and the heads, as a running projector
@@ -107,6 +130,7 @@ async def main() -> None:
     parser.add_argument("--n", type=int, default=10_000, help="deposits per round")
     parser.add_argument("--users", type=int, default=1_000)
     parser.add_argument("--rounds", type=int, default=3, help="rounds of each (alternating; medians reported)")
+    parser.add_argument("--batched", action="store_true", help="write the deposits as batch runs (see above)")
     args = parser.parse_args()
     from tests.support.servers import MongoWireServer, RedisServer
 
@@ -118,10 +142,16 @@ async def main() -> None:
         for _ in range(args.rounds):
             for chained in (False, True):
                 figures[chained].append(
-                    await one_round(redis_server.url, mongo, mongo_pid, args.n, args.users, chained)
+                    await one_round(
+                        redis_server.url, mongo, mongo_pid, args.n, args.users, chained, batched=args.batched
+                    )
                 )
-        own = [await one_round(redis_server.url, mongo, mongo_pid, args.n, args.users, True, accepting=True)]
-        own.append(await one_round(redis_server.url, mongo, mongo_pid, args.n, args.users, True, accepting=True))
+        own = [
+            await one_round(
+                redis_server.url, mongo, mongo_pid, args.n, args.users, True, accepting=True, batched=args.batched
+            )
+            for _ in range(2)
+        ]
         for chained in (False, True):
             for index, drain in enumerate(("cold", "warm")):
                 projector = statistics.median(f[index][0] for f in figures[chained])
