@@ -23,7 +23,7 @@
   and totals are the run's partition keys below. A transfer between partitions is three runs, one partition
   each (lua/transfer_debit.lua, lua/transfer_credit.lua, lua/transfer_settle.lua); lua/transfer.lua can
   name a second partition's keys, and then every partition the run touches gets its own ids, clock, totals
-  and outbox entry, but billing/ledger/scripts.py calls it within one partition only.
+  and outbox entries, but billing/ledger/scripts.py calls it within one partition only.
   Input of an operation's function:
     KEYS[1] idempotency record   (string "<fingerprint>\n<outcome json>", read and written only if
                                   ARGV[1] ~= ''; billing/ledger/scripts.py RedisKeys.idempotency_record
@@ -271,10 +271,10 @@ local function write_outbox(part)
   until first > #txns
 end
 
--- Writes what the run counted, partition by partition; nothing here can fail on what partition() checked.
+-- Writes what the run counted, partition by partition; nothing here can fail on what partition() checked. The
+-- outbox comes last: were its XADD ever to fail, the ids it carries stay taken (a gap, never an id given twice).
 local function end_run()
   for _, part in pairs(PARTS) do
-    write_outbox(part)
     local meta = {}
     if part.seq ~= part.stored_seq then
       meta[#meta + 1], meta[#meta + 2] = 'seq', int(part.seq)
@@ -288,6 +288,7 @@ local function end_run()
     for field, amount in pairs(part.added) do
       rcall('HINCRBY', part.totals, field, int(amount))
     end
+    write_outbox(part)
   end
 end
 

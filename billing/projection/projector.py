@@ -89,7 +89,10 @@ def to_batch(read: Read) -> Batch:
             continue
         batch.docs.extend(docs)
         for change in changes:
-            batch.services[change.service_id] = change  # a later entry of the batch wins
+            # The latest by stream position wins: a read of several partitions' streams is not in time order.
+            kept = batch.services.get(change.service_id)
+            if kept is None or change.seq > kept.seq:
+                batch.services[change.service_id] = change
     return batch
 
 

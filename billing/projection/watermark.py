@@ -16,8 +16,8 @@ dead-lettered). So, read atomically with seq: the oldest entry not yet acknowled
 one, else the first not yet delivered); the watermark is the first transaction id in the oldest such entry
 that carries transactions, minus 1; with no such entry it is the id of seq itself. Nothing here counts ids, so gaps
 in the sequence never stall it, and the sequence does have gaps: a script that errors after taking an id
-(e.g. Redis refusing the XADD under maxmemory, or one operation of a batch run failing after next_id)
-keeps the id consumed with no entry, and outbox entries that cannot be read go to the dead-letter stream.
+(one operation of a batch run failing after next_id) keeps the id consumed with no entry, and outbox entries
+that cannot be read go to the dead-letter stream.
 
 Any consumer may compute it at any time from the group's state, so it holds with several consumers and
 after crashes; it is stored monotonically (a stale, lower computation never lowers it) in one Redis key,

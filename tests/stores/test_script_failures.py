@@ -365,6 +365,23 @@ async def test_a_call_after_an_error_starts_from_the_partition_as_stored(redis_c
     assert int(outcome.body["transaction"]["id"]) == 51 * MAX_PARTITIONS + partition
 
 
+async def test_an_outbox_that_refuses_its_entry_leaves_the_ids_taken(redis_client: Redis, prefix: str) -> None:
+    """A run writes its outbox entries last, after its sequence: were an XADD ever to fail (a stream at its
+    largest id, which the ledger never writes), the ids it carried stay taken and no later run reuses one."""
+    ledger = Ledger(redis_client, prefix, TTL)
+    await ledger.load_scripts()
+    partition = ledger.keys.partition_of(1)
+    outbox = ledger.keys.outbox(partition)
+    await redis_client.xadd(outbox, {"x": "1"}, id="18446744073709551615-18446744073709551615")
+    with pytest.raises(ResponseError):
+        await ledger.run("deposit", None, "", *ledger.deposit_call(1, 100, None)[1:])
+    assert int(await redis_client.hget(ledger.keys.meta(partition), "seq")) == 1
+    await redis_client.delete(outbox)
+    outcome = await ledger.run("deposit", None, "", *ledger.deposit_call(1, 100, None)[1:])
+    assert isinstance(outcome, Applied)
+    assert int(outcome.body["transaction"]["id"]) == 2 * MAX_PARTITIONS + partition
+
+
 async def outbox_users(redis: Redis, ledger: Ledger) -> list[str]:
     """The user of each transaction in the outbox of user 1's partition, in order."""
     entries = await redis.xrange(ledger.keys.outbox(ledger.keys.partition_of(1)))
