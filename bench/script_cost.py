@@ -26,9 +26,10 @@ import time
 from collections.abc import Callable
 
 import redis
+import redis.asyncio
 
 from bench.floor_app import SCRIPT as FLOOR_SCRIPT
-from billing.ledger.scripts import BATCH, BATCH_CHUNK, Idempotency, RedisKeys, build_library
+from billing.ledger.scripts import BATCH, BATCH_CHUNK, Idempotency, Ledger
 from tests.support.servers import free_port
 
 Call = Callable[[int], tuple[list[str], list[str]]]
@@ -110,32 +111,37 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"{' and '.join(missing)} not found (apt-get install -y valgrind; make redis-bin)", file=sys.stderr)
         return 1
-    keys = RedisKeys("billing:")  # one Redis: each record at its key's home, as the service lays them out
+    # The calls as the service builds them (an unconnected client: nothing is sent through it). One Redis: each
+    # record at its key's home, as the service lays them out.
+    ledger = Ledger(redis.asyncio.Redis(), "billing:", 90_000)
+    keys = ledger.keys
     rng = random.Random(7)
+    users_of = {p: [u for u in range(1, 1000) if keys.partition_of(u) == p] for p in keys.all()}
+
+    def split(parts: list[str]) -> tuple[list[str], list[str]]:
+        """An FCALL's keys and arguments (FCALL <function> <numkeys> <keys...> <args...>)."""
+        numkeys = int(parts[2])
+        return parts[3 : 3 + numkeys], parts[3 + numkeys :]
 
     def deposit(i: int) -> tuple[list[str], list[str]]:
-        user = i % 100 + 1
-        partition = keys.partition_of(user)
-        record = keys.idempotency_record(Idempotency("bench", f"key-{i}-{rng.random()}"), partition)[0]
-        run = [keys.outbox(partition), keys.meta(partition), keys.totals(partition)]
-        return [record, *run, keys.account(user)], [f"fp{i} en", "90000", str(partition), str(user), "100", "bench"]
+        name, op_keys, op_args = ledger.deposit_call(i % 100 + 1, 100, "bench")
+        idem = Idempotency("bench", f"key-{i}-{rng.random()}")
+        return split(ledger.script_call(name, idem, f"fp{i} en", op_keys, op_args))
 
     def batch(i: int) -> tuple[list[str], list[str]]:
-        partition = i % keys.partitions
-        users = [u for u in range(1, 1000) if keys.partition_of(u) == partition]
-        run_keys = [keys.outbox(partition), keys.meta(partition), keys.totals(partition)]
-        run_args = ["90000"]
+        users = users_of[i % keys.partitions]
+        calls = []
         for j in range(BATCH_CHUNK):
-            user = users[j % len(users)]
-            idem = Idempotency("bench", f"batch-{i}-{j}-{rng.random()}")
-            run_keys += [keys.idempotency_record(idem, partition)[0], keys.account(user)]
-            run_args += ["deposit", f"fp{i}.{j} en", str(partition), str(user), "100", "bench"]
-        return run_keys, run_args
+            name, op_keys, op_args = ledger.deposit_call(users[j % len(users)], 100, "bench")
+            calls.append(
+                (name, Idempotency("bench", f"batch-{i}-{j}-{rng.random()}"), f"fp{i}.{j} en", op_keys, op_args)
+            )
+        return split(ledger.batch_command(calls))
 
     def floor(i: int) -> tuple[list[str], list[str]]:
         return [f"floor:{{u:{i % 100}}}:acct", "floor:outbox"], [str(i % 100), "100"]
 
-    library = build_library()
+    library = ledger.library
     for name, command, call, per in (
         ("deposit function (lua/deposit.lua)", fcall(library.code, library.functions["deposit"]), deposit, 1),
         (
