@@ -8,6 +8,7 @@ runs of POST /v1/deposits with wrk (32 connections, a unique Idempotency-Key eac
 of POST /v1/batch of 1000 deposits (bench/batchload.py, 4 senders), each `--seconds` long. Per run: the rate,
 the workers' CPU per deposit and each node's (masters and replicas: a replica applies its master's writes).
 Everything shares this machine's cores: the figures that transfer to other machines are the CPU per deposit.
+`make bench` (bench/run.py) runs the same after its own parts and reports it in bench/RESULTS.md.
 
     .venv/bin/python -m bench.cluster [--rounds 3] [--seconds 5] [--wait-replicas 0]
 """
@@ -25,8 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.batchload import run_batches
-from bench.procs import BENCH_TOKEN, Served, process_cpu_seconds, start_service
-from bench.run import SERVICE_PATHS, USERS
+from bench.procs import BENCH_TOKEN, SERVICE_PATHS, USERS, Served, process_cpu_seconds, start_service
 from bench.wrkrun import run_closed
 from tests.support.redis_cluster import LocalCluster
 from tests.support.servers import MongoWireServer
@@ -107,12 +107,8 @@ def table(runs: list[Run]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--wait-replicas", type=int, default=0, help="BILLING_REDIS_WAIT_REPLICAS of the service")
-    args = parser.parse_args(argv)
+def run_cluster(rounds: int, seconds: float, wait_replicas: int = 0) -> list[Run]:
+    """`rounds` alternating single and batch runs on a LocalCluster and a service of its own, stopped after."""
     runs: list[Run] = []
     with ExitStack() as stack:
         cluster = LocalCluster().start()
@@ -125,17 +121,26 @@ def main(argv: list[str] | None = None) -> int:
             "BILLING_REDIS_URL": cluster.url,
             "BILLING_PARTITIONS": str(PARTITIONS),
             "BILLING_PROJECTOR_ENABLED": "false",
-            "BILLING_REDIS_WAIT_REPLICAS": str(args.wait_replicas),
+            "BILLING_REDIS_WAIT_REPLICAS": str(wait_replicas),
         }
         service = start_service(cluster.url, mongo.url, 2, log, env)
         stack.callback(service.stop)
         service.wait_ready(2)
-        for number in range(args.rounds):
+        for number in range(rounds):
             for kind in ("single", "batch"):
-                run = measure(kind, cluster, service, args.seconds)
+                run = measure(kind, cluster, service, seconds)
                 runs.append(run)
-                print(f"  round {number + 1} {kind:6} {run.rate:9,.0f} deposits/s  failures {run.failures}", flush=True)
-    print(table(runs))
+                print(f"  cluster round {number + 1} {kind:6} {run.rate:9,.0f} deposits/s  failures {run.failures}")
+    return runs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--wait-replicas", type=int, default=0, help="BILLING_REDIS_WAIT_REPLICAS of the service")
+    args = parser.parse_args(argv)
+    print(table(run_cluster(args.rounds, args.seconds, args.wait_replicas)))
     print(f"\nReproduce: .venv/bin/python -m bench.cluster {shlex.join(sys.argv[1:] if argv is None else argv)}")
     return 0
 

@@ -16,6 +16,9 @@ from typing import IO
 from tests.support.servers import free_port
 
 BENCH_TOKEN = "bench-payments-token"
+FLOOR_PATHS = {"post": "/deposit", "get": "/balance/%d"}
+SERVICE_PATHS = {"post": "/v1/deposits", "get": "/v1/users/%d/balance", "many": "/v1/balances?user_ids="}
+USERS = 1000  # the user ids the load touches (1 .. USERS)
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 

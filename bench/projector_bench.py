@@ -22,12 +22,13 @@ import asyncio
 import statistics
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from motor.motor_asyncio import AsyncIOMotorClient
 from redis.asyncio import Redis
 
-from bench.procs import process_cpu_seconds
+from bench.procs import USERS, process_cpu_seconds
 from billing.core.config import default
 from billing.ledger.scripts import BATCH_CHUNK, Ledger
 from billing.projection.chainer import Chainer, Head
@@ -125,10 +126,51 @@ async def one_round(
     return figures
 
 
+@dataclass
+class ProjectionCost:
+    """The projector's CPU per transaction (warm, with the chain) for deposits written one way, medians."""
+
+    writes: str  # "single" (one script run each: an outbox entry per transaction) or "batched"
+    projector_us: float  # projecting into SecantusDB behind motor
+    own_us: float  # into a store that accepts at once: the projector's own work
+    store_us: float  # SecantusDB's CPU per transaction meanwhile
+
+    @property
+    def client_us(self) -> float:
+        """What the MongoDB client spends on the writes: the difference."""
+        return self.projector_us - self.own_us
+
+
+async def projection_costs(redis_url: str, mongo_url: str, mongo_pid: int, n: int, rounds: int) -> list[ProjectionCost]:
+    """The projector's warm CPU per transaction with SecantusDB and its own work (accepting store), for single
+    and batched writes, `rounds` alternating rounds of each (medians): what `make bench` reports."""
+    mongo: Any = AsyncIOMotorClient(mongo_url, tz_aware=True)
+    costs = []
+    try:
+        for batched in (False, True):
+            full, own = [], []
+            for _ in range(rounds):
+                full.append((await one_round(redis_url, mongo, mongo_pid, n, USERS, True, batched=batched))[1])
+                own.append(
+                    (await one_round(redis_url, mongo, mongo_pid, n, USERS, True, accepting=True, batched=batched))[1]
+                )
+            costs.append(
+                ProjectionCost(
+                    "batched" if batched else "single",
+                    statistics.median(f[0] for f in full),
+                    statistics.median(f[0] for f in own),
+                    statistics.median(f[1] for f in full),
+                )
+            )
+    finally:
+        mongo.close()
+    return costs
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=10_000, help="deposits per round")
-    parser.add_argument("--users", type=int, default=1_000)
+    parser.add_argument("--users", type=int, default=USERS)
     parser.add_argument("--rounds", type=int, default=3, help="rounds of each (alternating; medians reported)")
     parser.add_argument("--batched", action="store_true", help="write the deposits as batch runs (see above)")
     args = parser.parse_args()

@@ -6,12 +6,14 @@ import statistics
 import time
 from typing import Any
 
+from bench.cluster import table as cluster_table
 from bench.wrkrun import MANY_IDS
 
 TARGETS = {
     "post": 0.80,  # service POST /v1/deposits rate / floor POST rate
     "get": 0.85,  # service GET balance rate / floor GET rate
     "p99_ms": 10.0,  # at half the maximum rate
+    "p99_floor": 1.5,  # at half the maximum rate: the service's p99 / the floor's p99 at the same rate
     "batch_ops": 50_000.0,
     "many_balances": 100_000.0,  # balances per second read through GET /v1/balances, 100 ids per request
     "rss_drift": 0.10,
@@ -135,9 +137,14 @@ def summary(results: Any) -> list[tuple[str, str, str, str, str, str]]:
                 f"p99 at half max rate, {method.upper()} ({runs[0].target_rate:.0f} req/s, ms; median of {len(runs)})",
                 f"p50 {floor_p50:.2f} / p99 {floor_p99:.2f}" if floor_runs else "",
                 f"p50 {p50:.2f} / p99 {p99:.2f}",
-                f"{p99:.2f}",
-                f"< {TARGETS['p99_ms']:.0f}",
-                _met(p99 < TARGETS["p99_ms"] and not any(r.failures for r in runs)),
+                f"{p99 / floor_p99:.2f} × the floor's p99" if floor_p99 else f"{p99:.2f}",
+                f"<= {TARGETS['p99_floor']:.1f} × and < {TARGETS['p99_ms']:.0f} ms",
+                _met(
+                    p99 < TARGETS["p99_ms"]
+                    and floor_p99 > 0
+                    and p99 <= TARGETS["p99_floor"] * floor_p99
+                    and not any(r.failures for r in runs)
+                ),
             )
         )
     if results.batch is not None:
@@ -152,6 +159,32 @@ def summary(results: Any) -> list[tuple[str, str, str, str, str, str]]:
                 _met(ops >= TARGETS["batch_ops"] and not results.batch.failures),
             )
         )
+    for cost in getattr(results, "projection_costs", []):
+        rows.append(
+            (
+                f"projector CPU per transaction, {cost.writes} writes (µs: into SecantusDB / its own work)",
+                "",
+                f"{cost.projector_us:.1f} / {cost.own_us:.1f}",
+                f"{cost.own_us:.1f}",
+                "(reported)",
+                "",
+            )
+        )
+    for kind in ("single", "batch"):
+        runs = [run for run in getattr(results, "cluster_runs", []) if run.kind == kind]
+        if runs:
+            masters = sum(_median([r.node_us[name] for r in runs]) for name in runs[0].node_us if "master" in name)
+            rows.append(
+                (
+                    f"Redis Cluster, {'POST /v1/deposits' if kind == 'single' else 'POST /v1/batch'} "
+                    "(deposits/s; µs of CPU per deposit: workers, all masters)",
+                    "",
+                    f"{_median([r.rate for r in runs]):.0f}",
+                    f"{_median([r.workers_us for r in runs]):.1f}, {masters:.1f}",
+                    "(reported)",
+                    "",
+                )
+            )
     for index, (_pid, samples) in enumerate(sorted(results.rss.items())):
         start, end, peak = samples[0], samples[-1], max(samples)
         drift = max(abs(end - start), abs(peak - start)) / start if start else 0.0
@@ -189,6 +222,39 @@ def _projection_line(results: Any) -> str:
         f"\n\nProjection after the POST rounds (medians, per deposit): workers {worker:.1f} µs of CPU, "
         f"SecantusDB {mongo:.0f} µs."
     )
+
+
+def _projection_section(results: Any) -> str:
+    costs = getattr(results, "projection_costs", [])
+    if not costs:
+        return ""
+    rows = [
+        (c.writes, f"{c.projector_us:.1f}", f"{c.own_us:.1f}", f"{c.client_us:.1f}", f"{c.store_us:.0f}") for c in costs
+    ]
+    return f"""## The projector's CPU per transaction
+After the service's runs, with the machine to itself: `bench.projector_bench`'s rounds ({results.args.projector_rounds}
+of each, medians; the warm drain of each round, with the hash chain). Single writes make an outbox entry per
+transaction; batched writes (as `POST /v1/batch`) ten to an entry. "Its own work" projects into a store that
+accepts every write at once; the MongoDB client's is the difference.
+
+{_table(("writes", "projector µs, into SecantusDB", "its own work µs", "MongoDB client µs", "SecantusDB µs"), rows)}
+
+"""
+
+
+def _cluster_section(results: Any) -> str:
+    runs = getattr(results, "cluster_runs", [])
+    if not runs:
+        return ""
+    return f"""## Redis Cluster
+`bench.cluster` with {len(runs) // 2} rounds of {results.args.seconds:.0f} s: 3 masters and 3 replicas on this machine, 2 workers,
+16 partitions, the projector off. CPU per deposit by process (medians):
+
+```
+{cluster_table(runs)}
+```
+
+"""
 
 
 def _extra_env(args: Any) -> str:
@@ -271,6 +337,7 @@ memory run {args.soak:.0f} s{_extra_env(args)}. Load average before {results.loa
 ## Batch
 {batch_line}{_projection_line(results)}
 
+{_projection_section(results)}{_cluster_section(results)}
 ## Where a worker's time goes (POST /v1/deposits at the maximum rate)
 {results.profile_note}
 

@@ -1,4 +1,6 @@
-"""`make bench`: the service against the floor app, alternating wrk rounds, batch throughput and memory.
+"""`make bench`: the service against the floor app, alternating wrk rounds, batch throughput and memory; then
+the projector's CPU per transaction (bench/projector_bench.py) and the write path on a local Redis Cluster
+(bench/cluster.py).
 
 Starts its own redis-server and SecantusDB on free ports, the floor app and `billing serve` with the same
 worker count, and sends traffic to 127.0.0.1 only, for a bounded time. Prints a table and writes
@@ -8,6 +10,7 @@ bench/RESULTS.md. `--quick` is the short form for CI; the published figures come
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import os
 import shlex
@@ -28,15 +31,24 @@ import redis
 
 from bench import machine, profile, report
 from bench.batchload import build_bodies, run_batches
-from bench.procs import BENCH_TOKEN, Served, process_cpu_seconds, start_floor, start_service
+from bench.cluster import run_cluster
+from bench.procs import (
+    BENCH_TOKEN,
+    FLOOR_PATHS,
+    SERVICE_PATHS,
+    USERS,
+    Served,
+    process_cpu_seconds,
+    start_floor,
+    start_service,
+)
+from bench.projector_bench import projection_costs
 from bench.wrkrun import PacedResult, WrkResult, run_closed, run_paced, wrk_version
 from billing.core.config import default
 from billing.ledger.scripts import RedisKeys
 from tests.support.servers import MongoWireServer, RedisServer
 
-FLOOR_PATHS = {"post": "/deposit", "get": "/balance/%d"}
-SERVICE_PATHS = {"post": "/v1/deposits", "get": "/v1/users/%d/balance", "many": "/v1/balances?user_ids="}
-USERS = 1000
+PROJECTOR_DEPOSITS = 3000  # per drain of bench.projector_bench's rounds (a cold drain, then the warm one measured)
 PREFIX: str = default("redis_prefix")  # the service's own BILLING_REDIS_PREFIX
 
 
@@ -62,6 +74,8 @@ class Results:
     mongo_pid: int = 0
     mongo_paused: bool = True
     projection_us: list[tuple[float, float]] = field(default_factory=list)  # per entry: workers, SecantusDB
+    projection_costs: list = field(default_factory=list)  # bench.projector_bench.ProjectionCost, single and batched
+    cluster_runs: list = field(default_factory=list)  # bench.cluster.Run, single and batch
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -84,6 +98,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="paused",
         help="the SecantusDB stand-in for MongoDB during measured service runs: paused (SIGSTOP: it takes none of "
         "the 2 cores, as a MongoDB on its own host; the projection completes after each run) or running",
+    )
+    parser.add_argument(
+        "--cluster-rounds", type=int, default=3, help="alternating single/batch runs on a local Redis Cluster (0: none)"
+    )
+    parser.add_argument(
+        "--projector-rounds",
+        type=int,
+        default=3,
+        help="rounds of the projector's CPU per transaction, single and batched writes (0: none)",
     )
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--output", type=Path, default=Path(__file__).resolve().parent / "RESULTS.md")
@@ -413,12 +436,29 @@ def main(argv: list[str] | None = None) -> int:
                 tail = (Path(logs.name) / "service.log").read_text(errors="replace").splitlines()[-40:]
                 print("the service's log, last lines:", *tail, sep="\n  ", file=sys.stderr)
                 raise
+        for served in reversed(started):  # the projector and cluster parts run with the machine to themselves
+            served.stop()
+        started.clear()
+        if args.projector_rounds:
+            results.projection_costs = asyncio.run(
+                projection_costs(
+                    redis_server.url,
+                    mongo_server.url,
+                    mongo_server.proc.pid,
+                    PROJECTOR_DEPOSITS // (3 if args.quick else 1),
+                    args.projector_rounds,
+                )
+            )
+            for cost in results.projection_costs:
+                print(f"  projector, {cost.writes} writes: {cost.projector_us:.1f} us ({cost.own_us:.1f} its own)")
     finally:
         for served in reversed(started):
             served.stop()
         mongo_server.stop()
         redis_server.stop()
         logs.cleanup()
+    if args.cluster_rounds:
+        results.cluster_runs = run_cluster(args.cluster_rounds, args.seconds)
     results.load_after = machine.load_average()
     command = "make bench" if argv is None and not sys.argv[1:] else "python -m bench.run " + shlex.join(sys.argv[1:])
     text = report.render(results, command)
