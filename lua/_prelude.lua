@@ -109,6 +109,9 @@ local function checked_int(value, limit, what)
   if not value then
     return nil
   end
+  if value == '0' then -- (a string comparison costs nothing: Lua strings are interned)
+    return 0
+  end
   -- The usual case first, at about half the cost of the pattern below: a number within the limit that
   -- prints back as exactly this text is a canonical integer. Anything else takes the full check.
   local n = tonumber(value)
@@ -229,6 +232,15 @@ end
 local function clock(part)
   part.now = now(part)
   return part.now
+end
+
+-- clock(part) as a decimal string (a run's operations mostly share one time: it is formatted once for them).
+local function clock_text(part)
+  local t = clock(part)
+  if part.now_text_of ~= t then
+    part.now_text, part.now_text_of = int(t), t
+  end
+  return part.now_text
 end
 
 local function next_id(part)
@@ -420,7 +432,7 @@ local function new_txn(part, kind, user_id, amount, available, reserved, extra)
     amount = amount,
     available_after = int(available),
     reserved_after = int(reserved),
-    created_at = int(clock(part)),
+    created_at = clock_text(part),
   }
   TXN_PART[txn] = part
   if extra then
@@ -431,6 +443,11 @@ local function new_txn(part, kind, user_id, amount, available, reserved, extra)
     end
   end
   return txn
+end
+
+-- The balance a transaction left its user with, from its own after-values (already decimal strings).
+local function balance_after(txn)
+  return {user_id = txn.user_id, available = txn.available_after, reserved = txn.reserved_after}
 end
 
 -- The start of every call of the library's functions (billing/ledger/scripts.py build_library registers them):

@@ -25,5 +25,5 @@ OPS.deposit = {nkeys = 1, nargs = 3, run = function(k, a)
   available = rcall('HINCRBY', ACCOUNT, 'available', amount)
   add_total(PART, 'deposited', kopecks)
   local txn = new_txn(PART, 'deposit', user_id, amount, available, reserved, {comment = comment})
-  return apply({balance = balance_body(user_id, available, reserved), transaction = txn}, {txn})
+  return apply({balance = balance_after(txn), transaction = txn}, {txn})
 end}

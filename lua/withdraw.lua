@@ -19,5 +19,5 @@ OPS.withdraw = {nkeys = 1, nargs = 3, run = function(k, a)
   available = rcall('HINCRBY', ACCOUNT, 'available', '-' .. amount)
   add_total(PART, 'withdrawn', kopecks)
   local txn = new_txn(PART, 'withdrawal', user_id, amount, available, reserved, {comment = comment})
-  return apply({balance = balance_body(user_id, available, reserved), transaction = txn}, {txn})
+  return apply({balance = balance_after(txn), transaction = txn}, {txn})
 end}
