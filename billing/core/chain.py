@@ -39,20 +39,17 @@ REFERENCE_FIELDS = ("service_id", "order_id", "counterparty_user_id")
 _REFERENCE_KEYS = frozenset(REFERENCE_FIELDS)
 
 
-def _ms(value: Any) -> int:
-    return datetime_to_ms(value) if isinstance(value, datetime) else int(value)
-
-
 def item_fields(raw: Mapping[str, Any]) -> dict[str, Any]:
     """A transaction's own fields as a history item shows them, from a script's record (strings) or a MongoDB
     document (ints, datetime): the part of the item that is stored, not derived (description, service name)."""
+    created = raw["created_at"]
     item: dict[str, Any] = {
         "id": int(raw.get("id", raw.get("_id"))),
         "type": str(raw["type"]),
         "amount": format_kopecks(int(raw["amount"])),
         "available_after": format_kopecks(int(raw["available_after"])),
         "reserved_after": format_kopecks(int(raw["reserved_after"])),
-        "created_at": format_ms(_ms(raw["created_at"])),
+        "created_at": format_ms(datetime_to_ms(created) if isinstance(created, datetime) else int(created)),
         "comment": raw.get("comment") or None,
     }
     if not _REFERENCE_KEYS.isdisjoint(raw.keys()):  # a deposit or withdrawal names none: one set operation

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from billing.core.money import format_kopecks
 from billing.core.parsing import accept_language
 from billing.core.transactions import TransactionType
 
@@ -12,6 +11,8 @@ SUPPORTED_LANGUAGES = ("ru", "en")
 # The sentence of a release whose reason is "expired" (lua/expire.lua: a reservation past its deadline)
 EXPIRED_RELEASE = "release:expired"
 DEFAULT_LANGUAGE = "ru"
+# (a plain string: reading an enum member costs a call, and a batch describes a transaction per operation)
+_RELEASE = TransactionType.RELEASE.value
 
 _TEMPLATES: dict[str, dict[str, str]] = {
     "ru": {
@@ -52,23 +53,19 @@ def negotiate_language(header: str | None) -> str:
     return accept_language(header, SUPPORTED_LANGUAGES, DEFAULT_LANGUAGE)
 
 
-def describe(txn_type: str, amount: int, lang: str, refs: dict[str, Any], amount_text: str | None = None) -> str:
-    """One sentence for a transaction; refs may hold service_id, service_name, order_id, counterparty_user_id and
-    reason. amount_text: format_kopecks(amount), when the caller has it already."""
-    templates = _TEMPLATES.get(lang, _TEMPLATES[DEFAULT_LANGUAGE])
-    if txn_type == TransactionType.RELEASE and refs.get("reason") == "expired":
+def describe(txn_type: str, amount: str, lang: str, refs: dict[str, Any]) -> str:
+    """One sentence for a transaction of amount (format_kopecks); refs may hold service_id, service_name, order_id,
+    counterparty_user_id and reason."""
+    templates = _TEMPLATES.get(lang) or _TEMPLATES[DEFAULT_LANGUAGE]
+    if txn_type == _RELEASE and refs.get("reason") == "expired":
         txn_type = EXPIRED_RELEASE
     service = ""
-    if refs.get("service_id") is not None:
+    service_id = refs.get("service_id")
+    if service_id is not None:
         name = refs.get("service_name")
         service = (
-            templates["service_named"].format(name=name)
-            if name
-            else templates["service_unnamed"].format(id=refs["service_id"])
+            templates["service_named"].format(name=name) if name else templates["service_unnamed"].format(id=service_id)
         )
     return templates[txn_type].format(
-        amount=amount_text if amount_text is not None else format_kopecks(amount),
-        counterparty=refs.get("counterparty_user_id"),
-        service=service,
-        order=refs.get("order_id"),
+        amount=amount, counterparty=refs.get("counterparty_user_id"), service=service, order=refs.get("order_id")
     )

@@ -28,7 +28,7 @@ def render_transaction(
         item["service_name"] = (service_names or {}).get(item["service_id"]) or raw.get("service_name") or None
     if raw.get("reason"):
         item["reason"] = raw["reason"]  # a release of a reservation that expired
-    item["description"] = describe(item["type"], int(raw["amount"]), lang, item, item["amount"])
+    item["description"] = describe(item["type"], item["amount"], lang, item)
     return item
 
 

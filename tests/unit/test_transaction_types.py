@@ -61,7 +61,7 @@ def test_every_type_has_a_description_and_a_console_label() -> None:
     refs = {"service_id": 1, "order_id": 2, "counterparty_user_id": 3}
     for t in TransactionType:
         for lang in SUPPORTED_LANGUAGES:
-            assert describe(t.value, 100, lang, refs), (t, lang)
+            assert describe(t.value, "1.00", lang, refs), (t, lang)
             assert f"t_{t.value}" in TEXT[lang], (t, lang)
 
 

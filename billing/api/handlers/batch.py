@@ -37,9 +37,10 @@ class BatchHandler(BaseHandler):
         results: list[Answer | None] = [None] * len(operations)
         runnable: list[tuple[int, OperationSpec, Any, Idempotency | None]] = []
         derived: set[int] = set()  # operations keyed by the batch's Idempotency-Key
+        permitted: dict[str, bool] = {}  # whether the caller may run an operation, asked once per name
         for index, raw in enumerate(operations):
             try:
-                spec, request, idem = self._prepare_operation(raw)
+                spec, request, idem = self._prepare_operation(raw, permitted)
             except ApiError as exc:
                 results[index] = Answer(exc.status, exc.to_problem())
                 continue
@@ -76,7 +77,9 @@ class BatchHandler(BaseHandler):
         body = [_result(reply, i not in derived) for i, reply in enumerate(results) if reply is not None]
         self.write_json(200, {"results": body}, replayed=replayed)
 
-    def _prepare_operation(self, raw: dict[str, Any]) -> tuple[OperationSpec, Any, Idempotency | None]:
+    def _prepare_operation(
+        self, raw: dict[str, Any], permitted: dict[str, bool]
+    ) -> tuple[OperationSpec, Any, Idempotency | None]:
         fields = dict(raw)
         name = fields.pop("op", None)
         spec = OPERATIONS.get(name) if isinstance(name, str) else None
@@ -87,8 +90,11 @@ class BatchHandler(BaseHandler):
                 [{"field": "op", "message": f"must be one of: {', '.join(OPERATIONS)}"}],
             )
         assert self.principal is not None
-        allowed = self.operation_roles[spec.name]
-        if not self.principal.has_any(allowed):
+        may = permitted.get(name)
+        if may is None:
+            may = permitted[name] = self.principal.has_any(self.operation_roles[name])
+        if not may:
+            allowed = self.operation_roles[name]
             raise ApiError("forbidden", f"{name} needs one of the roles: {', '.join(sorted(allowed))}")
         key = fields.pop("idempotency_key", None)
         idem = None
