@@ -21,6 +21,10 @@ def _parse_int(text: str) -> int | Decimal:
     return int(text) if len(text) <= 4000 else Decimal(text)
 
 
+# The types of orjson's output that hold nothing and are not float.
+_SCALARS = frozenset({str, int, bool, type(None)})
+
+
 def _has_float(value: Any) -> bool:
     """Whether a float is anywhere in orjson's output (exact types only; a loop: no recursion per value)."""
     stack = [value]
@@ -30,7 +34,10 @@ def _has_float(value: Any) -> bool:
         if kind is float:
             return True
         if kind is dict:
-            stack.extend(item.values())
+            values = item.values()
+            # An object of scalars only (each operation of a batch) is settled by one C-level pass over its types.
+            if not _SCALARS.issuperset(map(type, values)):
+                stack.extend(values)
         elif kind is list:
             stack.extend(item)
     return False

@@ -250,7 +250,11 @@ class RedisKeys:
         return self._tags[partition] + "projector:lease"
 
     def account(self, user_id: int) -> str:
-        return f"{self._tags[self.partition_of(user_id)]}acct:{user_id}"
+        return self.account_in(self.partition_of(user_id), user_id)
+
+    def account_in(self, partition: int, user_id: int) -> str:
+        """account() of a user whose partition (partition_of) the caller has already."""
+        return f"{self._tags[partition]}acct:{user_id}"
 
     def transits(self, partition: int) -> str:
         """Hash: transfer id -> transit JSON of the partition's transfers to other partitions whose debit is
@@ -745,11 +749,11 @@ class Ledger:
 
     def deposit_call(self, user_id: int, amount: int, comment: str | None) -> tuple[str, list[str], list[Any]]:
         p = self.keys.partition_of(user_id)
-        return "deposit", [self.keys.account(user_id)], [p, user_id, amount, comment or ""]
+        return "deposit", [self.keys.account_in(p, user_id)], [p, user_id, amount, comment or ""]
 
     def withdraw_call(self, user_id: int, amount: int, comment: str | None) -> tuple[str, list[str], list[Any]]:
         p = self.keys.partition_of(user_id)
-        return "withdraw", [self.keys.account(user_id)], [p, user_id, amount, comment or ""]
+        return "withdraw", [self.keys.account_in(p, user_id)], [p, user_id, amount, comment or ""]
 
     def transfer_call(
         self, from_user_id: int, to_user_id: int, amount: int, comment: str | None
@@ -757,15 +761,15 @@ class Ledger:
         """One script within a partition; between two, the debit (Ledger.run completes the rest)."""
         p, q = self.keys.partition_of(from_user_id), self.keys.partition_of(to_user_id)
         if p != q:
-            keys = [self.keys.account(from_user_id), self.keys.transits(p)]
+            keys = [self.keys.account_in(p, from_user_id), self.keys.transits(p)]
             return DEBIT, keys, [p, from_user_id, to_user_id, amount, comment or "", q]
-        keys = [self.keys.account(from_user_id), self.keys.account(to_user_id), *self._partition_keys(q)]
+        keys = [self.keys.account_in(p, from_user_id), self.keys.account_in(q, to_user_id), *self._partition_keys(q)]
         return "transfer", keys, [p, from_user_id, to_user_id, amount, comment or "", q]
 
     def _reservation_keys(self, user_id: int, service_id: int, order_id: int) -> list[str]:
         partition = self.keys.partition_of(user_id)
         return [
-            self.keys.account(user_id),
+            self.keys.account_in(partition, user_id),
             self.keys.reservation(user_id, service_id, order_id),
             self.keys.services(partition),
             self.keys.expiry(partition),

@@ -8,16 +8,17 @@ from typing import Any
 
 import orjson
 import pytest
+from pydantic import ValidationError
 from redis.connection import Connection
 
 from billing.api.handlers.batch import _operations
 from billing.api.jsonbody import _has_float, parse_json
-from billing.core.errors import ApiError
+from billing.core.errors import ApiError, validation_errors
 from billing.core.money import format_kopecks
 from billing.core.schemas import BATCH_OPERATIONS, BatchRequest
 from billing.infra import redis_raw
 from billing.ledger.scripts import fingerprint
-from billing.ledger.service import OPERATIONS, request_fingerprint
+from billing.ledger.service import OPERATIONS, request_fingerprint, validate
 
 
 def reference_format(kopecks: int) -> str:
@@ -46,6 +47,30 @@ def test_format_kopecks_matches_the_divmod_definition() -> None:
 )
 def test_float_detection_looks_everywhere(value: Any, expected: bool) -> None:
     assert _has_float(value) is expected
+
+
+def reference_has_float(value: Any) -> bool:
+    if type(value) is dict:
+        return any(reference_has_float(item) for item in value.values())
+    if type(value) is list:
+        return any(reference_has_float(item) for item in value)
+    return type(value) is float
+
+
+def random_json(rng: random.Random, depth: int) -> Any:
+    kind = rng.choice(["str", "int", "bool", "none", "float", "dict", "list"] if depth else ["str", "int", "bool"])
+    if kind == "dict":
+        return {f"k{i}": random_json(rng, depth - 1) for i in range(rng.randint(0, 4))}
+    if kind == "list":
+        return [random_json(rng, depth - 1) for _ in range(rng.randint(0, 4))]
+    return {"str": "1.5", "int": 2**70, "bool": True, "none": None, "float": 1.5}[kind]
+
+
+def test_float_detection_agrees_with_a_recursive_walk() -> None:
+    rng = random.Random(11)
+    for _ in range(3000):
+        value = random_json(rng, rng.randint(0, 4))
+        assert _has_float(value) is reference_has_float(value), value
 
 
 def test_a_deeply_nested_body_is_still_parsed_exactly() -> None:
@@ -112,3 +137,31 @@ def test_pack_is_the_resp_redis_py_would_send() -> None:
     command = ["EVALSHA", "ab" * 20, "2", "pre:{u:1}:acct", "ключ ✓", "", "comment with \r\n inside", "😀"]
     expected = b"".join(Connection().pack_command(*command))
     assert redis_raw.pack(command) == expected
+
+
+@pytest.mark.parametrize("name", list(OPERATIONS))
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"user_id": 1, "amount": "1.00", "comment": "x"},
+        {"user_id": 1, "from_user_id": 1, "to_user_id": 2, "amount": 5, "service_id": 3, "order_id": 4},
+        {"from_user_id": 1, "to_user_id": 2, "amount": "0.5"},
+        {"user_id": 1, "service_id": 3, "order_id": 4, "amount": "2", "service_name": "s", "expires_in": 60},
+        {"user_id": "1", "amount": "1.001", "comment": "\x00"},
+        {"user_id": 1, "amount": Decimal("1.5"), "extra": 1},
+        {},
+        [],
+    ],
+)
+def test_validate_is_model_validate(name: str, data: Any) -> None:
+    """validate() calls the model's validator itself: the same request, or the same field errors, as model_validate."""
+    spec = OPERATIONS[name]
+    try:
+        expected: Any = spec.model.model_validate(data)
+    except ValidationError as exc:
+        expected = validation_errors(exc)
+    try:
+        got: Any = validate(spec, data)
+    except ApiError as exc:
+        got = exc.to_problem()["errors"]
+    assert got == expected
