@@ -7,8 +7,7 @@ titles); a success answers its operation's status (APPLIED_STATUS) with the scri
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from billing.core.errors import problem_body
 from billing.ledger.outcomes import Applied, BatchResult, KeyReused, Refused, Unchanged
@@ -29,9 +28,9 @@ APPLIED_STATUS: dict[str, int] = {
 UNCHANGED_STATUS = 200
 
 
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """One operation's HTTP answer: status, JSON body, and whether it replays an earlier outcome."""
+class Answer(NamedTuple):
+    """One operation's HTTP answer: status, JSON body, and whether it replays an earlier outcome. (A NamedTuple:
+    a batch makes one per operation, and a frozen dataclass sets each field through object.__setattr__.)"""
 
     status: int
     body: dict[str, Any]
