@@ -118,6 +118,21 @@ def service_deposits(service: Driver, run: object) -> Send:
     return deposit
 
 
+def service_batches(service: Driver, run: object, count: int) -> Send:
+    """POST /v1/batch of BATCH_SIZE deposits, `count` of them built beforehand, each operation with a key of its
+    own (run makes the keys unique per process), as bench.batchload sends them; each body is sent once (a batch
+    sent again would be all replays), whatever i is."""
+    from bench.batchload import build_bodies
+
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    bodies = build_bodies(count, BATCH_SIZE, f"hp-{run}", users=1000)
+
+    def batch(i: int) -> Awaitable[int]:
+        return service("POST", "/v1/batch", headers, bodies.pop())
+
+    return batch
+
+
 def floor_deposits(floor: Driver) -> Send:
     """The i-th deposit through the floor's driver: user i % 1000 + 1."""
 
@@ -227,7 +242,6 @@ async def main_async(args: argparse.Namespace) -> None:
 
         settle_collector()  # as a worker does once built (for both apps: they share this process)
         auth = {"Authorization": f"Bearer {TOKEN}"}
-        post_headers = {**auth, "Content-Type": "application/json"}
         run = os.getpid()
         redis_cpu = _RedisCpu(url)
 
@@ -239,21 +253,12 @@ async def main_async(args: argparse.Namespace) -> None:
         def floor_balance(i: int) -> Awaitable[int]:
             return floor("GET", f"/balance/{i % 1000 + 1}", {}, b"")
 
-        batch_bodies: list[bytes] = []  # each sent once: a batch sent again would be all replays
-
-        def batch(i: int) -> Awaitable[int]:
-            return service("POST", "/v1/batch", post_headers, batch_bodies.pop())
-
         cases = {
             "deposit": (deposit, 201, floor_deposit, 201),
             "balance": (balance, 200, floor_balance, 200),
         }
         cases = {name: case for name, case in cases.items() if name in args.cases}
-        if args.batches or args.profile == "batch":
-            # built beforehand, each operation with a key of its own (no replays), as bench.batchload sends them
-            from bench.batchload import build_bodies
-
-            batch_bodies.extend(build_bodies(args.batches * args.repeat + 1, BATCH_SIZE, f"hp-{run}", users=1000))
+        batch = service_batches(service, run, args.batches * args.repeat + 1 if args.batches else 1)
         for i in range(1000):  # every user has an account (and a floor balance) before any GET
             await deposit(i)
             await floor_deposit(i)
