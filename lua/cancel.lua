@@ -32,12 +32,12 @@ OPS.cancel = {nkeys = 4, nargs = 5, run = function(k, a)
   -- writes
   reserved = rcall('HINCRBY', ACCOUNT, 'reserved', '-' .. h.amount)
   available = rcall('HINCRBY', ACCOUNT, 'available', h.amount)
-  h.status, h.updated_at = 'cancelled', int(clock(PART))
+  h.status, h.updated_at = 'cancelled', clock_text(PART)
   rcall('HSET', RESERVATION, 'status', h.status, 'updated_at', h.updated_at)
   rcall('ZREM', INDEX, expiry_member(h))
   rcall('EXPIRE', RESERVATION, closed_ttl)
   local release = new_txn(PART, 'release', user_id, h.amount, available, reserved, {
     comment = comment, service_id = service_id, order_id = order_id, service_name = name})
   return apply({reservation = reservation_body(h),
-    balance = balance_body(user_id, available, reserved), transaction = release}, {release})
+    balance = balance_after(release), transaction = release}, {release})
 end}

@@ -51,7 +51,7 @@ OPS.recognize = {nkeys = 4, nargs = 6, run = function(k, a)
     release = new_txn(PART, 'release', user_id, int(remainder), available, reserved, refs)
     txns[2] = release
   end
-  h.status, h.recognized_amount, h.updated_at = 'recognized', amount, int(clock(PART))
+  h.status, h.recognized_amount, h.updated_at = 'recognized', amount, clock_text(PART)
   rcall('HSET', RESERVATION, 'status', h.status, 'recognized_amount', amount, 'updated_at', h.updated_at)
   rcall('ZREM', INDEX, expiry_member(h))
   rcall('EXPIRE', RESERVATION, recognized_ttl)

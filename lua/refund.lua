@@ -40,10 +40,10 @@ OPS.refund = {nkeys = 3, nargs = 5, run = function(k, a)
   -- writes
   available = rcall('HINCRBY', ACCOUNT, 'available', amount)
   add_total(PART, 'refunded', kopecks)
-  h.refunded_amount, h.updated_at = int(refunded), int(clock(PART))
+  h.refunded_amount, h.updated_at = int(refunded), clock_text(PART)
   rcall('HSET', RESERVATION, 'refunded_amount', h.refunded_amount, 'updated_at', h.updated_at)
   local txn = new_txn(PART, 'refund', user_id, amount, available, reserved, {
     comment = comment, service_id = service_id, order_id = order_id, service_name = name})
   return apply({reservation = reservation_body(h),
-    balance = balance_body(user_id, available, reserved), transaction = txn}, {txn})
+    balance = balance_after(txn), transaction = txn}, {txn})
 end}

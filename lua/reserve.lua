@@ -63,5 +63,5 @@ OPS.reserve = {nkeys = 4, nargs = 8, run = function(k, a)
     comment = comment, service_id = service_id, order_id = order_id, service_name = catalog_name or '',
     expires_at = h.expires_at})
   return apply({reservation = reservation_body(h),
-    balance = balance_body(user_id, available, reserved), transaction = txn}, {txn}, services)
+    balance = balance_after(txn), transaction = txn}, {txn}, services)
 end}

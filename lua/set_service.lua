@@ -15,6 +15,6 @@ OPS.set_service = {nkeys = 1, nargs = 2, run = function(k, a)
     return unchanged(body)
   end
   -- writes
-  rcall('HSET', SERVICES, service_id, name, 'at:' .. service_id, int(clock(PART)))
+  rcall('HSET', SERVICES, service_id, name, 'at:' .. service_id, clock_text(PART))
   return apply(body, nil, {[service_id] = name})
 end}

@@ -48,7 +48,7 @@ OPS.transfer = {nkeys = 5, nargs = 5, run = function(k, a)
   local in_txn = new_txn(to_part, 'transfer_in', to_id, amount, to_available, to_reserved,
     {comment = comment, counterparty_user_id = from_id})
   return apply({
-    balance = balance_body(from_id, from_available, from_reserved), transaction = out_txn,
-    recipient_balance = balance_body(to_id, to_available, to_reserved), recipient_transaction = in_txn,
+    balance = balance_after(out_txn), transaction = out_txn,
+    recipient_balance = balance_after(in_txn), recipient_transaction = in_txn,
   }, {out_txn, in_txn})
 end}
