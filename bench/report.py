@@ -1,4 +1,5 @@
-"""The benchmark's table and bench/RESULTS.md: medians, ratios to the floor, and which targets are met."""
+"""The benchmark's table, bench/RESULTS.md and the part of docs/performance.md that `make bench` writes: medians,
+ratios to the floor, which targets are met and what limits each figure."""
 
 from __future__ import annotations
 
@@ -26,6 +27,12 @@ def _median(values: list[float]) -> float:
 
 def _met(ok: bool) -> str:
     return "yes" if ok else "**no**"
+
+
+def _rss_drift(samples: list[int]) -> float:
+    """How far a worker's RSS moved from its first sample over the memory run (its last or its peak), a fraction."""
+    start = samples[0]
+    return max(abs(samples[-1] - start), abs(max(samples) - start)) / start if start else 0.0
 
 
 def summary(results: Any) -> list[tuple[str, str, str, str, str, str]]:
@@ -187,7 +194,7 @@ def summary(results: Any) -> list[tuple[str, str, str, str, str, str]]:
             )
     for index, (_pid, samples) in enumerate(sorted(results.rss.items())):
         start, end, peak = samples[0], samples[-1], max(samples)
-        drift = max(abs(end - start), abs(peak - start)) / start if start else 0.0
+        drift = _rss_drift(samples)
         rows.append(
             (
                 f"RSS worker {index + 1} over {results.soak_seconds:.0f} s (MiB)",
@@ -345,3 +352,199 @@ memory run {args.soak:.0f} s{_extra_env(args)}. Load average before {results.loa
 
 {_table(("function (own time)", "share of samples"), [(n, f"{v:.1f} %") for n, v in results.profile_functions])}
 """
+
+
+# ---- docs/performance.md: the part `make bench` writes ----------------------------------------------------
+
+# The lines that enclose what make bench writes into docs/performance.md; everything outside them is the
+# document's own text.
+DOC_BEGIN = "<!-- make bench writes from here to its end mark: edits in between are overwritten -->"
+DOC_END = "<!-- make bench writes up to here -->"
+# The CPU a batched operation may cost, workers' and Redis's together, for TARGETS["batch_ops"] on 2 cores.
+BATCH_CPU_BUDGET_US = 2 * 1e6 / TARGETS["batch_ops"]
+
+
+def _rounds(results: Any, key: str, attr: str) -> list[float]:
+    return [getattr(r, attr) for r in results.rounds.get(key, [])]
+
+
+def _ms(values: list[float]) -> str:
+    return ", ".join(f"{v:.2f}" for v in values)
+
+
+def _ratio_row(results: Any, mode: str, label: str) -> tuple[str, str, str, str]:
+    floor, service = (
+        _median(_rounds(results, f"floor {mode}", "rate")),
+        _median(_rounds(results, f"service {mode}", "rate")),
+    )
+    ratio = service / floor if floor else 0.0
+    pairs = [
+        s / f
+        for f, s in zip(
+            _rounds(results, f"floor {mode}", "rate"), _rounds(results, f"service {mode}", "rate"), strict=False
+        )
+        if f
+    ]
+    floor_cpu, service_cpu = (
+        _median(_rounds(results, f"floor {mode}", "cpu_us")),
+        _median(_rounds(results, f"service {mode}", "cpu_us")),
+    )
+    floor_redis = _median(_rounds(results, f"floor {mode}", "redis_cpu_us"))
+    service_redis = _median(_rounds(results, f"service {mode}", "redis_cpu_us"))
+    return (
+        f"{label} ≥ {TARGETS[mode]:.2f} × the floor",
+        f"**{ratio:.2f}** ({service:.0f} against {floor:.0f} req/s, medians of {len(pairs)} alternating rounds); round "
+        f"by round {', '.join(f'{p:.2f}' for p in pairs)} (median {_median(pairs):.2f})",
+        _met(ratio >= TARGETS[mode]),
+        f"CPU per request: the workers' {service_cpu:.0f} µs against the floor's {floor_cpu:.0f}"
+        f"{' (projecting the deposit included)' if mode == 'post' else ''}, Redis's {service_redis:.0f} against "
+        f"{floor_redis:.0f} µs",
+    )
+
+
+def _paced_row(results: Any, method: str) -> tuple[str, str, str, str] | None:
+    runs, floor_runs = results.paced.get(f"service {method}", []), results.paced.get(f"floor {method}", [])
+    if not runs or not floor_runs:
+        return None
+    p99, floor_p99 = _median([r.p99 for r in runs]), _median([r.p99 for r in floor_runs])
+    best, floor_best = min(r.p99 for r in runs), min(r.p99 for r in floor_runs)
+    ok = p99 < TARGETS["p99_ms"] and p99 <= TARGETS["p99_floor"] * floor_p99 and not any(r.failures for r in runs)
+    return (
+        f"p99 at half the maximum rate, {method.upper()}: ≤ {TARGETS['p99_floor']:.1f} × the floor's p99 at the same "
+        f"rate and < {TARGETS['p99_ms']:.0f} ms",
+        f"**{p99:.2f} ms** against the floor's {floor_p99:.2f} ({p99 / floor_p99:.2f} ×; medians of {len(runs)} rounds "
+        f"at {runs[0].target_rate:.0f} req/s: the service's {_ms([r.p99 for r in runs])}, the floor's "
+        f"{_ms([r.p99 for r in floor_runs])})",
+        _met(ok),
+        f"at this rate both sides are idle most of the time, so the tail is what delays a queue of requests: a "
+        f"pause of the machine (which this VM has every few seconds) or of the worker; the lowest round of each "
+        f"side, {best:.2f} against {floor_best:.2f} ms ({best / floor_best:.2f} ×), is the run with the fewest pauses",
+    )
+
+
+def _batch_row(results: Any) -> tuple[str, str, str, str] | None:
+    batch = results.batch
+    if batch is None:
+        return None
+    workers, redis_us = results.batch_cpu_us[0], results.batch_cpu_us[1]
+    ceiling = 2e6 / (workers + redis_us) if workers + redis_us else 0.0
+    return (
+        f"POST /v1/batch of 1000 deposits ≥ {TARGETS['batch_ops']:,.0f} deposits/s",
+        f"**{batch.ops_per_second:,.0f}** deposits/s; CPU per deposit: workers {workers:.1f} µs, Redis {redis_us:.1f} µs "
+        f"(its functions {results.redis_us_per_deposit:.1f} µs by INFO commandstats)",
+        _met(batch.ops_per_second >= TARGETS["batch_ops"] and not batch.failures),
+        f"CPU: the two cores allow at most 2 / ({workers:.1f} + {redis_us:.1f} µs) = {ceiling:,.0f} deposits/s, less the "
+        f"load generator's share, and Redis's one core {1e6 / redis_us if redis_us else 0:,.0f}/s; "
+        f"{TARGETS['batch_ops']:,.0f}/s needs the two together under {BATCH_CPU_BUDGET_US:.0f} µs (where they go: below)",
+    )
+
+
+def _balances_row(results: Any) -> tuple[str, str, str, str] | None:
+    many = results.rounds.get("service many", [])
+    if not many:
+        return None
+    floor_get = _median(_rounds(results, "floor get", "rate"))
+    balances = _median([r.rate for r in many]) * MANY_IDS
+    return (
+        f"GET /v1/balances, {MANY_IDS} ids a request, ≥ {TARGETS['many_balances']:,.0f} balances/s",
+        f"**{balances:,.0f}** balances/s ({balances / floor_get:.0f} × the floor's single reads)"
+        if floor_get
+        else f"{balances:,.0f}",
+        _met(balances >= TARGETS["many_balances"] and not any(r.failures for r in many)),
+        f"CPU per balance: the workers' {_median([r.cpu_us for r in many]) / MANY_IDS:.1f} µs, Redis's "
+        f"{_median([r.redis_cpu_us for r in many]) / MANY_IDS:.1f} µs",
+    )
+
+
+def _projection_row(results: Any) -> tuple[str, str, str, str] | None:
+    costs = getattr(results, "projection_costs", [])
+    if not costs:
+        return None
+    measured = "; ".join(
+        f"{c.writes} writes {c.projector_us:.1f} µs into SecantusDB, **{c.own_us:.1f} µs** its own work" for c in costs
+    )
+    limits = "; ".join(f"{c.writes} writes: the MongoDB client's {c.client_us:.1f} µs" for c in costs)
+    return (
+        "the projector's CPU per transaction, apart from the store's",
+        measured,
+        "reported",
+        f"{limits}; of its own work, an outbox entry's read, decoding and acknowledgement (once per entry: ten "
+        "transactions to an entry from batches, one from single requests) and each transaction's hash-chain link",
+    )
+
+
+def _cluster_row(results: Any) -> tuple[str, str, str, str] | None:
+    runs = getattr(results, "cluster_runs", [])
+    if not runs:
+        return None
+    parts = []
+    for kind, label in (("single", "single deposits"), ("batch", "batches")):
+        mine = [run for run in runs if run.kind == kind]
+        if mine:
+            masters = sum(_median([r.node_us[name] for r in mine]) for name in mine[0].node_us if "master" in name)
+            parts.append(
+                f"{label} {_median([r.rate for r in mine]):,.0f}/s: workers {_median([r.workers_us for r in mine]):.1f} µs, "
+                f"all masters {masters:.1f} µs per deposit"
+            )
+    return (
+        "Redis Cluster (3 masters, 3 replicas, this machine)",
+        "; ".join(parts),
+        "reported",
+        "every node shares these two cores with the workers ([scaling.md](scaling.md) has the figures per node)",
+    )
+
+
+def _rss_row(results: Any) -> tuple[str, str, str, str] | None:
+    if not results.rss:
+        return None
+    samples_of = [samples for _pid, samples in sorted(results.rss.items())]
+    ok = all(_rss_drift(samples) <= TARGETS["rss_drift"] for samples in samples_of)
+    spans = [f"{s[0] / 1024:.1f} → {s[-1] / 1024:.1f} MiB (peak {max(s) / 1024:.1f})" for s in samples_of]
+    return (
+        f"RSS per worker flat ±{100 * TARGETS['rss_drift']:.0f} % over {results.soak_seconds:.0f} s",
+        ", ".join(spans),
+        _met(ok),
+        "",
+    )
+
+
+def performance_block(results: Any, command: str) -> str:
+    """What make bench writes into docs/performance.md: the targets as measured, the machine, the command."""
+    rows = [
+        _ratio_row(results, "post", "POST /v1/deposits"),
+        _ratio_row(results, "get", "GET /v1/users/{id}/balance"),
+        _balances_row(results),
+        _paced_row(results, "post"),
+        _paced_row(results, "get"),
+        _batch_row(results),
+        _projection_row(results),
+        _cluster_row(results),
+        _rss_row(results),
+    ]
+    machine = ", ".join(f"{key} {value}" for key, value in results.machine.items())
+    reference = ""
+    competing = results.rounds.get("service post, SecantusDB running")
+    floor_post = _median(_rounds(results, "floor post", "rate"))
+    if competing and floor_post and getattr(results, "projection_us", None):
+        reference = (
+            f"\n\nFrom the same run, for reference: with SecantusDB running on the same cores the service's POST rate "
+            f"is {competing[0].rate / floor_post:.2f} of the floor's; projecting a deposit (its hash-chain link "
+            f"included) costs the workers {_median([w for w, _ in results.projection_us]):.1f} µs of CPU and "
+            f"SecantusDB {_median([m for _, m in results.projection_us]):.0f} µs."
+        )
+    return f"""{DOC_BEGIN}
+`{command}`, {time.strftime("%Y-%m-%d %H:%M %Z")}: {results.args.workers} workers each side, {results.args.rounds}
+alternating floor/service rounds of {results.args.seconds:.0f} s for each rate, load average {results.load_before}
+before and {results.load_after} after; every round is in [bench/RESULTS.md](../bench/RESULTS.md). The machine:
+{machine}.
+
+{_table(("target", "measured", "met", "what limits it"), [row for row in rows if row is not None])}{reference}
+{DOC_END}"""
+
+
+def write_block(document: str, block: str) -> str:
+    """The document with its part between DOC_BEGIN and DOC_END (the marks included) replaced by block."""
+    start, end = document.find(DOC_BEGIN), document.find(DOC_END)
+    if start < 0 or end < start:
+        raise ValueError(f"the document has no part for make bench: {DOC_BEGIN!r} ... {DOC_END!r}")
+    return document[:start] + block + document[end + len(DOC_END) :]

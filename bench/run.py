@@ -4,7 +4,8 @@ the projector's CPU per transaction (bench/projector_bench.py) and the write pat
 
 Starts its own redis-server and SecantusDB on free ports, the floor app and `billing serve` with the same
 worker count, and sends traffic to 127.0.0.1 only, for a bounded time. Prints a table and writes
-bench/RESULTS.md. `--quick` is the short form for CI; the published figures come from a full run.
+bench/RESULTS.md (every round) and the marked part of docs/performance.md (the targets as measured, what limits
+each, the machine). `--quick` is the short form for CI, which leaves docs/performance.md as it is.
 """
 
 from __future__ import annotations
@@ -110,6 +111,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--output", type=Path, default=Path(__file__).resolve().parent / "RESULTS.md")
+    parser.add_argument(
+        "--doc",
+        type=Path,
+        default=Path(__file__).resolve().parent.parent / "docs" / "performance.md",
+        help="the document whose marked part a full run writes (report.DOC_BEGIN .. DOC_END); --quick leaves it",
+    )
     parser.add_argument("--no-write", action="store_true", help="print the table only")
     parser.add_argument(
         "--only",
@@ -466,6 +473,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_write:
         args.output.write_text(text)
         print(f"written to {args.output}")
+        if not args.quick:  # (a short run's figures are not the published ones)
+            args.doc.write_text(report.write_block(args.doc.read_text(), report.performance_block(results, command)))
+            print(f"written to {args.doc}")
     return 0
 
 
