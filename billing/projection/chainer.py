@@ -50,7 +50,8 @@ class Chainer:
             kept = self._heads.get(user_id)
             if kept is None or kept[0] >= int(own[0]["_id"]):  # unknown, or a replay of what it linked already
                 unknown[user_id] = own
-        previous = {user_id: head[1] for user_id, head in self._heads.items() if user_id in by_user}
+        # (the batch's users, not every head kept: a batch names a few of the many users a projector keeps)
+        previous = {user_id: head[1] for user_id in by_user if (head := self._heads.get(user_id)) is not None}
         previous.update(await self._look_up(unknown))
         heads: dict[int, Head] = {}
         for user_id, own in by_user.items():

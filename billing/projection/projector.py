@@ -443,11 +443,19 @@ class Projector:
         if not read:
             read = await self._read(">", self.block_ms if block else None)
         # One read takes up to `batch` entries of each stream: MongoDB gets them `batch` at a time, so a batch
-        # holds the event loop no longer than with one stream.
+        # holds the event loop no longer than with one stream. The watermarks of the partitions projected advance
+        # once, after the read's last batch or the one that failed (three round trips for them all, not for each
+        # batch): each is computed from what was acknowledged, so a partition whose batch failed stays put.
         handled = 0
-        for part in _slices(read, self.batch):
-            await self._project(part)
-            handled += sum(len(entries) for _stream, entries in part)
+        projected: dict[str, None] = {}
+        try:
+            for part in _slices(read, self.batch):
+                await self._project(part)
+                projected.update(dict.fromkeys(stream for stream, _entries in part))
+                handled += sum(len(entries) for _stream, entries in part)
+        finally:
+            if projected:
+                await advance_all(self.redis, [self.watermarks[stream] for stream in projected])
         return handled
 
     async def _read(self, start: str, block_ms: int | None) -> Read:
@@ -549,7 +557,6 @@ class Projector:
         self.poisoned += len(batch.poison)
         if self.on_batch is not None:
             self.on_batch(len(batch.ids), time.perf_counter() - started)
-        await advance_all(self.redis, [self.watermarks[stream] for stream, _entries in read])
 
     def _partition(self, stream: str) -> int:
         return self.watermarks[stream].partition

@@ -21,7 +21,7 @@ that cannot be read go to the dead-letter stream.
 
 Any consumer may compute it at any time from the group's state, so it holds with several consumers and
 after crashes; it is stored monotonically (a stale, lower computation never lowers it) in one Redis key,
-and the projector computes the watermarks of all the partitions a batch touched in three pipelined round
+and the projector computes the watermarks of all the partitions a read projected in three pipelined round
 trips (advance_all): the group states, one short XRANGE each, the stores.
 """
 

@@ -12,7 +12,7 @@ import pytest
 from billing.bootstrap import Context
 from billing.core.config import MAX_PARTITIONS, Settings
 from billing.ledger.outcomes import Applied
-from billing.projection.projector import Projector
+from billing.projection.projector import GROUP, Projector
 from billing.projection.store import LedgerStore
 from billing.projection.watermark import SCAN, ProjectionWatermark, advance_all
 from tests.support.api import Api
@@ -211,3 +211,46 @@ async def test_one_advance_of_every_partition_computes_each_partition_on_its_own
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+class DownAfterOne(LedgerStore):
+    """A MongoDB that takes one insert, then is down until the test brings it back."""
+
+    def __init__(self, db: Any) -> None:
+        super().__init__(db)
+        self.inserts = 0
+        self.down = True
+
+    async def insert_transactions(self, docs: list[dict[str, Any]]) -> tuple[int, int]:
+        self.inserts += 1
+        if self.inserts > 1 and self.down:
+            raise ConnectionError("MongoDB is down")
+        return await super().insert_transactions(docs)
+
+
+async def test_a_read_advances_the_watermarks_of_what_it_projected_once_even_when_a_batch_fails(
+    api: Api, ctx: Context
+) -> None:
+    keys = ctx.ledger.keys
+    first_user = 1
+    second_user = next(u for u in range(2, 400) if keys.partition_of(u) != keys.partition_of(first_user))
+    for user in (first_user, second_user):
+        for n in (1, 2):
+            await deposit(ctx.ledger, user, n * 100)
+    store = DownAfterOne(ctx.mongo)
+    p = projector(ctx, store, batch=2)  # one read of both streams, two batches: the second one fails
+    with pytest.raises(TimeoutError):
+        await p.drain(timeout=0.3)
+    marks = {w.partition: w for w in p.watermarks.values()}
+    used = [keys.partition_of(first_user), keys.partition_of(second_user)]
+    (done,) = [part for part in used if (await ctx.redis.xpending(keys.outbox(part), GROUP))["pending"] == 0]
+    (failed,) = set(used) - {done}
+    seq_of = {part: int(await ctx.redis.hget(keys.meta(part), "seq")) for part in (done, failed)}
+    # the partition whose batch MongoDB took is visible up to its last id, the other not past what it holds
+    assert await marks[done].read() == seq_of[done] * MAX_PARTITIONS + done
+    assert (await marks[failed].read() or 0) < MAX_PARTITIONS + failed
+    store.down = False  # MongoDB is back
+    await p.drain()
+    assert await marks[failed].read() == seq_of[failed] * MAX_PARTITIONS + failed
+    for user in (first_user, second_user):
+        assert len((await page(api, user))["items"]) == 2
