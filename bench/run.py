@@ -340,8 +340,8 @@ def batch_run(args: argparse.Namespace, redis_url: str, service: Served, results
     print(
         f"  batch: {results.batch.ops_per_second:.0f} ops/s ({results.batch.operations} ops, "
         f"failures {results.batch.failures}); CPU per op: workers {worker_us:.1f} us, Redis {redis_us:.1f} us, "
-        f"SecantusDB (projection) {mongo_us:.1f} us; scripts {results.redis_us_per_deposit:.1f} us per deposit "
-        f"({calls} FCALL calls)",
+        f"SecantusDB (projection) {mongo_us:.1f} us, the load generator {results.batch.client_cpu_us:.1f} us; scripts "
+        f"{results.redis_us_per_deposit:.1f} us per deposit ({calls} FCALL calls)",
         flush=True,
     )
 

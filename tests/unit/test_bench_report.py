@@ -72,7 +72,9 @@ def test_each_target_is_judged_from_the_run_with_what_limits_it() -> None:
     assert "4.00 against 3.00 ms" in paced[3]
     batch = _row(block, "POST /v1/batch")
     assert batch[1].startswith("**40,000**") and batch[2] == "**no**"
-    assert "2 / (30.0 + 20.0 µs) = 40,000 deposits/s" in batch[3] and "under 40 µs" in batch[3]
+    assert (
+        "2 / (30.0 + 20.0 + 0.0 µs, the load generator's) = 40,000 deposits/s" in batch[3] and "under 40 µs" in batch[3]
+    )
     assert _row(block, "GET /v1/balances")[1].startswith("**300,000** balances/s")
     assert _row(block, "RSS per worker")[2] == "yes"
     assert "all masters 21.0 µs" in _row(block, "Redis Cluster")[1]
@@ -107,3 +109,40 @@ def test_make_bench_writes_the_performance_document() -> None:
     from bench import run
 
     assert run.parse_args([]).doc == DOC
+
+
+async def test_the_batch_load_generator_counts_each_operation_the_service_applied() -> None:
+    """bench.batchload reads the answers' bytes, not their JSON: every operation answered 201 counts, any other
+    answer (a refusal in the batch, a whole request refused) is a failure."""
+    import orjson
+    import tornado.web
+    from tornado.httpserver import HTTPServer
+    from tornado.netutil import bind_sockets
+
+    from bench import batchload
+
+    class Batch(tornado.web.RequestHandler):
+        calls = 0
+
+        def post(self) -> None:
+            Batch.calls += 1
+            assert self.request.headers["Authorization"] == "Bearer t0k"
+            operations = orjson.loads(self.request.body)["operations"]
+            if Batch.calls == 2:
+                self.set_status(503)
+                self.finish(orjson.dumps({"status": 503, "code": "unavailable"}))
+                return
+            refused = {"status": 402, "body": {"status": 402, "code": "insufficient_funds"}}
+            applied = {"status": 201, "body": {"balance": {"available": "1.00"}}}
+            self.finish(orjson.dumps({"results": [refused if i == 0 else applied for i in range(len(operations))]}))
+
+    sockets = bind_sockets(0, "127.0.0.1")
+    server = HTTPServer(tornado.web.Application([("/v1/batch", Batch)]))
+    server.add_sockets(sockets)
+    try:
+        bodies = batchload.build_bodies(3, 5, "t", users=10)
+        port = sockets[0].getsockname()[1]
+        result = await batchload.send_bodies(f"http://127.0.0.1:{port}", "t0k", bodies, concurrency=1, seconds=30)
+    finally:
+        server.stop()
+    assert (result.batches, result.operations, result.failures) == (3, 8, 1 + 5 + 1)
