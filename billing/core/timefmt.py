@@ -19,8 +19,10 @@ def _second(seconds: int) -> str:
     return (EPOCH + timedelta(seconds=seconds)).isoformat(timespec="seconds")[:-6]  # always four-digit years
 
 
+@lru_cache(maxsize=1024)
 def format_ms(ms: int) -> str:
-    """Epoch ms to "2026-11-26T04:16:01.123Z"; the seconds part is cached (a batch shares a few seconds)."""
+    """Epoch ms to "2026-11-26T04:16:01.123Z". Cached: the transactions of one script run share its time, so a
+    batch's answers and the projector's hash-chain links format a few times many times each."""
     seconds, millis = divmod(ms, 1000)
     return f"{_second(seconds)}.{millis:03d}Z"
 
