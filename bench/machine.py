@@ -15,6 +15,19 @@ def load_average() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
+def cpu_ticks() -> tuple[int, int]:
+    """(steal, all) clock ticks of every CPU since boot (/proc/stat): steal is time the hypervisor gave this VM's
+    CPUs to others while they had work, which slows every process here alike and moves from minute to minute."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+    return (fields[7] if len(fields) == 8 else 0), sum(fields)
+
+
+def stolen_since(before: tuple[int, int]) -> float:
+    """The share of CPU time stolen since cpu_ticks() returned `before` (0 .. 1)."""
+    steal, total = cpu_ticks()
+    return (steal - before[0]) / (total - before[1]) if total > before[1] else 0.0
+
+
 def cpu_model() -> str:
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):

@@ -327,7 +327,8 @@ def render(results: Any, command: str) -> str:
 
 Run {time.strftime("%Y-%m-%d %H:%M:%S %Z")} with `{command}`: {args.workers} workers each side,
 {args.connections} connections, {args.rounds} alternating floor/service rounds of {args.seconds:.0f} s (medians),
-memory run {args.soak:.0f} s{_extra_env(args)}. Load average before {results.load_before}, after {results.load_after}
+memory run {args.soak:.0f} s{_extra_env(args)}. Load average before {results.load_before}, after {results.load_after};
+the hypervisor took {100 * results.stolen:.0f} % of the CPU time over the run (steal)
 (other work shares this machine: the ratios from alternating rounds are the figures that count).
 {_mongo_note(results)}
 
@@ -536,8 +537,8 @@ def performance_block(results: Any, command: str) -> str:
     return f"""{DOC_BEGIN}
 `{command}`, {time.strftime("%Y-%m-%d %H:%M %Z")}: {results.args.workers} workers each side, {results.args.rounds}
 alternating floor/service rounds of {results.args.seconds:.0f} s for each rate, load average {results.load_before}
-before and {results.load_after} after; every round is in [bench/RESULTS.md](../bench/RESULTS.md). The machine:
-{machine}.
+before and {results.load_after} after, {100 * results.stolen:.0f} % of the CPU time taken by the hypervisor (steal);
+every round is in [bench/RESULTS.md](../bench/RESULTS.md). The machine: {machine}.
 
 {_table(("target", "measured", "met", "what limits it"), [row for row in rows if row is not None])}{reference}
 {DOC_END}"""

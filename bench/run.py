@@ -61,6 +61,7 @@ class Results:
     machine: dict[str, str]
     load_before: str = ""
     load_after: str = ""
+    stolen: float = 0.0  # the share of CPU time the hypervisor took over the whole run (machine.stolen_since)
     rounds: dict[str, list[WrkResult]] = field(default_factory=dict)  # "floor post", "service get", ...
     paced: dict[str, list[PacedResult]] = field(default_factory=dict)  # "floor post" -> one per round
     batch: object = None
@@ -400,7 +401,7 @@ def _profile(pid: int, seconds: float, results: Results) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     results = Results(args=args, machine=machine.describe(wrk_version()))
-    results.load_before = machine.load_average()
+    results.load_before, ticks = machine.load_average(), machine.cpu_ticks()
     print(
         f"bench: {args.workers} workers, {args.connections} connections, {args.rounds} rounds of "
         f"{args.seconds:.0f} s, memory run {args.soak:.0f} s; load average {results.load_before}",
@@ -466,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
         logs.cleanup()
     if args.cluster_rounds:
         results.cluster_runs = run_cluster(args.cluster_rounds, args.seconds)
-    results.load_after = machine.load_average()
+    results.load_after, results.stolen = machine.load_average(), machine.stolen_since(ticks)
     command = "make bench" if argv is None and not sys.argv[1:] else "python -m bench.run " + shlex.join(sys.argv[1:])
     text = report.render(results, command)
     print(text)

@@ -11,7 +11,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -412,7 +412,7 @@ class Projector:
         return False
 
     async def _advance_all(self) -> None:
-        await advance_all(self.redis, [self.watermarks[stream] for stream in self._read_streams()])
+        await self._advance(self._read_streams())
 
     async def _prepare(self) -> None:
         if not self._group_ready:
@@ -453,10 +453,16 @@ class Projector:
                 await self._project(part)
                 projected.update(dict.fromkeys(stream for stream, _entries in part))
                 handled += sum(len(entries) for _stream, entries in part)
-        finally:
-            if projected:
-                await advance_all(self.redis, [self.watermarks[stream] for stream in projected])
+        except Exception:  # (not on cancellation: a projector being stopped makes no more calls)
+            await self._advance(projected)
+            raise
+        await self._advance(projected)
         return handled
+
+    async def _advance(self, streams: Iterable[str]) -> None:
+        watermarks = [self.watermarks[stream] for stream in streams]
+        if watermarks:
+            await advance_all(self.redis, watermarks)
 
     async def _read(self, start: str, block_ms: int | None) -> Read:
         streams = self._read_streams()
