@@ -33,6 +33,11 @@ log = logging.getLogger("billing.projection.projector")
 GROUP = "ledger-projector"
 SEQ_SPAN = 1_000_000  # stream ids ms-seq map to the integer ms * SEQ_SPAN + seq (seq stays far below it)
 TRIM_EVERY_SECONDS = 1.0
+# How often the projector raises the partitions' largest projected ids in MongoDB (the sequence check's
+# high-water marks, billing/projection/seq_guard.py): a batch's ids are gathered and written with the next due
+# batch, or by the loop's tick, or at the end of a drain or a stop, so a busy projector makes one such write a
+# second instead of one a batch. They only lag: a check meanwhile sees a lower mark, never a higher one.
+TOPS_EVERY_SECONDS = 1.0
 PRUNE_EVERY_SECONDS = 60.0
 PRUNE_IDLE_MS = 3_600_000  # a consumer silent this long with nothing pending is gone (a crashed process)
 BACKOFF_FIRST, BACKOFF_MAX = 0.1, 5.0
@@ -160,6 +165,8 @@ class Projector:
         self._own_pending = False
         self._last_trim = 0.0
         self._last_prune = 0.0
+        self._last_tops = 0.0
+        self._tops: dict[int, int] = {}  # partition -> its largest id projected and not yet written (_raise_tops)
 
     @classmethod
     def from_settings(cls, settings: Settings, redis: RedisClient, keys: RedisKeys, store: LedgerStore) -> Projector:
@@ -206,6 +213,8 @@ class Projector:
                 await cancel_and_wait(task)
         heartbeat, self._heartbeat = self._heartbeat, None
         await cancel_and_wait(heartbeat)
+        with contextlib.suppress(Exception):
+            await self._raise_tops()
         with contextlib.suppress(Exception):
             await self._forget_consumer()
         await self._give_back()
@@ -412,7 +421,18 @@ class Projector:
         return False
 
     async def _advance_all(self) -> None:
+        await self._raise_tops()
         await self._advance(self._read_streams())
+
+    async def _raise_tops(self) -> None:
+        """Write the largest ids projected since the last such write (kept for the next one if this one fails)."""
+        tops, self._tops = self._tops, {}
+        try:
+            await self.store.raise_partition_tops(tops)
+        except BaseException:
+            for partition, top in tops.items():
+                self._tops[partition] = max(self._tops.get(partition, 0), top)
+            raise
 
     async def _prepare(self) -> None:
         if not self._group_ready:
@@ -524,7 +544,10 @@ class Projector:
             # differs: then one id was given to two transactions (Redis lost its sequence), never skip that.
             conflicts = await self.store.conflicting(batch.docs) if duplicates else []
             services = await self.store.upsert_service_names(batch.services.values())
-            await self.store.raise_partition_tops(_tops(batch.docs))
+            for partition, top in _tops(batch.docs).items():
+                self._tops[partition] = max(self._tops.get(partition, 0), top)
+            if self._due("_last_tops", TOPS_EVERY_SECONDS):
+                await self._raise_tops()
             if self.before_ack is not None:
                 await self.before_ack(batch.ids)
             for stream, entry_id, fields, error in batch.poison:

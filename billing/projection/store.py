@@ -18,8 +18,8 @@ from billing.infra.pipelines import load_pipeline
 DUPLICATE_KEY = 11000
 # The collections of the ledger database (every other module names them through these).
 TRANSACTIONS, SERVICES = "transactions", "services"
-# {_id: partition, top: the largest transaction id of the partition projected}: raised by the projector once
-# per batch, so the sequence check (billing/projection/seq_guard.py) reads each partition's largest id in
+# {_id: partition, top: the largest transaction id of the partition projected}: raised by the projector (at most
+# once a second: billing/projection/projector.py TOPS_EVERY_SECONDS), so the sequence check (billing/projection/seq_guard.py) reads each partition's largest id in
 # one small find instead of searching `transactions` for ids of one residue.
 PARTITION_TOPS = "partition_tops"
 

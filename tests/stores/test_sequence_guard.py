@@ -178,3 +178,42 @@ async def test_a_racing_upsert_of_a_partition_top_is_raised_again(
     await store.raise_partition_tops({5: top})
     assert refused == [{"_id": 5}]
     assert await store.largest_ids() == {5: top}
+
+
+class CountingTops(LedgerStore):
+    """Counts the writes of partition tops that carry any, and fails the next `failures` of them."""
+
+    def __init__(self, db: Any) -> None:
+        super().__init__(db)
+        self.writes = 0
+        self.failures = 0
+
+    async def raise_partition_tops(self, tops: Any) -> None:
+        if tops:
+            self.writes += 1
+            if self.failures:
+                self.failures -= 1
+                raise ConnectionError("MongoDB is down for a moment")
+        await super().raise_partition_tops(tops)
+
+
+async def test_a_busy_projector_writes_the_partition_tops_once_a_second_and_a_drain_leaves_them_written(
+    api: Api, ctx: Context
+) -> None:
+    ids = []
+    for n in range(1, 9):
+        r = await api.deposit(1, f"{n}.00")
+        assert r.status == 201
+        ids.append(int(r.json["transaction"]["id"]))
+    store = CountingTops(ctx.mongo)
+    projector = Projector(ctx.redis, ctx.ledger.keys, store, batch=2)
+    await projector.drain()
+    assert projector.batches == 4
+    assert store.writes == 2  # the first batch's (due at once), then the other three's together at the end
+    partition = ctx.ledger.keys.partition_of(1)
+    assert await store.largest_ids() == {partition: max(ids)}
+    # A write that fails keeps its tops for the next one: nothing projected is left out of them.
+    r = await api.deposit(1, "9.00")
+    store.failures = 1
+    await projector.drain()
+    assert await store.largest_ids() == {partition: int(r.json["transaction"]["id"])}
