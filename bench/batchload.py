@@ -89,7 +89,7 @@ async def send_bodies(url: str, token: str, bodies: list[bytes], concurrency: in
             status, body = await connection.post(request)
             applied = body.count(_APPLIED) if status == 200 else 0
             done += 1
-            operations += applied if status == 200 else 0
+            operations += applied
             failures += sent - applied
 
     await asyncio.gather(*(sender(connection) for connection in connections))

@@ -430,9 +430,13 @@ class Projector:
         try:
             await self.store.raise_partition_tops(tops)
         except BaseException:
-            for partition, top in tops.items():
-                self._tops[partition] = max(self._tops.get(partition, 0), top)
+            self._keep_tops(tops)
             raise
+
+    def _keep_tops(self, tops: dict[int, int]) -> None:
+        """Hold partitions' largest ids for the next _raise_tops (each the larger of the two)."""
+        for partition, top in tops.items():
+            self._tops[partition] = max(self._tops.get(partition, 0), top)
 
     async def _prepare(self) -> None:
         if not self._group_ready:
@@ -544,8 +548,7 @@ class Projector:
             # differs: then one id was given to two transactions (Redis lost its sequence), never skip that.
             conflicts = await self.store.conflicting(batch.docs) if duplicates else []
             services = await self.store.upsert_service_names(batch.services.values())
-            for partition, top in _tops(batch.docs).items():
-                self._tops[partition] = max(self._tops.get(partition, 0), top)
+            self._keep_tops(_tops(batch.docs))
             if self._due("_last_tops", TOPS_EVERY_SECONDS):
                 await self._raise_tops()
             if self.before_ack is not None:

@@ -19,8 +19,9 @@ DUPLICATE_KEY = 11000
 # The collections of the ledger database (every other module names them through these).
 TRANSACTIONS, SERVICES = "transactions", "services"
 # {_id: partition, top: the largest transaction id of the partition projected}: raised by the projector (at most
-# once a second: billing/projection/projector.py TOPS_EVERY_SECONDS), so the sequence check (billing/projection/seq_guard.py) reads each partition's largest id in
-# one small find instead of searching `transactions` for ids of one residue.
+# once a second: billing/projection/projector.py TOPS_EVERY_SECONDS), so the sequence check
+# (billing/projection/seq_guard.py) reads each partition's largest id in one small find instead of searching
+# `transactions` for ids of one residue.
 PARTITION_TOPS = "partition_tops"
 
 # Stream record fields (strings) that become Int64 in MongoDB, and those kept as strings.
